@@ -1,0 +1,1 @@
+"""The bundled "shapes world" model: its data renderer, detector, trainer and evaluation."""

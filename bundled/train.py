@@ -1,0 +1,196 @@
+"""Train the bundled shapes model (a small SD 1.x) from scratch on the CPU or a GPU.
+
+Two phases, one process, resumable:
+
+1. **VAE** (``--vae-steps``): reconstruction loss weighted towards the shape's pixels (so small
+   shapes keep their colour), a tiny KL term, and the posterior log-variance started near -10.
+2. **UNet + text encoder** (``--steps``): epsilon prediction on SD's scaled-linear schedule, with
+   offset noise (low frequencies must come from the text, not leak through the noise), half the
+   timesteps drawn from the noisy half of the schedule, 10% empty captions for CFG, and an EMA
+   of the weights, which is what gets exported.
+
+The data is drawn on the fly from ``numpy.random.default_rng([seed, step])``, so a run is
+deterministic given its seed and a resumed run sees the same batches as an uninterrupted one.
+A checkpoint (``state.pt``) is written every ``--save-every`` steps; run the same command again
+to resume. Export with ``python -m bundled.export``.
+
+    python -m bundled.train --out runs/shapes --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bundled.architecture import SCHEDULER_CONFIG, build_models
+from bundled.shapes import training_batch
+
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
+
+
+def load_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
+
+
+def shape_weights(images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loss weights: 1 on the background, 8 on the shape (pixels unlike the corner)."""
+    corner = images[:, :, :2, :2].mean(dim=(2, 3), keepdim=True)
+    differs = (images - corner).abs().amax(dim=1, keepdim=True) > 0.1
+    return 1.0 + 7.0 * differs.float()
+
+
+def vae_step(vae, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    posterior = vae.encode(images).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+    recon = vae.decode(z).sample
+    rec = (shape_weights(images) * (recon - images).square()).mean()
+    kl = posterior.kl().mean() / z[0].numel()
+    return rec + 1e-6 * kl
+
+
+def sample_timesteps(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Half uniform over [0, 1000), half uniform over the noisy half [500, 1000)."""
+    uniform = torch.randint(0, 1000, (n,), generator=gen)
+    noisy = torch.randint(500, 1000, (n,), generator=gen)
+    pick = torch.rand(n, generator=gen) < 0.5
+    return torch.where(pick, noisy, uniform)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float = 0.999) -> None:
+    decay = min(max_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/shapes"))
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--vae-steps", type=int, default=2000)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=9000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--offset-noise", type=float, default=0.1)
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(args.device)
+
+    torch.manual_seed(args.seed)
+    vae, unet, text_encoder = build_models()
+    tokenizer = load_tokenizer()
+    vae_opt = torch.optim.Adam(vae.parameters(), lr=5e-4)
+    with torch.no_grad():  # start the posterior log-variance near -10
+        conv = vae.encoder.conv_out
+        conv.weight[conv.out_channels // 2 :] *= 0.01
+        conv.bias[conv.out_channels // 2 :] = -10.0
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    vae_done, step, scaling = 0, 0, None
+
+    state_path = args.out / "state.pt"
+    if state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        vae.load_state_dict(st["vae"])
+        vae_opt.load_state_dict(st["vae_opt"])
+        unet.load_state_dict(st["unet"])
+        text_encoder.load_state_dict(st["text_encoder"])
+        ema_unet.load_state_dict(st["ema_unet"])
+        ema_text.load_state_dict(st["ema_text"])
+        opt.load_state_dict(st["opt"])
+        vae_done, step, scaling = st["vae_done"], st["step"], st["scaling"]
+        print(f"resumed: vae {vae_done}/{args.vae_steps}, unet {step}/{args.steps}", flush=True)
+    for m in (vae, unet, text_encoder, ema_unet, ema_text):
+        m.to(dev)
+
+    def save() -> None:
+        st = dict(
+            vae=vae.state_dict(), vae_opt=vae_opt.state_dict(), unet=unet.state_dict(),
+            text_encoder=text_encoder.state_dict(), ema_unet=ema_unet.state_dict(),
+            ema_text=ema_text.state_dict(), opt=opt.state_dict(), vae_done=vae_done, step=step,
+            scaling=scaling, args={k: str(v) for k, v in vars(args).items()},
+        )
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(st, tmp)
+        tmp.replace(state_path)
+
+    t0, log = time.time(), args.out / "log.txt"
+    while vae_done < args.vae_steps:
+        rng = np.random.default_rng([args.seed, 0, vae_done])
+        gen = torch.Generator().manual_seed(args.seed * 7919 + vae_done)
+        images = torch.from_numpy(training_batch(rng, args.vae_batch)[0]).to(dev)
+        loss = vae_step(vae, images, gen)
+        vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        vae_opt.step()
+        vae_done += 1
+        if vae_done % 50 == 0:
+            msg = f"vae {vae_done} loss {loss.item():.4f} {time.time() - t0:.0f}s"
+            print(msg, flush=True)
+            with log.open("a") as f:
+                f.write(msg + "\n")
+        if vae_done % args.save_every == 0 or vae_done == args.vae_steps:
+            save()
+
+    vae.eval().requires_grad_(False)
+    if scaling is None:
+        with torch.no_grad():
+            images = torch.from_numpy(training_batch(np.random.default_rng([args.seed, 1]), 256)[0]).to(dev)
+            scaling = float(1.0 / vae.encode(images).latent_dist.mean.std())
+        save()
+    alphas_bar = torch.cumprod(1 - torch.linspace(SCHEDULER_CONFIG["beta_start"] ** 0.5, SCHEDULER_CONFIG["beta_end"] ** 0.5, 1000) ** 2, 0).to(dev)
+
+    while step < args.steps:
+        rng = np.random.default_rng([args.seed, 2, step])
+        gen = torch.Generator().manual_seed(args.seed * 104729 + step)
+        images, captions, _ = training_batch(rng, args.batch)
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            post = vae.encode(torch.from_numpy(images).to(dev)).latent_dist
+            latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)) * scaling
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=gen) + args.offset_noise * torch.randn(b, latents.shape[1], 1, 1, generator=gen)
+        noise = noise.to(dev)
+        t = sample_timesteps(b, gen).to(dev)
+        ab = alphas_bar[t].view(b, 1, 1, 1)
+        noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
+        ctx = text_encoder(ids.to(dev)).last_hidden_state
+        pred = unet(noisy, t, ctx).sample
+        loss = F.mse_loss(pred, noise)
+        lr = args.lr * min(1.0, (step + 1) / 300)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        ema_update(ema_unet, unet, step)
+        ema_update(ema_text, text_encoder, step)
+        if step % 50 == 0:
+            msg = f"unet {step} loss {loss.item():.4f} lr {lr:.2e} {time.time() - t0:.0f}s"
+            print(msg, flush=True)
+            with log.open("a") as f:
+                f.write(msg + "\n")
+        if step % args.save_every == 0 or step == args.steps:
+            save()
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Easel launcher: creates .venv if missing, installs what requirements*.txt pin, then runs.
+#   ./launch.sh                 start Easel (see README)
+#   ./launch.sh generate ...    headless txt2img (./launch.sh generate --help)
+#   ./launch.sh test [ARGS]     install the test dependencies too and run the whole test suite
+# Environment: EASEL_VENV (default .venv), EASEL_TORCH_INDEX (a pip index URL for torch, e.g.
+# https://download.pytorch.org/whl/cpu on a CPU machine whose default torch wheel is the CUDA one).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${EASEL_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+
+has_cuda() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+install_torch() {
+  local want="2.13.0"
+  if python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$want' else 1)" 2>/dev/null; then
+    return
+  fi
+  if [ -n "${EASEL_TORCH_INDEX:-}" ]; then
+    pip install "torch==$want" --index-url "$EASEL_TORCH_INDEX"
+  elif has_cuda; then
+    # The CUDA build from PyPI, then xformers where a wheel exists (optional: SDPA is the default).
+    pip install "torch==$want"
+    pip install xformers || echo "xformers not available for this torch; using PyTorch SDPA attention"
+  else
+    # CPU machine: never pull the multi-GB CUDA build. The CPU wheel is found through pip's
+    # configured find-links here; elsewhere set EASEL_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+    pip install "torch==$want"
+    python -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 1)" || {
+      echo "launch.sh: a CUDA build of torch was installed on a machine without a GPU;" \
+           "set EASEL_TORCH_INDEX=https://download.pytorch.org/whl/cpu and run again" >&2; exit 1; }
+  fi
+}
+
+install_requirements() {
+  local stamp="$VENV/.easel-installed" files=("$@")
+  local sum
+  sum=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
+    return
+  fi
+  install_torch
+  local args=()
+  for f in "${files[@]}"; do args+=(-r "$f"); done
+  pip install --disable-pip-version-check "${args[@]}"
+  echo "$sum" > "$stamp"
+}
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DIFFUSERS_NO_ADVISORY_WARNINGS=1
+
+if [ "${1:-}" = "test" ]; then
+  shift
+  install_requirements requirements.txt requirements-dev.txt
+  exec python -m pytest "$@"
+fi
+install_requirements requirements.txt
+exec python app.py "$@"

@@ -1,0 +1,234 @@
+"""Checkpoints on disk: scanning, A1111 short hashes, safe reading and architecture detection.
+
+A checkpoint is either a single file in the original (LDM / A1111) key layout
+(``.safetensors`` or ``.ckpt``) or a diffusers folder (one holding ``model_index.json``). A
+``NAME.yaml`` next to a single file is its companion config, as in A1111.
+
+``.ckpt`` files are pickles. They are read only with ``torch.load(weights_only=True)``, which
+refuses to run code; anything that loader rejects is refused with ``UnsafeCheckpointError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+# Keys that tell the architectures apart (original layout).
+UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+SD2_CONTEXT_KEY = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+OPENCLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+CLIP_KEYS = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+             "cond_stage_model.transformer.embeddings.token_embedding.weight")
+
+ARCHITECTURES = ("sd1", "sd1-inpaint", "sd2", "sd2-base", "sdxl")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found, read or understood; the message says which and why."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A ``.ckpt`` pickle holds more than tensors (it could run code), so it was refused."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint found on disk."""
+
+    name: str  # path relative to its models folder, as A1111 shows it ("sub/model.safetensors")
+    path: Path
+    kind: str  # "single" or "diffusers"
+    config_path: Path | None  # companion NAME.yaml, if any
+
+    @property
+    def model_name(self) -> str:
+        """A1111's ``sd_model_name``: the file name without folder and extension."""
+        return Path(self.name).stem if self.kind == "single" else Path(self.name).name
+
+
+class HashCache:
+    """sha256 of files, cached in a JSON file keyed by path, size and mtime (computed once)."""
+
+    def __init__(self, cache_file: Path):
+        self._file = cache_file
+        self._lock = threading.Lock()
+        self._data: dict[str, dict] = {}
+        if cache_file.exists():
+            try:
+                self._data = json.loads(cache_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                self._data = {}
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key = str(path.resolve())
+        with self._lock:
+            hit = self._data.get(key)
+            if hit and hit["size"] == st.st_size and hit["mtime"] == st.st_mtime:
+                return hit["sha256"]
+        digest = file_sha256(path)
+        with self._lock:
+            self._data[key] = {"size": st.st_size, "mtime": st.st_mtime, "sha256": digest}
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._data, indent=1))
+            os.replace(tmp, self._file)
+        return digest
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def scan_checkpoints(dirs: list[Path]) -> list[CheckpointInfo]:
+    """Every single-file checkpoint and diffusers folder under ``dirs``, sorted by name."""
+    found: dict[str, CheckpointInfo] = {}
+    for root in dirs:
+        if not root.is_dir():
+            continue
+        diffusers_dirs = {p.parent for p in root.rglob("model_index.json")}
+        for d in sorted(diffusers_dirs):
+            name = d.relative_to(root).as_posix()
+            found.setdefault(name, CheckpointInfo(name, d, "diffusers", None))
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() not in SINGLE_FILE_SUFFIXES or not p.is_file():
+                continue
+            if any(parent in diffusers_dirs for parent in p.parents):
+                continue  # weights inside a diffusers folder
+            yaml = p.with_suffix(".yaml")
+            name = p.relative_to(root).as_posix()
+            found.setdefault(name, CheckpointInfo(name, p, "single", yaml if yaml.exists() else None))
+    return sorted(found.values(), key=lambda c: c.name.lower())
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a single-file checkpoint, read without running any code."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises several types for a damaged file
+            raise CheckpointError(f"{path.name} is not a readable .safetensors file: {err}") from None
+    if path.suffix.lower() == ".ckpt":
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafeCheckpointError(
+                f"{path.name} was refused: it is a pickle that holds more than tensors and could run code "
+                f"when loaded ({str(err).splitlines()[0][:200]}). Convert it to .safetensors with a tool you trust."
+            ) from None
+        except Exception as err:
+            raise CheckpointError(f"{path.name} is not a readable .ckpt file: {err}") from None
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
+        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    raise CheckpointError(f"{path.name}: unsupported checkpoint type; use .safetensors or .ckpt")
+
+
+def detect_architecture(state: dict[str, torch.Tensor], yaml_config: dict | None = None) -> str:
+    """One of ARCHITECTURES, from the keys and shapes of an original-layout state dict.
+
+    SD 2.x checkpoints do not say whether they predict epsilon or v; as diffusers does, they are
+    taken as the 768 v-prediction model unless the companion yaml says otherwise.
+    """
+    if UNET_IN_KEY not in state:
+        raise CheckpointError(
+            "not a Stable Diffusion checkpoint in the original layout: "
+            f"no '{UNET_IN_KEY}' key (is it a LoRA, a VAE or an embedding?)"
+        )
+    in_channels = state[UNET_IN_KEY].shape[1]
+    if SDXL_KEY in state:
+        if in_channels != 4:
+            raise CheckpointError("SDXL inpainting checkpoints are not supported")
+        return "sdxl"
+    is_sd2 = OPENCLIP_KEY in state or (SD2_CONTEXT_KEY in state and state[SD2_CONTEXT_KEY].shape[-1] == 1024)
+    if is_sd2:
+        if in_channels != 4:
+            raise CheckpointError("SD 2.x inpainting checkpoints are not supported")
+        params = ((yaml_config or {}).get("model") or {}).get("params") or {}
+        if yaml_config is not None and params.get("parameterization", "eps") != "v":
+            return "sd2-base"
+        return "sd2"
+    if not any(k in state for k in CLIP_KEYS):
+        raise CheckpointError("no text encoder found in the checkpoint (expected cond_stage_model.transformer.*)")
+    if in_channels == 9:
+        return "sd1-inpaint"
+    if in_channels != 4:
+        raise CheckpointError(f"unexpected UNet input channels {in_channels}: expected 4, or 9 for inpainting")
+    return "sd1"
+
+
+class CheckpointRegistry:
+    """The checkpoints in the configured folders, refreshed on demand, with cached short hashes."""
+
+    def __init__(self, dirs: list[Path], hashes: HashCache):
+        self._dirs = list(dirs)
+        self._hashes = hashes
+        self._lock = threading.Lock()
+        self._items: list[CheckpointInfo] = []
+        self.refresh()
+
+    def refresh(self) -> list[CheckpointInfo]:
+        items = scan_checkpoints(self._dirs)
+        with self._lock:
+            self._items = items
+        return items
+
+    def list(self) -> list[CheckpointInfo]:
+        with self._lock:
+            return list(self._items)
+
+    def sha256(self, info: CheckpointInfo) -> str | None:
+        """Full sha256 of a single file (None for diffusers folders)."""
+        return self._hashes.sha256(info.path) if info.kind == "single" else None
+
+    def short_hash(self, info: CheckpointInfo) -> str | None:
+        """A1111's short hash: the first 10 hex digits of the file's sha256."""
+        full = self.sha256(info)
+        return full[:10] if full else None
+
+    def title(self, info: CheckpointInfo) -> str:
+        """A1111's title: ``name [shorthash]``."""
+        h = self.short_hash(info)
+        return f"{info.name} [{h}]" if h else info.name
+
+    def default(self) -> CheckpointInfo:
+        items = self.list()
+        if not items:
+            raise CheckpointError(f"no checkpoints found in {', '.join(str(d) for d in self._dirs)}")
+        return items[0]
+
+    def get(self, query: str | None) -> CheckpointInfo:
+        """Find by A1111 title, name, file name, stem or short hash; None gives the default."""
+        if not query:
+            return self.default()
+        items = self.list()
+        q = query.strip()
+        base = q.split(" [")[0] if q.endswith("]") else q
+        for info in items:
+            if base in (info.name, Path(info.name).name, info.model_name, str(info.path)):
+                return info
+        for info in items:
+            if len(q) >= 8 and info.kind == "single" and self.short_hash(info) == q.strip("[]"):
+                return info
+        names = ", ".join(i.name for i in items) or "none"
+        raise CheckpointError(f"checkpoint {query!r} not found; available: {names}")

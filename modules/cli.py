@@ -1,0 +1,112 @@
+"""The command line: ``app.py generate ...`` (headless txt2img) and the shared flags.
+
+Errors print one line on stderr and exit with status 2; nothing else is printed on stdout but
+the paths of the written images, one per line, so scripts can read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from modules.config import ROOT, SettingsError, load_settings
+from modules.schemas import RequestError, Txt2ImgRequest, parse_request
+
+
+def add_settings_flags(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("settings (override config.json)")
+    g.add_argument("--data-dir", type=Path, default=ROOT, help="folder holding models/, outputs/ and config.json")
+    g.add_argument("--ckpt-dir", type=Path, action="append", default=None, help="extra checkpoint folder (repeatable)")
+    g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=None)
+    g.add_argument("--attention", choices=["auto", "sdpa", "xformers"], default=None)
+    g.add_argument("--medvram", action="store_true", help="offload whole models to the CPU between uses")
+    g.add_argument("--lowvram", action="store_true", help="offload layer by layer (slowest, least VRAM)")
+    g.add_argument("--vae-tiling", action="store_true", default=None, help="decode large images in tiles")
+
+
+def settings_from_args(args: argparse.Namespace):
+    overrides = {
+        "ckpt_dirs": args.ckpt_dir,
+        "device": args.device,
+        "precision": args.precision,
+        "attention": args.attention,
+        "memory_mode": "lowvram" if args.lowvram else "medvram" if args.medvram else None,
+        "vae_tiling": args.vae_tiling,
+    }
+    return load_settings(args.data_dir, overrides)
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="launch.sh generate",
+        description="Generate images from text without the UI; prints the paths of the PNGs it wrote.",
+    )
+    ap.add_argument("--prompt", default="", help="A1111 prompt syntax: (word:1.2), [word], BREAK")
+    ap.add_argument("--negative-prompt", default="")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sampler", default=None, help='e.g. "Euler a", "DPM++ 2M", "DPM++ 2M Karras" (see --list-samplers)')
+    ap.add_argument("--scheduler", default=None, help="schedule type: Automatic, Uniform, Karras, Exponential, ...")
+    ap.add_argument("--cfg-scale", type=float, default=7.0)
+    ap.add_argument("--seed", type=int, default=-1, help="-1 = random")
+    ap.add_argument("--subseed", type=int, default=-1, help="variation seed")
+    ap.add_argument("--subseed-strength", type=float, default=0.0)
+    ap.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--n-iter", "--batch-count", type=int, default=1, dest="n_iter")
+    ap.add_argument("--clip-skip", type=int, default=1)
+    ap.add_argument("--checkpoint", default=None, help="checkpoint name, title or short hash (see --list-checkpoints)")
+    ap.add_argument("--out", type=Path, default=None, help="write the PNGs into this folder (default: outputs/txt2img-images/DATE)")
+    ap.add_argument("--list-samplers", action="store_true")
+    ap.add_argument("--list-checkpoints", action="store_true")
+    add_settings_flags(ap)
+    return ap
+
+
+def run_generate(argv: list[str]) -> int:
+    args = generate_parser().parse_args(argv)
+    from modules import samplers
+
+    if args.list_samplers:
+        print("\n".join(samplers.SAMPLER_NAMES))
+        return 0
+    settings = settings_from_args(args)
+    if args.out is not None:
+        settings = settings.model_copy(update={"outdir_txt2img_samples": str(args.out.resolve()), "save_to_dirs": False})
+    request = parse_request(Txt2ImgRequest, {
+        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
+        "sampler_name": args.sampler, "scheduler": args.scheduler, "cfg_scale": args.cfg_scale,
+        "seed": args.seed, "subseed": args.subseed, "subseed_strength": args.subseed_strength,
+        "width": args.width, "height": args.height, "batch_size": args.batch_size, "n_iter": args.n_iter,
+        "clip_skip": args.clip_skip, "sd_model_checkpoint": args.checkpoint,
+    })
+    from modules.services import build_services
+
+    services = build_services(settings)
+    try:
+        if args.list_checkpoints:
+            for info in services.checkpoints.list():
+                print(services.checkpoints.title(info))
+            return 0
+        result = services.submit("txt2img", request).wait()
+        for path in result.paths:
+            print(path)
+        return 0
+    finally:
+        services.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from modules.checkpoints import CheckpointError
+
+    try:
+        if argv and argv[0] == "generate":
+            return run_generate(argv[1:])
+        print("usage: app.py generate [options]   (the web UI is not built yet; see README)", file=sys.stderr)
+        return 2
+    except (RequestError, SettingsError, CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,114 @@
+"""Typed settings: paths, memory mode, cache sizes, limits and defaults.
+
+Settings come from three places, later ones winning: the defaults below, ``config.json`` in the
+data directory, and command-line flags. They are one immutable object handed to whatever needs
+it; a change makes a new object (``Settings.model_copy(update=...)``) and is saved explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = ROOT / "configs"
+
+
+class Settings(BaseModel):
+    """Everything that can be configured. Field names follow A1111's option names where one exists."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data_dir: Path = ROOT
+    ckpt_dirs: list[Path] = Field(default_factory=list, description="extra folders scanned for checkpoints (--ckpt-dir)")
+    outdir_txt2img_samples: str = "outputs/txt2img-images"
+    outdir_img2img_samples: str = "outputs/img2img-images"
+    outdir_extras_samples: str = "outputs/extras-images"
+    samples_filename_pattern: str = "[number]-[seed]"
+    save_to_dirs: bool = True
+    samples_save: bool = True
+    sd_model_checkpoint: str | None = None
+    sd_vae: str = "Automatic"
+    sd_checkpoints_limit: int = Field(2, ge=1, le=16, description="checkpoints kept in RAM")
+    sd_checkpoints_max_ram_gb: float | None = Field(None, gt=0)
+    reserve_vram_gb: float = Field(1.0, ge=0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    attention: Literal["auto", "sdpa", "xformers"] = "auto"
+    memory_mode: Literal["normal", "medvram", "lowvram"] = "normal"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    show_progress_every_n_steps: int = Field(5, ge=0, description="live preview interval, 0 = off")
+    default_sampler: str = "Euler a"
+    default_steps: int = Field(20, ge=1, le=150)
+    max_queue: int = Field(64, ge=1, le=10_000)
+    max_side: int = Field(2048, ge=64, le=8192)
+    max_batch_images: int = Field(64, ge=1)
+
+    def path(self, relative: str | Path) -> Path:
+        """A path inside the data directory (absolute paths are kept)."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def checkpoint_dirs(self) -> list[Path]:
+        return [self.models_dir / "Stable-diffusion", *self.ckpt_dirs]
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "config.json"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the setting and what is allowed."""
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "settings"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def make_settings(**values) -> Settings:
+    """Build settings from values, turning validation errors into one readable SettingsError."""
+    try:
+        return Settings(**values)
+    except ValidationError as err:
+        raise SettingsError(f"invalid settings: {_describe(err)}") from None
+
+
+def load_settings(data_dir: Path = ROOT, overrides: dict | None = None) -> Settings:
+    """Defaults, then ``data_dir/config.json`` (if present), then ``overrides`` (CLI flags)."""
+    values: dict = {}
+    cfg = data_dir / "config.json"
+    if cfg.exists():
+        try:
+            values.update(json.loads(cfg.read_text()))
+        except json.JSONDecodeError as err:
+            raise SettingsError(f"{cfg} is not valid JSON ({err}); fix or delete it") from None
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["data_dir"] = data_dir
+    return make_settings(**values)
+
+
+def save_settings(settings: Settings) -> None:
+    """Write ``config.json`` atomically (everything but data_dir)."""
+    data = json.loads(settings.model_dump_json(exclude={"data_dir"}))
+    path = settings.config_file
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,264 @@
+"""Device and dtype choice, memory probing, attention and memory modes.
+
+Everything here is a plain function of its arguments: nothing is stored at
+module level. The composition root picks a device once (``choose_device``),
+a dtype (``choose_dtype``) and an attention backend (``choose_attention``),
+then applies them to each pipeline it builds.
+
+Memory modes follow AUTOMATIC1111's flags:
+
+* ``normal``  - the whole pipeline lives on the device.
+* ``medvram`` - one whole model (text encoder, unet, vae) on the device at a
+  time: diffusers' ``enable_model_cpu_offload``.
+* ``lowvram`` - each submodule streamed to the device when it runs:
+  diffusers' ``enable_sequential_cpu_offload``. Slow, but fits tiny cards.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+import os
+from typing import Any, Protocol
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ATTENTION_BACKENDS = ("sdpa", "xformers")
+MEMORY_MODES = ("normal", "medvram", "lowvram")
+# Pipeline components whose attention processors Easel manages.
+ATTENTION_COMPONENTS = ("unet", "vae", "controlnet")
+
+
+class MemoryProbe(Protocol):
+    """Reports free and total memory of a device ("cpu" means system RAM)."""
+
+    def free_bytes(self, device: str) -> int: ...
+
+    def total_bytes(self, device: str) -> int: ...
+
+
+def device_type(device: str) -> str:
+    """Return the device type of a device string: "cuda:1" -> "cuda"."""
+    return torch.device(device).type
+
+
+def _meminfo_bytes(field: str) -> int | None:
+    """Read one field (in kB) of /proc/meminfo as bytes; None when unavailable."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name == field:
+                    return int(value.split()[0]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _sysconf_bytes(pages_name: str) -> int:
+    """Multiply a sysconf page count by the page size."""
+    return os.sysconf(pages_name) * os.sysconf("SC_PAGE_SIZE")
+
+
+class TorchMemoryProbe:
+    """Memory probe backed by torch (CUDA, MPS) and the OS (system RAM).
+
+    CUDA free memory counts what the driver reports free plus what torch's
+    caching allocator holds but does not use (it can hand that out again), as
+    ComfyUI does.
+    """
+
+    def free_bytes(self, device: str) -> int:
+        kind = device_type(device)
+        if kind == "cuda":
+            index = torch.device(device)
+            driver_free, _ = torch.cuda.mem_get_info(index)
+            cached_unused = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+            return int(driver_free + cached_unused)
+        if kind == "mps":
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+        if kind == "cpu":
+            available = _meminfo_bytes("MemAvailable")
+            return available if available is not None else _sysconf_bytes("SC_AVPHYS_PAGES")
+        raise ValueError(f"cannot probe memory of device {device!r}; expected cpu, cuda[:N] or mps")
+
+    def total_bytes(self, device: str) -> int:
+        kind = device_type(device)
+        if kind == "cuda":
+            _, total = torch.cuda.mem_get_info(torch.device(device))
+            return int(total)
+        if kind == "mps":
+            return int(torch.mps.recommended_max_memory())
+        if kind == "cpu":
+            total = _meminfo_bytes("MemTotal")
+            return total if total is not None else _sysconf_bytes("SC_PHYS_PAGES")
+        raise ValueError(f"cannot probe memory of device {device!r}; expected cpu, cuda[:N] or mps")
+
+
+def available_devices() -> list[str]:
+    """List the device types usable on this machine, best first, "cpu" last."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    found.append("cpu")
+    return found
+
+
+def choose_device(requested: str = "auto") -> str:
+    """Resolve a device request ("auto", "cpu", "cuda", "cuda:N", "mps") to a usable device.
+
+    "auto" picks cuda, then mps, then cpu. An unknown or unavailable device
+    raises ValueError naming what is available.
+    """
+    available = available_devices()
+    name = requested.strip().lower()
+    if name == "auto":
+        return available[0]
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_CHOICES:
+        raise ValueError(f"unknown device {requested!r}; choose one of: auto, {', '.join(available)}")
+    if parsed.type not in available:
+        raise ValueError(f"device {requested!r} is not available here; available: auto, {', '.join(available)}")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {requested!r} does not exist; this machine has cuda:0 to cuda:{count - 1}")
+    return name
+
+
+def choose_dtype(device: str, precision: str = "auto") -> torch.dtype:
+    """Pick the weight dtype for a device.
+
+    "auto" gives float16 on cuda and float32 elsewhere (fp16 on mps is
+    allowed but not the default: the SD VAE is prone to NaNs there).
+    "fp32", "fp16" and "bf16" are explicit. fp16 on the CPU is refused because
+    many CPU kernels lack half precision.
+    """
+    kind = device_type(device)
+    name = precision.strip().lower()
+    if name == "auto":
+        return torch.float16 if kind == "cuda" else torch.float32
+    if name not in PRECISION_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: auto, {', '.join(PRECISION_DTYPES)}")
+    if name == "fp16" and kind == "cpu":
+        raise ValueError("fp16 is not supported on the CPU; use precision 'fp32' (or 'bf16' to save memory)")
+    if name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use precision 'fp16' or 'fp32'")
+    return PRECISION_DTYPES[name]
+
+
+def xformers_installed() -> bool:
+    """Return True when the xformers package can be imported."""
+    return importlib.util.find_spec("xformers") is not None
+
+
+def choose_attention(device: str, requested: str = "auto") -> str:
+    """Pick the attention backend: "sdpa" (torch's scaled_dot_product_attention) or "xformers".
+
+    "auto" picks xformers on CUDA when it is installed, sdpa otherwise.
+    Requesting xformers where it cannot run raises ValueError.
+    """
+    name = requested.strip().lower()
+    if name not in ("auto", *ATTENTION_BACKENDS):
+        raise ValueError(f"unknown attention backend {requested!r}; choose one of: auto, {', '.join(ATTENTION_BACKENDS)}")
+    on_cuda = device_type(device) == "cuda"
+    if name == "auto":
+        return "xformers" if on_cuda and xformers_installed() else "sdpa"
+    if name == "xformers":
+        if not xformers_installed():
+            raise ValueError("attention 'xformers' requested but the xformers package is not installed; use 'sdpa'")
+        if not on_cuda:
+            raise ValueError(f"xformers only runs on CUDA, not on {device!r}; use attention 'sdpa'")
+    return name
+
+
+def apply_attention(pipe: Any, backend: str) -> None:
+    """Set the attention backend on a pipeline's unet, vae and controlnet.
+
+    "sdpa" installs diffusers' ``AttnProcessor2_0`` (torch SDPA); "xformers"
+    calls ``pipe.enable_xformers_memory_efficient_attention()``.
+    """
+    if backend == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+        return
+    if backend != "sdpa":
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(ATTENTION_BACKENDS)}")
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for name in ATTENTION_COMPONENTS:
+        component = getattr(pipe, name, None)
+        if component is not None and hasattr(component, "set_attn_processor"):
+            component.set_attn_processor(AttnProcessor2_0())
+
+
+def apply_memory_mode(pipe: Any, mode: str, device: str) -> None:
+    """Place a pipeline on ``device`` according to a memory mode (see MEMORY_MODES).
+
+    On the CPU there is nothing to offload to, so every mode means normal
+    placement (a note is logged for medvram/lowvram).
+    """
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"unknown memory mode {mode!r}; choose one of: {', '.join(MEMORY_MODES)}")
+    if mode != "normal" and device_type(device) == "cpu":
+        logger.info("memory mode %r has no effect on the CPU; placing the pipeline normally", mode)
+        mode = "normal"
+    if mode == "normal":
+        if hasattr(pipe, "remove_all_hooks"):
+            pipe.remove_all_hooks()  # undo a previous offload mode, if any
+        pipe.to(device)
+    elif mode == "medvram":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+
+
+def apply_vae_tiling(pipe: Any, tiling: bool, slicing: bool) -> None:
+    """Switch VAE tiling (large images in tiles) and slicing (batch one image at a time)."""
+    vae = pipe.vae
+    if tiling:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+    if slicing:
+        vae.enable_slicing()
+    else:
+        vae.disable_slicing()
+
+
+def empty_cache(device: str) -> None:
+    """Collect garbage and hand cached accelerator memory back to the driver."""
+    gc.collect()
+    kind = device_type(device)
+    if kind == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif kind == "mps" and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+def module_bytes(*modules: torch.nn.Module | None) -> int:
+    """Return the bytes held by the parameters and buffers of the given modules.
+
+    A tensor shared between modules is counted once; None entries are skipped
+    (optional pipeline components).
+    """
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        if module is None:
+            continue
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module_bytes expects torch.nn.Module objects, got {type(module).__name__}")
+        for tensor in (*module.parameters(), *module.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total

@@ -1,0 +1,467 @@
+"""The one job queue: FIFO order, one worker thread that owns the device.
+
+Every piece of device work goes through a :class:`JobQueue`: generation from
+the web UI or the A1111-style HTTP API, model switches and training. Because
+all of them are jobs in one line, a job always runs on the model that was
+loaded for it by the jobs before it, and two jobs never share the device.
+
+The queue knows nothing about diffusion. It is built with one ``run``
+function, ``run(job) -> result``, which reads ``job.kind`` and
+``job.request`` and reports through two hooks:
+
+- ``job.token`` (:class:`CancelToken`): the run calls ``token.check()``
+  between steps; it raises :class:`JobCancelled` once the job is cancelled
+  (A1111 "interrupt"). ``token.skipped`` asks the run to abandon the current
+  image of a batch and go on with the next (A1111 "skip"); the run calls
+  ``token.clear_skip()`` once it has done so.
+- ``job.progress`` (:class:`ProgressSink`): the run calls
+  ``progress.update(step, total, preview, textinfo)``; pollers call
+  ``progress.snapshot()``.
+
+Outcome of a job:
+
+- the run returns → ``done``, ``job.result`` is the value returned (a run
+  that was interrupted may return its partial results, as A1111 does);
+- the run raises :class:`JobCancelled` → ``cancelled``;
+- the run raises anything else → ``failed``, ``job.error`` is a one-line
+  message, and the worker goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+WORKER_THREAD_NAME = "easel-worker"
+
+
+class JobCancelled(Exception):
+    """Raised inside a run when its token is cancelled, and by ``Job.wait`` for a cancelled job."""
+
+
+class QueueFull(RuntimeError):
+    """Raised by ``JobQueue.submit`` when the queue already holds ``max_queued`` waiting jobs."""
+
+
+class CancelToken:
+    """Thread-safe cancel and skip flags for one job.
+
+    ``cancel()`` ends the whole job (A1111 /interrupt); ``skip()`` abandons
+    only the image being made and lets the run continue with the next one
+    (A1111 /skip).
+    """
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self._skipped = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the run to stop; its next ``check()`` raises :class:`JobCancelled`."""
+        self._cancelled.set()
+
+    def skip(self) -> None:
+        """Ask the run to abandon the current image of its batch and go on with the next."""
+        self._skipped.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once ``cancel()`` was called."""
+        return self._cancelled.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        """True from ``skip()`` until the run calls ``clear_skip()``."""
+        return self._skipped.is_set()
+
+    def clear_skip(self) -> None:
+        """Acknowledge a skip: the run has abandoned the image and moves on."""
+        self._skipped.clear()
+
+    def check(self) -> None:
+        """Raise :class:`JobCancelled` if the job was cancelled; otherwise do nothing."""
+        if self._cancelled.is_set():
+            raise JobCancelled("the job was cancelled (interrupted) while running")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a job's progress, safe to hand to another thread."""
+
+    step: int
+    total: int
+    eta_seconds: float | None = None
+    preview: Any | None = None  # a PIL image, or None
+    textinfo: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """Steps done as a fraction in [0, 1]; 0 while the total is unknown (0)."""
+        if self.total <= 0:
+            return 0.0
+        return min(1.0, self.step / self.total)
+
+
+class ProgressSink:
+    """Thread-safe progress of one job: the run writes, pollers read.
+
+    The ETA is the elapsed time per step of the current phase times the
+    steps left. A phase starts when the job starts (``start()``) and again
+    whenever ``total`` changes or ``step`` goes backwards (for example the
+    next image of a batch, or a hires-fix second pass); the new phase's time
+    zero is the moment of the previous update.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._step = 0
+        self._total = 0
+        self._preview: Any | None = None
+        self._textinfo = ""
+        self._phase_start: float | None = None
+        self._last_update: float | None = None
+
+    def start(self) -> None:
+        """Mark now as time zero for the ETA (the worker calls this when the job starts running)."""
+        with self._lock:
+            now = self._clock()
+            self._phase_start = now
+            self._last_update = now
+
+    def update(self, step: int, total: int, preview: Any | None = None, textinfo: str = "") -> None:
+        """Record that ``step`` of ``total`` steps are done.
+
+        ``preview`` replaces the last preview only when it is given, so a run
+        may send a preview every few steps. ``textinfo`` is a short status line.
+        """
+        if total < 0 or step < 0:
+            raise ValueError(f"progress needs step >= 0 and total >= 0, got step={step}, total={total}")
+        if step > total:
+            raise ValueError(f"progress step {step} is past the total of {total} steps; step must be <= total")
+        with self._lock:
+            now = self._clock()
+            if self._phase_start is None:
+                self._phase_start = now
+            elif total != self._total or step < self._step:
+                self._phase_start = self._last_update if self._last_update is not None else now
+            self._step = step
+            self._total = total
+            self._last_update = now
+            if preview is not None:
+                self._preview = preview
+            self._textinfo = textinfo
+
+    def snapshot(self) -> Progress:
+        """The progress now, with the ETA in seconds (None until a step is done)."""
+        with self._lock:
+            return Progress(
+                step=self._step,
+                total=self._total,
+                eta_seconds=self._eta_locked(),
+                preview=self._preview,
+                textinfo=self._textinfo,
+            )
+
+    def _eta_locked(self) -> float | None:
+        """Seconds left, from the elapsed time per step of this phase; the caller holds the lock."""
+        if self._step <= 0 or self._total <= 0 or self._phase_start is None:
+            return None
+        if self._step >= self._total:
+            return 0.0
+        elapsed = self._clock() - self._phase_start
+        if elapsed <= 0:
+            return None
+        return elapsed / self._step * (self._total - self._step)
+
+
+class JobState(str, Enum):
+    """Where a job is in its life; ``done``, ``failed`` and ``cancelled`` are final."""
+
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+@dataclass(eq=False)
+class Job:
+    """One unit of device work. The queue changes its state; clients read it and ``wait()``."""
+
+    kind: str
+    request: Any
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: JobState = JobState.queued
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result: Any = None
+    error: str | None = None
+    token: CancelToken = field(default_factory=CancelToken, repr=False)
+    progress: ProgressSink = field(default_factory=ProgressSink, repr=False)
+    _exception: BaseException | None = field(default=None, init=False, repr=False)
+    _finished_event: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the job is done, failed or cancelled."""
+        return self._finished_event.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the job ends and return its result.
+
+        Raises the run's own exception if the job failed, :class:`JobCancelled`
+        if it was cancelled, and ``TimeoutError`` if it has not ended within
+        ``timeout`` seconds (None waits forever).
+        """
+        if not self._finished_event.wait(timeout):
+            raise TimeoutError(f"job {self.id} ({self.kind}) is still {self.state.value} after waiting {timeout} s")
+        if self.state is JobState.done:
+            return self.result
+        if self.state is JobState.cancelled:
+            raise JobCancelled(f"job {self.id} ({self.kind}) was cancelled")
+        if self._exception is not None:
+            raise self._exception
+        raise RuntimeError(f"job {self.id} ({self.kind}) failed: {self.error}")
+
+    def _finish(self, state: JobState, result: Any = None, exception: BaseException | None = None) -> None:
+        """Record the final state and wake the waiters; the queue calls this under its lock."""
+        self.result = result
+        self._exception = exception
+        self.error = one_line_error(exception) if exception is not None else None
+        self.state = state
+        self.finished = time.time()
+        self._finished_event.set()
+
+
+def one_line_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` on one line, for ``Job.error`` and API responses."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class JobQueue:
+    """A FIFO queue of jobs run one at a time by one daemon worker thread.
+
+    Jobs may be submitted before ``start()``; they wait until the worker
+    runs. The ``max_queued`` limit counts waiting jobs, not the running one.
+    Finished jobs stay reachable through ``get()`` until ``keep_finished``
+    newer ones have finished.
+    """
+
+    def __init__(self, run: Callable[[Job], Any], max_queued: int = 64, keep_finished: int = 256) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        if keep_finished < 0:
+            raise ValueError(f"keep_finished must be 0 or more, got {keep_finished}")
+        self._run = run
+        self._max_queued = max_queued
+        self._keep_finished = keep_finished
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._current: Job | None = None
+        self._finished: OrderedDict[str, Job] = OrderedDict()
+        self._accepting = True
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+
+    # ----- lifecycle -----
+
+    def start(self) -> None:
+        """Start the worker thread (again, after ``stop()``)."""
+        with self._cond:
+            if self._worker is not None and self._worker.is_alive():
+                raise RuntimeError("the job queue worker is already running; call stop() before start()")
+            self._accepting = True
+            self._stopping = False
+            self._worker = threading.Thread(target=self._work, name=WORKER_THREAD_NAME, daemon=True)
+            self._worker.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        """Cancel the running job and every queued one, then join the worker.
+
+        New submissions are refused until ``start()``. If the running job does
+        not honour its token within ``timeout`` seconds, this logs a warning
+        and returns; the daemon worker exits when that run finally returns.
+        """
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            if self._current is not None:
+                self._current.token.cancel()
+            while self._queue:
+                self._cancel_queued_locked(self._queue.popleft())
+            self._cond.notify_all()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+            if worker.is_alive():
+                logger.warning("job queue worker did not stop within %s s; the running job ignores cancellation", timeout)
+
+    # ----- submitting and waiting -----
+
+    def submit(self, kind: str, request: Any) -> Job:
+        """Add a job at the end of the line and return it at once."""
+        with self._cond:
+            if not self._accepting:
+                raise RuntimeError("the job queue is stopped; call start() before submitting jobs")
+            if len(self._queue) >= self._max_queued:
+                raise QueueFull(
+                    f"the job queue already holds {len(self._queue)} waiting jobs (max_queued={self._max_queued}); "
+                    "wait for some to finish or cancel one"
+                )
+            job = Job(kind=kind, request=request)
+            self._queue.append(job)
+            self._cond.notify_all()
+            return job
+
+    def run_sync(self, kind: str, request: Any, timeout: float | None = None) -> Any:
+        """Submit a job and block until it ends; return its result or raise as ``Job.wait`` does.
+
+        On timeout the job is cancelled (nobody is left to read its result)
+        and ``TimeoutError`` is raised.
+        """
+        job = self.submit(kind, request)
+        try:
+            return job.wait(timeout)
+        except TimeoutError:
+            self.cancel(job.id)
+            raise
+
+    # ----- looking at jobs -----
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id: queued, running, or one of the kept finished jobs."""
+        with self._cond:
+            return self._find_locked(job_id)
+
+    def position(self, job_id: str) -> int:
+        """0 if the job is running, 1.. its place in line if queued, -1 if it has finished."""
+        with self._cond:
+            job = self._find_locked(job_id)
+            if job is self._current:
+                return 0
+            if job.state is JobState.queued:
+                return self._queue.index(job) + 1
+            return -1
+
+    def current(self) -> Job | None:
+        """The running job, or None when the worker is idle."""
+        with self._cond:
+            return self._current
+
+    def pending(self) -> list[Job]:
+        """The queued jobs, next first (a copy)."""
+        with self._cond:
+            return list(self._queue)
+
+    def job_count(self) -> int:
+        """How many jobs are running or queued."""
+        with self._cond:
+            return len(self._queue) + (1 if self._current is not None else 0)
+
+    # ----- cancelling -----
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job: a queued one is removed and marked cancelled at once, a running one is asked to stop.
+
+        Returns False if the job had already finished.
+        """
+        with self._cond:
+            job = self._find_locked(job_id)
+            if job is self._current:
+                job.token.cancel()
+                return True
+            if job.state is JobState.queued:
+                self._queue.remove(job)
+                self._cancel_queued_locked(job)
+                return True
+            return False
+
+    def interrupt(self) -> None:
+        """Cancel the running job, if any (A1111 /sdapi/v1/interrupt)."""
+        with self._cond:
+            if self._current is not None:
+                self._current.token.cancel()
+
+    def skip(self) -> None:
+        """Ask the running job to abandon its current image, if any (A1111 /sdapi/v1/skip)."""
+        with self._cond:
+            if self._current is not None:
+                self._current.token.skip()
+
+    # ----- internals -----
+
+    def _find_locked(self, job_id: str) -> Job:
+        """Look a job up by id; the caller holds the lock."""
+        if self._current is not None and self._current.id == job_id:
+            return self._current
+        if job_id in self._finished:
+            return self._finished[job_id]
+        for job in self._queue:
+            if job.id == job_id:
+                return job
+        raise KeyError(
+            f"no job with id {job_id!r}: it was never submitted, or it finished long enough ago "
+            f"to be dropped (only the last {self._keep_finished} finished jobs are kept)"
+        )
+
+    def _cancel_queued_locked(self, job: Job) -> None:
+        """Mark a job that never ran as cancelled; the caller holds the lock and has dequeued it."""
+        job.token.cancel()
+        job._finish(JobState.cancelled)
+        self._remember_locked(job)
+
+    def _remember_locked(self, job: Job) -> None:
+        """Keep a finished job for polling, dropping the oldest beyond ``keep_finished``."""
+        self._finished[job.id] = job
+        while len(self._finished) > self._keep_finished:
+            self._finished.popitem(last=False)
+
+    def _next_job(self) -> Job | None:
+        """Block until a job is queued and make it current; None when the queue is stopping."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            job = self._queue.popleft()
+            job.state = JobState.running
+            job.started = time.time()
+            job.progress.start()
+            self._current = job
+            return job
+
+    def _work(self) -> None:
+        """The worker loop: run jobs one at a time, in order, until stopped."""
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            state, result, exception = self._run_one(job)
+            with self._cond:
+                job._finish(state, result, exception)
+                self._current = None
+                self._remember_locked(job)
+                self._cond.notify_all()
+
+    def _run_one(self, job: Job) -> tuple[JobState, Any, BaseException | None]:
+        """Call the run function and turn its outcome into (state, result, exception)."""
+        try:
+            result = self._run(job)
+        except JobCancelled:
+            logger.info("job %s (%s) cancelled", job.id, job.kind)
+            return JobState.cancelled, None, None
+        except Exception as exc:  # noqa: BLE001 - one failing job must never kill the worker
+            logger.exception("job %s (%s) failed", job.id, job.kind)
+            return JobState.failed, None, exc
+        return JobState.done, result, None

@@ -1,0 +1,281 @@
+"""Build a ready diffusers pipeline from a checkpoint: single file (original layout) or folder.
+
+One routine per source, top to bottom:
+
+1. read the tensors safely (``checkpoints.read_state_dict``) and detect the architecture;
+2. take that architecture's shipped configs (``configs/<arch>/``), or build them from the
+   checkpoint's companion ``NAME.yaml`` (A1111's behaviour);
+3. convert the keys with diffusers' converters and load every component with ``strict=True``,
+   so a key the converter did not map is an error, never a silent random weight;
+4. assemble the pipeline with the shipped CLIP tokenizer. Nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modules.checkpoints import CheckpointError, CheckpointInfo, detect_architecture, read_state_dict
+from modules.config import CONFIGS_DIR
+
+TOKENIZER_DIR = CONFIGS_DIR / "tokenizer"
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: its pipeline and what the rest of the app needs to know about it."""
+
+    info: CheckpointInfo
+    arch: str
+    pipe: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline
+    short_hash: str | None
+    load_seconds: float = 0.0
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The resolution the model was trained at (e.g. 512 for SD 1.5, 64 for the bundled model)."""
+        return int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.arch == "sdxl"
+
+    def size_bytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size()
+            for m in self.modules()
+            for t in list(m.parameters()) + list(m.buffers())
+        )
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+
+@dataclass(frozen=True)
+class ArchConfigs:
+    """diffusers configs of every component of one architecture."""
+
+    unet: dict
+    vae: dict
+    text_encoder: dict
+    scheduler: dict
+    pad_token: str = "<|endoftext|>"
+    text_encoder_2: dict | None = None
+    pad_token_2: str | None = None
+
+
+def _read_json(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+def shipped_configs(arch: str) -> ArchConfigs:
+    """The configs shipped in ``configs/<arch>/`` (copied from the public model repositories)."""
+    d = CONFIGS_DIR / arch
+    if not d.is_dir():
+        raise CheckpointError(f"no shipped configs for architecture {arch!r} (expected folder {d})")
+    meta = _read_json(d / "arch.json") if (d / "arch.json").exists() else {}
+    te2 = d / "text_encoder_2" / "config.json"
+    return ArchConfigs(
+        unet=_read_json(d / "unet" / "config.json"),
+        vae=_read_json(d / "vae" / "config.json"),
+        text_encoder=_read_json(d / "text_encoder" / "config.json"),
+        scheduler=_read_json(d / "scheduler" / "scheduler_config.json"),
+        pad_token=meta.get("pad_token", "<|endoftext|>"),
+        text_encoder_2=_read_json(te2) if te2.exists() else None,
+        pad_token_2=meta.get("pad_token_2"),
+    )
+
+
+def load_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:
+        raise CheckpointError(f"companion config {path.name} is not valid YAML: {err}") from None
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise CheckpointError(f"companion config {path.name} has no 'model' section (expected an LDM config)")
+    return cfg
+
+
+def configs_from_yaml(yaml_cfg: dict, state: dict, base: ArchConfigs) -> ArchConfigs:
+    """Configs from an A1111-style companion yaml, over the architecture's shipped defaults."""
+    from diffusers.loaders.single_file_utils import (
+        create_unet_diffusers_config_from_ldm,
+        create_vae_diffusers_config_from_ldm,
+    )
+
+    params = yaml_cfg["model"].get("params", {})
+    latent_size = int(params.get("image_size", base.unet.get("sample_size", 64)))
+    try:
+        unet = {**base.unet, **create_unet_diffusers_config_from_ldm(yaml_cfg, state)}
+        vae = {**base.vae, **create_vae_diffusers_config_from_ldm(yaml_cfg, state)}
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"companion yaml is missing a field diffusers needs: {err}") from None
+    unet["sample_size"] = latent_size
+    vae["sample_size"] = latent_size * 2 ** (len(vae["block_out_channels"]) - 1)
+    cond = (params.get("cond_stage_config") or {}).get("params") or {}
+    text = {**base.text_encoder, **(cond.get("text_config") or {})}
+    sched = dict(base.scheduler)
+    for yaml_key, key in (("linear_start", "beta_start"), ("linear_end", "beta_end"), ("timesteps", "num_train_timesteps")):
+        if yaml_key in params:
+            sched[key] = params[yaml_key]
+    sched["prediction_type"] = "v_prediction" if params.get("parameterization") == "v" else "epsilon"
+    return ArchConfigs(unet, vae, text, sched, base.pad_token, base.text_encoder_2, base.pad_token_2)
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+    expected = set(module.state_dict())
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what}: the checkpoint does not match its detected architecture "
+            f"({len(missing)} missing keys, e.g. {sorted(missing)[:3]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]})"
+        )
+    module.load_state_dict(state, strict=True, assign=True)
+    return module
+
+
+def _empty(build):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return build()
+
+
+def make_tokenizer(pad_token: str = "<|endoftext|>"):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(
+        str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77, pad_token=pad_token
+    )
+
+
+def _clip_state(state: dict, prefix_candidates: tuple[str, ...]) -> dict:
+    """Text-encoder tensors under the first matching prefix, with that prefix removed."""
+    for prefix in prefix_candidates:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    raise CheckpointError(f"no text encoder tensors under {prefix_candidates}")
+
+
+def _text_keys_like(module: torch.nn.Module, state: dict) -> dict:
+    """Match the module's key style: transformers 5 ``CLIPTextModel`` has no ``text_model.`` prefix,
+    ``CLIPTextModelWithProjection`` and older checkpoints have it."""
+    wrapped = any(k.startswith("text_model.") for k in module.state_dict())
+    out = {}
+    for key, value in state.items():
+        bare = key.removeprefix("text_model.")
+        out[f"text_model.{bare}" if wrapped and bare != "text_projection.weight" else bare] = value
+    return out
+
+
+def _load_text(module: torch.nn.Module, state: dict, what: str) -> torch.nn.Module:
+    return _load_strict(module, _text_keys_like(module, state), what)
+
+
+def build_components(state: dict, arch: str, cfg: ArchConfigs) -> dict[str, Any]:
+    """Every pipeline component, loaded strictly from an original-layout state dict."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = _empty(lambda: UNet2DConditionModel.from_config(cfg.unet))
+    _load_strict(unet, convert_ldm_unet_checkpoint(state, unet.config), "UNet")
+    vae = _empty(lambda: AutoencoderKL.from_config(cfg.vae))
+    _load_strict(vae, convert_ldm_vae_checkpoint(state, vae.config), "VAE")
+    comps: dict[str, Any] = {"unet": unet, "vae": vae, "scheduler": EulerDiscreteScheduler.from_config(cfg.scheduler)}
+
+    if arch in ("sd1", "sd1-inpaint"):
+        te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
+        comps["text_encoder"] = _load_text(te, _clip_state(state, ("cond_stage_model.transformer.",)), "text encoder")
+    elif arch in ("sd2", "sd2-base"):
+        te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
+        comps["text_encoder"] = _load_text(te, convert_open_clip_checkpoint(te, state), "text encoder")
+    elif arch == "sdxl":
+        te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
+        comps["text_encoder"] = _load_text(te, _clip_state(state, ("conditioner.embedders.0.transformer.",)), "text encoder")
+        te2 = _empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg.text_encoder_2)))
+        comps["text_encoder_2"] = _load_text(
+            te2, convert_open_clip_checkpoint(te2, state, prefix="conditioner.embedders.1.model."), "text encoder 2")
+        comps["tokenizer_2"] = make_tokenizer(cfg.pad_token_2 or "!")
+    else:
+        raise CheckpointError(f"unknown architecture {arch!r}")
+    comps["tokenizer"] = make_tokenizer(cfg.pad_token)
+    return comps
+
+
+def assemble_pipeline(arch: str, comps: dict[str, Any]):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if arch == "sdxl":
+        return StableDiffusionXLPipeline(**comps)
+    return StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def load_single_file(info: CheckpointInfo) -> tuple[str, Any]:
+    """(architecture, pipeline) from a single-file checkpoint and its companion yaml, if any."""
+    state = read_state_dict(info.path)
+    yaml_cfg = load_yaml(info.config_path) if info.config_path else None
+    arch = detect_architecture(state, yaml_cfg)
+    cfg = shipped_configs(arch)
+    if yaml_cfg is not None:
+        cfg = configs_from_yaml(yaml_cfg, state, cfg)
+    return arch, assemble_pipeline(arch, build_components(state, arch, cfg))
+
+
+def arch_of_pipeline(pipe) -> str:
+    unet = pipe.unet.config
+    if getattr(unet, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    if unet.cross_attention_dim == 1024:
+        return "sd2" if pipe.scheduler.config.get("prediction_type") == "v_prediction" else "sd2-base"
+    return "sd1-inpaint" if unet.in_channels == 9 else "sd1"
+
+
+def load_diffusers_folder(info: CheckpointInfo) -> tuple[str, Any]:
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            info.path, local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as err:
+        raise CheckpointError(f"diffusers folder {info.name} could not be loaded: {err}") from None
+    return arch_of_pipeline(pipe), pipe
+
+
+def load_checkpoint(info: CheckpointInfo, short_hash: str | None) -> LoadedModel:
+    """Load a checkpoint onto the CPU in float32; device placement is the model manager's job."""
+    t0 = time.perf_counter()
+    loader = load_single_file if info.kind == "single" else load_diffusers_folder
+    arch, pipe = loader(info)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(info, arch, pipe, short_hash, time.perf_counter() - t0)
+
+
+def load_vae_file(path: Path, vae) -> None:
+    """Replace a pipeline VAE's weights with a standalone VAE file (``models/VAE``)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    state = read_state_dict(path)
+    converted = convert_ldm_vae_checkpoint(state, vae.config) if any(k.startswith(("encoder.", "first_stage_model.", "vae.")) and "conv_in" in k for k in state) else state
+    missing = set(vae.state_dict()) - set(converted)
+    if missing:
+        raise CheckpointError(f"VAE {path.name} does not fit this model ({len(missing)} missing keys, e.g. {sorted(missing)[:3]})")
+    vae.load_state_dict(converted, strict=True)

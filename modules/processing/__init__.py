@@ -1,0 +1,1 @@
+"""One module per generation mode; each exposes ``run(request, ctx) -> GenerationResult``."""

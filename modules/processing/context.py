@@ -1,0 +1,20 @@
+"""What a processing routine is handed: the model it runs on, settings, saver and job hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules.config import Settings
+from modules.jobs import CancelToken, ProgressSink
+from modules.model_loading import LoadedModel
+
+
+@dataclass
+class RunContext:
+    model: LoadedModel
+    settings: Settings
+    saver: Any  # modules.images.ImageSaver, or None to never save
+    token: CancelToken = field(default_factory=CancelToken)
+    progress: ProgressSink = field(default_factory=ProgressSink)
+    version: str = "easel"

@@ -1,0 +1,76 @@
+"""txt2img: text to images, one routine from request to saved result."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from modules.processing import common
+from modules.processing.context import RunContext
+from modules.schemas import GenerationResult, Txt2ImgRequest
+
+
+def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
+    # 1. resolve the request against the model and settings (sampler, size, seeds)
+    plan = common.plan_batch(req, ctx, rng)
+    pipe = ctx.model.pipe
+    # 2. the sampler, built from the model's own scheduler config (the worker holds the model's
+    #    lock, so no other job sees the swap; the model's own scheduler is put back at the end)
+    with common.sampler_installed(pipe, common.scheduler_for(ctx, plan)):
+        return _generate(req, ctx, plan, pipe)
+
+
+def _generate(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan, pipe) -> GenerationResult:
+    # 3. prompts to embeddings, once for the whole request
+    with torch.no_grad():
+        prompt_kwargs = common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip)
+    total_steps = req.steps * req.n_iter
+    ctx.progress.update(0, total_steps)
+    result = GenerationResult(
+        images=[], infotexts=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[],
+        model_name=ctx.model.info.model_name, model_hash=ctx.model.short_hash,
+        width=plan.width, height=plan.height, sampler_name=plan.sampler_name, scheduler=plan.scheduler,
+    )
+    device, dtype = pipe._execution_device, pipe.unet.dtype
+    for n in range(req.n_iter):
+        ctx.token.check()
+        # 4. seeded noise on the CPU, one draw per image
+        batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
+        latents = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx).to(device, dtype)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+        # 5. denoise and decode
+        try:
+            images = pipe(
+                **prompt_kwargs,
+                num_images_per_prompt=req.batch_size,
+                latents=latents,
+                generator=generators,
+                num_inference_steps=req.steps,
+                guidance_scale=req.cfg_scale,
+                width=plan.width,
+                height=plan.height,
+                output_type="pil",
+                callback_on_step_end=common.step_callback(ctx, n * req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
+                callback_on_step_end_tensor_inputs=["latents"],
+            ).images
+        except common.SkipIteration:
+            ctx.token.clear_skip()
+            result.skipped += 1
+            continue
+        # 6. infotext per image, saved atomically
+        for image, seed, subseed in zip(images, batch_seeds, batch_subseeds):
+            params = common.finish_params(common.base_params(req, plan, ctx, seed, subseed), ctx)
+            text = common.make_infotext(req, params)
+            result.images.append(image)
+            result.infotexts.append(text)
+            result.seeds.append(seed)
+            result.subseeds.append(subseed)
+            result.prompts.append(req.prompt)
+            result.negative_prompts.append(req.negative_prompt)
+            if req.save_images and ctx.saver is not None:
+                settings = ctx.settings
+                result.paths.append(ctx.saver.save_image(
+                    image, settings.path(settings.outdir_txt2img_samples), seed, text,
+                    pattern=settings.samples_filename_pattern, use_date_subdir=settings.save_to_dirs))
+    return result

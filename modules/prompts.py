@@ -1,0 +1,367 @@
+"""A1111 prompt syntax → CLIP text embeddings for SD 1.x-style text encoders.
+
+Two layers, usable separately:
+
+1. Parsing (pure Python): ``parse_prompt_attention`` turns ``"a (red:1.3) [cat] BREAK sky"``
+   into ``[("a ", 1.0), ("red", 1.3), (" ", 1.0), ("cat", 1/1.1), ("BREAK", -1.0), ("sky", 1.0)]``.
+   It never raises: malformed brackets degrade the way AUTOMATIC1111's parser degrades.
+2. Encoding (torch): ``tokenize_weighted`` cuts the parsed prompt into chunks of at most 75
+   weighted tokens; ``encode_prompt`` runs every chunk as ``[BOS] + tokens + EOS padding``
+   (77 ids) through the text encoder, applies the weights with A1111's "Original" emphasis
+   (multiply, then restore the chunk's mean) and concatenates the chunks along the sequence axis.
+
+Deliberate differences from A1111 (which we otherwise follow, to reproduce its images):
+- ``BREAK`` inside brackets still breaks (A1111 multiplies its marker weight and then treats it as
+  text); break markers are never weighted or merged.
+- A weight that looks numeric but is not (``(a:1.2.3)``, ``(a:.)``) is kept as literal text with the
+  bracket's 1.1 (A1111 raises ``ValueError`` from ``float``).
+- Empty text pieces are dropped from the parse (they carry no tokens).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+ROUND_MULTIPLIER = 1.1
+SQUARE_MULTIPLIER = 1 / 1.1
+BREAK_MARKER: tuple[str, float] = ("BREAK", -1.0)
+CHUNK_TOKENS = 75  # prompt tokens per chunk; +BOS +EOS = 77 ids
+COMMA_BACKTRACK = 20  # A1111 default of "comma_padding_backtrack"
+COMMA_TOKEN = ",</w>"
+
+_SPECIAL_CHARS = "\\()[]:"
+_ESCAPABLE = "\\()[]"
+_BREAK_RE = re.compile(r"\s*\bBREAK\b\s*")
+_WEIGHT_RE = re.compile(r":([+-]?[.\d]+)\)")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def is_break(part: tuple[str, float]) -> bool:
+    """True if ``part`` is the BREAK marker produced by ``parse_prompt_attention``."""
+    return part[0] == BREAK_MARKER[0] and part[1] == BREAK_MARKER[1]
+
+
+def _append_text(pieces: list[list[Any]], text: str) -> None:
+    """Append plain text, splitting it at every standalone uppercase ``BREAK`` word."""
+    for index, part in enumerate(_BREAK_RE.split(text)):
+        if index > 0:
+            pieces.append([BREAK_MARKER[0], BREAK_MARKER[1], True])
+        if part:
+            pieces.append([part, 1.0, False])
+
+
+def _multiply_from(pieces: list[list[Any]], start: int, factor: float) -> None:
+    """Multiply the weight of every text piece from index ``start`` on (markers stay as they are)."""
+    for piece in pieces[start:]:
+        if not piece[2]:
+            piece[1] *= factor
+
+
+def _parse_weight(text: str, position: int) -> tuple[float, int] | None:
+    """Read ``:<number>)`` at ``position``; return (weight, end index) or None if it is not one."""
+    match = _WEIGHT_RE.match(text, position)
+    if match is None:
+        return None
+    try:
+        return float(match.group(1)), match.end()
+    except ValueError:  # e.g. "1.2.3" or "." match the character class but are no number
+        return None
+
+
+def _merge_equal_weights(pieces: list[list[Any]]) -> list[tuple[str, float]]:
+    """Join neighbouring text pieces with identical weights; break markers are never joined."""
+    merged: list[list[Any]] = []
+    for piece in pieces:
+        previous = merged[-1] if merged else None
+        if previous and not piece[2] and not previous[2] and previous[1] == piece[1]:
+            previous[0] += piece[0]
+        else:
+            merged.append(list(piece))
+    return [(text, weight) for text, weight, _ in merged]
+
+
+def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+    """Split an A1111 prompt into (text, weight) pieces; never raises.
+
+    ``(x)`` ×1.1, ``((x))`` ×1.21, ``[x]`` ÷1.1, ``(x:1.3)`` ×1.3 (nested factors multiply),
+    ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are literal characters (a lone backslash is dropped,
+    as in A1111), and a standalone ``BREAK`` becomes ``BREAK_MARKER`` ("BREAK", -1.0).
+    Unclosed brackets apply their factor to the rest of the prompt; a stray ``)`` or ``]``
+    is literal text; ``(x:abc)`` is the literal text ``x:abc`` at 1.1. Neighbouring pieces with
+    equal weights are merged and an empty prompt gives ``[("", 1.0)]``.
+    """
+    pieces: list[list[Any]] = []  # [text, weight, is_break]
+    round_open: list[int] = []  # index into pieces where each open "(" starts
+    square_open: list[int] = []
+    position = 0
+    while position < len(text):
+        char = text[position]
+        if char == "\\":
+            escaped = text[position + 1 : position + 2]
+            if escaped and escaped in _ESCAPABLE:
+                pieces.append([escaped, 1.0, False])
+                position += 2
+            else:
+                position += 1  # A1111 drops a backslash that escapes nothing
+        elif char == "(":
+            round_open.append(len(pieces))
+            position += 1
+        elif char == "[":
+            square_open.append(len(pieces))
+            position += 1
+        elif char == ":":
+            weight = _parse_weight(text, position)
+            if weight is not None and round_open:
+                _multiply_from(pieces, round_open.pop(), weight[0])
+                position = weight[1]
+            elif weight is not None:  # ":1.2)" with no open "(" is plain text, ")" included
+                _append_text(pieces, text[position : weight[1]])
+                position = weight[1]
+            else:
+                _append_text(pieces, ":")
+                position += 1
+        elif char == ")" and round_open:
+            _multiply_from(pieces, round_open.pop(), ROUND_MULTIPLIER)
+            position += 1
+        elif char == "]" and square_open:
+            _multiply_from(pieces, square_open.pop(), SQUARE_MULTIPLIER)
+            position += 1
+        elif char in ")]":
+            _append_text(pieces, char)
+            position += 1
+        else:
+            end = position
+            while end < len(text) and text[end] not in _SPECIAL_CHARS:
+                end += 1
+            _append_text(pieces, text[position:end])
+            position = end
+
+    for start in round_open:
+        _multiply_from(pieces, start, ROUND_MULTIPLIER)
+    for start in square_open:
+        _multiply_from(pieces, start, SQUARE_MULTIPLIER)
+
+    merged = _merge_equal_weights(pieces)
+    return merged if merged else [("", 1.0)]
+
+
+def split_breaks(parsed: list[tuple[str, float]]) -> list[list[tuple[str, float]]]:
+    """Split parsed pieces at BREAK markers: ``n`` markers give ``n + 1`` (possibly empty) segments."""
+    segments: list[list[tuple[str, float]]] = [[]]
+    for part in parsed:
+        if is_break(part):
+            segments.append([])
+        else:
+            segments[-1].append(part)
+    return segments
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """Bounds on prompt length; ``max_chunks`` chunks of 75 tokens each (default 1500 tokens)."""
+
+    max_chunks: int = 20
+    comma_backtrack: int = COMMA_BACKTRACK
+
+    def __post_init__(self) -> None:
+        if self.max_chunks < 1:
+            raise ValueError(f"PromptLimits.max_chunks must be at least 1, got {self.max_chunks}")
+        if not 0 <= self.comma_backtrack < CHUNK_TOKENS:
+            raise ValueError(
+                f"PromptLimits.comma_backtrack must be in 0..{CHUNK_TOKENS - 1}, got {self.comma_backtrack}"
+            )
+
+
+class PromptTooLong(ValueError):
+    """The prompt needs more 75-token chunks than ``PromptLimits.max_chunks`` allows."""
+
+    def __init__(self, token_count: int, chunk_count: int, limits: PromptLimits) -> None:
+        self.token_count = token_count
+        self.chunk_count = chunk_count
+        self.max_chunks = limits.max_chunks
+        super().__init__(
+            f"prompt is too long: {token_count} tokens in {chunk_count} chunks of {CHUNK_TOKENS}; "
+            f"at most {limits.max_chunks} chunks ({limits.max_chunks * CHUNK_TOKENS} tokens) are allowed"
+        )
+
+
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without BOS/EOS and without truncation."""
+    if not text:
+        return []
+    return list(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text)))
+
+
+def _split_into_chunks(
+    pairs: list[tuple[int, float]], comma_id: int | None, comma_backtrack: int
+) -> list[list[tuple[int, float]]]:
+    """Cut one BREAK-free run of tokens into chunks of ≤75; always returns at least one chunk.
+
+    When a chunk is full and the last comma is within ``comma_backtrack`` tokens of its end,
+    the tokens after that comma move to the next chunk (A1111's comma padding backtrack).
+    """
+    chunks: list[list[tuple[int, float]]] = []
+    current: list[tuple[int, float]] = []
+    last_comma = -1
+    for pair in pairs:
+        if pair[0] == comma_id:
+            last_comma = len(current)
+        elif (
+            len(current) == CHUNK_TOKENS
+            and last_comma != -1
+            and CHUNK_TOKENS - last_comma <= comma_backtrack
+        ):
+            chunks.append(current[: last_comma + 1])
+            current = current[last_comma + 1 :]
+            last_comma = -1
+        if len(current) == CHUNK_TOKENS:
+            chunks.append(current)
+            current = []
+            last_comma = -1
+        current.append(pair)
+    if current or not chunks:
+        chunks.append(current)
+    return chunks
+
+
+def tokenize_weighted(
+    tokenizer: Any, text: str, comma_backtrack: int = COMMA_BACKTRACK
+) -> list[list[tuple[int, float]]]:
+    """Parse ``text`` and return chunks of ≤75 (token id, weight) pairs, without BOS/EOS.
+
+    Every BREAK ends the current chunk (even an empty one, as A1111 does); a trailing BREAK
+    adds nothing. An empty prompt gives one empty chunk.
+    """
+    comma_id = tokenizer.get_vocab().get(COMMA_TOKEN)
+    segments = split_breaks(parse_prompt_attention(text))
+    chunks: list[list[tuple[int, float]]] = []
+    for index, segment in enumerate(segments):
+        pairs = [(token, weight) for piece, weight in segment for token in _token_ids(tokenizer, piece)]
+        is_last = index == len(segments) - 1
+        if is_last and not pairs and chunks:
+            break
+        chunks.extend(_split_into_chunks(pairs, comma_id, comma_backtrack))
+    return chunks
+
+
+def _check_length(chunks: list[list[tuple[int, float]]], limits: PromptLimits) -> None:
+    """Raise PromptTooLong if ``chunks`` exceed ``limits``."""
+    if len(chunks) > limits.max_chunks:
+        token_count = sum(len(chunk) for chunk in chunks)
+        raise PromptTooLong(token_count, len(chunks), limits)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _final_layer_norm(text_encoder: Any) -> torch.nn.Module:
+    """The text transformer's final LayerNorm (``CLIPTextModel`` or a model wrapping ``text_model``)."""
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.final_layer_norm
+
+
+def _check_clip_skip(text_encoder: Any, clip_skip: int) -> None:
+    """Raise ValueError unless 1 <= clip_skip <= number of transformer layers."""
+    layers = text_encoder.config.num_hidden_layers
+    if not isinstance(clip_skip, int) or not 1 <= clip_skip <= layers:
+        raise ValueError(f"clip_skip must be an integer in 1..{layers} for this text encoder, got {clip_skip!r}")
+
+
+def _chunk_tensors(
+    tokenizer: Any, chunks: list[list[tuple[int, float]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [n, 77] (``BOS + tokens + pad``) and float32 weights [n, 77] (1.0 on BOS/pad)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, weights = [], []
+    for chunk in chunks:
+        padding = CHUNK_TOKENS + 1 - len(chunk)
+        ids.append([tokenizer.bos_token_id] + [token for token, _ in chunk] + [pad_id] * padding)
+        weights.append([1.0] + [weight for _, weight in chunk] + [1.0] * padding)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32)
+
+
+def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111 "Original" emphasis per chunk: ``z *= weights`` then rescale to the chunk's original mean."""
+    z32 = z.float()
+    original_mean = z32.mean(dim=(1, 2), keepdim=True)
+    weighted = z32 * weights.to(z32.device)[:, :, None]
+    new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+    safe_mean = torch.where(new_mean == 0, original_mean, new_mean)  # all-zero: leave unscaled
+    restored = weighted * (original_mean / safe_mean)
+    return restored.to(z.dtype)
+
+
+def _encode_chunks(
+    tokenizer: Any,
+    text_encoder: Any,
+    chunks: list[list[tuple[int, float]]],
+    clip_skip: int,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    """Run every chunk through the text encoder and return weighted embeddings [1, 77*n, hidden]."""
+    ids, weights = _chunk_tensors(tokenizer, chunks)
+    target = torch.device(device) if device is not None else text_encoder.device
+    with torch.no_grad():
+        output = text_encoder(input_ids=ids.to(target), output_hidden_states=clip_skip > 1)
+        if clip_skip > 1:
+            z = _final_layer_norm(text_encoder)(output.hidden_states[-clip_skip])
+        else:
+            z = output.last_hidden_state
+        z = _apply_weights(z, weights)
+    return z.reshape(1, -1, z.shape[-1])
+
+
+def encode_prompt(
+    tokenizer: Any,
+    text_encoder: Any,
+    text: str,
+    clip_skip: int = 1,
+    limits: PromptLimits = PromptLimits(),
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Encode an A1111 prompt to embeddings of shape [1, 77 * n_chunks, hidden].
+
+    ``clip_skip`` 1 uses the last layer; ``k`` > 1 uses the k-th hidden state from the end with the
+    final LayerNorm applied. ``device`` is where the token ids go (default: the encoder's device);
+    the result has the encoder's dtype. Raises PromptTooLong past ``limits.max_chunks``.
+    """
+    _check_clip_skip(text_encoder, clip_skip)
+    chunks = tokenize_weighted(tokenizer, text, limits.comma_backtrack)
+    _check_length(chunks, limits)
+    return _encode_chunks(tokenizer, text_encoder, chunks, clip_skip, device)
+
+
+def encode_prompt_pair(
+    tokenizer: Any,
+    text_encoder: Any,
+    prompt: str,
+    negative: str,
+    clip_skip: int = 1,
+    limits: PromptLimits = PromptLimits(),
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode prompt and negative prompt, padding the shorter with empty chunks to equal length.
+
+    Equal shapes let classifier-free guidance concatenate them into one batch, as in A1111.
+    """
+    _check_clip_skip(text_encoder, clip_skip)
+    positive_chunks = tokenize_weighted(tokenizer, prompt, limits.comma_backtrack)
+    negative_chunks = tokenize_weighted(tokenizer, negative, limits.comma_backtrack)
+    _check_length(positive_chunks, limits)
+    _check_length(negative_chunks, limits)
+    count = max(len(positive_chunks), len(negative_chunks))
+    positive_chunks = positive_chunks + [[] for _ in range(count - len(positive_chunks))]
+    negative_chunks = negative_chunks + [[] for _ in range(count - len(negative_chunks))]
+    return (
+        _encode_chunks(tokenizer, text_encoder, positive_chunks, clip_skip, device),
+        _encode_chunks(tokenizer, text_encoder, negative_chunks, clip_skip, device),
+    )

@@ -1,0 +1,47 @@
+"""Shared fixtures: a data folder with tiny checkpoints, and services built on it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny_models import write_diffusers_folder, write_single_file
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: heavy test (several seconds to minutes); deselect with -m 'not slow'")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """models/Stable-diffusion with two single files (seeds 0 and 1) and one diffusers folder."""
+    root = tmp_path_factory.mktemp("models") / "Stable-diffusion"
+    root.mkdir(parents=True)
+    write_single_file(root, "tiny-a", seed=0)
+    write_single_file(root, "tiny-b", seed=1)
+    write_diffusers_folder(root, "tiny-folder", seed=2)
+    return root
+
+
+@pytest.fixture
+def data_dir(tmp_path, tiny_models_dir) -> Path:
+    """A fresh data folder whose models/Stable-diffusion holds the tiny checkpoints."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(tiny_models_dir, models / "Stable-diffusion")
+    return tmp_path
+
+
+@pytest.fixture
+def services(data_dir):
+    from modules.config import load_settings
+    from modules.services import build_services
+
+    s = build_services(load_settings(data_dir, {"show_progress_every_n_steps": 0}))
+    yield s
+    s.close()

@@ -1,0 +1,69 @@
+"""Tiny random Stable Diffusion 1.x models, written to disk the way users have them.
+
+``write_single_file`` saves one as an original-layout ``.safetensors`` with its companion
+``.yaml`` (the path real downloaded checkpoints take); ``write_diffusers_folder`` saves one as a
+diffusers folder. Both are seeded, so the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modules.ldm_export import ldm_yaml, pipeline_to_ldm, save_ldm_checkpoint
+
+SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    prediction_type="epsilon", steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+)
+TEXT = dict(
+    vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32,
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+
+
+def tiny_components(seed: int = 0, in_channels: int = 4):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=32, sample_size=32,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT))
+    return unet, vae, text_encoder
+
+
+def write_single_file(folder: Path, name: str, seed: int = 0, in_channels: int = 4, yaml: bool = True) -> Path:
+    unet, vae, text_encoder = tiny_components(seed, in_channels)
+    path = folder / f"{name}.safetensors"
+    save_ldm_checkpoint(path, pipeline_to_ldm(unet, vae, text_encoder), dtype=None)
+    if yaml:
+        text = ldm_yaml(unet.config, vae.config, TEXT, SCHEDULER, scaling_factor=0.18215)
+        path.with_suffix(".yaml").write_text(text)
+    return path
+
+
+def write_diffusers_folder(folder: Path, name: str, seed: int = 0) -> Path:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from modules.model_loading import make_tokenizer
+
+    unet, vae, text_encoder = tiny_components(seed)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=make_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**{k: v for k, v in SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    out = folder / name
+    pipe.save_pretrained(out)
+    return out
