@@ -17,6 +17,7 @@ KL Optimal, Align Your Steps, Simple, Normal, DDIM).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,7 @@ _A1111_ONLY_SCHEDULE_TYPES = ("Polyexponential", "KL Optimal", "Align Your Steps
 _DPMPP_MULTISTEP = "DPMSolverMultistepScheduler"
 
 # A1111's sampler order (k-diffusion samplers, then the timestep samplers, then LCM).
+# fmt: off
 _SAMPLERS: tuple[Sampler, ...] = (
     Sampler(
         "DPM++ 2M", ("k_dpmpp_2m",), _DPMPP_MULTISTEP,
@@ -166,6 +168,7 @@ _SAMPLERS: tuple[Sampler, ...] = (
         note="Meant for LCM-distilled models or LoRAs; it picks its own timesteps.",
     ),
 )
+# fmt: on
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(s.name for s in _SAMPLERS)
 SCHEDULE_TYPES: tuple[str, ...] = tuple(t.label for t in _SCHEDULE_TYPES)
@@ -335,10 +338,19 @@ def make_scheduler(
     stype = _schedule_type(effective_schedule_type(name, schedule))
     _check_packages(sampler, stype)
     overrides = {**sampler.options, **_schedule_overrides(sampler, stype)}
-    if seed is not None and sampler.scheduler_class == "DPMSolverSDEScheduler":
-        overrides["noise_sampler_seed"] = seed
+    if sampler.scheduler_class == "DPMSolverSDEScheduler":
+        overrides["noise_sampler_seed"] = seed  # always explicit: a stale seed must not leak in
     scheduler_class = getattr(diffusers, sampler.scheduler_class)
-    return scheduler_class.from_config(dict(base_config), **overrides)
+    return scheduler_class.from_config(_accepted_config(scheduler_class, base_config), **overrides)
+
+
+def _accepted_config(scheduler_class: type, base_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The base config without keys the class does not take (diffusers would warn and ignore them).
+
+    Keys starting with "_" are diffusers' own bookkeeping and are kept.
+    """
+    accepted = set(inspect.signature(scheduler_class.__init__).parameters)
+    return {k: v for k, v in base_config.items() if k in accepted or k.startswith("_")}
 
 
 def sampler_list() -> list[dict[str, Any]]:

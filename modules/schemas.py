@@ -78,10 +78,108 @@ class GenerationRequest(BaseModel):
         return self.sampler_name or self.sampler_index or default
 
 
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")
+OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
+OUTPAINT_FILLS = ("edge", "noise", "solid")
+
+
 class Txt2ImgRequest(GenerationRequest):
-    """A1111's txt2img: the shared fields (hires fix comes with the edit-modes work)."""
+    """A1111's txt2img, with its hires fix: first pass at width x height, upscale, img2img pass."""
 
     mode: str = Field("txt2img", frozen=True)
+    enable_hr: bool = False
+    denoising_strength: float = Field(0.7, ge=0.0, le=1.0, description="strength of the hires pass")
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
+    hr_upscaler: str = Field("Latent", description="a name from modules.upscalers.list_upscalers")
+    hr_second_pass_steps: int = Field(0, ge=0, le=150, description="0 = the same as steps")
+    hr_resize_x: int = Field(0, ge=0, le=8192, description="0 = from hr_scale")
+    hr_resize_y: int = Field(0, ge=0, le=8192, description="0 = from hr_scale")
+    hr_sampler_name: str | None = Field(None, description="None: the first pass's sampler")
+    hr_scheduler: str | None = Field(None, description="None: the first pass's schedule type")
+    hr_prompt: str = Field("", description="empty: the first pass's prompt")
+    hr_negative_prompt: str = Field("", description="empty: the first pass's negative prompt")
+
+
+class Img2ImgRequest(GenerationRequest):
+    """A1111's img2img; with ``mask`` set it is inpainting (a sketch is an img2img of the drawing).
+
+    ``init_images`` and ``mask`` hold PIL images (the HTTP API decodes base64 before building the
+    request); anything else fails when the job runs, with a RequestError naming the field.
+    ``width``/``height`` None: the first init image's size, rounded down to a multiple of 8.
+    """
+
+    mode: str = Field("img2img", frozen=True)
+    init_images: list[Any] = Field(default_factory=list, description="PIL images; image i of a batch uses init_images[i % len]")
+    resize_mode: int = Field(0, ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and fill, 3 Just resize (latent upscale)")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="0 keeps the image, 1 ignores it")
+    mask: Any = Field(None, description="PIL image, white = repaint; None = plain img2img")
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(True, description="True = 'Only masked': crop the masked region, generate at width x height, paste back")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 = repaint what is NOT masked")
+    include_init_images: bool = False
+
+
+class OutpaintRequest(Img2ImgRequest):
+    """Extend the canvas of ``init_images[0]`` by ``pixels`` on each side in ``direction``, then
+    inpaint the new area (A1111's "Poor man's outpainting" fields, plus how the new area is filled
+    before denoising). The generation runs at the new canvas size (width/height are ignored);
+    the original pixels come back exactly where they were."""
+
+    mode: str = Field("outpaint", frozen=True)
+    pixels: int = Field(64, ge=8, le=2048)
+    direction: list[str] = Field(default_factory=lambda: list(OUTPAINT_DIRECTIONS))
+    outpaint_fill: str = Field("edge", description="edge (stretch the border), noise, solid")
+    fill_color: str = Field("#808080", description="colour of the 'solid' fill")
+    denoising_strength: float = Field(0.9, ge=0.0, le=1.0)
+    mask_blur: int = Field(8, ge=0, le=64)
+    inpainting_fill: int = Field(1, ge=0, le=3)
+    inpaint_full_res: bool = False
+
+    @field_validator("pixels")
+    @classmethod
+    def _pixels_multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (got {v}; nearest: {max(8, round(v / 8) * 8)})")
+        return v
+
+    @field_validator("direction")
+    @classmethod
+    def _known_directions(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if d not in OUTPAINT_DIRECTIONS]
+        if bad or not v:
+            raise ValueError(f"must be a non-empty list of {', '.join(OUTPAINT_DIRECTIONS)} (got {v})")
+        return v
+
+    @field_validator("outpaint_fill")
+    @classmethod
+    def _known_fill(cls, v: str) -> str:
+        if v not in OUTPAINT_FILLS:
+            raise ValueError(f"must be one of {', '.join(OUTPAINT_FILLS)} (got {v!r})")
+        return v
+
+
+class ExtrasRequest(BaseModel):
+    """A1111's extra-single-image: upscale one image (no diffusion; runs on no model)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    mode: str = Field("extras", frozen=True)
+    image: Any = Field(None, description="PIL image")
+    resize_mode: int = Field(0, ge=0, le=1, description="0 scale by upscaling_resize, 1 to upscaling_resize_w x _h")
+    upscaling_resize: float = Field(2.0, gt=0.0, le=8.0)
+    upscaling_resize_w: int = Field(512, ge=1, le=16384)
+    upscaling_resize_h: int = Field(512, ge=1, le=16384)
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    show_extras_results: bool = True
+    save_images: bool = True
+    sd_model_checkpoint: str | None = None
+    override_settings: dict[str, Any] = Field(default_factory=dict)
 
 
 def parse_request(cls: type[BaseModel], data: dict[str, Any]) -> Any:
@@ -110,6 +208,7 @@ class GenerationResult:
     scheduler: str
     paths: list[Path] = field(default_factory=list)
     skipped: int = 0
+    comments: list[str] = field(default_factory=list)  # notes for the user, e.g. "Mask resized ..."
 
     def info(self) -> dict[str, Any]:
         """The ``info`` object of A1111's API response (serialised to JSON by the API)."""
@@ -129,4 +228,5 @@ class GenerationResult:
             "sd_model_name": self.model_name,
             "sd_model_hash": self.model_hash,
             "infotexts": self.infotexts,
+            "comments": self.comments,
         }

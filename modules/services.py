@@ -81,6 +81,18 @@ class Services:
             self._selected = name
         return self.queue.submit("load_model", name)
 
+    # -- settings (added for the HTTP API's POST /sdapi/v1/options) -------------------------
+    def update_settings(self, new_settings: Settings) -> None:
+        """Replace the settings: jobs that start from now on see them; a running job keeps its own.
+
+        The model cache limits follow at once. Settings read once at start-up (device,
+        precision, attention, memory mode, max_queue) take effect at the next start. The caller
+        saves config.json; selecting another checkpoint is ``select_checkpoint``'s job.
+        """
+        with self._lock:
+            self.settings = new_settings
+        self.models.set_settings(cache_settings(new_settings))
+
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, kind: str, request: GenerationRequest) -> Job:
         """Queue a generation; the model it runs on is fixed now, at submission."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -270,3 +272,28 @@ def test_save_writes_fp16_atomically_and_refuses_to_overwrite(tmp_path):
     assert full.read_bytes() == before
     save_ldm_checkpoint(full, state, overwrite=True)
     assert full.stat().st_size == half.stat().st_size
+
+
+def test_diffusers_from_single_file_loads_the_export_offline(tmp_path):
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
+    unet, vae, text_encoder = make_unet(), make_vae(), make_text_encoder()
+    tokenizer = CLIPTokenizer(vocab_file=str(configs / "vocab.json"), merges_file=str(configs / "merges.txt"))
+    scheduler = PNDMScheduler(**SCHEDULER, skip_prk_steps=True, steps_offset=1)
+    reference = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    reference.save_pretrained(tmp_path / "config")  # the component configs from_single_file reads
+    for weights in (tmp_path / "config").rglob("*.safetensors"):
+        weights.unlink()
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_ldm_checkpoint(checkpoint, pipeline_to_ldm(unet, vae, text_encoder), dtype=None)
+    (tmp_path / "tiny.yaml").write_text(ldm_yaml(unet.config, vae.config, None, SCHEDULER, vae.config.scaling_factor))
+
+    loaded = StableDiffusionPipeline.from_single_file(
+        str(checkpoint), config=str(tmp_path / "config"), original_config=str(tmp_path / "tiny.yaml"),
+        local_files_only=True, safety_checker=None,
+    )
+    for name in ("unet", "vae", "text_encoder"):
+        assert_same_state(getattr(reference, name).state_dict(), getattr(loaded, name).state_dict())

@@ -90,10 +90,16 @@ def encode_prompts(ctx: RunContext, prompt: str, negative: str, clip_skip: int) 
     return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
 
 
-def step_callback(ctx: RunContext, done_before: int, total: int, preview_every: int):
-    """The pipeline's per-step hook: cancel, skip, progress and the occasional preview."""
+def step_callback(ctx: RunContext, done_before: int, steps: int, total: int, preview_every: int):
+    """The pipeline's per-step hook: cancel, skip, progress and the occasional preview.
+
+    Progress counts the user's sampling steps; second-order samplers (Heun, DPM2) evaluate
+    the model about twice per step, so their model calls are scaled down to steps.
+    """
 
     def callback(pipe, i: int, t, tensors: dict) -> dict:
+        calls = max(1, len(pipe.scheduler.timesteps))
+        step = min(steps, -(-(i + 1) * steps // calls))
         if ctx.token.cancelled:
             raise JobCancelled("interrupted")
         if ctx.token.skipped:
@@ -101,7 +107,7 @@ def step_callback(ctx: RunContext, done_before: int, total: int, preview_every: 
         preview = None
         if preview_every and (i + 1) % preview_every == 0 and "latents" in tensors:
             preview = decode_preview(pipe, tensors["latents"])
-        ctx.progress.update(done_before + i + 1, total, preview=preview)
+        ctx.progress.update(done_before + step, total, preview=preview)
         return {}
 
     return callback
@@ -163,3 +169,182 @@ def finish_params(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 
 def make_infotext(req: GenerationRequest, params: dict[str, Any]) -> str:
     return infotext.build_infotext(req.prompt, req.negative_prompt, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the edit modes (img2img, inpaint, outpaint, hires fix)
+
+# Above this many pixels the VAE encodes/decodes in tiles, so memory stays bounded.
+VAE_TILING_PIXELS = 1024 * 1024
+
+
+def apply_request_styles(req: GenerationRequest, ctx: RunContext) -> GenerationRequest:
+    """The request with its ``styles`` (from ``styles.csv`` in the data folder) merged into the
+    prompts; the styled prompts are what gets encoded and written to the infotext."""
+    if not req.styles:
+        return req
+    from modules import styles
+
+    table = styles.load_styles(ctx.settings.path(styles.STYLES_FILE))
+    prompt, negative = styles.apply_styles(req.prompt, req.negative_prompt, req.styles, table)
+    return req.model_copy(update={"prompt": prompt, "negative_prompt": negative, "styles": []})
+
+
+def new_result(ctx: RunContext, plan: BatchPlan, width: int | None = None, height: int | None = None):
+    from modules.schemas import GenerationResult
+
+    return GenerationResult(
+        images=[], infotexts=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[],
+        model_name=ctx.model.info.model_name, model_hash=ctx.model.short_hash,
+        width=width or plan.width, height=height or plan.height, sampler_name=plan.sampler_name, scheduler=plan.scheduler,
+    )
+
+
+def add_image(result, req: GenerationRequest, ctx: RunContext, image, seed: int, subseed: int, params: dict[str, Any], outdir: str) -> None:
+    """Append one image with its infotext to the result, and save it when the request asks."""
+    text = make_infotext(req, finish_params(params, ctx))
+    result.images.append(image)
+    result.infotexts.append(text)
+    result.seeds.append(seed)
+    result.subseeds.append(subseed)
+    result.prompts.append(req.prompt)
+    result.negative_prompts.append(req.negative_prompt)
+    if req.save_images and ctx.saver is not None:
+        s = ctx.settings
+        result.paths.append(ctx.saver.save_image(
+            image, s.path(outdir), seed, text, pattern=s.samples_filename_pattern, use_date_subdir=s.save_to_dirs))
+
+
+def require_sd_unet(ctx: RunContext, what: str) -> None:
+    if ctx.model.is_sdxl:
+        raise RequestError(f"{what} is not supported on SDXL checkpoints yet; choose an SD 1.x/2.x checkpoint")
+
+
+@contextmanager
+def vae_tiling_for(pipe, width: int, height: int) -> Iterator[None]:
+    """Tile the VAE while working on a large image; the previous setting is put back after."""
+    vae = pipe.vae
+    was = bool(getattr(vae, "use_tiling", False))
+    large = width * height > VAE_TILING_PIXELS
+    if large and not was:
+        vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if large and not was:
+            vae.disable_tiling()
+
+
+@torch.no_grad()
+def encode_images(pipe, images: list) -> torch.Tensor:
+    """PIL images (same size, multiples of 8) to scaled latents: the mean of the VAE posterior
+    (deterministic, so a request reproduces)."""
+    vae = pipe.vae
+    pixels = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
+    with vae_tiling_for(pipe, images[0].width, images[0].height):
+        dist = vae.encode(pixels).latent_dist
+    return dist.mean * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor) -> list:
+    vae = pipe.vae
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    with vae_tiling_for(pipe, latents.shape[-1] * f, latents.shape[-2] * f):
+        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(pixels, output_type="pil")
+
+
+def img2img_callback(ctx: RunContext, done_before: int, steps: int, strength: float, total: int):
+    """``step_callback`` for ``denoise``: progress counts only the steps that run."""
+    skipped = steps - denoise_steps(steps, strength)
+    return step_callback(ctx, done_before - skipped, steps, total, ctx.settings.show_progress_every_n_steps)
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    """How many of ``steps`` an img2img pass runs at ``strength`` (0: none, the input is kept)."""
+    return min(int(steps * strength), steps)
+
+
+def _step_kwargs(scheduler, generators: list) -> dict[str, Any]:
+    import inspect
+
+    accepted = inspect.signature(scheduler.step).parameters
+    return {"generator": generators} if "generator" in accepted else {}
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompts for classifier-free guidance (each (1, tokens, dim))."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> Conditioning:
+        return cls(kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"])
+
+
+@torch.no_grad()
+def denoise(
+    ctx: RunContext,
+    pipe,
+    conditioning: Conditioning,
+    init_latents: torch.Tensor | None,
+    noise: torch.Tensor,
+    steps: int,
+    strength: float,
+    cfg_scale: float,
+    generators: list,
+    callback,
+    blend_mask: torch.Tensor | None = None,
+    inpaint_extra: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The img2img sampling loop on the installed scheduler; returns the final latents.
+
+    ``strength`` picks where on the schedule to start (diffusers' and A1111's rule: the last
+    ``int(steps * strength)`` steps run); the init latents get the seeded ``noise`` at that level.
+    ``blend_mask`` (1 = repaint, latent size): after every step the area outside it is reset to the
+    init latents noised to the current level (inpainting with an ordinary checkpoint).
+    ``inpaint_extra``: the 5 extra input channels (mask, masked-image latents) of a 9-channel
+    inpainting UNet. ``callback`` (``step_callback``) gets each step's index in the full
+    schedule, so build it with ``img2img_callback``.
+    """
+    scheduler = pipe.scheduler
+    device, dtype = pipe._execution_device, pipe.unet.dtype
+    scheduler.set_timesteps(steps, device=device)
+    run = denoise_steps(steps, strength)
+    start = (steps - run) * scheduler.order
+    timesteps = scheduler.timesteps[start:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    noise = noise.to(device, dtype)
+    batch = noise.shape[0]
+    if init_latents is not None:
+        init_latents = init_latents.to(device, dtype)
+    if init_latents is None or run == steps:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(batch))
+    guided = cfg_scale > 1.0
+    cond = conditioning.cond.to(device, dtype).repeat(batch, 1, 1)
+    embeds = torch.cat([conditioning.uncond.to(device, dtype).repeat(batch, 1, 1), cond]) if guided else cond
+    extra = _step_kwargs(scheduler, generators)
+    for i, t in enumerate(timesteps):
+        model_in = torch.cat([latents] * 2) if guided else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        if inpaint_extra is not None:
+            model_in = torch.cat([model_in, torch.cat([inpaint_extra] * 2) if guided else inpaint_extra], dim=1)
+        pred = pipe.unet(model_in, t, encoder_hidden_states=embeds).sample
+        if guided:
+            uncond_pred, cond_pred = pred.chunk(2)
+            pred = uncond_pred + cfg_scale * (cond_pred - uncond_pred)
+        latents = scheduler.step(pred, t, latents, **extra).prev_sample
+        if blend_mask is not None and init_latents is not None:
+            if i + 1 < len(timesteps):
+                keep = scheduler.add_noise(init_latents, noise, timesteps[i + 1 : i + 2].repeat(batch))
+            else:
+                keep = init_latents
+            latents = blend_mask * latents + (1 - blend_mask) * keep
+        callback(pipe, start + i, t, {"latents": latents})  # the index in the full schedule
+    return latents

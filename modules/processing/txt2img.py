@@ -51,7 +51,7 @@ def _generate(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan, pipe
                 width=plan.width,
                 height=plan.height,
                 output_type="pil",
-                callback_on_step_end=common.step_callback(ctx, n * req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
+                callback_on_step_end=common.step_callback(ctx, n * req.steps, req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
                 callback_on_step_end_tensor_inputs=["latents"],
             ).images
         except common.SkipIteration:

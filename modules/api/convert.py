@@ -1,0 +1,144 @@
+"""Translation between HTTP bodies and the core's typed requests and results. No generation here.
+
+Every function raises ``RequestValidationError`` (422, the field named in ``detail[].loc``) for a
+field that cannot be understood, and ``RequestError`` (400) for a request that is well formed
+but cannot run as asked (an unknown sampler, say).
+"""
+
+import json
+import time
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from modules import samplers
+from modules.config import Settings
+from modules.images import decode_image, encode_image_base64
+from modules.schemas import GenerationRequest, GenerationResult, RequestError
+
+# A1111 options that a request's override_settings may set, and the request field each becomes.
+# sd_model_checkpoint stays in override_settings: Services.submit reads it from there.
+OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip"}
+# Fields of the API bodies that the core requests do not take.
+API_ONLY_FIELDS = {"script_name", "script_args", "alwayson_scripts", "force_task_id", "infotext",
+                   "gfpgan_visibility", "codeformer_visibility", "codeformer_weight", "upscale_first"}
+
+
+def field_error(loc: tuple[Any, ...], message: str, value: Any = None) -> RequestValidationError:
+    """A 422 error in FastAPI's own shape, naming the field at ``loc`` (under ``body``)."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message, "input": value}])
+
+
+def decode_field(text: str | None, loc: tuple[Any, ...]) -> Image.Image:
+    """Decode one base64 image field; a missing or unreadable image is a 422 naming the field."""
+    if not text:
+        raise field_error(loc, "an image is required: base64 PNG/JPEG/WebP data or a data:image/...;base64, URL")
+    try:
+        return decode_image(text)
+    except ValueError as err:
+        raise field_error(loc, str(err).removeprefix("decode_image: "), text[:64]) from None
+
+
+def check_no_scripts(body: BaseModel) -> None:
+    """Easel has no A1111 scripts: a request that names one is refused, not silently changed."""
+    if getattr(body, "script_name", None):
+        raise field_error(("script_name",), f"script {body.script_name!r} not found; this server has no scripts", body.script_name)
+    if getattr(body, "alwayson_scripts", None):
+        names = ", ".join(body.alwayson_scripts)
+        raise field_error(("alwayson_scripts",), f"always-on script(s) {names} not found; this server has none")
+    for name in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(body, name, 0):
+            raise field_error((name,), "face restoration is not available in Easel; use 0")
+
+
+def check_sampler(request: GenerationRequest, settings: Settings) -> None:
+    """An unknown sampler or schedule type fails now (400, listing the valid names), not in the queue."""
+    try:
+        samplers.resolve(request.effective_sampler(settings.default_sampler), request.scheduler)
+    except ValueError as err:
+        raise RequestError(f"sampler_name: {err}") from None
+
+
+def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Settings,
+                       images: dict[str, Any] | None = None) -> Any:
+    """The core request for an API body: same fields, A1111 override_settings applied, images decoded.
+
+    ``images`` maps image fields to decoded PIL images. A request saves only when it asks to and
+    the ``samples_save`` setting (or override) allows it, as in A1111.
+    """
+    data = body.model_dump(include=set(core_cls.model_fields) - {"mode"})
+    overrides = dict(getattr(body, "override_settings", {}) or {})
+    from_overrides = {}
+    for option, name in OVERRIDE_FIELDS.items():
+        if option in overrides and name in core_cls.model_fields:
+            data[name] = overrides[option]
+            from_overrides[name] = option
+    if "save_images" in data:
+        data["save_images"] = bool(data["save_images"]) and bool(overrides.get("samples_save", settings.samples_save))
+    data.update(images or {})
+    try:
+        return core_cls.model_validate(data)
+    except ValidationError as err:
+        errors = []
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            if loc and loc[0] in from_overrides:
+                loc = ("override_settings", from_overrides[loc[0]], *loc[1:])
+            errors.append({"type": e["type"], "loc": ("body", *loc), "msg": e["msg"], "input": e.get("input")})
+        raise RequestValidationError(errors) from None
+
+
+def encode_images(result: GenerationResult) -> list[str]:
+    """The result's images as base64 PNGs, each carrying its infotext."""
+    texts = list(result.infotexts) + [None] * (len(result.images) - len(result.infotexts))
+    return [encode_image_base64(image, infotext=text) for image, text in zip(result.images, texts)]
+
+
+def info_dict(result: GenerationResult, request: Any, job_timestamp: float | None = None) -> dict[str, Any]:
+    """A1111's ``info`` object: the result's own fields plus the request values A1111 reports."""
+    info: dict[str, Any] = {
+        "styles": list(getattr(request, "styles", []) or []),
+        "cfg_scale": getattr(request, "cfg_scale", None),
+        "steps": getattr(request, "steps", None),
+        "batch_size": getattr(request, "batch_size", 1),
+        "n_iter": getattr(request, "n_iter", 1),
+        "subseed_strength": getattr(request, "subseed_strength", 0),
+        "seed_resize_from_w": getattr(request, "seed_resize_from_w", -1),
+        "seed_resize_from_h": getattr(request, "seed_resize_from_h", -1),
+        "denoising_strength": getattr(request, "denoising_strength", None),
+        "clip_skip": getattr(request, "clip_skip", 1),
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "is_using_inpainting_conditioning": False,
+        "index_of_first_image": 0,
+        "extra_generation_params": {},
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job_timestamp or time.time())),
+        "skipped_images": result.skipped,
+        "paths": [str(p) for p in result.paths],
+    }
+    info.update(result.info())
+    return info
+
+
+def info_json(result: GenerationResult, request: Any, job_timestamp: float | None = None) -> str:
+    """``info_dict`` as the JSON string A1111's responses carry."""
+    return json.dumps(info_dict(result, request, job_timestamp), default=str)
+
+
+def parameters_of(body: BaseModel, hide_images: bool = True) -> dict[str, Any]:
+    """A1111's ``parameters``: the request as understood; input images left out unless asked for."""
+    params = body.model_dump(mode="json")
+    if hide_images and not params.get("include_init_images"):
+        for name in ("init_images", "mask", "image"):
+            if name in params:
+                params[name] = None
+    return params
+
+
+def core_fields_only(body: BaseModel) -> dict[str, Any]:
+    """The body's values without the API-only fields (for logging and the job API)."""
+    return body.model_dump(exclude=API_ONLY_FIELDS)

@@ -1,0 +1,115 @@
+"""The ``/easel/v1/jobs`` routes: submit a job and get its id at once, then poll or cancel it.
+
+The request bodies are the core requests with Easel's own defaults (``width``/``height`` None =
+the model's native size, 20 steps, images saved), images as base64 text. A full queue answers
+429 with ``Retry-After``.
+"""
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+
+from modules.images import encode_image_base64
+from modules.jobs import Job, JobState
+from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, OutpaintRequest, Txt2ImgRequest
+from modules.services import Services
+
+from .convert import build_core_request, check_sampler, decode_field, encode_images, info_dict
+from .errors import JobNotFound
+from .models import JobCancelResponse, JobCreated, JobProgress, JobResult, JobStatus, JobSubmission
+
+PREFIX = "/easel/v1"
+TAG = "easel jobs (asynchronous)"
+CORE_TYPES: dict[str, type] = {
+    "txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest, "outpaint": OutpaintRequest, "extras": ExtrasRequest,
+}
+
+
+def decoded_images(kind: str, request: Any) -> dict[str, Any]:
+    """The request's base64 image fields decoded; a bad one is a 422 naming ``request.<field>``."""
+    if kind in ("img2img", "outpaint"):
+        images = [decode_field(text, ("request", "init_images", i)) for i, text in enumerate(request.init_images)]
+        if not images:
+            decode_field(None, ("request", "init_images"))  # raises: at least one image is needed
+        mask = decode_field(request.mask, ("request", "mask")) if kind == "img2img" and request.mask else None
+        return {"init_images": images, "mask": mask}
+    if kind == "extras":
+        return {"image": decode_field(request.image, ("request", "image"))}
+    return {}
+
+
+def find_job(services: Services, job_id: str) -> Job:
+    try:
+        return services.queue.get(job_id)
+    except KeyError as err:
+        raise JobNotFound(err.args[0] if err.args else f"no job with id {job_id!r}") from None
+
+
+def position_of(services: Services, job: Job) -> int:
+    try:
+        return services.queue.position(job.id)
+    except KeyError:
+        return -1
+
+
+def job_result(job: Job) -> JobResult | None:
+    """Images and info of a finished generation; None while it runs or when it has none."""
+    if job.state is not JobState.done or job.result is None:
+        return None
+    result = job.result
+    if isinstance(result, GenerationResult):
+        return JobResult(images=encode_images(result), info=info_dict(result, job.request, job.started))
+    if hasattr(result, "save"):  # a single PIL image
+        return JobResult(images=[encode_image_base64(result)], info={})
+    return JobResult(images=[], info={"value": str(result)})
+
+
+def job_status(services: Services, job: Job, with_preview: bool = True) -> JobStatus:
+    snap = job.progress.snapshot()
+    preview = None
+    if with_preview and snap.preview is not None and job.state is JobState.running:
+        preview = encode_image_base64(snap.preview)
+    return JobStatus(
+        id=job.id, kind=job.kind, state=job.state.value, position=position_of(services, job),
+        progress=JobProgress(step=snap.step, total=snap.total, fraction=snap.fraction, eta=snap.eta_seconds),
+        preview=preview, error=job.error, result=job_result(job),
+        created=job.created, started=job.started, finished=job.finished,
+    )
+
+
+def create_jobs_router(services: Services) -> APIRouter:
+    """The asynchronous job routes, bound to ``services``."""
+    router = APIRouter(prefix=PREFIX, tags=[TAG])
+
+    @router.post("/jobs", status_code=202, response_model=JobCreated)
+    def submit_job(submission: JobSubmission, response: Response) -> JobCreated:
+        """Queue a job and return its id at once (202). 429 with Retry-After when the queue is full."""
+        kind = submission.type
+        core = build_core_request(CORE_TYPES[kind], submission.request, services.settings,
+                                  decoded_images(kind, submission.request))
+        if kind != "extras":
+            check_sampler(core, services.settings)
+        job = services.submit(kind, core)
+        response.headers["Location"] = f"{PREFIX}/jobs/{job.id}"
+        return JobCreated(id=job.id, kind=job.kind, state=job.state.value, position=position_of(services, job))
+
+    @router.get("/jobs", response_model=list[JobCreated])
+    async def list_jobs() -> list[JobCreated]:
+        """The running job, then the queued ones in order."""
+        current = services.queue.current()
+        jobs = ([current] if current is not None else []) + services.queue.pending()
+        return [JobCreated(id=j.id, kind=j.kind, state=j.state.value, position=position_of(services, j)) for j in jobs]
+
+    @router.get("/jobs/{job_id}", response_model=JobStatus)
+    async def get_job(job_id: str, preview: bool = Query(True, description="include the live preview")) -> JobStatus:
+        """State, queue position, progress, live preview, error, and the result once done."""
+        return job_status(services, find_job(services, job_id), preview)
+
+    @router.delete("/jobs/{job_id}", response_model=JobCancelResponse)
+    async def cancel_job(job_id: str) -> JobCancelResponse:
+        """Cancel: a queued job is removed at once, a running one is interrupted."""
+        job = find_job(services, job_id)
+        cancelled = services.queue.cancel(job.id)
+        return JobCancelResponse(id=job.id, state=job.state.value, cancelled=cancelled)
+
+    return router

@@ -1,0 +1,216 @@
+"""Request and response bodies of the HTTP API, with AUTOMATIC1111's field names and defaults.
+
+The ``/sdapi/v1`` request bodies subclass the core requests (``modules.schemas``), so they carry
+every core field, validator and limit, and change only what A1111's API does differently:
+
+- ``width``/``height`` default to 512 and ``steps`` to 50 (A1111's API defaults; the core's own
+  defaults are the model's native size and 20 steps);
+- ``save_images`` defaults to False (A1111's API does not save unless asked);
+- images travel as base64 text (raw, or ``data:image/...;base64,`` URLs);
+- ``script_name``/``script_args``/``alwayson_scripts`` are accepted (Easel has no scripts yet: a
+  non-empty value is refused with 422 naming the field).
+
+One deliberate difference: with neither ``sampler_name`` nor ``sampler_index`` given, the sampler
+is the settings' ``default_sampler`` (A1111 falls back to ``sampler_index``'s default "Euler").
+
+Unknown fields are ignored, as A1111 does; wrongly typed or out-of-range fields get a 422 whose
+``detail[].loc`` names the field. The ``/easel/v1`` job API takes the core requests unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modules.schemas import ExtrasRequest, Img2ImgRequest, OutpaintRequest, Txt2ImgRequest
+
+IMAGE_DESCRIPTION = "base64 image data, raw or as a data:image/...;base64, URL"
+
+
+class ScriptFields(BaseModel):
+    """A1111's script fields: accepted so clients can send them, refused when non-empty."""
+
+    script_name: str | None = Field(None, description="A1111 script title; Easel has no scripts yet (must be empty)")
+    script_args: list[Any] = Field(default_factory=list, description="arguments of script_name")
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="A1111 always-on scripts (must be empty)")
+    force_task_id: str | None = Field(None, description="accepted and ignored")
+    infotext: str | None = Field(None, description="accepted and ignored")
+
+
+class Txt2ImgBody(Txt2ImgRequest, ScriptFields):
+    """POST /sdapi/v1/txt2img: A1111's StableDiffusionProcessingTxt2Img fields and API defaults."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"prompt": "a red apple", "steps": 20}})
+
+    width: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
+    height: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
+    steps: int = Field(50, ge=1, le=150)
+    save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
+
+
+class Img2ImgBody(Img2ImgRequest, ScriptFields):
+    """POST /sdapi/v1/img2img: A1111's StableDiffusionProcessingImg2Img fields; ``mask`` makes it inpainting."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    init_images: list[str] | None = Field(None, description=f"the images to start from: {IMAGE_DESCRIPTION}")
+    mask: str | None = Field(None, description=f"inpainting mask, white = repaint: {IMAGE_DESCRIPTION}")
+    width: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
+    height: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
+    steps: int = Field(50, ge=1, le=150)
+    save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
+
+
+class ExtrasBody(ExtrasRequest):
+    """POST /sdapi/v1/extra-single-image: upscale one image."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field("", description=f"the image to upscale: {IMAGE_DESCRIPTION}")
+    save_images: bool = Field(False, description="save to the extras outputs folder (A1111's API: no)")
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0, description="face restoration: not available in Easel (must be 0)")
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0, description="face restoration: not available in Easel (must be 0)")
+    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0, description="accepted and ignored")
+    upscale_first: bool = Field(False, description="accepted and ignored (no face restoration)")
+
+
+class GenerationResponse(BaseModel):
+    """A1111's TextToImageResponse / ImageToImageResponse."""
+
+    images: list[str] | None = Field(None, description="the generated images, base64 PNG with their infotext")
+    parameters: dict[str, Any] = Field(description="the request as understood, with defaults filled in")
+    info: str = Field(description="a JSON string: all_prompts, all_seeds, infotexts, sd_model_name, sd_model_hash, ...")
+
+
+class ExtrasResponse(BaseModel):
+    """A1111's ExtrasSingleImageResponse."""
+
+    image: str | None = Field(None, description="the upscaled image, base64 PNG")
+    html_info: str = Field("", description="a short description of what was done")
+
+
+class PngInfoBody(BaseModel):
+    image: str = Field(description=IMAGE_DESCRIPTION)
+
+
+class PngInfoResponse(BaseModel):
+    info: str = Field(description="the infotext stored in the image ('' if none)")
+    items: dict[str, Any] = Field(description="the image's other text chunks")
+    parameters: dict[str, Any] = Field(description="the infotext parsed into A1111's keys (Prompt, Steps, Size-1, ...)")
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(description="0..1 of the running job")
+    eta_relative: float = Field(description="seconds left for the running job (0 when unknown)")
+    state: dict[str, Any] = Field(description="job_count, sampling_step, sampling_steps, interrupted, skipped, job, ...")
+    current_image: str | None = Field(None, description="the live preview, base64 PNG (needs show_progress_every_n_steps > 0)")
+    textinfo: str | None = None
+
+
+class SDModelItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None
+
+
+class OptionsUpdateResponse(BaseModel):
+    updated: list[str] = Field(description="the options that were saved")
+    ignored: list[str] = Field(description="unknown option names, ignored as A1111 does")
+    model_switch_job: str | None = Field(None, description="id of the queued model switch, if sd_model_checkpoint changed")
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any] = Field(description="free, used, total bytes of system memory")
+    cuda: dict[str, Any] = Field(description="CUDA memory, or {error: ...} without CUDA")
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, Any] = Field(default_factory=dict)
+    skipped: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# /easel/v1: the core requests with Easel's own defaults; images as base64 text
+
+
+class Img2ImgJobRequest(Img2ImgRequest):
+    init_images: list[str] = Field(default_factory=list, description=IMAGE_DESCRIPTION)
+    mask: str | None = Field(None, description=f"white = repaint; {IMAGE_DESCRIPTION}")
+
+
+class OutpaintJobRequest(OutpaintRequest):
+    init_images: list[str] = Field(default_factory=list, description=IMAGE_DESCRIPTION)
+    mask: str | None = Field(None, description="ignored: outpainting makes its own mask")
+
+
+class ExtrasJobRequest(ExtrasRequest):
+    image: str = Field("", description=IMAGE_DESCRIPTION)
+
+
+class Txt2ImgJob(BaseModel):
+    type: Literal["txt2img"]
+    request: Txt2ImgRequest = Field(default_factory=Txt2ImgRequest)
+
+
+class Img2ImgJob(BaseModel):
+    type: Literal["img2img"]
+    request: Img2ImgJobRequest
+
+
+class OutpaintJob(BaseModel):
+    type: Literal["outpaint"]
+    request: OutpaintJobRequest
+
+
+class ExtrasJob(BaseModel):
+    type: Literal["extras"]
+    request: ExtrasJobRequest
+
+
+JobSubmission = Annotated[Txt2ImgJob | Img2ImgJob | OutpaintJob | ExtrasJob, Field(discriminator="type")]
+
+
+class JobProgress(BaseModel):
+    step: int
+    total: int
+    fraction: float
+    eta: float | None = Field(description="seconds left, None until a step is done")
+
+
+class JobCreated(BaseModel):
+    id: str
+    kind: str
+    state: str
+    position: int = Field(description="0 running, 1.. place in line, -1 finished")
+
+
+class JobResult(BaseModel):
+    images: list[str] = Field(description="base64 PNGs with their infotext")
+    info: dict[str, Any] = Field(description="all_prompts, all_seeds, infotexts, sd_model_name, ...")
+
+
+class JobStatus(JobCreated):
+    progress: JobProgress
+    preview: str | None = Field(None, description="live preview, base64 PNG")
+    error: str | None = None
+    result: JobResult | None = Field(None, description="set once the job is done")
+    created: float
+    started: float | None = None
+    finished: float | None = None
+
+
+class JobCancelResponse(BaseModel):
+    id: str
+    state: str
+    cancelled: bool = Field(description="False when the job had already finished")

@@ -1,0 +1,302 @@
+"""The ``/sdapi/v1`` routes: AUTOMATIC1111's HTTP API, served from Easel's job queue.
+
+Generation routes submit a job and wait for it; they are plain ``def`` routes, so FastAPI runs
+them in its thread pool and the server keeps answering (progress, interrupt, the job API) while
+they wait. Routes that only read state are ``async def``: they take no thread-pool slot and stay
+fast even when every slot waits on a long job.
+"""
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, Query
+
+from modules import devices, samplers, upscalers
+from modules.checkpoints import CheckpointError
+from modules.images import encode_image_base64, read_infotext
+from modules.infotext import parse_infotext
+from modules.jobs import Job, JobCancelled, one_line_error
+from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, RequestError, Txt2ImgRequest
+from modules.services import Services
+from modules.styles import STYLES_FILE, load_styles
+
+from . import options as options_api
+from .convert import (
+    build_core_request,
+    check_no_scripts,
+    check_sampler,
+    decode_field,
+    encode_images,
+    field_error,
+    info_json,
+    parameters_of,
+)
+from .errors import JobFailed
+from .models import (
+    EmbeddingsResponse,
+    ExtrasBody,
+    ExtrasResponse,
+    GenerationResponse,
+    Img2ImgBody,
+    MemoryResponse,
+    OptionsUpdateResponse,
+    PngInfoBody,
+    PngInfoResponse,
+    ProgressResponse,
+    ScriptsList,
+    SDModelItem,
+    Txt2ImgBody,
+)
+
+PREFIX = "/sdapi/v1"
+TAG = "sdapi (AUTOMATIC1111 compatible)"
+
+
+def wait_for(job: Job) -> Any:
+    """The job's result; None if it was interrupted. Bad input stays 4xx; anything else is a JobFailed (500)."""
+    try:
+        return job.wait()
+    except JobCancelled:
+        return None
+    except (RequestError, CheckpointError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported to the client as a 500 with the job's message
+        raise JobFailed(f"job {job.id} ({job.kind}) failed: {job.error or one_line_error(exc)}") from exc
+
+
+def interrupted_response(job: Job, parameters: dict[str, Any]) -> GenerationResponse:
+    """A1111 answers an interrupted generation with 200 and what was done; Easel keeps no partial images."""
+    info = {"interrupted": True, "job_id": job.id, "all_prompts": [], "all_seeds": [], "infotexts": []}
+    return GenerationResponse(images=[], parameters=parameters, info=json.dumps(info))
+
+
+def generation_response(job: Job, core: Any, body: Any) -> GenerationResponse:
+    """Wait for a generation job and shape A1111's answer."""
+    parameters = parameters_of(body)
+    result: GenerationResult | None = wait_for(job)
+    if result is None:
+        return interrupted_response(job, parameters)
+    images = encode_images(result) if body.send_images else []
+    return GenerationResponse(images=images, parameters=parameters, info=info_json(result, core, job.started))
+
+
+def memory_stats(services: Services) -> dict[str, Any]:
+    """A1111's /memory answer: system RAM, and CUDA memory when there is CUDA."""
+    import torch
+
+    probe = devices.TorchMemoryProbe()
+    total, free = probe.total_bytes("cpu"), probe.free_bytes("cpu")
+    ram = {"free": free, "used": total - free, "total": total}
+    if not torch.cuda.is_available():
+        return {"ram": ram, "cuda": {"error": "CUDA is not available on this machine"}}
+    try:
+        free_c, total_c = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+    except Exception as err:  # noqa: BLE001 - a driver problem is reported, not raised
+        return {"ram": ram, "cuda": {"error": one_line_error(err)}}
+    cuda = {
+        "system": {"free": free_c, "used": total_c - free_c, "total": total_c},
+        "active": {"current": stats.get("active_bytes.all.current", 0), "peak": stats.get("active_bytes.all.peak", 0)},
+        "allocated": {"current": stats.get("allocated_bytes.all.current", 0), "peak": stats.get("allocated_bytes.all.peak", 0)},
+        "reserved": {"current": stats.get("reserved_bytes.all.current", 0), "peak": stats.get("reserved_bytes.all.peak", 0)},
+        "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0), "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+        "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+    }
+    return {"ram": ram, "cuda": cuda}
+
+
+def progress_of(services: Services, skip_current_image: bool) -> ProgressResponse:
+    """A1111's /progress answer for the running job (zeros when idle)."""
+    job = services.queue.current()
+    count = services.queue.job_count()
+    state: dict[str, Any] = {
+        "skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_id": None,
+        "job_count": count, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0,
+        "queued": len(services.queue.pending()),
+    }
+    if job is None:
+        return ProgressResponse(progress=0.0, eta_relative=0.0, state=state, current_image=None, textinfo=None)
+    snap = job.progress.snapshot()
+    state.update({
+        "skipped": job.token.skipped, "interrupted": job.token.cancelled, "job": job.kind, "job_id": job.id,
+        "job_timestamp": _timestamp(job.started), "sampling_step": snap.step, "sampling_steps": snap.total,
+    })
+    image = None
+    if snap.preview is not None and not skip_current_image:
+        image = encode_image_base64(snap.preview)
+    return ProgressResponse(progress=snap.fraction, eta_relative=snap.eta_seconds or 0.0, state=state,
+                            current_image=image, textinfo=snap.textinfo or None)
+
+
+def _timestamp(t: float | None) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.localtime(t)) if t else "0"
+
+
+def sd_models(services: Services) -> list[SDModelItem]:
+    registry = services.checkpoints
+    items = []
+    for info in registry.list():
+        items.append(SDModelItem(
+            title=registry.title(info), model_name=info.model_name, hash=registry.short_hash(info),
+            sha256=registry.sha256(info), filename=str(info.path),
+            config=str(info.config_path) if info.config_path else None,
+        ))
+    return items
+
+
+def cmd_flags(services: Services) -> dict[str, Any]:
+    """The start-up choices, under A1111's flag names where one exists."""
+    s = services.settings
+    return {
+        "api": True, "nowebui": False, "data_dir": str(s.data_dir), "ckpt_dir": [str(p) for p in s.ckpt_dirs],
+        "device": services.runtime.device, "precision": s.precision, "attention": services.runtime.attention,
+        "medvram": s.memory_mode == "medvram", "lowvram": s.memory_mode == "lowvram",
+        "xformers": services.runtime.attention == "xformers", "max_queue": s.max_queue,
+    }
+
+
+def create_sdapi_router(services: Services) -> APIRouter:
+    """Every ``/sdapi/v1`` route, bound to ``services``."""
+    router = APIRouter(prefix=PREFIX, tags=[TAG])
+
+    @router.post("/txt2img", response_model=GenerationResponse)
+    def txt2img(body: Txt2ImgBody) -> GenerationResponse:
+        """Text to image; waits in the queue like every job. ``info`` is a JSON string."""
+        check_no_scripts(body)
+        core = build_core_request(Txt2ImgRequest, body, services.settings)
+        check_sampler(core, services.settings)
+        return generation_response(services.submit("txt2img", core), core, body)
+
+    @router.post("/img2img", response_model=GenerationResponse)
+    def img2img(body: Img2ImgBody) -> GenerationResponse:
+        """Image to image; with ``mask`` it is inpainting (mask_blur, inpainting_fill, inpaint_full_res, ...)."""
+        check_no_scripts(body)
+        if not body.init_images:
+            raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
+        images = [decode_field(text, ("init_images", i)) for i, text in enumerate(body.init_images)]
+        mask = decode_field(body.mask, ("mask",)) if body.mask else None
+        core = build_core_request(Img2ImgRequest, body, services.settings, {"init_images": images, "mask": mask})
+        check_sampler(core, services.settings)
+        return generation_response(services.submit("img2img", core), core, body)
+
+    @router.post("/extra-single-image", response_model=ExtrasResponse)
+    def extra_single_image(body: ExtrasBody) -> ExtrasResponse:
+        """Upscale one image with upscaler_1 (and upscaler_2 blended by extras_upscaler_2_visibility)."""
+        check_no_scripts(body)
+        image = decode_field(body.image, ("image",))
+        core = build_core_request(ExtrasRequest, body, services.settings, {"image": image})
+        job = services.submit("extras", core)
+        result = wait_for(job)
+        if result is None:
+            return ExtrasResponse(image=None, html_info="interrupted")
+        out = result.images[0] if isinstance(result, GenerationResult) else result
+        text = result.infotexts[0] if isinstance(result, GenerationResult) and result.infotexts else ""
+        if not body.show_extras_results:
+            return ExtrasResponse(image=None, html_info=text)
+        return ExtrasResponse(image=encode_image_base64(out), html_info=text)
+
+    @router.post("/png-info", response_model=PngInfoResponse)
+    def png_info(body: PngInfoBody) -> PngInfoResponse:
+        """The generation parameters stored in an image (PNG text chunk or EXIF UserComment)."""
+        image = decode_field(body.image.strip(), ("image",))
+        text = read_infotext(image) or ""
+        items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str) and k != "parameters"}
+        return PngInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
+
+    @router.get("/progress", response_model=ProgressResponse)
+    async def progress(skip_current_image: bool = Query(False)) -> ProgressResponse:
+        """Progress of the running job; ``state.job_count`` counts running and queued jobs."""
+        return progress_of(services, skip_current_image)
+
+    @router.post("/interrupt")
+    async def interrupt() -> dict:
+        """Stop the running job (queued jobs go on)."""
+        services.queue.interrupt()
+        return {}
+
+    @router.post("/skip")
+    async def skip() -> dict:
+        """Abandon the image being made and go on with the rest of the batch."""
+        services.queue.skip()
+        return {}
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        """Every setting under A1111's option names; sd_model_checkpoint is the selected checkpoint's title."""
+        return options_api.read_options(services)
+
+    @router.post("/options", response_model=OptionsUpdateResponse)
+    def set_options(values: dict[str, Any] = Body(..., examples=[{"sd_model_checkpoint": "model.safetensors"}])) -> OptionsUpdateResponse:
+        """Validate, save to config.json and apply. A new sd_model_checkpoint is queued behind earlier jobs."""
+        update = options_api.plan_update(services, values)
+        job_id = options_api.apply_update(services, update)
+        return OptionsUpdateResponse(updated=update.updated, ignored=update.ignored, model_switch_job=job_id)
+
+    @router.get("/cmd-flags")
+    def get_cmd_flags() -> dict[str, Any]:
+        return cmd_flags(services)
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def get_sd_models() -> list[SDModelItem]:
+        """The checkpoints found (hashes are computed once and cached)."""
+        return sd_models(services)
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> dict:
+        """Scan the checkpoint folders again."""
+        services.checkpoints.refresh()
+        return {}
+
+    @router.get("/samplers")
+    async def get_samplers() -> list[dict[str, Any]]:
+        return samplers.sampler_list()
+
+    @router.get("/schedulers")
+    async def get_schedulers() -> list[dict[str, Any]]:
+        return samplers.scheduler_list()
+
+    @router.get("/upscalers")
+    def get_upscalers() -> list[dict[str, Any]]:
+        """Pixel and model upscalers (the latent ones are under /latent-upscale-modes)."""
+        return [
+            {"name": u.name, "model_name": u.path.stem if u.path else None,
+             "model_path": str(u.path) if u.path else None, "model_url": None, "scale": None}
+            for u in upscalers.list_upscalers(services.settings.models_dir, include_latent=False)
+        ]
+
+    @router.get("/latent-upscale-modes")
+    async def get_latent_upscale_modes() -> list[dict[str, str]]:
+        return [{"name": name} for name in upscalers.LATENT_MODES]
+
+    @router.get("/sd-vae")
+    async def get_sd_vae() -> list[dict[str, str]]:
+        """Separate VAE files are not supported yet: always empty."""
+        return []
+
+    @router.get("/prompt-styles")
+    def get_prompt_styles() -> list[dict[str, str]]:
+        """The styles of styles.csv in the data folder."""
+        styles = load_styles(services.settings.path(STYLES_FILE))
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
+
+    @router.get("/embeddings", response_model=EmbeddingsResponse)
+    async def get_embeddings() -> EmbeddingsResponse:
+        """Textual-inversion embeddings are not loaded yet: always empty."""
+        return EmbeddingsResponse()
+
+    @router.get("/loras")
+    async def get_loras() -> list[dict[str, Any]]:
+        """LoRA files are not listed yet: always empty."""
+        return []
+
+    @router.get("/scripts", response_model=ScriptsList)
+    async def get_scripts() -> ScriptsList:
+        """A1111 scripts: none yet."""
+        return ScriptsList()
+
+    @router.get("/memory", response_model=MemoryResponse)
+    def get_memory() -> MemoryResponse:
+        return MemoryResponse(**memory_stats(services))
+
+    return router

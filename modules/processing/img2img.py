@@ -1,0 +1,226 @@
+"""img2img, sketch and inpainting (one mode, as in A1111): init image(s), optional mask.
+
+1. resolve: styles, images to RGB, default size (the first image's), sampler and seeds;
+2. prepare each init image (``Prepared``): resize by ``resize_mode`` or, for "only masked", crop
+   the masked region (plus padding) and scale it to width x height; fill the masked area;
+3. encode to latents, add the seeded noise at the level ``denoising_strength`` picks, denoise
+   (latent blending keeps the unmasked area of an ordinary checkpoint; a 9-channel inpainting
+   UNet gets the mask and the masked image as extra channels);
+4. decode and paste back into the original through the blurred mask, so pixels the blurred
+   mask does not touch come back unchanged; infotext with A1111's keys; save.
+
+``denoising_strength`` so low that no step runs (``int(steps * strength) == 0``) returns the
+prepared input exactly, without a VAE round trip. An empty mask (nothing white after inversion)
+is a RequestError: there is nothing to repaint.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modules import masks
+from modules.processing import common
+from modules.processing.context import RunContext
+from modules.schemas import INPAINTING_FILLS, GenerationResult, Img2ImgRequest, RequestError
+
+
+@dataclass
+class Prepared:
+    """One init image made ready for the model, and how its result goes back into the original."""
+
+    image: Image.Image  # model input, plan size (or its own size for latent upscale)
+    mask: Image.Image | None = None  # "L", same size as image, 255 = repaint (blurred)
+    original: Image.Image | None = None  # the result is pasted into this...
+    box: tuple[int, int, int, int] | None = None  # ...at this box...
+    overlay_mask: Image.Image | None = None  # ...through this mask (original's size)
+
+    def finish(self, generated: Image.Image) -> Image.Image:
+        if self.original is None:
+            return generated
+        return masks.paste_back(self.original, generated, self.box, self.overlay_mask)
+
+
+def composite_sketch(background: Image.Image, sketch: Image.Image) -> Image.Image:
+    """A sketch request's init image: the RGBA drawing over the picture (resized to it)."""
+    base = masks.to_rgb(background, "init_images[0]").convert("RGBA")
+    if not isinstance(sketch, Image.Image):
+        raise RequestError(f"sketch: expected an image (PIL.Image), got {type(sketch).__name__}")
+    layer = sketch.convert("RGBA")
+    if layer.size != base.size:
+        layer = layer.resize(base.size, Image.Resampling.LANCZOS)
+    base.alpha_composite(layer)
+    return base.convert("RGB")
+
+
+def round_down_8(v: int, factor: int) -> int:
+    return max(factor, v // factor * factor)
+
+
+def run(req: Img2ImgRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
+    # 1. resolve the request
+    common.require_sd_unet(ctx, "img2img")
+    req = common.apply_request_styles(req, ctx)
+    if not req.init_images:
+        raise RequestError("init_images: at least one image is needed for img2img")
+    images = [masks.to_rgb(im, f"init_images[{i}]") for i, im in enumerate(req.init_images)]
+    factor = ctx.model.vae_scale_factor
+    req = req.model_copy(update={
+        "width": req.width or round_down_8(images[0].width, factor),
+        "height": req.height or round_down_8(images[0].height, factor),
+    })
+    plan = common.plan_batch(req, ctx, rng)
+    notes: list[str] = []
+    mask = None
+    if req.mask is not None:
+        mask = masks.prepare_mask(req.mask, images[0].size, bool(req.inpainting_mask_invert), notes)
+        if masks.is_empty(mask):
+            what = "all white before inversion" if req.inpainting_mask_invert else "all black"
+            raise RequestError(f"mask: the mask is empty ({what}); paint the area to repaint in white")
+    # 2. prepare every init image
+    preps = [prepare(req, plan, image, mask, factor) for image in images]
+    return generate(req, ctx, plan, preps, image_params(req), ctx.settings.outdir_img2img_samples, notes)
+
+
+def prepare(req: Img2ImgRequest, plan: common.BatchPlan, image: Image.Image, mask: Image.Image | None, factor: int) -> Prepared:
+    """Resize or crop ``image`` (and ``mask``, same size as the image) for the model."""
+    w, h = plan.width, plan.height
+    if mask is None:
+        if req.resize_mode == 3:  # encoded at its own size, the latents are upscaled
+            own = (round_down_8(image.width, factor), round_down_8(image.height, factor))
+            return Prepared(masks.resize_image(image, *own, 0))
+        return Prepared(masks.resize_image(image, w, h, req.resize_mode))
+    if mask.size != image.size:
+        mask = mask.resize(image.size, masks.LANCZOS)
+    blurred = masks.blur_mask(mask, req.mask_blur)
+    if req.inpaint_full_res:
+        region = masks.crop_region(blurred, req.inpaint_full_res_padding)
+        region = masks.expand_crop_region(region, w, h, image.width, image.height)
+        model_image = image.crop(region).resize((w, h), masks.LANCZOS)
+        model_mask = blurred.crop(region).resize((w, h), masks.LANCZOS)
+        prep = Prepared(model_image, model_mask, image, region, blurred)
+    else:
+        mode = 0 if req.resize_mode == 3 else req.resize_mode
+        base = masks.resize_image(image, w, h, mode)
+        model_mask = masks.resize_image(blurred, w, h, mode)
+        prep = Prepared(base, model_mask, base, (0, 0, w, h), model_mask)
+    if req.inpainting_fill == 0:
+        prep.image = masks.fill_masked(prep.image, prep.mask)
+    return prep
+
+
+def image_params(req: Img2ImgRequest) -> dict[str, Any]:
+    """The infotext keys A1111 adds for img2img and inpainting, in its order."""
+    params: dict[str, Any] = {"Denoising strength": req.denoising_strength}
+    if req.mask is not None:
+        params["Mask blur"] = req.mask_blur
+        if req.inpainting_mask_invert:
+            params["Mask mode"] = "Inpaint not masked"
+        params["Masked content"] = INPAINTING_FILLS[req.inpainting_fill]
+        if req.inpaint_full_res:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = req.inpaint_full_res_padding
+    return params
+
+
+def latent_mask(mask: Image.Image, latent_w: int, latent_h: int) -> torch.Tensor:
+    """(1, 1, h, w) mask at latent size, rounded to 0/1 as A1111 does."""
+    small = np.asarray(mask.resize((latent_w, latent_h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.around(small))[None, None]
+
+
+@torch.no_grad()
+def inpaint_channels(pipe, image: Image.Image, mask: Image.Image | None, latent_size: tuple[int, int]) -> torch.Tensor:
+    """A 9-channel UNet's extra input: the mask (latent size) and the latents of the image with
+    the masked area blanked (no mask: everything is masked, as A1111 does for img2img)."""
+    vae = pipe.vae
+    pixels = pipe.image_processor.preprocess([image]).to(vae.device, vae.dtype)
+    if mask is None:
+        pixel_mask = torch.ones_like(pixels[:, :1])
+    else:
+        pixel_mask = torch.from_numpy(np.around(np.asarray(mask, dtype=np.float32) / 255.0))[None, None]
+    masked = pixels * (1 - pixel_mask.to(pixels))
+    with common.vae_tiling_for(pipe, image.width, image.height):
+        masked_latents = vae.encode(masked).latent_dist.mean * vae.config.scaling_factor
+    small = torch.nn.functional.interpolate(pixel_mask.float(), size=latent_size).round()
+    return torch.cat([small.to(masked_latents), masked_latents], dim=1)
+
+
+def generate(
+    req: Img2ImgRequest,
+    ctx: RunContext,
+    plan: common.BatchPlan,
+    preps: list[Prepared],
+    extra_params: dict[str, Any],
+    outdir: str,
+    notes: list[str],
+) -> GenerationResult:
+    """Steps 3-4 for prepared init images (also used by outpainting)."""
+    pipe = ctx.model.pipe
+    with common.sampler_installed(pipe, common.scheduler_for(ctx, plan)):
+        return _generate(req, ctx, plan, preps, extra_params, outdir, notes, pipe)
+
+
+def _generate(req, ctx, plan, preps, extra_params, outdir, notes, pipe) -> GenerationResult:
+    with torch.no_grad():
+        conditioning = common.Conditioning.from_kwargs(
+            common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip))
+    run_steps = common.denoise_steps(req.steps, req.denoising_strength)
+    total = run_steps * req.n_iter
+    ctx.progress.update(0, total)
+    result = common.new_result(ctx, plan)
+    result.comments.extend(notes)
+    f = ctx.model.vae_scale_factor
+    lw, lh = plan.width // f, plan.height // f
+    nine = pipe.unet.config.in_channels == 9
+    for n in range(req.n_iter):
+        ctx.token.check()
+        batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
+        batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
+        if run_steps == 0:  # nothing to denoise: the input comes back exactly
+            finals = [p.finish(p.image.copy()) for p in batch]
+        else:
+            try:
+                finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
+                                        n * run_steps, total, (lw, lh), nine)
+            except common.SkipIteration:
+                ctx.token.clear_skip()
+                result.skipped += 1
+                continue
+        for image, seed, subseed in zip(finals, batch_seeds, batch_subseeds):
+            params = {**common.base_params(req, plan, ctx, seed, subseed), **extra_params}
+            common.add_image(result, req, ctx, image, seed, subseed, params, outdir)
+    if result.images:
+        result.width, result.height = result.images[0].size
+    return result
+
+
+def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine):
+    lw, lh = latent_size
+    init = torch.cat([common.encode_images(pipe, [p.image]) for p in batch])
+    if init.shape[-2:] != (lh, lw):  # resize mode 3: upscale the latents
+        init = torch.nn.functional.interpolate(init, size=(lh, lw), mode="bilinear")
+    device, dtype = pipe._execution_device, pipe.unet.dtype
+    noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
+    blend = None
+    if batch[0].mask is not None:
+        blend = torch.cat([latent_mask(p.mask, lw, lh) for p in batch]).to(device, dtype)
+        init = init.to(device, dtype)
+        if req.inpainting_fill == 2:  # latent noise
+            init = init * (1 - blend) + noise.to(device, dtype) * blend
+        elif req.inpainting_fill == 3:  # latent nothing
+            init = init * (1 - blend)
+    extra = None
+    if nine:
+        extra = torch.cat([inpaint_channels(pipe, p.image, p.mask, (lh, lw)) for p in batch]).to(device, dtype)
+    generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+    callback = common.img2img_callback(ctx, done, req.steps, req.denoising_strength, total)
+    latents = common.denoise(
+        ctx, pipe, conditioning, init, noise, req.steps, req.denoising_strength, req.cfg_scale, generators, callback,
+        blend_mask=None if nine else blend, inpaint_extra=extra)
+    return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents))]

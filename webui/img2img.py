@@ -1,0 +1,108 @@
+"""The img2img tab, with a sketch mode (draw over the image in colours; the drawing is the input)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from modules.schemas import RESIZE_MODES, Img2ImgRequest, RequestError, parse_request
+from webui import xyplot
+from webui.runner import Batch
+from webui.tab import GenerationTab, bind_common
+from webui.txt2img import style_names
+from webui.widgets import (
+    Fields, generate_buttons, output_panel, prompt_row, sampler_row, seed_row, size_batch_cfg,
+)
+
+PREFIX = "img2img"
+MODES = ("img2img", "Sketch")
+SKETCH_COLORS = ["#000000", "#ffffff", "#ff0000", "#00a000", "#0000ff", "#ffd000"]
+
+
+def img2img_options(prefix: str, default_denoise: float = 0.75) -> Fields:
+    """Resize mode and denoising strength, shared with the inpaint tab."""
+    resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode",
+                           elem_id=f"{prefix}_resize_mode")
+    denoise = gr.Slider(0.0, 1.0, value=default_denoise, step=0.01, label="Denoising strength",
+                        elem_id=f"{prefix}_denoising_strength")
+    return {"resize_mode": resize_mode, "denoising_strength": denoise}
+
+
+def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> tuple[Fields, Any]:
+    """Sampler, size, seed and img2img options: the left column under the image."""
+    settings = services.settings
+    fields: Fields = {**prompt_fields, "styles": styles}
+    fields.update(img2img_options(prefix))
+    fields.update(sampler_row(prefix, settings.default_sampler, settings.default_steps))
+    fields.update(size_batch_cfg(prefix))
+    seed = seed_row(prefix)
+    fields.update(seed.fields)
+    return fields, seed
+
+
+def create_ui(services) -> GenerationTab:
+    """Build the tab (call inside a ``gr.Tab``)."""
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompt = prompt_row(PREFIX)
+        with gr.Column(scale=2):
+            generate, interrupt, skip = generate_buttons(PREFIX)
+            styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
+                                 elem_id=f"{PREFIX}_styles")
+    with gr.Row():
+        with gr.Column():
+            mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id=f"{PREFIX}_mode")
+            image = gr.Image(type="pil", label="Image for img2img", elem_id=f"{PREFIX}_image",
+                             sources=["upload", "clipboard"], height=400)
+            sketch = gr.ImageEditor(type="pil", label="Sketch", elem_id=f"{PREFIX}_sketch", visible=False,
+                                    brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0]),
+                                    eraser=gr.Eraser(), format="png", sources=["upload", "clipboard"], height=400)
+            fields, seed = generation_fields(PREFIX, services, prompt.fields, styles)
+            script = xyplot.create_ui(PREFIX, services)
+        with gr.Column():
+            panel = output_panel(PREFIX, generate, interrupt, skip)
+    extra = {"mode": mode, "sketch": sketch, "xyplot": script}
+    return GenerationTab(PREFIX, fields, panel, seed, prompt.read_params, image=image, extra=extra)
+
+
+def sketch_image(value: Any) -> Image.Image | None:
+    """The drawing from an ImageEditor value: its composite (background with every layer), as RGB."""
+    if not value:
+        return None
+    composite = value.get("composite") if isinstance(value, dict) else value
+    return composite.convert("RGB") if composite is not None else None
+
+
+def build_request(values: dict[str, Any], init_image: Image.Image | None) -> Img2ImgRequest:
+    """The typed request from the tab's named values and the input image."""
+    if init_image is None:
+        raise RequestError("init_images: no input image; upload one (or send one from another tab)")
+    data = dict(values)
+    for name in ("seed", "subseed"):
+        if data.get(name) is None:
+            data[name] = -1
+    data["init_images"] = [init_image.convert("RGB")]
+    return parse_request(Img2ImgRequest, data)
+
+
+def bind_events(tab: GenerationTab, services) -> None:
+    """Generate (image or sketch), mode switch, Interrupt/Skip, seed and read-parameters buttons."""
+    mode, sketch, script = tab.extra["mode"], tab.extra["sketch"], tab.extra["xyplot"]
+
+    def batch(values: dict[str, Any]) -> Batch:
+        init = sketch_image(values["_sketch"]) if values["_mode"] == "Sketch" else values["_image"]
+        fields = {k: v for k, v in values.items() if k in tab.fields}
+        request = build_request(fields, init)
+        script_values = {k: v for k, v in values.items() if k in script}
+        if script_values.get("xy_enabled"):
+            return xyplot.plan_batch("img2img", request, script_values, services)
+        return Batch([("img2img", request)])
+
+    extra_inputs = {"_mode": mode, "_image": tab.image, "_sketch": sketch, **script}
+    bind_common(tab, services, batch, extra_inputs=extra_inputs)
+    mode.change(lambda m: (gr.update(visible=m != "Sketch"), gr.update(visible=m == "Sketch")),
+                inputs=[mode], outputs=[tab.image, sketch], queue=False)
+    # sketching starts from the uploaded image
+    tab.image.change(lambda img: img, inputs=[tab.image], outputs=[sketch], queue=False)

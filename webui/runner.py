@@ -1,0 +1,189 @@
+"""Running generation jobs from the UI: submit typed requests to the one job queue, then stream
+progress, live preview and results to the output panel.
+
+``stream_jobs`` is a generator handler body: each ``yield`` is a ``{component: update}`` dict
+for the panel. It never raises: a bad request or a failed job shows its message in the panel's
+error box and as a toast (gr.Warning).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from modules.jobs import Job, JobCancelled, JobState
+from modules.schemas import GenerationResult
+from webui.widgets import OutputPanel, progress_html
+
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Shown:
+    """What the gallery shows after a run: images with one infotext and one seed each."""
+
+    images: list[Any]
+    infotexts: list[str]
+    seeds: list[int]
+
+
+def shown_from_results(results: list[GenerationResult]) -> Shown:
+    """All images of all results, in order."""
+    shown = Shown([], [], [])
+    for result in results:
+        shown.images.extend(result.images)
+        shown.infotexts.extend(result.infotexts)
+        shown.seeds.extend(result.seeds)
+    return shown
+
+
+def error_updates(panel: OutputPanel, message: str) -> dict:
+    """Show ``message`` in the error box and as a toast; put the buttons back."""
+    gr.Warning(message)
+    return {
+        panel.error: gr.update(value=message, visible=True),
+        panel.generate: gr.update(visible=True),
+        panel.interrupt: gr.update(visible=False),
+        panel.skip: gr.update(visible=False),
+        panel.progress: progress_html(None, None),
+        panel.preview: gr.update(visible=False),
+    }
+
+
+@dataclass
+class Batch:
+    """The jobs one Generate press submits, and how their results are shown."""
+
+    requests: list[tuple[str, Any]]  # (job kind, typed request)
+    show: Callable[[list[GenerationResult]], Shown] = shown_from_results
+
+
+def submit_all(services, requests: list[tuple[str, Any]]) -> list[Job]:
+    """Submit every (kind, request); if one is refused, cancel those already queued and re-raise."""
+    jobs: list[Job] = []
+    try:
+        for kind, request in requests:
+            jobs.append(services.submit(kind, request))
+    except Exception:
+        for job in jobs:
+            services.queue.cancel(job.id)
+        raise
+    return jobs
+
+
+def _position(services, job: Job) -> int:
+    try:
+        return services.queue.position(job.id)
+    except KeyError:
+        return -1
+
+
+def stream_jobs(
+    services,
+    panel: OutputPanel,
+    make_batch: Callable[[], Batch],
+    poll_seconds: float = POLL_SECONDS,
+) -> Iterator[dict]:
+    """Build the batch, submit it, and stream the panel's updates until all its jobs end."""
+    try:
+        batch = make_batch()
+        jobs = submit_all(services, batch.requests)
+    except Exception as err:  # RequestError, CheckpointError, QueueFull, ...: all shown, none raised
+        yield error_updates(panel, str(err))
+        return
+    yield {
+        panel.generate: gr.update(visible=False),
+        panel.interrupt: gr.update(visible=True),
+        panel.skip: gr.update(visible=True),
+        panel.error: gr.update(value="", visible=False),
+        panel.job_id: [job.id for job in jobs],
+        panel.preview: gr.update(value=None, visible=True),
+    }
+    last_preview = None
+    for index, job in enumerate(jobs):
+        while not job.is_finished:
+            time.sleep(poll_seconds)
+            snap = job.progress.snapshot()
+            info = snap.textinfo if len(jobs) == 1 else f"job {index + 1}/{len(jobs)} {snap.textinfo}".strip()
+            update = {panel.progress: progress_html(snap.step, snap.total, snap.eta_seconds,
+                                                    _position(services, job), info)}
+            if snap.preview is not None and snap.preview is not last_preview:
+                last_preview = snap.preview
+                update[panel.preview] = gr.update(value=snap.preview, visible=True)
+            yield update
+    yield finish_updates(panel, jobs, batch.show)
+
+
+def finish_updates(panel: OutputPanel, jobs: list[Job], show: Callable[[list[GenerationResult]], Shown]) -> dict:
+    """The final update: gallery and infotext, or the error; buttons back to Generate."""
+    results, problems = [], []
+    for job in jobs:
+        try:
+            results.append(job.wait(0))
+        except JobCancelled:
+            problems.append("interrupted")
+        except Exception as err:  # the run's own error, already one line in job.error
+            problems.append(job.error or str(err))
+    done = {
+        panel.generate: gr.update(visible=True),
+        panel.interrupt: gr.update(visible=False),
+        panel.skip: gr.update(visible=False),
+        panel.preview: gr.update(visible=False),
+        panel.progress: progress_html(None, None),
+        panel.job_id: [],
+    }
+    failed = [p for p in problems if p != "interrupted"]
+    if failed:
+        gr.Warning(failed[0])
+        done[panel.error] = gr.update(value="; ".join(dict.fromkeys(failed)), visible=True)
+    if len(results) < len(jobs) and not failed:
+        done[panel.error] = gr.update(value="Interrupted.", visible=True)
+    if results and len(results) == len(jobs):
+        shown = show(results)
+        done.update({
+            panel.gallery: shown.images,
+            panel.infotexts: shown.infotexts,
+            panel.seeds: shown.seeds,
+            panel.selected: 0,
+            panel.infotext: shown.infotexts[0] if shown.infotexts else "",
+        })
+    return done
+
+
+def interrupt(services, job_ids: list[str]) -> None:
+    """Cancel this browser tab's jobs only (other tabs' jobs go on)."""
+    for job_id in job_ids or []:
+        try:
+            services.queue.cancel(job_id)
+        except KeyError:
+            pass
+
+
+def skip(services, job_ids: list[str]) -> None:
+    """Skip the current image of this tab's running job."""
+    for job_id in job_ids or []:
+        try:
+            job = services.queue.get(job_id)
+        except KeyError:
+            continue
+        if job.state is JobState.running:
+            job.token.skip()
+
+
+def bind_panel(services, panel: OutputPanel) -> None:
+    """Interrupt, Skip and gallery selection (shows the selected image's infotext)."""
+    panel.interrupt.click(lambda ids: interrupt(services, ids), inputs=[panel.job_id], outputs=None,
+                          concurrency_limit=None, queue=False)
+    panel.skip.click(lambda ids: skip(services, ids), inputs=[panel.job_id], outputs=None,
+                     concurrency_limit=None, queue=False)
+
+    def on_select(infotexts: list[str], evt: gr.SelectData):
+        index = evt.index if isinstance(evt.index, int) else 0
+        text = infotexts[index] if 0 <= index < len(infotexts) else ""
+        return index, text
+
+    panel.gallery.select(on_select, inputs=[panel.infotexts], outputs=[panel.selected, panel.infotext])

@@ -1,0 +1,49 @@
+"""What every generation tab shares: its named fields, output panel and the common events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from webui import runner
+from webui.widgets import Fields, OutputPanel, SeedRow, infotext_updates, named_values, reuse_seed
+
+
+@dataclass
+class GenerationTab:
+    """A built generation tab. ``fields`` maps request field names to components; ``image`` is
+    the component that receives images sent from other tabs (None for txt2img)."""
+
+    name: str
+    fields: Fields
+    panel: OutputPanel
+    seed: SeedRow
+    read_params: gr.Button
+    image: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, Any]], runner.Batch],
+                extra_inputs: Fields | None = None) -> None:
+    """Generate (streams the job), Interrupt/Skip, gallery select, seed buttons, read parameters.
+
+    ``make_batch(values)`` gets ``{name: value}`` for ``tab.fields`` plus ``extra_inputs`` and
+    returns the jobs to submit (a :class:`runner.Batch`).
+    """
+    named = {**tab.fields, **(extra_inputs or {})}
+
+    def on_generate(data: dict):
+        values = named_values(named, data)
+        yield from runner.stream_jobs(services, tab.panel, lambda: make_batch(values))
+
+    tab.panel.generate.click(on_generate, inputs=set(named.values()), outputs=tab.panel.job_outputs(),
+                             concurrency_limit=None)
+    runner.bind_panel(services, tab.panel)
+    tab.seed.random_button.click(lambda: -1, outputs=[tab.fields["seed"]], queue=False)
+    tab.seed.reuse_button.click(reuse_seed, inputs=[tab.panel.seeds, tab.panel.selected],
+                                outputs=[tab.fields["seed"]], queue=False)
+    tab.read_params.click(lambda text: infotext_updates(tab.fields, text), inputs=[tab.fields["prompt"]],
+                          outputs=list(tab.fields.values()), queue=False)

@@ -1,0 +1,118 @@
+"""The txt2img tab: prompt, sampler, size, seed, hires fix and the X/Y plot script."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from modules import upscalers
+from modules.schemas import Txt2ImgRequest, parse_request
+from modules.styles import STYLES_FILE, load_styles
+from webui import xyplot
+from webui.runner import Batch
+from webui.tab import GenerationTab, bind_common
+from webui.widgets import (
+    Fields, generate_buttons, output_panel, prompt_row, sampler_row, schedule_choices, seed_row, size_batch_cfg,
+)
+
+PREFIX = "txt2img"
+
+
+def style_names(services) -> list[str]:
+    """Names in the data folder's styles.csv (empty when there is none)."""
+    return sorted(load_styles(services.settings.data_dir / STYLES_FILE))
+
+
+def hires_section(prefix: str, services) -> Fields:
+    """The hires fix accordion: its checkbox, upscaler, scale or target size, steps, denoise, sampler."""
+    names = [u.name for u in upscalers.list_upscalers(services.settings.models_dir)]
+    with gr.Accordion("Hires. fix", open=False, elem_id=f"{prefix}_hires"):
+        enable = gr.Checkbox(label="Enable hires. fix", value=False, elem_id=f"{prefix}_enable_hr")
+        with gr.Row():
+            upscaler = gr.Dropdown(names, value="Latent" if "Latent" in names else names[0], label="Upscaler",
+                                   elem_id=f"{prefix}_hr_upscaler")
+            steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0 = same)", elem_id=f"{prefix}_hires_steps")
+            denoise = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                elem_id=f"{prefix}_denoising_strength")
+        with gr.Row():
+            scale = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by", elem_id=f"{prefix}_hr_scale")
+            resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0 = by scale)",
+                                 elem_id=f"{prefix}_hr_resize_x")
+            resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0 = by scale)",
+                                 elem_id=f"{prefix}_hr_resize_y")
+        with gr.Row():
+            hr_sampler = gr.Dropdown(["Use same sampler", *_sampler_names()], value="Use same sampler",
+                                     label="Hires sampling method", elem_id=f"{prefix}_hr_sampler")
+            hr_scheduler = gr.Dropdown(["Use same scheduler", *schedule_choices()], value="Use same scheduler",
+                                       label="Hires schedule type", elem_id=f"{prefix}_hr_scheduler")
+        hr_prompt = gr.Textbox(label="Hires prompt (empty = same)", lines=1, elem_id=f"{prefix}_hr_prompt")
+        hr_negative = gr.Textbox(label="Hires negative prompt (empty = same)", lines=1,
+                                 elem_id=f"{prefix}_hr_neg_prompt")
+    return {
+        "enable_hr": enable, "hr_upscaler": upscaler, "hr_second_pass_steps": steps, "denoising_strength": denoise,
+        "hr_scale": scale, "hr_resize_x": resize_x, "hr_resize_y": resize_y, "hr_sampler_name": hr_sampler,
+        "hr_scheduler": hr_scheduler, "hr_prompt": hr_prompt, "hr_negative_prompt": hr_negative,
+    }
+
+
+def _sampler_names() -> list[str]:
+    from modules.samplers import SAMPLER_NAMES
+
+    return list(SAMPLER_NAMES)
+
+
+def create_ui(services) -> GenerationTab:
+    """Build the tab's components (call inside a ``gr.Tab``)."""
+    settings = services.settings
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompt = prompt_row(PREFIX)
+        with gr.Column(scale=2):
+            generate, interrupt, skip = generate_buttons(PREFIX)
+            styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
+                                 elem_id=f"{PREFIX}_styles")
+    with gr.Row():
+        with gr.Column():
+            fields: Fields = {**prompt.fields, "styles": styles}
+            fields.update(sampler_row(PREFIX, settings.default_sampler, settings.default_steps))
+            fields.update(size_batch_cfg(PREFIX))
+            seed = seed_row(PREFIX)
+            fields.update(seed.fields)
+            fields.update(hires_section(PREFIX, services))
+            script = xyplot.create_ui(PREFIX, services)
+        with gr.Column():
+            panel = output_panel(PREFIX, generate, interrupt, skip)
+    return GenerationTab(PREFIX, fields, panel, seed, prompt.read_params, extra={"xyplot": script})
+
+
+def build_request(values: dict[str, Any]) -> Txt2ImgRequest:
+    """The typed request from the tab's named values; bad values raise RequestError naming the field."""
+    data = dict(values)
+    if data.get("hr_sampler_name") == "Use same sampler":
+        data["hr_sampler_name"] = None
+    if data.get("hr_scheduler") == "Use same scheduler":
+        data["hr_scheduler"] = None
+    for name in ("seed", "subseed"):
+        if data.get(name) is None:
+            data[name] = -1
+    return parse_request(Txt2ImgRequest, data)
+
+
+def make_batch(values: dict[str, Any], script: dict[str, Any], services) -> Batch:
+    """One txt2img job, or the X/Y plot's jobs (shown as a labelled grid) when the script is on."""
+    base = build_request(values)
+    if not script.get("xy_enabled"):
+        return Batch([("txt2img", base)])
+    return xyplot.plan_batch("txt2img", base, script, services)
+
+
+def bind_events(tab: GenerationTab, services) -> None:
+    """Wire Generate (with the X/Y plot), Interrupt/Skip, seed and read-parameters buttons."""
+    script: Fields = tab.extra["xyplot"]
+
+    def batch(values: dict[str, Any]) -> Batch:
+        fields = {k: v for k, v in values.items() if k in tab.fields}
+        return make_batch(fields, {k: v for k, v in values.items() if k in script}, services)
+
+    bind_common(tab, services, batch, extra_inputs=script)
