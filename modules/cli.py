@@ -1,4 +1,5 @@
-"""The command line: ``app.py generate ...`` (headless txt2img) and the shared flags.
+"""The command line: ``app.py [flags]`` (the web UI), ``app.py generate ...`` (headless txt2img)
+and the shared flags.
 
 Errors print one line on stderr and exit with status 2; nothing else is printed on stdout but
 the paths of the written images, one per line, so scripts can read them.
@@ -98,6 +99,61 @@ def run_generate(argv: list[str]) -> int:
         services.close()
 
 
+def serve_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="launch.sh", description="Start the Easel web UI (A1111-style flags).")
+    ap.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 (all interfaces) instead of 127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--share", action="store_true", help="open a public gradio.live link")
+    ap.add_argument("--api", action="store_true", help="serve the HTTP API (/sdapi/v1) next to the UI")
+    ap.add_argument("--nowebui", action="store_true", help="serve the HTTP API only (no UI)")
+    ap.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] required to open the UI")
+    ap.add_argument("--gradio-auth-path", type=Path, default=None, help="file of user:pass entries (lines or commas)")
+    ap.add_argument("--ckpt", default=None, help="checkpoint to select at start (name, title or short hash)")
+    add_settings_flags(ap)
+    return ap
+
+
+def parse_auth(text: str) -> list[tuple[str, str]]:
+    """``"u:p,u2:p2"`` (commas or newlines) -> ``[("u", "p"), ("u2", "p2")]``; a bad entry raises ValueError."""
+    pairs = []
+    for entry in text.replace("\n", ",").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user:
+            raise ValueError(f"gradio auth entry {entry!r} is not user:password")
+        pairs.append((user, password))
+    return pairs
+
+
+def run_serve(argv: list[str]) -> int:
+    args = serve_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    if args.ckpt:
+        settings = settings.model_copy(update={"sd_model_checkpoint": args.ckpt})
+    auth_text = ",".join(t for t in (args.gradio_auth, args.gradio_auth_path and args.gradio_auth_path.read_text()) if t)
+    auth = parse_auth(auth_text) if auth_text else None
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    from modules.services import build_services
+
+    services = build_services(settings)
+    try:
+        if args.ckpt:
+            services.checkpoints.get(args.ckpt)  # an unknown --ckpt fails now, naming what exists
+        if args.nowebui:
+            from webui.server import serve_api_only
+
+            serve_api_only(services, host, args.port)
+        else:
+            from webui.server import serve
+
+            serve(services, host, args.port, args.share, args.api, auth)
+        return 0
+    finally:
+        services.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from modules.checkpoints import CheckpointError
@@ -105,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "generate":
             return run_generate(argv[1:])
-        print("usage: app.py generate [options]   (the web UI is not built yet; see README)", file=sys.stderr)
-        return 2
+        return run_serve(argv)
     except (RequestError, SettingsError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

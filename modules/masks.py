@@ -79,7 +79,7 @@ def prepare_mask(mask: object, size: tuple[int, int], invert: bool, notes: list[
         m = mask.getchannel("A")  # a drawing on a transparent layer: what is drawn is the mask
     if m.size != size:
         notes.append(f"Mask resized from {m.width}x{m.height} to the image size {size[0]}x{size[1]}")
-        m = m.resize(size, LANCZOS)
+        m = m.resize(size, Image.Resampling.BILINEAR)  # no Lanczos ringing outside the strokes
     if invert:
         m = Image.fromarray(255 - np.asarray(m))
     return m

@@ -18,7 +18,7 @@ from modules.images import ImageSaver
 from modules.jobs import Job, JobQueue
 from modules.model_loading import LoadedModel, load_checkpoint
 from modules.model_manager import CacheSettings, ModelManager
-from modules.processing import txt2img
+from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
 from modules.schemas import GenerationRequest, RequestError
 
@@ -118,7 +118,13 @@ class Services:
         self.models.clear()
 
 
-RUNNERS = {"txt2img": txt2img.run}
+RUNNERS = {
+    "txt2img": txt2img.run,
+    "img2img": img2img.run,  # also sketch (init image = drawing over the picture) and inpaint (mask set)
+    "inpaint": img2img.run,
+    "outpaint": outpaint.run,
+    "extras": extras.run,  # runs on no model, though the worker still holds the selected one
+}
 
 
 def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, name: str) -> LoadedModel:

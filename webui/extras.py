@@ -12,7 +12,7 @@ from modules import upscalers
 from modules.schemas import ExtrasRequest, RequestError, parse_request
 from webui import runner
 from webui.runner import Batch, Shown
-from webui.widgets import Fields, OutputPanel, generate_buttons, named_values, output_panel
+from webui.widgets import Fields, OutputPanel, generate_buttons, given, named_values, output_panel
 
 PREFIX = "extras"
 RESIZE_MODES = ("Scale by", "Scale to")
@@ -58,7 +58,7 @@ def build_request(values: dict[str, Any], image: Image.Image | None) -> ExtrasRe
     """The typed extras request from the tab's named values and the source image."""
     if image is None:
         raise RequestError("image: no source image; upload one (or send one from another tab)")
-    return parse_request(ExtrasRequest, {**values, "image": image.convert("RGB")})
+    return parse_request(ExtrasRequest, {**given(values), "image": image.convert("RGB")})
 
 
 def show_result(results: list[Any]) -> Shown:
@@ -88,5 +88,5 @@ def bind_events(tab: ExtrasTab, services) -> None:
         yield from runner.stream_jobs(services, tab.panel, batch)
 
     tab.panel.generate.click(on_generate, inputs=set(named.values()), outputs=tab.panel.job_outputs(),
-                             concurrency_limit=None)
+                             concurrency_limit=None, show_progress="hidden")
     runner.bind_panel(services, tab.panel)

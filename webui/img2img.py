@@ -13,7 +13,7 @@ from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.txt2img import style_names
 from webui.widgets import (
-    Fields, generate_buttons, output_panel, prompt_row, sampler_row, seed_row, size_batch_cfg,
+    Fields, generate_buttons, given, output_panel, prompt_row, sampler_row, seed_row, size_batch_cfg,
 )
 
 PREFIX = "img2img"
@@ -79,10 +79,7 @@ def build_request(values: dict[str, Any], init_image: Image.Image | None) -> Img
     """The typed request from the tab's named values and the input image."""
     if init_image is None:
         raise RequestError("init_images: no input image; upload one (or send one from another tab)")
-    data = dict(values)
-    for name in ("seed", "subseed"):
-        if data.get(name) is None:
-            data[name] = -1
+    data = given(values)
     data["init_images"] = [init_image.convert("RGB")]
     return parse_request(Img2ImgRequest, data)
 

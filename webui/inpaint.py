@@ -18,13 +18,13 @@ from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.txt2img import style_names
-from webui.widgets import generate_buttons, output_panel, prompt_row
+from webui.widgets import generate_buttons, given, output_panel, prompt_row
 
 PREFIX = "inpaint"
 MASK_SOURCES = ("Draw mask", "Upload mask")
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
-BRUSH_SIZE = 24
+BRUSH_SIZE = "auto"  # scales with the image
 
 
 def create_ui(services) -> GenerationTab:
@@ -104,10 +104,7 @@ def build_request(values: dict[str, Any], editor: dict | None, uploaded_mask: Im
         mask = mask_from_layers(editor)
         if mask is None:
             raise RequestError("mask: nothing is painted; paint the area to repaint with the brush")
-    data = dict(values)
-    for name in ("seed", "subseed"):
-        if data.get(name) is None:
-            data[name] = -1
+    data = given(values)
     data["inpaint_full_res"] = bool(data.get("inpaint_full_res"))
     data["init_images"] = [editor["background"].convert("RGB")]
     data["mask"] = mask

@@ -12,7 +12,7 @@ from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.txt2img import style_names
-from webui.widgets import generate_buttons, output_panel, prompt_row
+from webui.widgets import generate_buttons, given, output_panel, prompt_row
 
 PREFIX = "outpaint"
 
@@ -52,10 +52,7 @@ def build_request(values: dict[str, Any], image: Image.Image | None) -> Outpaint
     """The typed outpaint request from the tab's named values and the image to extend."""
     if image is None:
         raise RequestError("init_images: no image to extend; upload one (or send one from another tab)")
-    data = {k: v for k, v in values.items() if k not in ("width", "height")}  # the new canvas sets the size
-    for name in ("seed", "subseed"):
-        if data.get(name) is None:
-            data[name] = -1
+    data = {k: v for k, v in given(values).items() if k not in ("width", "height")}  # the new canvas sets the size
     data["init_images"] = [image.convert("RGB")]
     return parse_request(OutpaintRequest, data)
 

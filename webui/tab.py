@@ -40,7 +40,7 @@ def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, An
         yield from runner.stream_jobs(services, tab.panel, lambda: make_batch(values))
 
     tab.panel.generate.click(on_generate, inputs=set(named.values()), outputs=tab.panel.job_outputs(),
-                             concurrency_limit=None)
+                             concurrency_limit=None, show_progress="hidden")
     runner.bind_panel(services, tab.panel)
     tab.seed.random_button.click(lambda: -1, outputs=[tab.fields["seed"]], queue=False)
     tab.seed.reuse_button.click(reuse_seed, inputs=[tab.panel.seeds, tab.panel.selected],

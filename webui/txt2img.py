@@ -13,7 +13,8 @@ from webui import xyplot
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.widgets import (
-    Fields, generate_buttons, output_panel, prompt_row, sampler_row, schedule_choices, seed_row, size_batch_cfg,
+    Fields, generate_buttons, given, output_panel, prompt_row, sampler_row, schedule_choices, seed_row,
+    size_batch_cfg,
 )
 
 PREFIX = "txt2img"
@@ -88,14 +89,11 @@ def create_ui(services) -> GenerationTab:
 
 def build_request(values: dict[str, Any]) -> Txt2ImgRequest:
     """The typed request from the tab's named values; bad values raise RequestError naming the field."""
-    data = dict(values)
+    data = given(values)
     if data.get("hr_sampler_name") == "Use same sampler":
         data["hr_sampler_name"] = None
     if data.get("hr_scheduler") == "Use same scheduler":
         data["hr_scheduler"] = None
-    for name in ("seed", "subseed"):
-        if data.get(name) is None:
-            data[name] = -1
     return parse_request(Txt2ImgRequest, data)
 
 

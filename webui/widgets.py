@@ -32,6 +32,12 @@ def named_values(fields: Fields, data: dict) -> dict[str, Any]:
     return {name: data[comp] for name, comp in fields.items() if comp in data}
 
 
+def given(values: dict[str, Any]) -> dict[str, Any]:
+    """The values that are set: a component the page never rendered (a closed accordion) sends None,
+    and the request's default then applies."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def schedule_choices() -> list[str]:
     """Schedule type labels for the dropdown (A1111 order)."""
     return [item["label"] for item in samplers.scheduler_list()]
@@ -79,8 +85,8 @@ def size_batch_cfg(prefix: str, default_size: int = 512) -> Fields:
     """Width, height, batch count and size, CFG scale."""
     with gr.Row():
         with gr.Column():
-            width = gr.Slider(64, 2048, value=default_size, step=8, label="Width", elem_id=f"{prefix}_width")
-            height = gr.Slider(64, 2048, value=default_size, step=8, label="Height", elem_id=f"{prefix}_height")
+            width = gr.Slider(8, 2048, value=default_size, step=8, label="Width", elem_id=f"{prefix}_width")
+            height = gr.Slider(8, 2048, value=default_size, step=8, label="Height", elem_id=f"{prefix}_height")
         with gr.Column():
             n_iter = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
             batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")

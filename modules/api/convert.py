@@ -21,9 +21,6 @@ from modules.schemas import GenerationRequest, GenerationResult, RequestError
 # A1111 options that a request's override_settings may set, and the request field each becomes.
 # sd_model_checkpoint stays in override_settings: Services.submit reads it from there.
 OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip"}
-# Fields of the API bodies that the core requests do not take.
-API_ONLY_FIELDS = {"script_name", "script_args", "alwayson_scripts", "force_task_id", "infotext",
-                   "gfpgan_visibility", "codeformer_visibility", "codeformer_weight", "upscale_first"}
 
 
 def field_error(loc: tuple[Any, ...], message: str, value: Any = None) -> RequestValidationError:
@@ -62,14 +59,18 @@ def check_sampler(request: GenerationRequest, settings: Settings) -> None:
 
 
 def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Settings,
-                       images: dict[str, Any] | None = None) -> Any:
+                       images: dict[str, Any] | None = None, where: tuple[Any, ...] = ()) -> Any:
     """The core request for an API body: same fields, A1111 override_settings applied, images decoded.
 
     ``images`` maps image fields to decoded PIL images. A request saves only when it asks to and
-    the ``samples_save`` setting (or override) allows it, as in A1111.
+    the ``samples_save`` setting (or override) allows it, as in A1111. ``where`` is the body's
+    place in the HTTP body, for the field names of errors.
     """
     data = body.model_dump(include=set(core_cls.model_fields) - {"mode"})
     overrides = dict(getattr(body, "override_settings", {}) or {})
+    checkpoint = overrides.get("sd_model_checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise field_error((*where, "override_settings", "sd_model_checkpoint"), "must be a checkpoint title, name or short hash", checkpoint)
     from_overrides = {}
     for option, name in OVERRIDE_FIELDS.items():
         if option in overrides and name in core_cls.model_fields:
@@ -86,7 +87,7 @@ def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Set
             loc = tuple(e["loc"])
             if loc and loc[0] in from_overrides:
                 loc = ("override_settings", from_overrides[loc[0]], *loc[1:])
-            errors.append({"type": e["type"], "loc": ("body", *loc), "msg": e["msg"], "input": e.get("input")})
+            errors.append({"type": e["type"], "loc": ("body", *where, *loc), "msg": e["msg"], "input": e.get("input")})
         raise RequestValidationError(errors) from None
 
 
@@ -98,6 +99,9 @@ def encode_images(result: GenerationResult) -> list[str]:
 
 def info_dict(result: GenerationResult, request: Any, job_timestamp: float | None = None) -> dict[str, Any]:
     """A1111's ``info`` object: the result's own fields plus the request values A1111 reports."""
+    denoising = getattr(request, "denoising_strength", None)
+    if getattr(request, "mode", "") == "txt2img" and not getattr(request, "enable_hr", False):
+        denoising = None  # only the hires pass of txt2img denoises an image
     info: dict[str, Any] = {
         "styles": list(getattr(request, "styles", []) or []),
         "cfg_scale": getattr(request, "cfg_scale", None),
@@ -107,7 +111,7 @@ def info_dict(result: GenerationResult, request: Any, job_timestamp: float | Non
         "subseed_strength": getattr(request, "subseed_strength", 0),
         "seed_resize_from_w": getattr(request, "seed_resize_from_w", -1),
         "seed_resize_from_h": getattr(request, "seed_resize_from_h", -1),
-        "denoising_strength": getattr(request, "denoising_strength", None),
+        "denoising_strength": denoising,
         "clip_skip": getattr(request, "clip_skip", 1),
         "restore_faces": False,
         "face_restoration_model": None,
@@ -138,7 +142,3 @@ def parameters_of(body: BaseModel, hide_images: bool = True) -> dict[str, Any]:
                 params[name] = None
     return params
 
-
-def core_fields_only(body: BaseModel) -> dict[str, Any]:
-    """The body's values without the API-only fields (for logging and the job API)."""
-    return body.model_dump(exclude=API_ONLY_FIELDS)

@@ -14,7 +14,7 @@ from modules.jobs import Job, JobState
 from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, OutpaintRequest, Txt2ImgRequest
 from modules.services import Services
 
-from .convert import build_core_request, check_sampler, decode_field, encode_images, info_dict
+from .convert import build_core_request, check_sampler, decode_field, encode_images, field_error, info_dict
 from .errors import JobNotFound
 from .models import JobCancelResponse, JobCreated, JobProgress, JobResult, JobStatus, JobSubmission
 
@@ -28,9 +28,9 @@ CORE_TYPES: dict[str, type] = {
 def decoded_images(kind: str, request: Any) -> dict[str, Any]:
     """The request's base64 image fields decoded; a bad one is a 422 naming ``request.<field>``."""
     if kind in ("img2img", "outpaint"):
+        if not request.init_images:
+            raise field_error(("request", "init_images"), "at least one image is required (base64 or a data: URL)")
         images = [decode_field(text, ("request", "init_images", i)) for i, text in enumerate(request.init_images)]
-        if not images:
-            decode_field(None, ("request", "init_images"))  # raises: at least one image is needed
         mask = decode_field(request.mask, ("request", "mask")) if kind == "img2img" and request.mask else None
         return {"init_images": images, "mask": mask}
     if kind == "extras":
@@ -86,7 +86,7 @@ def create_jobs_router(services: Services) -> APIRouter:
         """Queue a job and return its id at once (202). 429 with Retry-After when the queue is full."""
         kind = submission.type
         core = build_core_request(CORE_TYPES[kind], submission.request, services.settings,
-                                  decoded_images(kind, submission.request))
+                                  decoded_images(kind, submission.request), where=("request",))
         if kind != "extras":
             check_sampler(core, services.settings)
         job = services.submit(kind, core)

@@ -7,6 +7,9 @@ every core field, validator and limit, and change only what A1111's API does dif
   defaults are the model's native size and 20 steps);
 - ``save_images`` defaults to False (A1111's API does not save unless asked);
 - images travel as base64 text (raw, or ``data:image/...;base64,`` URLs);
+- ``override_settings`` apply to that request only: ``sd_model_checkpoint`` (the job runs on that
+  model), ``CLIP_stop_at_last_layers`` (becomes ``clip_skip``) and ``samples_save``; other options
+  are ignored. So ``override_settings_restore_afterwards=False`` does not make them stick as in A1111;
 - ``script_name``/``script_args``/``alwayson_scripts`` are accepted (Easel has no scripts yet: a
   non-empty value is refused with 422 naming the field).
 

@@ -6,31 +6,35 @@ import random
 
 import torch
 
-from modules.processing import common
+from modules.processing import common, hires
 from modules.processing.context import RunContext
 from modules.schemas import GenerationResult, Txt2ImgRequest
 
 
 def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
-    # 1. resolve the request against the model and settings (sampler, size, seeds)
+    # 1. resolve the request against the model and settings (sampler, size, seeds, styles, hires)
+    req = common.apply_request_styles(req, ctx)
     plan = common.plan_batch(req, ctx, rng)
+    hp = hires.plan_hires(req, ctx, plan) if req.enable_hr else None
     pipe = ctx.model.pipe
     # 2. the sampler, built from the model's own scheduler config (the worker holds the model's
     #    lock, so no other job sees the swap; the model's own scheduler is put back at the end)
     with common.sampler_installed(pipe, common.scheduler_for(ctx, plan)):
-        return _generate(req, ctx, plan, pipe)
+        return _generate(req, ctx, plan, pipe, hp)
 
 
-def _generate(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan, pipe) -> GenerationResult:
+def _generate(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan, pipe, hp: hires.HiresPlan | None) -> GenerationResult:
     # 3. prompts to embeddings, once for the whole request
     with torch.no_grad():
         prompt_kwargs = common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip)
-    total_steps = req.steps * req.n_iter
+        hr_cond = hires.conditioning(req, ctx, prompt_kwargs) if hp else None
+    per_iteration = req.steps + (hires.pass_steps(req, hp) if hp else 0)
+    total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
     result = GenerationResult(
         images=[], infotexts=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[],
         model_name=ctx.model.info.model_name, model_hash=ctx.model.short_hash,
-        width=plan.width, height=plan.height, sampler_name=plan.sampler_name, scheduler=plan.scheduler,
+        width=hp.width if hp else plan.width, height=hp.height if hp else plan.height, sampler_name=plan.sampler_name, scheduler=plan.scheduler,
     )
     device, dtype = pipe._execution_device, pipe.unet.dtype
     for n in range(req.n_iter):
@@ -50,17 +54,23 @@ def _generate(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan, pipe
                 guidance_scale=req.cfg_scale,
                 width=plan.width,
                 height=plan.height,
-                output_type="pil",
-                callback_on_step_end=common.step_callback(ctx, n * req.steps, req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
+                output_type="latent" if hp else "pil",
+                callback_on_step_end=common.step_callback(ctx, n * per_iteration, req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
                 callback_on_step_end_tensor_inputs=["latents"],
             ).images
+            if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
+                images = hires.second_pass(req, ctx, plan, hp, images, hr_cond, batch_seeds, batch_subseeds,
+                                           n * per_iteration + req.steps, total_steps)
         except common.SkipIteration:
             ctx.token.clear_skip()
             result.skipped += 1
             continue
         # 6. infotext per image, saved atomically
         for image, seed, subseed in zip(images, batch_seeds, batch_subseeds):
-            params = common.finish_params(common.base_params(req, plan, ctx, seed, subseed), ctx)
+            params = common.base_params(req, plan, ctx, seed, subseed)
+            if hp:
+                params.update(hires.params(req, hp))
+            params = common.finish_params(params, ctx)
             text = common.make_infotext(req, params)
             result.images.append(image)
             result.infotexts.append(text)

@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmarks: a data folder with a model in it, and median timing."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_data_dir(seed: int = 0, names: tuple[str, ...] = ("bench-a",)) -> Path:
+    """A temporary data folder whose models/Stable-diffusion holds shapes-architecture checkpoints
+    (random weights: timing does not depend on training)."""
+    import torch
+
+    from bundled.architecture import SCHEDULER_CONFIG, TEXT_CONFIG, build_models
+    from modules.ldm_export import ldm_yaml, pipeline_to_ldm, save_ldm_checkpoint
+
+    data = Path(tempfile.mkdtemp(prefix="easel-bench-"))
+    folder = data / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(names):
+        torch.manual_seed(seed + i)
+        vae, unet, te = build_models()
+        path = folder / f"{name}.safetensors"
+        save_ldm_checkpoint(path, pipeline_to_ldm(unet, vae, te), dtype=torch.float16)
+        path.with_suffix(".yaml").write_text(ldm_yaml(unet.config, vae.config, TEXT_CONFIG, SCHEDULER_CONFIG, 1.0))
+    return data
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

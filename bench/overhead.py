@@ -1,0 +1,68 @@
+"""App overhead: Easel's txt2img (through the job queue) vs a bare diffusers pipeline call.
+
+Same components, prompt, sampler, steps, size and seed; runs are interleaved so both see the
+same machine load. Prints the median seconds of each and their ratio (target: at most 1.03).
+
+    python -m bench.overhead [--steps 20] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench.common import bench_data_dir, median_time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from modules import samplers
+    from modules.config import load_settings
+    from modules.schemas import Txt2ImgRequest
+    from modules.services import build_services
+
+    data = bench_data_dir()
+    services = build_services(load_settings(data, {"show_progress_every_n_steps": 0}))
+    request = Txt2ImgRequest(prompt="a large red circle on the left, blue background", seed=42,
+                             steps=args.steps, sampler_name="Euler a", cfg_scale=7, save_images=False)
+    core = lambda: services.submit("txt2img", request).wait()  # noqa: E731
+    core_saving = lambda: services.submit("txt2img", request.model_copy(update={"save_images": True})).wait()  # noqa: E731
+    core()  # load the model and warm up
+    with services.models.use(services.selected_checkpoint) as model:
+        pipe = model.pipe
+    from diffusers import StableDiffusionPipeline
+
+    bare_pipe = StableDiffusionPipeline(**{**pipe.components, "scheduler": samplers.make_scheduler(pipe.scheduler.config, "Euler a")},
+                                        requires_safety_checker=False)
+    bare_pipe.set_progress_bar_config(disable=True)
+
+    def bare():
+        g = torch.Generator("cpu").manual_seed(42)
+        bare_pipe(request.prompt, num_inference_steps=args.steps, guidance_scale=7, width=64, height=64,
+                  generator=g, output_type="pil")
+
+    bare()
+    t_bare, t_core, t_save = [], [], []
+    for _ in range(args.repeats):
+        t_bare.append(median_time(bare, 1))
+        t_core.append(median_time(core, 1))
+        t_save.append(median_time(core_saving, 1))
+    services.close()
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    b, c, s = med(t_bare), med(t_core), med(t_save)
+    print(f"64x64, {args.steps} steps, Euler a, CFG 7, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"bare diffusers pipeline : {b:.3f} s")
+    print(f"easel txt2img (no save) : {c:.3f} s   ratio {c / b:.3f}")
+    print(f"easel txt2img (+ PNG)   : {s:.3f} s   ratio {s / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

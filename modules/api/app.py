@@ -1,0 +1,44 @@
+"""Building the FastAPI app: routes, error handlers, and the services they are bound to."""
+
+from fastapi import APIRouter, FastAPI
+
+from modules.services import VERSION, Services
+
+from .errors import install_error_handlers
+from .jobs_api import create_jobs_router
+from .sdapi import create_sdapi_router
+
+DESCRIPTION = """
+Easel's HTTP API.
+
+* **/sdapi/v1**: AUTOMATIC1111's API (same paths, field names and defaults). Generation routes
+  wait for their job; `info` in their answer is a JSON string.
+* **/easel/v1/jobs**: submit a job and get its id at once (202), poll it, cancel it.
+
+Every job goes through one FIFO queue; a model switch (`POST /sdapi/v1/options` with
+`sd_model_checkpoint`) is a job too, so jobs queued before it still run on the old model.
+Errors: 400 request cannot run as given, 404 unknown checkpoint or job, 422 a field is missing
+or wrongly typed (named in `detail[].loc`), 429 the queue is full (see `Retry-After`).
+"""
+
+
+def create_api(services: Services) -> APIRouter:
+    """Every API route bound to ``services`` (the error handlers come with ``add_api``)."""
+    router = APIRouter()
+    router.include_router(create_sdapi_router(services))
+    router.include_router(create_jobs_router(services))
+    return router
+
+
+def add_api(app: FastAPI, services: Services) -> FastAPI:
+    """Add the API routes and error handlers to ``app``; return it."""
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(create_api(services))
+    return app
+
+
+def create_app(services: Services) -> FastAPI:
+    """A plain FastAPI app serving the API, documented at /docs (OpenAPI schema at /openapi.json)."""
+    app = FastAPI(title="Easel API", version=VERSION, description=DESCRIPTION, docs_url="/docs")
+    return add_api(app, services)

@@ -1,0 +1,132 @@
+"""Hires fix for txt2img (A1111's semantics): a first pass at width x height, an upscale, then an
+img2img pass at the target size with ``denoising_strength``.
+
+The target is ``hr_scale`` times the first pass, or ``hr_resize_x``/``hr_resize_y`` (one of them
+0: the other side keeps the aspect ratio; both given: stretched to exactly that size), rounded
+down to a multiple of the VAE factor. A "Latent ..." upscaler interpolates the latents; any other
+upscaler decodes, upscales the pixels and encodes again. The second pass draws its noise from the
+same seeds at the target size, so a request reproduces. A target past ``settings.max_side`` is a
+RequestError before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from modules import samplers, seeds, upscalers
+from modules.processing import common
+from modules.processing.context import RunContext
+from modules.schemas import RequestError, Txt2ImgRequest
+
+
+@dataclass(frozen=True)
+class HiresPlan:
+    width: int
+    height: int
+    upscaler: upscalers.Upscaler
+    steps: int  # the second pass's schedule length
+    sampler_name: str
+    scheduler: str
+
+
+def target_size(req: Txt2ImgRequest, width: int, height: int, factor: int) -> tuple[int, int]:
+    x, y = req.hr_resize_x, req.hr_resize_y
+    if not x and not y:
+        w, h = int(width * req.hr_scale), int(height * req.hr_scale)
+    elif not y:
+        w, h = x, x * height // width
+    elif not x:
+        w, h = y * width // height, y
+    else:
+        w, h = x, y
+    return max(factor, w // factor * factor), max(factor, h // factor * factor)
+
+
+def plan_hires(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan) -> HiresPlan:
+    """Validate the hires fields: upscaler, sampler and the target size against max_side."""
+    common.require_sd_unet(ctx, "hires fix")
+    upscaler = upscalers.get_upscaler(req.hr_upscaler, ctx.settings.models_dir, field="hr_upscaler")
+    w, h = target_size(req, plan.width, plan.height, ctx.model.vae_scale_factor)
+    upscalers.check_size(w, h, ctx.settings.max_side, "hr_scale/hr_resize")
+    sampler_name, schedule = plan.sampler_name, plan.scheduler
+    if req.hr_sampler_name or req.hr_scheduler:
+        try:
+            sampler_name, schedule = samplers.resolve(req.hr_sampler_name or plan.sampler_name, req.hr_scheduler or plan.scheduler)
+        except ValueError as err:
+            raise RequestError(f"hr_sampler_name: {err}") from None
+    return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, sampler_name, schedule)
+
+
+def pass_steps(req: Txt2ImgRequest, hp: HiresPlan) -> int:
+    """Steps the second pass actually runs."""
+    return common.denoise_steps(hp.steps, req.denoising_strength)
+
+
+def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
+    """A1111's hires infotext keys, in its order."""
+    out: dict[str, Any] = {"Denoising strength": req.denoising_strength}
+    if req.hr_resize_x or req.hr_resize_y:
+        out["Hires resize"] = f"{req.hr_resize_x}x{req.hr_resize_y}"
+    else:
+        out["Hires upscale"] = req.hr_scale
+    if req.hr_second_pass_steps:
+        out["Hires steps"] = req.hr_second_pass_steps
+    out["Hires upscaler"] = hp.upscaler.name
+    if req.hr_sampler_name:
+        out["Hires sampler"] = hp.sampler_name
+    if req.hr_scheduler:
+        out["Hires schedule type"] = hp.scheduler
+    if req.hr_prompt:
+        out["Hires prompt"] = req.hr_prompt
+    if req.hr_negative_prompt:
+        out["Hires negative prompt"] = req.hr_negative_prompt
+    return out
+
+
+def conditioning(req: Txt2ImgRequest, ctx: RunContext, first: dict[str, Any]) -> common.Conditioning:
+    """The second pass's prompts: hr_prompt / hr_negative_prompt where given."""
+    if not req.hr_prompt and not req.hr_negative_prompt:
+        return common.Conditioning.from_kwargs(first)
+    with torch.no_grad():
+        kwargs = common.encode_prompts(ctx, req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt, req.clip_skip)
+    return common.Conditioning.from_kwargs(kwargs)
+
+
+def second_pass(
+    req: Txt2ImgRequest,
+    ctx: RunContext,
+    plan: common.BatchPlan,
+    hp: HiresPlan,
+    latents: torch.Tensor,
+    cond: common.Conditioning,
+    batch_seeds: list[int],
+    batch_subseeds: list[int],
+    done_before: int,
+    total: int,
+) -> list:
+    """Upscale the first pass's latents and run the img2img pass; returns PIL images."""
+    pipe = ctx.model.pipe
+    f = ctx.model.vae_scale_factor
+    lh, lw = hp.height // f, hp.width // f
+    if hp.upscaler.is_latent:
+        init = upscalers.upscale_latents(latents.float(), hp.upscaler, lh, lw)
+    else:
+        firsts = common.decode_latents(pipe, latents)
+        big = [upscalers.upscale_image(im, hp.upscaler, hp.width, hp.height) for im in firsts]
+        if pass_steps(req, hp) == 0:
+            return big  # nothing to denoise: the upscaled images as they are
+        init = common.encode_images(pipe, big)
+    if pass_steps(req, hp) == 0:
+        return common.decode_latents(pipe, init)
+    channels = latents.shape[1]
+    noise = torch.stack([seeds.create_noise((channels, lh, lw), [s], [ss], req.subseed_strength)[0]
+                         for s, ss in zip(batch_seeds, batch_subseeds)])
+    generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+    callback = common.img2img_callback(ctx, done_before, hp.steps, req.denoising_strength, total)
+    scheduler = samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler)
+    with common.sampler_installed(pipe, scheduler):
+        out = common.denoise(ctx, pipe, cond, init, noise, hp.steps, req.denoising_strength, req.cfg_scale, generators, callback)
+    return common.decode_latents(pipe, out)

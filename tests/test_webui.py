@@ -1,0 +1,226 @@
+"""The web UI's handlers without a browser: requests built from named fields, masks, the X/Y plot,
+settings validation, and a real job streamed through the output panel."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from modules.config import SettingsError
+from modules.schemas import Img2ImgRequest, OutpaintRequest, RequestError, Txt2ImgRequest
+from webui import extras, inpaint, outpaint, runner, settings, txt2img, xyplot
+from webui.widgets import fields_from_infotext, given, output_panel, reuse_seed
+
+TXT2IMG_VALUES = {
+    "prompt": "a cat", "negative_prompt": "dog", "styles": [], "sampler_name": "DPM++ 2M", "scheduler": "Karras",
+    "steps": 2, "width": 32, "height": 48, "n_iter": 1, "batch_size": 1, "cfg_scale": 5.5, "seed": 7,
+    "subseed": -1, "subseed_strength": 0.0, "enable_hr": False, "hr_sampler_name": "Use same sampler",
+    "hr_scheduler": "Use same scheduler", "hr_prompt": None, "hr_negative_prompt": None,
+}
+
+
+def test_txt2img_request_is_built_from_named_fields():
+    req = txt2img.build_request(TXT2IMG_VALUES)
+    assert isinstance(req, Txt2ImgRequest)
+    assert (req.prompt, req.negative_prompt, req.sampler_name, req.scheduler) == ("a cat", "dog", "DPM++ 2M", "Karras")
+    assert (req.steps, req.width, req.height, req.cfg_scale, req.seed) == (2, 32, 48, 5.5, 7)
+    assert req.hr_sampler_name is None and req.hr_scheduler is None
+    assert req.hr_prompt == ""  # None (an unrendered textbox) falls back to the request default
+
+
+def test_txt2img_bad_width_raises_request_error_naming_the_field():
+    with pytest.raises(RequestError, match=r"width: must be a multiple of 8 \(got 100"):
+        txt2img.build_request({**TXT2IMG_VALUES, "width": 100})
+
+
+def test_given_drops_unset_values_only():
+    assert given({"a": None, "b": 0, "c": "", "d": []}) == {"b": 0, "c": "", "d": []}
+
+
+def test_infotext_fields_split_legacy_sampler_names():
+    values = fields_from_infotext("p\nSteps: 3, Sampler: DPM++ 2M Karras, CFG scale: 6, Seed: 5, Size: 64x32")
+    assert values["sampler_name"] == "DPM++ 2M" and values["scheduler"] == "Karras"
+    assert (values["steps"], values["cfg_scale"], values["seed"], values["width"], values["height"]) == (3, 6.0, 5, 64, 32)
+
+
+def test_reuse_seed_takes_the_selected_image():
+    assert reuse_seed([11, 12, 13], 1) == 12
+    assert reuse_seed([], 0) == -1
+
+
+def editor_value(size=(64, 64), stroke_rows=slice(10, 20)) -> dict:
+    background = Image.new("RGBA", size, (10, 20, 30, 255))
+    layer = np.zeros((size[1], size[0], 4), dtype=np.uint8)
+    layer[stroke_rows, 8:40] = (255, 255, 255, 255)
+    return {"background": background, "layers": [Image.fromarray(layer, "RGBA")], "composite": background}
+
+
+def test_mask_from_layers_is_white_where_painted():
+    mask = np.asarray(inpaint.mask_from_layers(editor_value()))
+    assert mask[10:20, 8:40].min() == 255
+    assert mask[:10].max() == 0 and mask[20:].max() == 0 and mask[:, 40:].max() == 0
+
+
+def test_mask_from_layers_none_when_nothing_painted():
+    value = editor_value(stroke_rows=slice(0, 0))
+    assert inpaint.mask_from_layers(value) is None
+
+
+INPAINT_VALUES = {**{k: v for k, v in TXT2IMG_VALUES.items() if not k.startswith(("hr_", "enable"))},
+                  "resize_mode": 1, "denoising_strength": 0.6, "mask_blur": 3, "inpainting_mask_invert": 1,
+                  "inpainting_fill": 2, "inpaint_full_res": 1, "inpaint_full_res_padding": 16}
+
+
+def test_inpaint_request_has_image_mask_and_options():
+    req = inpaint.build_request(INPAINT_VALUES, editor_value(), None, inpaint.MASK_SOURCES[0])
+    assert isinstance(req, Img2ImgRequest)
+    assert req.init_images[0].mode == "RGB" and req.init_images[0].getpixel((0, 0)) == (10, 20, 30)
+    assert np.asarray(req.mask)[15, 20] == 255 and np.asarray(req.mask)[40, 20] == 0
+    assert (req.resize_mode, req.denoising_strength, req.mask_blur) == (1, 0.6, 3)
+    assert (req.inpainting_mask_invert, req.inpainting_fill, req.inpaint_full_res) == (1, 2, True)
+
+
+def test_inpaint_uploaded_mask_and_missing_inputs():
+    uploaded = Image.new("L", (64, 64), 255)
+    req = inpaint.build_request(INPAINT_VALUES, editor_value(stroke_rows=slice(0, 0)), uploaded,
+                                inpaint.MASK_SOURCES[1])
+    assert np.asarray(req.mask).min() == 255
+    with pytest.raises(RequestError, match="nothing is painted"):
+        inpaint.build_request(INPAINT_VALUES, editor_value(stroke_rows=slice(0, 0)), None, inpaint.MASK_SOURCES[0])
+    with pytest.raises(RequestError, match="no mask image was uploaded"):
+        inpaint.build_request(INPAINT_VALUES, editor_value(), None, inpaint.MASK_SOURCES[1])
+    with pytest.raises(RequestError, match="init_images"):
+        inpaint.build_request(INPAINT_VALUES, None, None, inpaint.MASK_SOURCES[0])
+
+
+def test_outpaint_request_ignores_size_and_validates_pixels():
+    values = {**INPAINT_VALUES, "direction": ["left", "up"], "pixels": 16, "outpaint_fill": "noise",
+              "fill_color": "#000000"}
+    req = outpaint.build_request(values, Image.new("RGB", (32, 32)))
+    assert isinstance(req, OutpaintRequest)
+    assert (req.direction, req.pixels, req.outpaint_fill, req.width, req.height) == (["left", "up"], 16, "noise", None, None)
+    with pytest.raises(RequestError, match="pixels: must be a multiple of 8"):
+        outpaint.build_request({**values, "pixels": 12}, Image.new("RGB", (32, 32)))
+
+
+def test_extras_request_and_missing_image():
+    req = extras.build_request({"upscaling_resize": 3.0, "upscaler_1": "Lanczos", "resize_mode": 0},
+                               Image.new("RGBA", (8, 8)))
+    assert (req.upscaling_resize, req.upscaler_1, req.image.mode) == (3.0, "Lanczos", "RGB")
+    with pytest.raises(RequestError, match="image: no source image"):
+        extras.build_request({}, None)
+
+
+def test_xy_plot_plans_one_request_per_cell_with_one_seed(services):
+    base = txt2img.build_request({**TXT2IMG_VALUES, "seed": -1})
+    script = {"xy_x_type": "Sampler", "xy_x_values": "Euler a, DPM++ 2M",
+              "xy_y_type": "CFG Scale", "xy_y_values": "3, 5, 9"}
+    batch = xyplot.plan_batch("txt2img", base, script, services)
+    cells = [r for _, r in batch.requests]
+    assert [(r.sampler_name, r.cfg_scale) for r in cells] == [
+        ("Euler a", 3.0), ("DPM++ 2M", 3.0), ("Euler a", 5.0), ("DPM++ 2M", 5.0), ("Euler a", 9.0), ("DPM++ 2M", 9.0)]
+    assert len({r.seed for r in cells}) == 1 and cells[0].seed >= 0
+
+
+def test_xy_plot_prompt_sr_and_bad_values(services):
+    base = txt2img.build_request(TXT2IMG_VALUES)
+    batch = xyplot.plan_batch("txt2img", base, {"xy_x_type": "Prompt S/R", "xy_x_values": "cat, dog, \"red, fox\"",
+                                                "xy_y_type": "Nothing"}, services)
+    assert [r.prompt for _, r in batch.requests] == ["a cat", "a dog", "a red, fox"]
+    with pytest.raises(xyplot.XYPlotError, match="Sampler value 'Nope'"):
+        xyplot.plan_batch("txt2img", base, {"xy_x_type": "Sampler", "xy_x_values": "Nope", "xy_y_type": "Nothing"},
+                          services)
+    with pytest.raises(xyplot.XYPlotError, match="Checkpoint value 'missing'"):
+        xyplot.plan_batch("txt2img", base, {"xy_x_type": "Checkpoint", "xy_x_values": "missing",
+                                            "xy_y_type": "Nothing"}, services)
+
+
+def test_settings_bad_values_raise_and_are_not_saved(services):
+    before = services.settings
+    with pytest.raises(SettingsError, match=r"unknown token \[bogus\]"):
+        settings.apply(services, {"samples_filename_pattern": "[bogus]"})
+    with pytest.raises(SettingsError, match="sd_checkpoints_limit"):
+        settings.apply(services, {"sd_checkpoints_limit": 99})
+    with pytest.raises(SettingsError, match="default_steps: a value is required"):
+        settings.apply(services, {"default_steps": None})
+    with pytest.raises(SettingsError, match="unknown sampler"):
+        settings.apply(services, {"default_sampler": "Nope"})
+    assert services.settings == before
+    assert not before.config_file.exists()
+
+
+def test_settings_good_values_are_saved_and_applied(services):
+    summary = settings.apply(services, {"samples_filename_pattern": "[seed]-[number]", "default_steps": 12,
+                                        "memory_mode": "medvram"})
+    assert services.settings.samples_filename_pattern == "[seed]-[number]"
+    assert services.settings.default_steps == 12
+    saved = json.loads(services.settings.config_file.read_text())
+    assert saved["samples_filename_pattern"] == "[seed]-[number]" and saved["default_steps"] == 12
+    assert "memory_mode applies at the next start" in summary
+
+
+def make_panel():
+    with gr.Blocks():
+        buttons = (gr.Button(), gr.Button(), gr.Button())
+        return output_panel("t", *buttons)
+
+
+def test_stream_jobs_shows_the_result_in_the_gallery(services):
+    panel = make_panel()
+    request = txt2img.build_request({**TXT2IMG_VALUES, "steps": 2})
+    updates = list(runner.stream_jobs(services, panel, lambda: runner.Batch([("txt2img", request)]), poll_seconds=0.01))
+    assert updates[0][panel.generate]["visible"] is False and updates[0][panel.interrupt]["visible"] is True
+    final = updates[-1]
+    assert final[panel.generate]["visible"] is True
+    assert [im.size for im in final[panel.gallery]] == [(32, 48)]
+    assert final[panel.infotext].startswith("a cat\nNegative prompt: dog\nSteps: 2")
+    assert final[panel.seeds] == [7]
+
+
+def test_stream_jobs_shows_a_request_error_without_raising(services):
+    panel = make_panel()
+
+    def bad():
+        return runner.Batch([("txt2img", txt2img.build_request({**TXT2IMG_VALUES, "height": 50}))])
+
+    updates = list(runner.stream_jobs(services, panel, bad))
+    assert len(updates) == 1
+    assert "height: must be a multiple of 8" in updates[0][panel.error]["value"]
+    assert updates[0][panel.error]["visible"] is True
+
+
+def test_interrupt_cancels_only_this_tabs_job(services):
+    panel = make_panel()
+    slow = txt2img.build_request({**TXT2IMG_VALUES, "steps": 150, "n_iter": 20})
+    stream = runner.stream_jobs(services, panel, lambda: runner.Batch([("txt2img", slow)]), poll_seconds=0.01)
+    first = next(stream)
+    other = services.submit("txt2img", txt2img.build_request(TXT2IMG_VALUES))
+    runner.interrupt(services, first[panel.job_id])
+    final = list(stream)[-1]
+    assert final[panel.error]["value"] == "Interrupted."
+    assert panel.gallery not in final
+    assert other.wait(60).images[0].size == (32, 48)
+
+
+def test_create_ui_builds_every_tab(services):
+    from webui.app import create_ui
+
+    demo = create_ui(services)
+    ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    for elem_id in ("sd_model_checkpoint", "txt2img_generate", "txt2img_gallery", "img2img_sketch", "inpaint_editor",
+                    "outpaint_direction", "extras_upscaler_1", "pnginfo_image", "settings_submit", "txt2img_xy_enabled"):
+        assert elem_id in ids, elem_id
+
+
+def test_serve_flags_and_auth_parsing():
+    from modules.cli import parse_auth, serve_parser
+
+    args = serve_parser().parse_args(["--listen", "--port", "7999", "--share", "--api", "--gradio-auth", "u:p"])
+    assert (args.listen, args.port, args.share, args.api, args.gradio_auth) == (True, 7999, True, True, "u:p")
+    assert parse_auth("a:b,\nc:d:e") == [("a", "b"), ("c", "d:e")]
+    with pytest.raises(ValueError, match="not user:password"):
+        parse_auth("nopassword")

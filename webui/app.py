@@ -1,0 +1,166 @@
+"""The whole web UI: the top bar (checkpoint and VAE), the tabs, and the events between tabs
+(Send to img2img / inpaint / outpaint / extras, PNG Info -> txt2img / img2img)."""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+import gradio as gr
+
+from modules.checkpoints import CheckpointError
+from webui import extras, img2img, inpaint, outpaint, pnginfo, settings, txt2img
+from webui.tab import GenerationTab
+from webui.widgets import SYMBOL_REFRESH, infotext_updates
+
+TITLE = "Easel"
+VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+CSS = """
+.easel-progress progress { height: 14px; }
+.easel-error { color: #c00; }
+"""
+
+
+def checkpoint_titles(services) -> list[str]:
+    """A1111 titles (``name [hash]``) of the checkpoints found in the model folders."""
+    return [services.checkpoints.title(info) for info in services.checkpoints.list()]
+
+
+def selected_title(services) -> str | None:
+    """The title of the checkpoint new jobs run on; None when there are no checkpoints."""
+    try:
+        return services.checkpoints.title(services.checkpoints.get(services.selected_checkpoint))
+    except CheckpointError:
+        return None
+
+
+def vae_choices(services) -> list[str]:
+    """"Automatic" and the files in models/VAE (choosing one is not applied yet: a placeholder)."""
+    folder = services.settings.models_dir / "VAE"
+    files = sorted(p.name for p in folder.iterdir() if p.suffix in VAE_SUFFIXES) if folder.is_dir() else []
+    return ["Automatic", *files]
+
+
+def switch_checkpoint(services, title: str, poll_seconds: float = 0.2):
+    """Queue the model switch and stream its status line; errors are shown, never raised."""
+    if not title:
+        return
+    try:
+        job = services.select_checkpoint(title)
+    except (CheckpointError, ValueError, RuntimeError) as err:
+        gr.Warning(str(err))
+        yield f"<span class='easel-error'>{html.escape(str(err))}</span>"
+        return
+    started = time.monotonic()
+    while not job.is_finished:
+        try:
+            position = services.queue.position(job.id)
+        except KeyError:
+            position = -1
+        waiting = f" (waiting, queue position {position})" if position > 0 else ""
+        yield f"Loading {html.escape(title)}{waiting}… {time.monotonic() - started:.0f}s"
+        time.sleep(poll_seconds)
+    if job.error:
+        gr.Warning(job.error)
+        yield f"<span class='easel-error'>{html.escape(job.error)}</span>"
+    else:
+        yield f"Loaded {html.escape(str(job.result))} in {time.monotonic() - started:.1f}s"
+
+
+def top_bar(services) -> None:
+    """Checkpoint dropdown with refresh and status; VAE dropdown."""
+    with gr.Row(elem_id="quicksettings"):
+        checkpoint = gr.Dropdown(checkpoint_titles(services), value=selected_title(services),
+                                 label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4)
+        refresh = gr.Button(SYMBOL_REFRESH, elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+        vae = gr.Dropdown(vae_choices(services), value="Automatic", label="SD VAE (not applied yet)",
+                          elem_id="sd_vae", scale=2)
+        status = gr.HTML(elem_id="sd_model_status")
+
+    def on_refresh():
+        services.checkpoints.refresh()
+        return gr.update(choices=checkpoint_titles(services), value=selected_title(services)), \
+            gr.update(choices=vae_choices(services))
+
+    def on_choose(title: str):
+        yield from switch_checkpoint(services, title)
+
+    refresh.click(on_refresh, outputs=[checkpoint, vae])
+    checkpoint.input(on_choose, inputs=[checkpoint], outputs=[status], concurrency_limit=None)
+
+
+def gallery_image(gallery: list | None, selected: int) -> Any:
+    """The selected image of a gallery value (``[(image, caption), ...]``); None when empty."""
+    if not gallery:
+        return None
+    item = gallery[min(max(selected or 0, 0), len(gallery) - 1)]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, target_image,
+              target_fields: dict | None) -> None:
+    """A "Send to" button: the selected image (and its parameters) to another tab, which opens."""
+    outputs = [target_image, tabs, *(target_fields or {}).values()]
+
+    def send(gallery, selected, infotexts):
+        text = infotexts[selected] if infotexts and 0 <= (selected or 0) < len(infotexts) else ""
+        updates = {target_image: gallery_image(gallery, selected), tabs: gr.Tabs(selected=target_id)}
+        if target_fields and text:
+            updates.update(infotext_updates(target_fields, text))
+        return updates
+
+    source_send.click(send, inputs=[source.gallery, source.selected, source.infotexts], outputs=outputs)
+
+
+def create_ui(services) -> gr.Blocks:
+    """Build the Blocks app on ``services`` (call ``.queue().launch()`` on it, see webui.server)."""
+    with gr.Blocks(title=TITLE) as demo:
+        top_bar(services)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = txt2img.create_ui(services)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = img2img.create_ui(services)
+            with gr.Tab("inpaint", id="inpaint", elem_id="tab_inpaint"):
+                inp = inpaint.create_ui(services)
+            with gr.Tab("outpaint", id="outpaint", elem_id="tab_outpaint"):
+                out = outpaint.create_ui(services)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                ext = extras.create_ui(services)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = pnginfo.create_ui(services)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                sett = settings.create_ui(services)
+        txt2img.bind_events(t2i, services)
+        img2img.bind_events(i2i, services)
+        inpaint.bind_events(inp, services)
+        outpaint.bind_events(out, services)
+        extras.bind_events(ext, services)
+        pnginfo.bind_events(png, services)
+        settings.bind_events(sett, services)
+        bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png)
+    return demo
+
+
+def bind_cross_tab(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, inp: GenerationTab,
+                   out: GenerationTab, ext: extras.ExtrasTab, png: pnginfo.PngInfoTab) -> None:
+    """Send-to buttons of every output panel, and PNG Info's send buttons."""
+    targets = {"img2img": (i2i.image, i2i.fields), "inpaint": (inp.image, inp.fields),
+               "outpaint": (out.image, out.fields), "extras": (ext.image, None)}
+    for source in (t2i.panel, i2i.panel, inp.panel, out.panel, ext.panel):
+        for target_id, button in source.send.items():
+            image, fields = targets[target_id]
+            bind_send(button, source, tabs, target_id, image, fields)
+
+    png.send_txt2img.click(lambda text: {**infotext_updates(t2i.fields, text), tabs: gr.Tabs(selected="txt2img")},
+                           inputs=[png.parameters], outputs=[tabs, *t2i.fields.values()])
+
+    def to_img2img(text: str, path: str | None):
+        updates = {**infotext_updates(i2i.fields, text), tabs: gr.Tabs(selected="img2img")}
+        if path:
+            updates[i2i.image] = path
+        return updates
+
+    png.send_img2img.click(to_img2img, inputs=[png.parameters, png.image],
+                           outputs=[tabs, i2i.image, *i2i.fields.values()])
