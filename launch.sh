@@ -55,9 +55,21 @@ install_requirements() {
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DIFFUSERS_NO_ADVISORY_WARNINGS=1
 
+install_browser() {
+  # Browser tests drive Debian's chromium through Playwright (never `playwright install`).
+  [ -x /usr/bin/chromium ] && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+      echo "launch.sh: could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "launch.sh: /usr/bin/chromium is missing (apt-get install chromium); the browser tests will be skipped" >&2
+  fi
+}
+
 if [ "${1:-}" = "test" ]; then
   shift
   install_requirements requirements.txt requirements-dev.txt
+  install_browser
   exec python -m pytest "$@"
 fi
 install_requirements requirements.txt

@@ -168,3 +168,11 @@ def test_progress_reports_steps(services):
     job.wait(120)
     snap = job.progress.snapshot()
     assert (snap.step, snap.total) == (8, 8)
+
+
+def test_sde_sampler_reproduces_from_its_seed(services):
+    a = run(services, prompt="x", seed=21, sampler_name="DPM++ SDE")
+    b = run(services, prompt="x", seed=21, sampler_name="DPM++ SDE")
+    c = run(services, prompt="x", seed=22, sampler_name="DPM++ SDE")
+    assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
+    assert not np.array_equal(pixels(a.images[0]), pixels(c.images[0]))

@@ -136,8 +136,10 @@ def sampler_installed(pipe, scheduler) -> Iterator[None]:
         pipe.scheduler = own
 
 
-def scheduler_for(ctx: RunContext, plan: BatchPlan):
-    return samplers.make_scheduler(ctx.model.pipe.scheduler.config, plan.sampler_name, plan.scheduler)
+def scheduler_for(ctx: RunContext, plan: BatchPlan, seed: int | None = None):
+    """A fresh scheduler for one batch iteration; ``seed`` seeds the noise of SDE samplers
+    (DPM++ SDE draws its Brownian noise itself, not from the pipeline's generators)."""
+    return samplers.make_scheduler(ctx.model.pipe.scheduler.config, plan.sampler_name, plan.scheduler, seed=seed)
 
 
 def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: int, subseed: int) -> dict[str, Any]:

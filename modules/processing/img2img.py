@@ -162,11 +162,6 @@ def generate(
 ) -> GenerationResult:
     """Steps 3-4 for prepared init images (also used by outpainting)."""
     pipe = ctx.model.pipe
-    with common.sampler_installed(pipe, common.scheduler_for(ctx, plan)):
-        return _generate(req, ctx, plan, preps, extra_params, outdir, notes, pipe)
-
-
-def _generate(req, ctx, plan, preps, extra_params, outdir, notes, pipe) -> GenerationResult:
     with torch.no_grad():
         conditioning = common.Conditioning.from_kwargs(
             common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip))
@@ -186,8 +181,9 @@ def _generate(req, ctx, plan, preps, extra_params, outdir, notes, pipe) -> Gener
             finals = [p.finish(p.image.copy()) for p in batch]
         else:
             try:
-                finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
-                                        n * run_steps, total, (lw, lh), nine)
+                with common.sampler_installed(pipe, common.scheduler_for(ctx, plan, batch_seeds[0])):
+                    finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
+                                            n * run_steps, total, (lw, lh), nine)
             except common.SkipIteration:
                 ctx.token.clear_skip()
                 result.skipped += 1

@@ -17,14 +17,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     plan = common.plan_batch(req, ctx, rng)
     hp = hires.plan_hires(req, ctx, plan) if req.enable_hr else None
     pipe = ctx.model.pipe
-    # 2. the sampler, built from the model's own scheduler config (the worker holds the model's
-    #    lock, so no other job sees the swap; the model's own scheduler is put back at the end)
-    with common.sampler_installed(pipe, common.scheduler_for(ctx, plan)):
-        return _generate(req, ctx, plan, pipe, hp)
-
-
-def _generate(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan, pipe, hp: hires.HiresPlan | None) -> GenerationResult:
-    # 3. prompts to embeddings, once for the whole request
+    # 2. prompts to embeddings, once for the whole request
     with torch.no_grad():
         prompt_kwargs = common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip)
         hr_cond = hires.conditioning(req, ctx, prompt_kwargs) if hp else None
@@ -43,21 +36,23 @@ def _generate(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan, pipe
         batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
         latents = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx).to(device, dtype)
         generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-        # 5. denoise and decode
+        # 5. denoise and decode, with a sampler built from the model's own scheduler config (the
+        #    worker holds the model's lock, so no other job sees the swap; it is undone after)
         try:
-            images = pipe(
-                **prompt_kwargs,
-                num_images_per_prompt=req.batch_size,
-                latents=latents,
-                generator=generators,
-                num_inference_steps=req.steps,
-                guidance_scale=req.cfg_scale,
-                width=plan.width,
-                height=plan.height,
-                output_type="latent" if hp else "pil",
-                callback_on_step_end=common.step_callback(ctx, n * per_iteration, req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images
+            with common.sampler_installed(pipe, common.scheduler_for(ctx, plan, batch_seeds[0])):
+                images = pipe(
+                    **prompt_kwargs,
+                    num_images_per_prompt=req.batch_size,
+                    latents=latents,
+                    generator=generators,
+                    num_inference_steps=req.steps,
+                    guidance_scale=req.cfg_scale,
+                    width=plan.width,
+                    height=plan.height,
+                    output_type="latent" if hp else "pil",
+                    callback_on_step_end=common.step_callback(ctx, n * per_iteration, req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
+                    callback_on_step_end_tensor_inputs=["latents"],
+                ).images
             if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
                 images = hires.second_pass(req, ctx, plan, hp, images, hr_cond, batch_seeds, batch_subseeds,
                                            n * per_iteration + req.steps, total_steps)
