@@ -1,33 +1,35 @@
 """Measure a shapes-world model with the detector and print a Markdown table.
 
-Three evaluations, each on seeded random scenes with a fixed seed per prompt:
+Everything runs through Easel's own core (the job queue, ``modules.processing``), on a
+single-file checkpoint loaded by the same code path as a user's download. Three evaluations,
+each on seeded random scenes with a fixed seed per prompt:
 
 - **txt2img** (``--n``): generate from the canonical caption and check what the detector reads
   back: colour, position, background, shape, size, and all of them at once.
 - **img2img** (``--img2img``): render a scene and ask, at strength 0.75, for the same scene with
   another shape colour; success is the new colour (the kept shape and position are reported too).
 - **inpaint** (``--inpaint``): render a scene, mask the shape's dilated bounding box and ask for
-  another shape in another colour at the same place (latent-blend inpainting with the plain
-  4-channel UNet); success is the new colour, the new shape is reported on its own row.
+  another shape in another colour at the same place (latent blending with the plain 4-channel
+  UNet); success is the new colour, the new shape is reported on its own row.
 
-    python -m bundled.evaluate --state runs/shapes/state.pt --n 200 --steps 20 --cfg 6 --seed 0
+    python -m bundled.evaluate --checkpoint models/Stable-diffusion/easel-shapes.safetensors --n 200
+    python -m bundled.evaluate --state runs/shapes/state.pt --n 200     # exports the state first
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bundled.architecture import SCHEDULER_CONFIG, build_models
 from bundled.detect import Detection, detect
 from bundled.shapes import PALETTE, SHAPES, SIDE, SIZES, Scene, random_scene, render
 
@@ -49,48 +51,43 @@ class Row:
         return self.hits / self.n if self.n else 0.0
 
 
-def make_scheduler():
-    """Euler ancestral on the training schedule (the config keys it does not take are dropped)."""
-    from diffusers import EulerAncestralDiscreteScheduler
+class Runner:
+    """Generation through Easel's services, on one checkpoint in a temporary data folder."""
 
-    accepted = inspect.signature(EulerAncestralDiscreteScheduler.__init__).parameters
-    return EulerAncestralDiscreteScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k in accepted})
+    def __init__(self, checkpoint: Path, steps: int, cfg: float, sampler: str):
+        from modules.config import load_settings
+        from modules.services import build_services
 
+        self.data = Path(tempfile.mkdtemp(prefix="easel-eval-"))
+        folder = self.data / "models" / "Stable-diffusion"
+        folder.mkdir(parents=True)
+        for src in (checkpoint, checkpoint.with_suffix(".yaml")):
+            if src.exists():
+                (folder / src.name).symlink_to(src.resolve())
+        self.services = build_services(load_settings(self.data, {"show_progress_every_n_steps": 0}))
+        self.common = dict(steps=steps, cfg_scale=cfg, sampler_name=sampler, save_images=False, width=SIDE, height=SIDE)
 
-def load_pipeline_from_state(state_path: str | Path, device: str = "cpu"):
-    """A ``StableDiffusionPipeline`` from a training state's VAE and EMA UNet / text encoder."""
-    from diffusers import StableDiffusionPipeline
+    def txt2img(self, prompt: str, seed: int) -> Image.Image:
+        from modules.schemas import Txt2ImgRequest
 
-    from bundled.train import load_tokenizer
+        req = Txt2ImgRequest(prompt=prompt, seed=seed, **self.common)
+        return self.services.submit("txt2img", req).wait().images[0]
 
-    st = torch.load(Path(state_path), map_location="cpu", weights_only=True)
-    if st.get("scaling") is None:
-        raise ValueError(
-            f"{state_path} holds no latent scaling yet (VAE phase at step {st.get('vae_done')}); "
-            "evaluate a state saved after the VAE phase has finished"
-        )
-    vae, unet, text_encoder = build_models()
-    vae.load_state_dict(st["vae"])
-    unet.load_state_dict(st["ema_unet"])
-    text_encoder.load_state_dict(st["ema_text"])
-    vae.register_to_config(scaling_factor=float(st["scaling"]))
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=load_tokenizer(),
-        unet=unet.eval(),
-        scheduler=make_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    def img2img(self, image: Image.Image, prompt: str, seed: int, strength: float, mask: Image.Image | None = None) -> Image.Image:
+        from modules.schemas import Img2ImgRequest
+
+        req = Img2ImgRequest(prompt=prompt, seed=seed, init_images=[image], denoising_strength=strength, mask=mask,
+                             mask_blur=2, inpainting_fill=1, inpaint_full_res=False, **self.common)
+        return self.services.submit("img2img", req).wait().images[0]
+
+    def close(self) -> None:
+        self.services.close()
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
-def state_step(state_path: str | Path) -> int:
-    """The UNet training step a state was saved at."""
-    return int(torch.load(Path(state_path), map_location="cpu", weights_only=True)["step"])
+def progress(label: str, i: int, n: int, start: float) -> None:
+    if (i + 1) % 20 == 0 or i + 1 == n:
+        print(f"  {label}: {i + 1}/{n} images, {time.time() - start:.1f}s", file=sys.stderr, flush=True)
 
 
 def random_scenes(n: int, seed: int, stream: int) -> list[Scene]:
@@ -117,93 +114,63 @@ def shape_mask(scene: Scene, margin: int = MASK_MARGIN, side: int = SIDE) -> Ima
     return mask
 
 
-def generate(
-    call: Callable[..., object],
-    prompts: list[str],
-    seed: int,
-    batch: int,
-    label: str,
-    per_item: dict[str, list] | None = None,
-    **kwargs,
-) -> list[Image.Image]:
-    """Run ``call`` over the prompts in batches, item ``i`` seeded with ``seed + i``; print progress."""
-    images: list[Image.Image] = []
-    start = time.time()
-    for lo in range(0, len(prompts), batch):
-        hi = min(lo + batch, len(prompts))
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(lo, hi)]
-        extra = {k: v[lo:hi] for k, v in (per_item or {}).items()}
-        out = call(prompt=prompts[lo:hi], negative_prompt=[""] * (hi - lo), generator=gens, **extra, **kwargs)
-        images.extend(out.images)
-        print(f"  {label}: {hi}/{len(prompts)} images, {time.time() - start:.1f}s", file=sys.stderr, flush=True)
-    return images
-
-
 def count(evaluation: str, metric: str, hits: list[bool]) -> Row:
     return Row(evaluation, metric, int(sum(hits)), len(hits))
 
 
-def evaluate_txt2img(pipe, n: int, steps: int, cfg: float, seed: int, batch: int) -> tuple[list[Row], list[Image.Image]]:
+def evaluate_txt2img(runner: Runner, n: int, seed: int) -> tuple[list[Row], list[Image.Image]]:
     """Generate each scene from its canonical caption and check the detector's reading."""
     scenes = random_scenes(n, seed, 0)
-    images = generate(
-        pipe, [s.caption() for s in scenes], seed, batch, "txt2img",
-        num_inference_steps=steps, guidance_scale=cfg, height=SIDE, width=SIDE,
-    )
+    images, start = [], time.time()
+    for i, s in enumerate(scenes):
+        images.append(runner.txt2img(s.caption(), seed + i))
+        progress("txt2img", i, n, start)
     found = [detect(img) for img in images]
-    rows = [count("txt2img", f, [getattr(d, f) == getattr(s, f) for d, s in zip(found, scenes)])
+    rows = [count("txt2img", f, [getattr(d, f) == getattr(s, f) for d, s in zip(found, scenes, strict=True)])
             for f in ("color", "position", "background", "shape", "size")]
     four = ("color", "position", "background", "shape")
     rows.append(count("txt2img", "all four (no size)", [all(getattr(d, f) == getattr(s, f) for f in four)
-                                                        for d, s in zip(found, scenes)]))
-    rows.append(count("txt2img", "all five", [all(getattr(d, f) == getattr(s, f) for f in four + ("size",))
-                                              for d, s in zip(found, scenes)]))
+                                                        for d, s in zip(found, scenes, strict=True)]))
+    rows.append(count("txt2img", "all five", [all(getattr(d, f) == getattr(s, f) for f in (*four, "size"))
+                                              for d, s in zip(found, scenes, strict=True)]))
     return rows, images
 
 
-def evaluate_img2img(pipe, n: int, steps: int, cfg: float, seed: int, batch: int) -> tuple[list[Row], list[Image.Image]]:
+def evaluate_img2img(runner: Runner, n: int, seed: int) -> tuple[list[Row], list[Image.Image]]:
     """Recolour a rendered scene's shape at strength 0.75; success is the new colour."""
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
-    img2img.set_progress_bar_config(disable=True)
     rng = np.random.default_rng([seed, 11])
     scenes = random_scenes(n, seed, 1)
     targets = [replace(s, color=other_color(s, rng)) for s in scenes]
-    images = generate(
-        img2img, [t.caption() for t in targets], seed, batch, "img2img",
-        per_item={"image": [render(s) for s in scenes]},
-        strength=EDIT_STRENGTH, num_inference_steps=steps, guidance_scale=cfg,
-    )
+    images, start = [], time.time()
+    for i, (s, t) in enumerate(zip(scenes, targets, strict=True)):
+        images.append(runner.img2img(render(s), t.caption(), seed + i, EDIT_STRENGTH))
+        progress("img2img", i, n, start)
     found = [detect(img) for img in images]
+    pairs = list(zip(found, targets, strict=True))
     rows = [
-        count("img2img", "new color", [d.color == t.color for d, t in zip(found, targets)]),
-        count("img2img", "kept shape", [d.shape == t.shape for d, t in zip(found, targets)]),
-        count("img2img", "kept position", [d.position == t.position for d, t in zip(found, targets)]),
-        count("img2img", "kept background", [d.background == t.background for d, t in zip(found, targets)]),
+        count("img2img", "new color", [d.color == t.color for d, t in pairs]),
+        count("img2img", "kept shape", [d.shape == t.shape for d, t in pairs]),
+        count("img2img", "kept position", [d.position == t.position for d, t in pairs]),
+        count("img2img", "kept background", [d.background == t.background for d, t in pairs]),
     ]
     return rows, images
 
 
-def evaluate_inpaint(pipe, n: int, steps: int, cfg: float, seed: int, batch: int) -> tuple[list[Row], list[Image.Image]]:
+def evaluate_inpaint(runner: Runner, n: int, seed: int, strength: float) -> tuple[list[Row], list[Image.Image]]:
     """Repaint the masked shape as another shape in another colour; success is the new colour."""
-    from diffusers import StableDiffusionInpaintPipeline
-
-    inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
-    inpaint.set_progress_bar_config(disable=True)
     rng = np.random.default_rng([seed, 12])
     scenes = random_scenes(n, seed, 2)
     targets = [replace(s, color=other_color(s, rng), shape=other_shape(s, rng)) for s in scenes]
-    images = generate(
-        inpaint, [t.caption() for t in targets], seed, batch, "inpaint",
-        per_item={"image": [render(s) for s in scenes], "mask_image": [shape_mask(s) for s in scenes]},
-        num_inference_steps=steps, guidance_scale=cfg, height=SIDE, width=SIDE,
-    )
+    images, start = [], time.time()
+    for i, (s, t) in enumerate(zip(scenes, targets, strict=True)):
+        images.append(runner.img2img(render(s), t.caption(), seed + i, strength, mask=shape_mask(s)))
+        progress("inpaint", i, n, start)
     found: list[Detection] = [detect(img) for img in images]
+    pairs = list(zip(found, targets, strict=True))
     rows = [
-        count("inpaint", "new color", [d.color == t.color for d, t in zip(found, targets)]),
-        count("inpaint", "new shape", [d.shape == t.shape for d, t in zip(found, targets)]),
-        count("inpaint", "kept background", [d.background == t.background for d, t in zip(found, targets)]),
+        count("inpaint", "new color", [d.color == t.color for d, t in pairs]),
+        count("inpaint", "new shape", [d.shape == t.shape for d, t in pairs]),
+        count("inpaint", "kept background", [d.background == t.background for d, t in pairs]),
     ]
     return rows, images
 
@@ -231,23 +198,25 @@ def save_grid(images: list[Image.Image], path: Path, columns: int = 10) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state", type=Path, default=Path("runs/shapes/state.pt"), help="training state.pt")
+    ap.add_argument("--checkpoint", type=Path, default=Path("models/Stable-diffusion/easel-shapes.safetensors"),
+                    help="single-file checkpoint (with its .yaml)")
+    ap.add_argument("--state", type=Path, default=None, help="a training state.pt to export and evaluate instead")
+    ap.add_argument("--sampler", default="Euler a")
+    ap.add_argument("--inpaint-strength", type=float, default=1.0)
     ap.add_argument("--n", type=int, default=200, help="txt2img prompts (0 skips txt2img)")
     ap.add_argument("--img2img", type=int, default=50, metavar="N", help="img2img edits (0 skips)")
     ap.add_argument("--inpaint", type=int, default=50, metavar="N", help="inpaint edits (0 skips)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=6.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=20, help="prompts per pipeline call")
     ap.add_argument("--limit-threads", type=int, default=0, metavar="N", help="torch.set_num_threads(N)")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--save-grids", type=Path, default=None, metavar="DIR", help="write one image grid per evaluation")
     args = ap.parse_args(argv)
     for name in ("n", "img2img", "inpaint"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if args.steps < 1 or args.batch < 1:
-        ap.error("--steps and --batch must be at least 1")
+    if args.steps < 1:
+        ap.error("--steps must be at least 1")
     return args
 
 
@@ -256,26 +225,34 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit_threads:
         torch.set_num_threads(args.limit_threads)
     start = time.time()
-    pipe = load_pipeline_from_state(args.state, args.device)
-    step = state_step(args.state)
-    print(f"loaded {args.state} (UNet step {step}) in {time.time() - start:.1f}s", file=sys.stderr, flush=True)
-    evaluations = (("txt2img", args.n, evaluate_txt2img), ("img2img", args.img2img, evaluate_img2img),
-                   ("inpaint", args.inpaint, evaluate_inpaint))
+    checkpoint, label = args.checkpoint, str(args.checkpoint)
+    if args.state is not None:
+        from bundled.export import export
+
+        checkpoint = Path(tempfile.mkdtemp(prefix="easel-eval-ckpt-")) / "state-export.safetensors"
+        export(args.state, checkpoint)
+        label = f"{args.state} (step {torch.load(args.state, map_location='cpu', weights_only=True)['step']})"
+    runner = Runner(checkpoint.resolve(), args.steps, args.cfg, args.sampler)
+    evaluations = (("txt2img", args.n, lambda: evaluate_txt2img(runner, args.n, args.seed)),
+                   ("img2img", args.img2img, lambda: evaluate_img2img(runner, args.img2img, args.seed)),
+                   ("inpaint", args.inpaint, lambda: evaluate_inpaint(runner, args.inpaint, args.seed, args.inpaint_strength)))
     rows: list[Row] = []
     timings: list[str] = []
-    with torch.inference_mode():
+    try:
         for name, n, run in evaluations:
             if n == 0:
                 continue
             t0 = time.time()
-            new_rows, images = run(pipe, n, args.steps, args.cfg, args.seed, args.batch)
+            new_rows, images = run()
             rows += new_rows
             timings.append(f"{name}: {n} images in {time.time() - t0:.1f}s")
             if args.save_grids is not None:
                 save_grid(images, args.save_grids / f"{name}.png")
+    finally:
+        runner.close()
     print(format_table(rows))
     print()
-    print(f"{args.state}: UNet step {step}; sampling steps {args.steps}, cfg {args.cfg}, seed {args.seed}; " + "; ".join(timings)
+    print(f"{label}: {args.sampler}, {args.steps} steps, CFG {args.cfg}, seed {args.seed}; " + "; ".join(timings)
           + f"; total {time.time() - start:.1f}s")
 
 

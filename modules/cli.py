@@ -59,7 +59,8 @@ def generate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--n-iter", "--batch-count", type=int, default=1, dest="n_iter")
     ap.add_argument("--clip-skip", type=int, default=1)
     ap.add_argument("--checkpoint", default=None, help="checkpoint name, title or short hash (see --list-checkpoints)")
-    ap.add_argument("--out", type=Path, default=None, help="write the PNGs into this folder (default: outputs/txt2img-images/DATE)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the PNGs into this folder (default: outputs/txt2img-images/DATE)")
     ap.add_argument("--list-samplers", action="store_true")
     ap.add_argument("--list-checkpoints", action="store_true")
     add_settings_flags(ap)

@@ -36,7 +36,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class ProgressSink:
         return elapsed / self._step * (self._total - self._step)
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Where a job is in its life; ``done``, ``failed`` and ``cancelled`` are final."""
 
     queued = "queued"

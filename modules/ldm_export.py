@@ -297,8 +297,8 @@ def _ldm_heads(unet_config: Any, channels: list[int]) -> dict[str, int]:
     per_level = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(channels)
     if len(set(per_level)) == 1:
         return {"num_heads": int(per_level[0])}
-    widths = {c // h for c, h in zip(channels, per_level)}
-    if len(widths) == 1 and all(c % h == 0 for c, h in zip(channels, per_level)):
+    widths = {c // h for c, h in zip(channels, per_level, strict=True)}
+    if len(widths) == 1 and all(c % h == 0 for c, h in zip(channels, per_level, strict=True)):
         return {"num_head_channels": widths.pop()}
     raise LdmExportError(
         f"attention heads {per_level} for channels {channels} are neither one head count nor one head width; "
@@ -397,10 +397,14 @@ def ldm_yaml(
 
     beta_schedule = _cfg(scheduler_config, "beta_schedule", "scaled_linear")
     if beta_schedule not in LDM_BETA_SCHEDULES:
-        raise LdmExportError(f"beta_schedule {beta_schedule!r} has no LDM equivalent; expected one of {sorted(LDM_BETA_SCHEDULES)}")
+        raise LdmExportError(
+            f"beta_schedule {beta_schedule!r} has no LDM equivalent; expected one of {sorted(LDM_BETA_SCHEDULES)}"
+        )
     prediction = _cfg(scheduler_config, "prediction_type", "epsilon")
     if prediction not in LDM_PARAMETERIZATION:
-        raise LdmExportError(f"prediction_type {prediction!r} has no LDM equivalent; expected one of {sorted(LDM_PARAMETERIZATION)}")
+        raise LdmExportError(
+            f"prediction_type {prediction!r} has no LDM equivalent; expected one of {sorted(LDM_PARAMETERIZATION)}"
+        )
     vae_levels = len(_cfg(vae_config, "block_out_channels"))
     latent_size = _cfg(vae_config, "sample_size") // 2 ** (vae_levels - 1)
 

@@ -114,7 +114,9 @@ def _grow(lo: int, hi: int, want: int, limit: int) -> tuple[int, int]:
     return lo, min(hi, limit)
 
 
-def expand_crop_region(region: tuple[int, int, int, int], width: int, height: int, image_w: int, image_h: int) -> tuple[int, int, int, int]:
+def expand_crop_region(
+    region: tuple[int, int, int, int], width: int, height: int, image_w: int, image_h: int
+) -> tuple[int, int, int, int]:
     """Grow the region so its aspect ratio matches width:height (as far as the image allows)."""
     x1, y1, x2, y2 = region
     if (x2 - x1) / (y2 - y1) > width / height:

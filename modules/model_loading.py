@@ -140,7 +140,8 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     if missing or unexpected:
         raise CheckpointError(
             f"{what}: the checkpoint does not match its detected architecture "
-            f"({len(missing)} missing keys, e.g. {sorted(missing)[:3]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]})"
+            f"({len(missing)} missing keys, e.g. {sorted(missing)[:3]}; "
+            f"{len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]})"
         )
     module.load_state_dict(state, strict=True, assign=True)
     return module
@@ -274,8 +275,11 @@ def load_vae_file(path: Path, vae) -> None:
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     state = read_state_dict(path)
-    converted = convert_ldm_vae_checkpoint(state, vae.config) if any(k.startswith(("encoder.", "first_stage_model.", "vae.")) and "conv_in" in k for k in state) else state
+    is_ldm = any(k.startswith(("encoder.", "first_stage_model.", "vae.")) and "conv_in" in k for k in state)
+    converted = convert_ldm_vae_checkpoint(state, vae.config) if is_ldm else state
     missing = set(vae.state_dict()) - set(converted)
     if missing:
-        raise CheckpointError(f"VAE {path.name} does not fit this model ({len(missing)} missing keys, e.g. {sorted(missing)[:3]})")
+        raise CheckpointError(
+            f"VAE {path.name} does not fit this model ({len(missing)} missing keys, e.g. {sorted(missing)[:3]})"
+        )
     vae.load_state_dict(converted, strict=True)

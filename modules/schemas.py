@@ -111,12 +111,16 @@ class Img2ImgRequest(GenerationRequest):
 
     mode: str = Field("img2img", frozen=True)
     init_images: list[Any] = Field(default_factory=list, description="PIL images; image i of a batch uses init_images[i % len]")
-    resize_mode: int = Field(0, ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and fill, 3 Just resize (latent upscale)")
+    resize_mode: int = Field(
+        0, ge=0, le=3, description="0 Just resize, 1 Crop and resize, 2 Resize and fill, 3 Just resize (latent upscale)"
+    )
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="0 keeps the image, 1 ignores it")
     mask: Any = Field(None, description="PIL image, white = repaint; None = plain img2img")
     mask_blur: int = Field(4, ge=0, le=64)
     inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
-    inpaint_full_res: bool = Field(True, description="True = 'Only masked': crop the masked region, generate at width x height, paste back")
+    inpaint_full_res: bool = Field(
+        True, description="True = 'Only masked': crop the masked region, generate at width x height, paste back"
+    )
     inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 = repaint what is NOT masked")
     include_init_images: bool = False

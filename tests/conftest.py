@@ -46,3 +46,12 @@ def services(data_dir):
     s = build_services(load_settings(data_dir, {"show_progress_every_n_steps": 0}))
     yield s
     s.close()
+
+
+@pytest.fixture
+def ctx(services):
+    """A RunContext on the tiny-a checkpoint that never saves (test_img2img has one that saves)."""
+    from modules.processing.context import RunContext
+
+    with services.models.use(services.checkpoints.get("tiny-a").name) as model:
+        yield RunContext(model, services.settings, None)

@@ -23,7 +23,7 @@ def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 def accuracies(scenes: list[Scene], images: list[Image.Image]) -> dict[str, float]:
     """Fraction of the scenes whose detected field equals the drawn one, per field."""
     found = [detect(img) for img in images]
-    return {f: float(np.mean([getattr(d, f) == getattr(s, f) for d, s in zip(found, scenes)])) for f in FIELDS}
+    return {f: float(np.mean([getattr(d, f) == getattr(s, f) for d, s in zip(found, scenes, strict=True)])) for f in FIELDS}
 
 
 @pytest.fixture(scope="module")

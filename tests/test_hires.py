@@ -7,14 +7,7 @@ import pytest
 
 from modules import infotext
 from modules.processing import hires, txt2img
-from modules.processing.context import RunContext
 from modules.schemas import RequestError, Txt2ImgRequest
-
-
-@pytest.fixture
-def ctx(services):
-    with services.models.use(services.checkpoints.get("tiny-a").name) as model:
-        yield RunContext(model, services.settings, None)
 
 
 def req(**kw) -> Txt2ImgRequest:

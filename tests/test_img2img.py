@@ -10,16 +10,13 @@ from modules import infotext, masks
 from modules.processing import img2img
 from modules.processing.context import RunContext
 from modules.schemas import Img2ImgRequest, RequestError
+from tests.tiny_models import noise_image
 
 
 @pytest.fixture
 def ctx(services):
     with services.models.use(services.checkpoints.get("tiny-a").name) as model:
         yield RunContext(model, services.settings, services.saver)
-
-
-def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 def req(**kw) -> Img2ImgRequest:

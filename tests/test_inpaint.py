@@ -11,17 +11,7 @@ from modules import masks
 from modules.processing import img2img
 from modules.processing.context import RunContext
 from modules.schemas import Img2ImgRequest, RequestError
-from tests.tiny_models import write_single_file
-
-
-@pytest.fixture
-def ctx(services):
-    with services.models.use(services.checkpoints.get("tiny-a").name) as model:
-        yield RunContext(model, services.settings, None)
-
-
-def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+from tests.tiny_models import noise_image, write_single_file
 
 
 def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
@@ -44,8 +34,9 @@ def changed(a: Image.Image, b: Image.Image) -> np.ndarray:
 def test_pixels_outside_mask_and_blur_band_are_unchanged(ctx, fill, full_res):
     image, box, blur = noise_image(64, 64), (24, 24, 40, 40), 2
     mask = box_mask(image.size, box)
+    size = 32 if full_res else None
     result = img2img.run(req(init_images=[image], mask=mask, mask_blur=blur, inpainting_fill=fill,
-                             inpaint_full_res=full_res, width=None if not full_res else 32, height=None if not full_res else 32), ctx)
+                             inpaint_full_res=full_res, width=size, height=size), ctx)
     out = result.images[0]
     assert out.size == image.size
     diff = changed(out, image)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -125,7 +126,7 @@ def test_never_two_runs_at_once(queue: JobQueue, runner: Runner) -> None:
         job.wait(WAIT)
     assert runner.max_active == 1
     assert runner.ran == list(range(8))
-    for earlier, later in zip(jobs, jobs[1:]):
+    for earlier, later in pairwise(jobs):
         assert earlier.finished <= later.started
 
 

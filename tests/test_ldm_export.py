@@ -40,8 +40,14 @@ UNET_FIELDS = (
     "use_linear_projection",
     "transformer_layers_per_block",
 )
-VAE_FIELDS = ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels", "latent_channels", "layers_per_block", "scaling_factor")
-SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
+VAE_FIELDS = (
+    "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels", "latent_channels",
+    "layers_per_block", "scaling_factor",
+)
+SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+}
 
 
 def make_unet(layers_per_block: int = 1, **overrides) -> UNet2DConditionModel:
@@ -135,7 +141,8 @@ def test_vae_round_trips_and_uses_conv_attention_weights():
     for name in ("q", "k", "v", "proj_out"):
         assert ldm[f"first_stage_model.encoder.mid.attn_1.{name}.weight"].shape == (64, 64, 1, 1)
     # The decoder counts levels from the bottom: diffusers up_blocks.0 is LDM up.1.
-    assert torch.equal(ldm["first_stage_model.decoder.up.1.upsample.conv.weight"], vae.decoder.up_blocks[0].upsamplers[0].conv.weight)
+    upsample = vae.decoder.up_blocks[0].upsamplers[0].conv.weight
+    assert torch.equal(ldm["first_stage_model.decoder.up.1.upsample.conv.weight"], upsample)
 
     back = convert_ldm_vae_checkpoint(ldm, dict(vae.config))
     assert_same_state(vae.state_dict(), back)
@@ -190,7 +197,8 @@ def test_unknown_unet_key_is_an_error():
 def test_pipeline_to_ldm_holds_all_three_parts():
     unet, vae, text_encoder = make_unet(), make_vae(), make_text_encoder()
     state = pipeline_to_ldm(unet, vae, text_encoder)
-    counts = {prefix: sum(key.startswith(prefix) for key in state) for prefix in ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")}
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+    counts = {prefix: sum(key.startswith(prefix) for key in state) for prefix in prefixes}
     assert counts == {
         "model.diffusion_model.": len(unet.state_dict()),
         "first_stage_model.": len(vae.state_dict()),
@@ -214,7 +222,8 @@ def test_yaml_round_trips_through_diffusers_config_readers():
     unet_config = create_unet_diffusers_config_from_ldm(original, ldm)
     vae_config = create_vae_diffusers_config_from_ldm(original, ldm)
     for field in UNET_FIELDS:
-        assert unet_config[field] == pytest.approx(unet.config[field] if not isinstance(unet.config[field], tuple) else list(unet.config[field])), field
+        expected = unet.config[field]
+        assert unet_config[field] == pytest.approx(list(expected) if isinstance(expected, tuple) else expected), field
     for field in VAE_FIELDS:
         expected = vae.config[field]
         expected = 0.5 if field == "scaling_factor" else (list(expected) if isinstance(expected, tuple) else expected)

@@ -31,7 +31,7 @@ def test_single_file_and_diffusers_folder_load_the_same_weights(tmp_path):
     b = load_checkpoint(CheckpointInfo("f", folder, "diffusers", None), None)
     assert (a.arch, b.arch) == ("sd1", "sd1")
     assert a.native_size == b.native_size == 32
-    for x, y in zip(_forward(a.pipe), _forward(b.pipe)):
+    for x, y in zip(_forward(a.pipe), _forward(b.pipe), strict=True):
         assert torch.allclose(x, y, atol=1e-5)  # same weights; kernels may differ in the last bits
 
 

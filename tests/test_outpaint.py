@@ -7,18 +7,8 @@ import pytest
 from PIL import Image
 
 from modules.processing import outpaint
-from modules.processing.context import RunContext
 from modules.schemas import OutpaintRequest, RequestError, parse_request
-
-
-@pytest.fixture
-def ctx(services):
-    with services.models.use(services.checkpoints.get("tiny-a").name) as model:
-        yield RunContext(model, services.settings, None)
-
-
-def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+from tests.tiny_models import noise_image
 
 
 @pytest.mark.parametrize("fill", ["edge", "noise", "solid"])

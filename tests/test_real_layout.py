@@ -52,7 +52,8 @@ def shapes(state: dict) -> dict[str, tuple[int, ...]]:
 
 def test_sd15_export_has_the_real_checkpoint_layout():
     state = pipeline_to_ldm(meta_unet("sd1"), meta_vae("sd1"), meta_text_encoder("sd1"))
-    counts = {prefix: sum(key.startswith(prefix) for key in state) for prefix in ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")}
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+    counts = {prefix: sum(key.startswith(prefix) for key in state) for prefix in prefixes}
     assert counts == {"model.diffusion_model.": 686, "first_stage_model.": 248, "cond_stage_model.": 197}
     assert len(state) == 686 + 248 + 197
 
@@ -106,7 +107,9 @@ def test_detection_and_yaml_agree_with_the_shipped_configs(arch):
     original = yaml.safe_load(ldm_yaml(unet.config, vae.config, None, scheduler, vae.config.scaling_factor))
     assert original["model"]["params"].get("parameterization", "eps") == ("v" if arch == "sd2" else "eps")
     unet_config = create_unet_diffusers_config_from_ldm(original, state)
-    for field in ("in_channels", "down_block_types", "up_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim", "use_linear_projection"):
+    fields = ("in_channels", "down_block_types", "up_block_types", "block_out_channels", "layers_per_block",
+              "cross_attention_dim", "use_linear_projection")
+    for field in fields:
         expected = unet.config[field]
         assert unet_config[field] == (list(expected) if isinstance(expected, tuple) else expected), field
     heads = unet.config.attention_head_dim

@@ -59,7 +59,8 @@ def test_styles_apply_to_a_txt2img_run(services):
     (services.settings.data_dir / "styles.csv").write_text(CSV)
     with services.models.use(services.checkpoints.get("tiny-a").name) as model:
         ctx = RunContext(model, services.settings, None)
-        r = txt2img.run(Txt2ImgRequest(prompt="a cat", styles=["anime"], steps=2, width=32, height=32, seed=1, save_images=False), ctx)
+        request = Txt2ImgRequest(prompt="a cat", styles=["anime"], steps=2, width=32, height=32, seed=1, save_images=False)
+        r = txt2img.run(request, ctx)
         assert r.prompts == ["anime style, a cat, detailed"]
         assert r.infotexts[0].startswith("anime style, a cat, detailed\nNegative prompt: lowres\n")
         with pytest.raises(RequestError, match="unknown style"):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from modules.ldm_export import ldm_yaml, pipeline_to_ldm, save_ldm_checkpoint
 
@@ -67,3 +69,8 @@ def write_diffusers_folder(folder: Path, name: str, seed: int = 0) -> Path:
     out = folder / name
     pipe.save_pretrained(out)
     return out
+
+
+def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A seeded RGB image of uniform random pixels."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))

@@ -11,9 +11,14 @@ from modules.schemas import RESIZE_MODES, Img2ImgRequest, RequestError, parse_re
 from webui import xyplot
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
-from webui.txt2img import style_names
 from webui.widgets import (
-    Fields, generate_buttons, given, output_panel, prompt_row, sampler_row, seed_row, size_batch_cfg,
+    Fields,
+    given,
+    output_panel,
+    sampler_row,
+    seed_row,
+    size_batch_cfg,
+    top_row,
 )
 
 PREFIX = "img2img"
@@ -44,13 +49,7 @@ def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> t
 
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
-    with gr.Row():
-        with gr.Column(scale=6):
-            prompt = prompt_row(PREFIX)
-        with gr.Column(scale=2):
-            generate, interrupt, skip = generate_buttons(PREFIX)
-            styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
-                                 elem_id=f"{PREFIX}_styles")
+    top = top_row(PREFIX, services)
     with gr.Row():
         with gr.Column():
             mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id=f"{PREFIX}_mode")
@@ -59,12 +58,12 @@ def create_ui(services) -> GenerationTab:
             sketch = gr.ImageEditor(type="pil", label="Sketch", elem_id=f"{PREFIX}_sketch", visible=False,
                                     brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0]),
                                     eraser=gr.Eraser(), format="png", sources=["upload", "clipboard"], height=400)
-            fields, seed = generation_fields(PREFIX, services, prompt.fields, styles)
+            fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             script = xyplot.create_ui(PREFIX, services)
         with gr.Column():
-            panel = output_panel(PREFIX, generate, interrupt, skip)
+            panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
     extra = {"mode": mode, "sketch": sketch, "xyplot": script}
-    return GenerationTab(PREFIX, fields, panel, seed, prompt.read_params, image=image, extra=extra)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image, extra=extra)
 
 
 def sketch_image(value: Any) -> Image.Image | None:
@@ -90,8 +89,7 @@ def bind_events(tab: GenerationTab, services) -> None:
 
     def batch(values: dict[str, Any]) -> Batch:
         init = sketch_image(values["_sketch"]) if values["_mode"] == "Sketch" else values["_image"]
-        fields = {k: v for k, v in values.items() if k in tab.fields}
-        request = build_request(fields, init)
+        request = build_request(tab.field_values(values), init)
         script_values = {k: v for k, v in values.items() if k in script}
         if script_values.get("xy_enabled"):
             return xyplot.plan_batch("img2img", request, script_values, services)

@@ -17,8 +17,7 @@ from modules.schemas import INPAINTING_FILLS, Img2ImgRequest, RequestError, pars
 from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
-from webui.txt2img import style_names
-from webui.widgets import generate_buttons, given, output_panel, prompt_row
+from webui.widgets import given, output_panel, top_row
 
 PREFIX = "inpaint"
 MASK_SOURCES = ("Draw mask", "Upload mask")
@@ -29,13 +28,7 @@ BRUSH_SIZE = "auto"  # scales with the image
 
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
-    with gr.Row():
-        with gr.Column(scale=6):
-            prompt = prompt_row(PREFIX)
-        with gr.Column(scale=2):
-            generate, interrupt, skip = generate_buttons(PREFIX)
-            styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
-                                 elem_id=f"{PREFIX}_styles")
+    top = top_row(PREFIX, services)
     with gr.Row():
         with gr.Column():
             source = gr.Radio(list(MASK_SOURCES), value=MASK_SOURCES[0], label="Mask",
@@ -50,12 +43,12 @@ def create_ui(services) -> GenerationTab:
             mask_upload = gr.Image(type="pil", image_mode="L", label="Mask (white = repaint)", visible=False,
                                    elem_id=f"{PREFIX}_mask_upload", sources=["upload", "clipboard"])
             options = inpaint_options(PREFIX)
-            fields, seed = generation_fields(PREFIX, services, prompt.fields, styles)
+            fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             fields.update(options)
         with gr.Column():
-            panel = output_panel(PREFIX, generate, interrupt, skip)
+            panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
     extra = {"source": source, "mask_upload": mask_upload}
-    return GenerationTab(PREFIX, fields, panel, seed, prompt.read_params, image=editor, extra=extra)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=editor, extra=extra)
 
 
 def inpaint_options(prefix: str) -> dict[str, Any]:
@@ -116,8 +109,7 @@ def bind_events(tab: GenerationTab, services) -> None:
     source, mask_upload = tab.extra["source"], tab.extra["mask_upload"]
 
     def batch(values: dict[str, Any]) -> Batch:
-        fields = {k: v for k, v in values.items() if k in tab.fields}
-        request = build_request(fields, values["_editor"], values["_mask"], values["_source"])
+        request = build_request(tab.field_values(values), values["_editor"], values["_mask"], values["_source"])
         return Batch([(request.mode, request)])
 
     bind_common(tab, services, batch, extra_inputs={"_editor": tab.image, "_mask": mask_upload, "_source": source})

@@ -11,21 +11,14 @@ from modules.schemas import OUTPAINT_DIRECTIONS, OUTPAINT_FILLS, OutpaintRequest
 from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
-from webui.txt2img import style_names
-from webui.widgets import generate_buttons, given, output_panel, prompt_row
+from webui.widgets import given, output_panel, top_row
 
 PREFIX = "outpaint"
 
 
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
-    with gr.Row():
-        with gr.Column(scale=6):
-            prompt = prompt_row(PREFIX)
-        with gr.Column(scale=2):
-            generate, interrupt, skip = generate_buttons(PREFIX)
-            styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
-                                 elem_id=f"{PREFIX}_styles")
+    top = top_row(PREFIX, services)
     with gr.Row():
         with gr.Column():
             image = gr.Image(type="pil", label="Image to extend", elem_id=f"{PREFIX}_image",
@@ -39,13 +32,13 @@ def create_ui(services) -> GenerationTab:
                                 elem_id=f"{PREFIX}_fill")
                 color = gr.ColorPicker(value="#808080", label="Solid fill colour", elem_id=f"{PREFIX}_fill_color")
                 blur = gr.Slider(0, 64, value=8, step=1, label="Mask blur", elem_id=f"{PREFIX}_mask_blur")
-            fields, seed = generation_fields(PREFIX, services, prompt.fields, styles)
+            fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             fields.update({"direction": direction, "pixels": pixels, "outpaint_fill": fill, "fill_color": color,
                            "mask_blur": blur})
             fields["denoising_strength"].value = 0.9
         with gr.Column():
-            panel = output_panel(PREFIX, generate, interrupt, skip)
-    return GenerationTab(PREFIX, fields, panel, seed, prompt.read_params, image=image)
+            panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image)
 
 
 def build_request(values: dict[str, Any], image: Image.Image | None) -> OutpaintRequest:
@@ -60,8 +53,7 @@ def build_request(values: dict[str, Any], image: Image.Image | None) -> Outpaint
 def bind_events(tab: GenerationTab, services) -> None:
     """Generate, Interrupt/Skip, seed and read-parameters buttons."""
     def batch(values: dict[str, Any]) -> Batch:
-        fields = {k: v for k, v in values.items() if k in tab.fields}
-        request = build_request(fields, values["_image"])
+        request = build_request(tab.field_values(values), values["_image"])
         return Batch([(request.mode, request)])
 
     bind_common(tab, services, batch, extra_inputs={"_image": tab.image})

@@ -25,6 +25,10 @@ class GenerationTab:
     image: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def field_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The request fields among a handler's ``{name: value}`` (which also holds its extra inputs)."""
+        return {name: value for name, value in values.items() if name in self.fields}
+
 
 def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, Any]], runner.Batch],
                 extra_inputs: Fields | None = None) -> None:

@@ -8,21 +8,21 @@ import gradio as gr
 
 from modules import upscalers
 from modules.schemas import Txt2ImgRequest, parse_request
-from modules.styles import STYLES_FILE, load_styles
 from webui import xyplot
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.widgets import (
-    Fields, generate_buttons, given, output_panel, prompt_row, sampler_row, schedule_choices, seed_row,
+    Fields,
+    given,
+    output_panel,
+    sampler_row,
+    schedule_choices,
+    seed_row,
     size_batch_cfg,
+    top_row,
 )
 
 PREFIX = "txt2img"
-
-
-def style_names(services) -> list[str]:
-    """Names in the data folder's styles.csv (empty when there is none)."""
-    return sorted(load_styles(services.settings.data_dir / STYLES_FILE))
 
 
 def hires_section(prefix: str, services) -> Fields:
@@ -66,16 +66,10 @@ def _sampler_names() -> list[str]:
 def create_ui(services) -> GenerationTab:
     """Build the tab's components (call inside a ``gr.Tab``)."""
     settings = services.settings
-    with gr.Row():
-        with gr.Column(scale=6):
-            prompt = prompt_row(PREFIX)
-        with gr.Column(scale=2):
-            generate, interrupt, skip = generate_buttons(PREFIX)
-            styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
-                                 elem_id=f"{PREFIX}_styles")
+    top = top_row(PREFIX, services)
     with gr.Row():
         with gr.Column():
-            fields: Fields = {**prompt.fields, "styles": styles}
+            fields: Fields = {**top.prompt.fields, "styles": top.styles}
             fields.update(sampler_row(PREFIX, settings.default_sampler, settings.default_steps))
             fields.update(size_batch_cfg(PREFIX))
             seed = seed_row(PREFIX)
@@ -83,8 +77,8 @@ def create_ui(services) -> GenerationTab:
             fields.update(hires_section(PREFIX, services))
             script = xyplot.create_ui(PREFIX, services)
         with gr.Column():
-            panel = output_panel(PREFIX, generate, interrupt, skip)
-    return GenerationTab(PREFIX, fields, panel, seed, prompt.read_params, extra={"xyplot": script})
+            panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, extra={"xyplot": script})
 
 
 def build_request(values: dict[str, Any]) -> Txt2ImgRequest:
@@ -110,7 +104,6 @@ def bind_events(tab: GenerationTab, services) -> None:
     script: Fields = tab.extra["xyplot"]
 
     def batch(values: dict[str, Any]) -> Batch:
-        fields = {k: v for k, v in values.items() if k in tab.fields}
-        return make_batch(fields, {k: v for k, v in values.items() if k in script}, services)
+        return make_batch(tab.field_values(values), {k: v for k, v in values.items() if k in script}, services)
 
     bind_common(tab, services, batch, extra_inputs=script)

@@ -18,6 +18,7 @@ import gradio as gr
 from modules import samplers
 from modules.infotext import infotext_to_fields, parse_infotext
 from modules.schemas import MAX_SEED
+from modules.styles import STYLES_FILE, load_styles
 
 Fields = dict[str, Any]  # field name -> gradio component
 RANDOM_SEED = -1
@@ -36,6 +37,11 @@ def given(values: dict[str, Any]) -> dict[str, Any]:
     """The values that are set: a component the page never rendered (a closed accordion) sends None,
     and the request's default then applies."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def style_names(services) -> list[str]:
+    """Names in the data folder's styles.csv (empty when there is none)."""
+    return sorted(load_styles(services.settings.data_dir / STYLES_FILE))
 
 
 def schedule_choices() -> list[str]:
@@ -109,6 +115,29 @@ def prompt_row(prefix: str) -> PromptRow:
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
         read_params = gr.Button(SYMBOL_READ_PARAMS, elem_id=f"{prefix}_read_params", scale=0, min_width=40)
     return PromptRow({"prompt": prompt, "negative_prompt": negative}, read_params)
+
+
+@dataclass
+class TopRow:
+    """A generation tab's top row: prompts (with ↙️), Generate/Interrupt/Skip and the styles."""
+
+    prompt: PromptRow
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    styles: gr.Dropdown
+
+
+def top_row(prefix: str, services) -> TopRow:
+    """The prompt row on the left; Generate/Interrupt/Skip and the styles dropdown on the right."""
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompt = prompt_row(prefix)
+        with gr.Column(scale=2):
+            generate, interrupt, skip = generate_buttons(prefix)
+            styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
+                                 elem_id=f"{prefix}_styles")
+    return TopRow(prompt, generate, interrupt, skip, styles)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from modules import samplers
 from modules.images import labelled_grid
 from modules.schemas import MAX_SEED, GenerationRequest, GenerationResult, RequestError, parse_request
 from webui.runner import Batch, Shown
+from webui.widgets import schedule_choices
 
 
 def _text(value: str) -> str:
@@ -93,8 +94,10 @@ class Axis:
                 converted = convert(value)
                 if name == "sampler_name":
                     samplers.get_sampler(converted)
-                elif name == "scheduler" and converted not in [t["label"] for t in samplers.scheduler_list()]:
-                    raise ValueError(f"not a schedule type; choose one of {', '.join(t['label'] for t in samplers.scheduler_list())}")
+                elif name == "scheduler":
+                    labels = schedule_choices()
+                    if converted not in labels:
+                        raise ValueError(f"not a schedule type; choose one of {', '.join(labels)}")
                 elif name == "sd_model_checkpoint":
                     services.checkpoints.get(converted)
             except ValueError as err:

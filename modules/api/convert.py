@@ -41,7 +41,8 @@ def decode_field(text: str | None, loc: tuple[Any, ...]) -> Image.Image:
 def check_no_scripts(body: BaseModel) -> None:
     """Easel has no A1111 scripts: a request that names one is refused, not silently changed."""
     if getattr(body, "script_name", None):
-        raise field_error(("script_name",), f"script {body.script_name!r} not found; this server has no scripts", body.script_name)
+        message = f"script {body.script_name!r} not found; this server has no scripts"
+        raise field_error(("script_name",), message, body.script_name)
     if getattr(body, "alwayson_scripts", None):
         names = ", ".join(body.alwayson_scripts)
         raise field_error(("alwayson_scripts",), f"always-on script(s) {names} not found; this server has none")
@@ -70,7 +71,8 @@ def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Set
     overrides = dict(getattr(body, "override_settings", {}) or {})
     checkpoint = overrides.get("sd_model_checkpoint")
     if checkpoint is not None and not isinstance(checkpoint, str):
-        raise field_error((*where, "override_settings", "sd_model_checkpoint"), "must be a checkpoint title, name or short hash", checkpoint)
+        raise field_error((*where, "override_settings", "sd_model_checkpoint"),
+                          "must be a checkpoint title, name or short hash", checkpoint)
     from_overrides = {}
     for option, name in OVERRIDE_FIELDS.items():
         if option in overrides and name in core_cls.model_fields:
@@ -94,7 +96,7 @@ def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Set
 def encode_images(result: GenerationResult) -> list[str]:
     """The result's images as base64 PNGs, each carrying its infotext."""
     texts = list(result.infotexts) + [None] * (len(result.images) - len(result.infotexts))
-    return [encode_image_base64(image, infotext=text) for image, text in zip(result.images, texts)]
+    return [encode_image_base64(image, infotext=text) for image, text in zip(result.images, texts, strict=False)]
 
 
 def info_dict(result: GenerationResult, request: Any, job_timestamp: float | None = None) -> dict[str, Any]:

@@ -28,20 +28,30 @@ class JobFailed(RuntimeError):
     """A job failed on the worker for a reason that is not the request's fault."""
 
 
+# Exceptions whose answer is just the error body with this status code (QueueFull and any other
+# exception have handlers of their own below).
+STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (RequestError, 400),
+    (CheckpointError, 404),
+    (JobNotFound, 404),
+    (JobCancelled, 409),
+    (JobFailed, 500),
+)
+
+
+def status_handler(status_code: int):
+    """An exception handler that answers ``error_body(exc)`` with ``status_code``."""
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=status_code)
+
+    return handler
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map the core's exceptions to status codes on ``app``."""
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=400)
-
-    @app.exception_handler(CheckpointError)
-    async def checkpoint_error(request: Request, exc: CheckpointError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=404)
-
-    @app.exception_handler(JobNotFound)
-    async def job_not_found(request: Request, exc: JobNotFound) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=404)
+    for exc_class, status_code in STATUS_CODES:
+        app.add_exception_handler(exc_class, status_handler(status_code))
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
@@ -52,14 +62,6 @@ def install_error_handlers(app: FastAPI) -> None:
         if eta:
             retry = max(1, math.ceil(eta))
         return JSONResponse(error_body(exc), status_code=429, headers={"Retry-After": str(retry)})
-
-    @app.exception_handler(JobCancelled)
-    async def job_cancelled(request: Request, exc: JobCancelled) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=409)
-
-    @app.exception_handler(JobFailed)
-    async def job_failed(request: Request, exc: JobFailed) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=500)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

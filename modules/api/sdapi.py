@@ -100,7 +100,10 @@ def memory_stats(services: Services) -> dict[str, Any]:
         "active": {"current": stats.get("active_bytes.all.current", 0), "peak": stats.get("active_bytes.all.peak", 0)},
         "allocated": {"current": stats.get("allocated_bytes.all.current", 0), "peak": stats.get("allocated_bytes.all.peak", 0)},
         "reserved": {"current": stats.get("reserved_bytes.all.current", 0), "peak": stats.get("reserved_bytes.all.peak", 0)},
-        "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0), "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+        "inactive": {
+            "current": stats.get("inactive_split_bytes.all.current", 0),
+            "peak": stats.get("inactive_split_bytes.all.peak", 0),
+        },
         "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
     }
     return {"ram": ram, "cuda": cuda}
@@ -227,7 +230,9 @@ def create_sdapi_router(services: Services) -> APIRouter:
         return options_api.read_options(services)
 
     @router.post("/options", response_model=OptionsUpdateResponse)
-    def set_options(values: dict[str, Any] = Body(..., examples=[{"sd_model_checkpoint": "model.safetensors"}])) -> OptionsUpdateResponse:
+    def set_options(
+        values: dict[str, Any] = Body(..., examples=[{"sd_model_checkpoint": "model.safetensors"}]),
+    ) -> OptionsUpdateResponse:
         """Validate, save to config.json and apply. A new sd_model_checkpoint is queued behind earlier jobs."""
         update = options_api.plan_update(services, values)
         job_id = options_api.apply_update(services, update)

@@ -63,7 +63,9 @@ def plan_batch(req: GenerationRequest, ctx: RunContext, rng: random.Random | Non
     return BatchPlan(sampler_name, schedule, width, height, all_seeds, all_subseeds)
 
 
-def initial_noise(req: GenerationRequest, plan: BatchPlan, batch_seeds: list[int], batch_subseeds: list[int], ctx: RunContext) -> torch.Tensor:
+def initial_noise(
+    req: GenerationRequest, plan: BatchPlan, batch_seeds: list[int], batch_subseeds: list[int], ctx: RunContext
+) -> torch.Tensor:
     """Seeded CPU noise for one iteration of the batch, in latent space."""
     f = ctx.model.vae_scale_factor
     channels = ctx.model.pipe.vae.config.latent_channels
@@ -202,7 +204,9 @@ def new_result(ctx: RunContext, plan: BatchPlan, width: int | None = None, heigh
     )
 
 
-def add_image(result, req: GenerationRequest, ctx: RunContext, image, seed: int, subseed: int, params: dict[str, Any], outdir: str) -> None:
+def add_image(
+    result, req: GenerationRequest, ctx: RunContext, image, seed: int, subseed: int, params: dict[str, Any], outdir: str
+) -> None:
     """Append one image with its infotext to the result, and save it when the request asks."""
     text = make_infotext(req, finish_params(params, ctx))
     result.images.append(image)
@@ -211,10 +215,36 @@ def add_image(result, req: GenerationRequest, ctx: RunContext, image, seed: int,
     result.subseeds.append(subseed)
     result.prompts.append(req.prompt)
     result.negative_prompts.append(req.negative_prompt)
-    if req.save_images and ctx.saver is not None:
-        s = ctx.settings
-        result.paths.append(ctx.saver.save_image(
-            image, s.path(outdir), seed, text, pattern=s.samples_filename_pattern, use_date_subdir=s.save_to_dirs))
+    save_if_asked(result, req, ctx, image, seed, text, outdir)
+
+
+def add_batch(
+    result,
+    req: GenerationRequest,
+    ctx: RunContext,
+    plan: BatchPlan,
+    images: list,
+    batch_seeds: list[int],
+    batch_subseeds: list[int],
+    extra_params: dict[str, Any],
+    outdir: str,
+) -> None:
+    """``add_image`` for one iteration's images: the shared infotext keys, then ``extra_params``."""
+    for image, seed, subseed in zip(images, batch_seeds, batch_subseeds, strict=True):
+        params = {**base_params(req, plan, ctx, seed, subseed), **extra_params}
+        add_image(result, req, ctx, image, seed, subseed, params, outdir)
+
+
+def save_if_asked(result, req, ctx: RunContext, image, seed: int, text: str, outdir: str, pattern: str | None = None) -> None:
+    """Save ``image`` into the folder the setting ``outdir`` names and record its path, when the request
+    asks to save and the context has a saver; ``pattern`` defaults to ``samples_filename_pattern``."""
+    if not req.save_images or ctx.saver is None:
+        return
+    s = ctx.settings
+    if pattern is None:
+        pattern = s.samples_filename_pattern
+    result.paths.append(ctx.saver.save_image(
+        image, s.path(outdir), seed, text, pattern=pattern, use_date_subdir=s.save_to_dirs))
 
 
 def require_sd_unet(ctx: RunContext, what: str) -> None:

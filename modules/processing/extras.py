@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image
 
 from modules import infotext, masks, upscalers
+from modules.processing import common
 from modules.processing.context import RunContext
 from modules.schemas import ExtrasRequest, GenerationResult
 
@@ -60,8 +61,5 @@ def run(req: ExtrasRequest, ctx: RunContext) -> GenerationResult:
         images=[out], infotexts=[text], seeds=[], subseeds=[], prompts=[""], negative_prompts=[""],
         model_name="", model_hash=None, width=out.width, height=out.height, sampler_name="", scheduler="",
     )
-    if req.save_images and ctx.saver is not None:
-        result.paths.append(ctx.saver.save_image(
-            out, settings.path(settings.outdir_extras_samples), -1, text,
-            pattern="[number]", use_date_subdir=settings.save_to_dirs))
+    common.save_if_asked(result, req, ctx, out, -1, text, settings.outdir_extras_samples, pattern="[number]")
     return result

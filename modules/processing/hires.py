@@ -54,7 +54,9 @@ def plan_hires(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan) -> 
     sampler_name, schedule = plan.sampler_name, plan.scheduler
     if req.hr_sampler_name or req.hr_scheduler:
         try:
-            sampler_name, schedule = samplers.resolve(req.hr_sampler_name or plan.sampler_name, req.hr_scheduler or plan.scheduler)
+            sampler_name, schedule = samplers.resolve(
+                req.hr_sampler_name or plan.sampler_name, req.hr_scheduler or plan.scheduler
+            )
         except ValueError as err:
             raise RequestError(f"hr_sampler_name: {err}") from None
     return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, sampler_name, schedule)
@@ -91,7 +93,8 @@ def conditioning(req: Txt2ImgRequest, ctx: RunContext, first: dict[str, Any]) ->
     if not req.hr_prompt and not req.hr_negative_prompt:
         return common.Conditioning.from_kwargs(first)
     with torch.no_grad():
-        kwargs = common.encode_prompts(ctx, req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt, req.clip_skip)
+        prompt, negative = req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
+        kwargs = common.encode_prompts(ctx, prompt, negative, req.clip_skip)
     return common.Conditioning.from_kwargs(kwargs)
 
 
@@ -111,22 +114,21 @@ def second_pass(
     pipe = ctx.model.pipe
     f = ctx.model.vae_scale_factor
     lh, lw = hp.height // f, hp.width // f
+    nothing_to_denoise = pass_steps(req, hp) == 0
     if hp.upscaler.is_latent:
         init = upscalers.upscale_latents(latents.float(), hp.upscaler, lh, lw)
     else:
         firsts = common.decode_latents(pipe, latents)
         big = [upscalers.upscale_image(im, hp.upscaler, hp.width, hp.height) for im in firsts]
-        if pass_steps(req, hp) == 0:
-            return big  # nothing to denoise: the upscaled images as they are
+        if nothing_to_denoise:
+            return big  # the upscaled images as they are
         init = common.encode_images(pipe, big)
-    if pass_steps(req, hp) == 0:
+    if nothing_to_denoise:
         return common.decode_latents(pipe, init)
-    channels = latents.shape[1]
-    noise = torch.stack([seeds.create_noise((channels, lh, lw), [s], [ss], req.subseed_strength)[0]
-                         for s, ss in zip(batch_seeds, batch_subseeds)])
+    noise = seeds.create_noise((latents.shape[1], lh, lw), batch_seeds, batch_subseeds, req.subseed_strength)
     generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
     callback = common.img2img_callback(ctx, done_before, hp.steps, req.denoising_strength, total)
-    scheduler = samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler)
+    scheduler = samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler, seed=batch_seeds[0])
     with common.sampler_installed(pipe, scheduler):
         out = common.denoise(ctx, pipe, cond, init, noise, hp.steps, req.denoising_strength, req.cfg_scale, generators, callback)
     return common.decode_latents(pipe, out)

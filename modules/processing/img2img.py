@@ -188,9 +188,7 @@ def generate(
                 ctx.token.clear_skip()
                 result.skipped += 1
                 continue
-        for image, seed, subseed in zip(finals, batch_seeds, batch_subseeds):
-            params = {**common.base_params(req, plan, ctx, seed, subseed), **extra_params}
-            common.add_image(result, req, ctx, image, seed, subseed, params, outdir)
+        common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
     if result.images:
         result.width, result.height = result.images[0].size
     return result
@@ -219,4 +217,4 @@ def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch
     latents = common.denoise(
         ctx, pipe, conditioning, init, noise, req.steps, req.denoising_strength, req.cfg_scale, generators, callback,
         blend_mask=None if nine else blend, inpaint_extra=extra)
-    return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents))]
+    return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

@@ -19,7 +19,7 @@ from PIL import Image, ImageColor
 from modules import masks
 from modules.processing import common, img2img
 from modules.processing.context import RunContext
-from modules.schemas import GenerationResult, OutpaintRequest, RequestError
+from modules.schemas import INPAINTING_FILLS, GenerationResult, OutpaintRequest, RequestError
 
 
 def margins(req: OutpaintRequest) -> tuple[int, int, int, int]:
@@ -75,5 +75,5 @@ def run(req: OutpaintRequest, ctx: RunContext, rng: random.Random | None = None)
     prep = img2img.Prepared(model_image, model_mask, canvas, (0, 0, cw, ch), overlay)
     # 3-4. inpaint the new area and paste back
     params = {"Denoising strength": req.denoising_strength, "Mask blur": req.mask_blur,
-              "Masked content": img2img.INPAINTING_FILLS[req.inpainting_fill]}
+              "Masked content": INPAINTING_FILLS[req.inpainting_fill]}
     return img2img.generate(req, ctx, plan, [prep], params, ctx.settings.outdir_img2img_samples, [])

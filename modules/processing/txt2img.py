@@ -24,11 +24,8 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     per_iteration = req.steps + (hires.pass_steps(req, hp) if hp else 0)
     total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
-    result = GenerationResult(
-        images=[], infotexts=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[],
-        model_name=ctx.model.info.model_name, model_hash=ctx.model.short_hash,
-        width=hp.width if hp else plan.width, height=hp.height if hp else plan.height, sampler_name=plan.sampler_name, scheduler=plan.scheduler,
-    )
+    result = common.new_result(ctx, plan, hp.width if hp else None, hp.height if hp else None)
+    extra_params = hires.params(req, hp) if hp else {}
     device, dtype = pipe._execution_device, pipe.unet.dtype
     for n in range(req.n_iter):
         ctx.token.check()
@@ -36,6 +33,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
         batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
         latents = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx).to(device, dtype)
         generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+        callback = common.step_callback(ctx, n * per_iteration, req.steps, total_steps, ctx.settings.show_progress_every_n_steps)
         # 5. denoise and decode, with a sampler built from the model's own scheduler config (the
         #    worker holds the model's lock, so no other job sees the swap; it is undone after)
         try:
@@ -50,7 +48,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
                     width=plan.width,
                     height=plan.height,
                     output_type="latent" if hp else "pil",
-                    callback_on_step_end=common.step_callback(ctx, n * per_iteration, req.steps, total_steps, ctx.settings.show_progress_every_n_steps),
+                    callback_on_step_end=callback,
                     callback_on_step_end_tensor_inputs=["latents"],
                 ).images
             if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
@@ -61,21 +59,6 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             result.skipped += 1
             continue
         # 6. infotext per image, saved atomically
-        for image, seed, subseed in zip(images, batch_seeds, batch_subseeds):
-            params = common.base_params(req, plan, ctx, seed, subseed)
-            if hp:
-                params.update(hires.params(req, hp))
-            params = common.finish_params(params, ctx)
-            text = common.make_infotext(req, params)
-            result.images.append(image)
-            result.infotexts.append(text)
-            result.seeds.append(seed)
-            result.subseeds.append(subseed)
-            result.prompts.append(req.prompt)
-            result.negative_prompts.append(req.negative_prompt)
-            if req.save_images and ctx.saver is not None:
-                settings = ctx.settings
-                result.paths.append(ctx.saver.save_image(
-                    image, settings.path(settings.outdir_txt2img_samples), seed, text,
-                    pattern=settings.samples_filename_pattern, use_date_subdir=settings.save_to_dirs))
+        common.add_batch(result, req, ctx, plan, images, batch_seeds, batch_subseeds, extra_params,
+                         ctx.settings.outdir_txt2img_samples)
     return result
