@@ -40,8 +40,8 @@ def main() -> None:
         pipe = model.pipe
     from diffusers import StableDiffusionPipeline
 
-    bare_pipe = StableDiffusionPipeline(**{**pipe.components, "scheduler": samplers.make_scheduler(pipe.scheduler.config, "Euler a")},
-                                        requires_safety_checker=False)
+    scheduler = samplers.make_scheduler(pipe.scheduler.config, "Euler a")
+    bare_pipe = StableDiffusionPipeline(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
     bare_pipe.set_progress_bar_config(disable=True)
 
     def bare():

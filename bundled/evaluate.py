@@ -73,7 +73,8 @@ class Runner:
         req = Txt2ImgRequest(prompt=prompt, seed=seed, **self.common)
         return self.services.submit("txt2img", req).wait().images[0]
 
-    def img2img(self, image: Image.Image, prompt: str, seed: int, strength: float, mask: Image.Image | None = None) -> Image.Image:
+    def img2img(self, image: Image.Image, prompt: str, seed: int, strength: float,
+                mask: Image.Image | None = None) -> Image.Image:
         from modules.schemas import Img2ImgRequest
 
         req = Img2ImgRequest(prompt=prompt, seed=seed, init_images=[image], denoising_strength=strength, mask=mask,

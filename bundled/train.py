@@ -12,7 +12,9 @@ Two phases, one process, resumable:
 The data is drawn on the fly from ``numpy.random.default_rng([seed, step])``, so a run is
 deterministic given its seed and a resumed run sees the same batches as an uninterrupted one.
 A checkpoint (``state.pt``) is written every ``--save-every`` steps; run the same command again
-to resume. Export with ``python -m bundled.export``.
+to resume. Export with ``python -m bundled.export``. ``--init-from`` starts a new run from an
+exported checkpoint instead (e.g. the shipped one, to train it further on another machine): the
+VAE phase is skipped and the step count continues from the one recorded in the file.
 
     python -m bundled.train --out runs/shapes --threads 2
 """
@@ -67,8 +69,25 @@ def sample_timesteps(n: int, gen: torch.Generator) -> torch.Tensor:
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float = 0.999) -> None:
     decay = min(max_decay, (1 + step) / (10 + step))
     with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
             pe.lerp_(pm, 1 - decay)
+
+
+def init_from_checkpoint(path: Path, vae, unet, text_encoder) -> tuple[int, float]:
+    """Load an exported checkpoint's weights through Easel's loader; returns (step, scaling)."""
+    from safetensors import safe_open
+
+    from modules.checkpoints import CheckpointInfo
+    from modules.model_loading import load_checkpoint
+
+    yaml = path.with_suffix(".yaml")
+    pipe = load_checkpoint(CheckpointInfo(path.name, path, "single", yaml if yaml.exists() else None), None).pipe
+    vae.load_state_dict({k: v.float() for k, v in pipe.vae.state_dict().items()})
+    unet.load_state_dict({k: v.float() for k, v in pipe.unet.state_dict().items()})
+    text_encoder.load_state_dict({k: v.float() for k, v in pipe.text_encoder.state_dict().items()})
+    with safe_open(str(path), "pt") as f:
+        step = int((f.metadata() or {}).get("easel_train_step", 0))
+    return step, float(pipe.vae.config.scaling_factor)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--init-from", type=Path, default=None, help="exported .safetensors to start from (no state.pt yet)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,6 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(st["opt"])
         vae_done, step, scaling = st["vae_done"], st["step"], st["scaling"]
         print(f"resumed: vae {vae_done}/{args.vae_steps}, unet {step}/{args.steps}", flush=True)
+    elif args.init_from is not None:
+        step, scaling = init_from_checkpoint(args.init_from, vae, unet, text_encoder)
+        ema_unet.load_state_dict(unet.state_dict())
+        ema_text.load_state_dict(text_encoder.state_dict())
+        vae_done = args.vae_steps
+        print(f"initialised from {args.init_from} (UNet step {step})", flush=True)
     for m in (vae, unet, text_encoder, ema_unet, ema_text):
         m.to(dev)
 
@@ -153,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
             images = torch.from_numpy(training_batch(np.random.default_rng([args.seed, 1]), 256)[0]).to(dev)
             scaling = float(1.0 / vae.encode(images).latent_dist.mean.std())
         save()
-    alphas_bar = torch.cumprod(1 - torch.linspace(SCHEDULER_CONFIG["beta_start"] ** 0.5, SCHEDULER_CONFIG["beta_end"] ** 0.5, 1000) ** 2, 0).to(dev)
+    sqrt_betas = torch.linspace(SCHEDULER_CONFIG["beta_start"] ** 0.5, SCHEDULER_CONFIG["beta_end"] ** 0.5, 1000)
+    alphas_bar = torch.cumprod(1 - sqrt_betas**2, 0).to(dev)  # SD's scaled-linear schedule
 
     while step < args.steps:
         rng = np.random.default_rng([args.seed, 2, step])
@@ -164,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
             post = vae.encode(torch.from_numpy(images).to(dev)).latent_dist
             latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)) * scaling
         b = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=gen) + args.offset_noise * torch.randn(b, latents.shape[1], 1, 1, generator=gen)
+        offset = args.offset_noise * torch.randn(b, latents.shape[1], 1, 1, generator=gen)
+        noise = torch.randn(latents.shape, generator=gen) + offset
         noise = noise.to(dev)
         t = sample_timesteps(b, gen).to(dev)
         ab = alphas_bar[t].view(b, 1, 1, 1)
