@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
             post = vae.encode(torch.from_numpy(images).to(dev)).latent_dist
             latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)) * scaling
         b = latents.shape[0]
-        offset = args.offset_noise * torch.randn(b, latents.shape[1], 1, 1, generator=gen)
-        noise = torch.randn(latents.shape, generator=gen) + offset
+        noise = torch.randn(latents.shape, generator=gen)  # draw order matters: resumed runs must match
+        noise = noise + args.offset_noise * torch.randn(b, latents.shape[1], 1, 1, generator=gen)
         noise = noise.to(dev)
         t = sample_timesteps(b, gen).to(dev)
         ab = alphas_bar[t].view(b, 1, 1, 1)
