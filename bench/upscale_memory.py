@@ -8,9 +8,10 @@ go straight to the VAE decoder (a UNet pass at 4x is far too slow on a CPU, and 
 what tiling bounds). Easel tiles the VAE by itself above common.VAE_TILING_PIXELS (1 MP); the
 untiled variant raises that threshold in its own process only. Prints each variant's peak RSS
 during the request, its growth over the RSS before it, the seconds, and the untiled/tiled
-ratios.
+ratios. It runs on one torch thread by default: on a busy 2-core machine the tiled decode's
+many small convolutions lose most of their time to threads waiting on each other.
 
-    python -m bench.upscale_memory [--size 264] [--steps 2]
+    python -m bench.upscale_memory [--size 264] [--steps 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ def reset_peak() -> bool:
         return False
 
 
-def child(variant: str, data: Path, size: int, steps: int) -> dict:
+def child(variant: str, data: Path, size: int, steps: int, threads: int) -> dict:
     """Run one variant in this process; returns its figures."""
+    import torch
+
     from modules.config import load_settings
     from modules.processing import common
     from modules.schemas import Txt2ImgRequest
     from modules.services import build_services
 
+    if threads:
+        torch.set_num_threads(threads)
     if variant == "untiled":
         common.VAE_TILING_PIXELS = 1 << 62  # never tile: the behaviour without issue 3
     services = build_services(load_settings(data, {"show_progress_every_n_steps": 0}))
@@ -71,14 +76,14 @@ def child(variant: str, data: Path, size: int, steps: int) -> dict:
         peak = proc_status_kib("VmHWM")
     finally:
         services.close()
-    return {"variant": variant, "before_kib": before, "peak_kib": peak, "peak_reset": was_reset,
+    return {"variant": variant, "threads": torch.get_num_threads(), "before_kib": before, "peak_kib": peak, "peak_reset": was_reset,
             "seconds": seconds, "image": list(result.images[0].size)}
 
 
-def run_variant(variant: str, data: Path, size: int, steps: int) -> dict:
+def run_variant(variant: str, data: Path, size: int, steps: int, threads: int) -> dict:
     """Run ``variant`` in a fresh Python process and read back its figures."""
     cmd = [sys.executable, "-m", "bench.upscale_memory", "--child", variant, "--data-dir", str(data),
-           "--size", str(size), "--steps", str(steps)]
+           "--size", str(size), "--steps", str(steps), "--threads", str(threads)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the {variant} run failed (status {done.returncode}):\n{done.stderr[-3000:]}")
@@ -89,18 +94,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=264, help="first-pass side in pixels (x4 must pass 1024 for Easel to tile)")
     ap.add_argument("--steps", type=int, default=2, help="first-pass steps")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each run (0: torch's default)")
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a fresh folder with one random checkpoint")
     ap.add_argument("--child", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.data_dir, args.size, args.steps)))
+        print(json.dumps(child(args.child, args.data_dir, args.size, args.steps, args.threads)))
         return
 
     data = args.data_dir or bench_data_dir()
-    figures = {v: run_variant(v, data, args.size, args.steps) for v in VARIANTS}
+    figures = {v: run_variant(v, data, args.size, args.steps, args.threads) for v in VARIANTS}
     w, h = figures["tiled"]["image"]
     print(f"txt2img {args.size}x{args.size}, {args.steps} steps, hires fix x{HR_SCALE} (Latent, denoising 0) -> {w}x{h} decode; "
-          "shapes architecture, fp32 CPU, one fresh process per variant")
+          f"shapes architecture, fp32 CPU, {figures['tiled']['threads']} torch thread(s), one fresh process per variant")
     mib = lambda kib: kib / 1024  # noqa: E731
     for v in VARIANTS:
         f = figures[v]

@@ -109,6 +109,8 @@ class Services:
             with self.models.use(job.request) as model:
                 return model.info.name
         runner = RUNNERS[job.kind]
+        if job.kind in MODEL_FREE:
+            return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
         with self.models.use(job.request.sd_model_checkpoint) as model:
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION)
             return runner(job.request, ctx)
@@ -123,8 +125,9 @@ RUNNERS = {
     "img2img": img2img.run,  # also sketch (init image = drawing over the picture) and inpaint (mask set)
     "inpaint": img2img.run,
     "outpaint": outpaint.run,
-    "extras": extras.run,  # runs on no model, though the worker still holds the selected one
+    "extras": extras.run,
 }
+MODEL_FREE = {"extras"}  # job kinds that load no checkpoint
 
 
 def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, name: str) -> LoadedModel:

@@ -105,3 +105,11 @@ def test_extras_job_through_the_queue(services):
     result = job.wait(60)
     assert result.images[0].size == (16, 16)
     assert result.paths and result.paths[0].is_file()
+
+
+def test_extras_through_the_queue_loads_no_checkpoint(services):
+    image = Image.new("RGB", (16, 16), (200, 30, 30))
+    result = services.submit("extras", ExtrasRequest(image=image, upscaling_resize=2, upscaler_1="Nearest")).wait(60)
+    assert result.images[0].size == (32, 32)
+    assert result.images[0].getpixel((5, 5)) == (200, 30, 30)
+    assert services.models.loaded() == []

@@ -12,7 +12,7 @@ from modules.model_loading import LoadedModel
 
 @dataclass
 class RunContext:
-    model: LoadedModel
+    model: LoadedModel | None  # None for jobs that use no model (extras)
     settings: Settings
     saver: Any  # modules.images.ImageSaver, or None to never save
     token: CancelToken = field(default_factory=CancelToken)
