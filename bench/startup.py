@@ -2,11 +2,13 @@
 
 Each run starts a fresh ``python app.py --port PORT --data-dir DIR`` (the environment
 launch.sh exports: Hugging Face offline), polls http://127.0.0.1:PORT/ until it answers 200,
-then stops the server with Ctrl+C (SIGINT) and waits for it to exit. The data folder holds one
+then, after --settle seconds, stops the server with Ctrl+C (SIGINT) and waits for it to exit
+(the page is served while Gradio's launch() still runs its own check of the URL: a Ctrl+C at
+that moment ends in a KeyboardInterrupt traceback, exit status -2, instead of a clean close). The data folder holds one
 shapes-architecture checkpoint (random weights) unless --data-dir names another.
 Prints each run's seconds and their median (target: a few seconds).
 
-    python -m bench.startup [--repeats 3] [--timeout 120] [--data-dir DIR]
+    python -m bench.startup [--repeats 3] [--timeout 120] [--settle 2] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def stop(proc: subprocess.Popen) -> tuple[float, str]:
     return time.perf_counter() - t0, f"exit status {proc.returncode}"
 
 
-def one_start(data: Path, timeout: float, log: Path) -> tuple[float, float, str]:
+def one_start(data: Path, timeout: float, settle: float, log: Path) -> tuple[float, float, str]:
     """Start app.py, wait for the page; returns (seconds to 200, seconds to stop, how it stopped)."""
     port = free_port()
     cmd = [sys.executable, "app.py", "--port", str(port), "--data-dir", str(data)]
@@ -88,6 +90,7 @@ def one_start(data: Path, timeout: float, log: Path) -> tuple[float, float, str]
                     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s; see {log}")
                 time.sleep(POLL_SECONDS)
             elapsed = time.perf_counter() - t0
+            time.sleep(settle)
         finally:
             stop_s, how = stop(proc)
     return elapsed, stop_s, how
@@ -97,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the page before failing")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds between the served page and Ctrl+C")
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a fresh folder with one random checkpoint")
     args = ap.parse_args()
 
@@ -105,7 +109,7 @@ def main() -> None:
     times = []
     print(f"python app.py --port PORT --data-dir {data}  (logs in {logs})")
     for i in range(args.repeats):
-        elapsed, stop_s, how = one_start(data, args.timeout, logs / f"run{i + 1}.log")
+        elapsed, stop_s, how = one_start(data, args.timeout, args.settle, logs / f"run{i + 1}.log")
         times.append(elapsed)
         print(f"run {i + 1}: page served after {elapsed:.2f} s; stopped in {stop_s:.2f} s ({how})")
     print(f"median of {args.repeats}: {statistics.median(times):.2f} s to a served page")

@@ -76,8 +76,8 @@ def child(variant: str, data: Path, size: int, steps: int, threads: int) -> dict
         peak = proc_status_kib("VmHWM")
     finally:
         services.close()
-    return {"variant": variant, "threads": torch.get_num_threads(), "before_kib": before, "peak_kib": peak, "peak_reset": was_reset,
-            "seconds": seconds, "image": list(result.images[0].size)}
+    return {"variant": variant, "threads": torch.get_num_threads(), "before_kib": before, "peak_kib": peak,
+            "peak_reset": was_reset, "seconds": seconds, "image": list(result.images[0].size)}
 
 
 def run_variant(variant: str, data: Path, size: int, steps: int, threads: int) -> dict:

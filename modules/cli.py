@@ -166,3 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     except (RequestError, SettingsError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C, also while the server is still starting
+        print("interrupted", file=sys.stderr)
+        return 130
