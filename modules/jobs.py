@@ -461,6 +461,9 @@ class JobQueue:
         except JobCancelled:
             logger.info("job %s (%s) cancelled", job.id, job.kind)
             return JobState.cancelled, None, None
+        except ValueError as exc:  # bad input found inside the job: the caller reports it, no traceback
+            logger.info("job %s (%s) refused: %s", job.id, job.kind, one_line_error(exc))
+            return JobState.failed, None, exc
         except Exception as exc:  # noqa: BLE001 - one failing job must never kill the worker
             logger.exception("job %s (%s) failed", job.id, job.kind)
             return JobState.failed, None, exc
