@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
 # Keys that tell the architectures apart (original layout).
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
@@ -126,7 +127,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:  # safetensors raises several types for a damaged file
             raise CheckpointError(f"{path.name} is not a readable .safetensors file: {err}") from None
-    if path.suffix.lower() == ".ckpt":
+    if path.suffix.lower() in (".ckpt", ".pt"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
@@ -141,7 +142,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
         return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    raise CheckpointError(f"{path.name}: unsupported checkpoint type; use .safetensors or .ckpt")
+    raise CheckpointError(f"{path.name}: unsupported checkpoint type; use .safetensors, .ckpt or .pt")
+
+
+def scan_vaes(folder: Path) -> list[Path]:
+    """Standalone VAE files (``models/VAE``), sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VAE_SUFFIXES),
+                  key=lambda p: p.relative_to(folder).as_posix().lower())
 
 
 def detect_architecture(state: dict[str, torch.Tensor], yaml_config: dict | None = None) -> str:
@@ -200,6 +209,10 @@ class CheckpointRegistry:
     def sha256(self, info: CheckpointInfo) -> str | None:
         """Full sha256 of a single file (None for diffusers folders)."""
         return self._hashes.sha256(info.path) if info.kind == "single" else None
+
+    def file_short_hash(self, path: Path) -> str:
+        """A1111's short hash of any file (e.g. a VAE), cached like the checkpoints'."""
+        return self._hashes.sha256(path)[:10]
 
     def short_hash(self, info: CheckpointInfo) -> str | None:
         """A1111's short hash: the first 10 hex digits of the file's sha256."""

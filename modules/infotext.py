@@ -206,6 +206,7 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Clip skip", "clip_skip", _to_int),
     ("Model", "sd_model_checkpoint", _to_str),
     ("Model hash", "sd_model_hash", _to_str),
+    ("VAE", "sd_vae", _to_str),
     ("Hires upscale", "hr_scale", _to_float),
     ("Hires upscaler", "hr_upscaler", _to_str),
     ("Hires steps", "hr_second_pass_steps", _to_int),

@@ -35,6 +35,8 @@ class LoadedModel:
     pipe: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline
     short_hash: str | None
     load_seconds: float = 0.0
+    vae_name: str | None = None  # a VAE file from models/VAE replacing the checkpoint's own
+    vae_hash: str | None = None
 
     @property
     def vae_scale_factor(self) -> int:

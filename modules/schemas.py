@@ -55,6 +55,7 @@ class GenerationRequest(BaseModel):
     height: int | None = Field(None, ge=8, le=8192, description="None: the model's native size")
     clip_skip: int = Field(1, ge=1, le=12)
     sd_model_checkpoint: str | None = Field(None, description="run on this checkpoint (queued switch)")
+    sd_vae: str | None = Field(None, description='VAE file from models/VAE, "Automatic" or "None" (the checkpoint\'s own)')
     save_images: bool = True
     send_images: bool = True
     override_settings: dict[str, Any] = Field(default_factory=dict)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modules import devices
-from modules.checkpoints import CheckpointError, CheckpointRegistry, HashCache
+from modules.checkpoints import CheckpointError, CheckpointRegistry, HashCache, scan_vaes
 from modules.config import Settings
 from modules.images import ImageSaver
 from modules.jobs import Job, JobQueue
-from modules.model_loading import LoadedModel, load_checkpoint
+from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file
 from modules.model_manager import CacheSettings, ModelManager
 from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
@@ -79,7 +80,23 @@ class Services:
         name = self.checkpoints.get(query).name  # unknown names fail now, not in the queue
         with self._lock:
             self._selected = name
-        return self.queue.submit("load_model", name)
+        return self.queue.submit("load_model", model_key(name, self.resolve_vae(None)))
+
+    def vae_files(self) -> list[str]:
+        """Names of the VAE files in models/VAE (relative paths)."""
+        folder = self.settings.models_dir / "VAE"
+        return [p.relative_to(folder).as_posix() for p in scan_vaes(folder)]
+
+    def resolve_vae(self, requested: str | None) -> str | None:
+        """The VAE file a job uses (None: the checkpoint's own); an unknown name is a RequestError."""
+        name = requested or self.settings.sd_vae
+        if name in (None, "", "Automatic", "None"):
+            return None
+        files = self.vae_files()
+        if name not in files:
+            choices = ", ".join(files) or "none"
+            raise RequestError(f"sd_vae: {name!r} is not in models/VAE; choose Automatic, None or one of: {choices}")
+        return name
 
     # -- settings (added for the HTTP API's POST /sdapi/v1/options) -------------------------
     def update_settings(self, new_settings: Settings) -> None:
@@ -98,9 +115,12 @@ class Services:
         """Queue a generation; the model it runs on is fixed now, at submission."""
         if kind not in RUNNERS:
             raise RequestError(f"unknown job kind {kind!r}; known: {', '.join(sorted(RUNNERS))}")
+        if kind in MODEL_FREE:
+            return self.queue.submit(kind, request)
         name = request.sd_model_checkpoint or request.override_settings.get("sd_model_checkpoint")
         name = self.checkpoints.get(name).name if name else self.selected_checkpoint
-        request = request.model_copy(update={"sd_model_checkpoint": name})
+        vae = self.resolve_vae(request.sd_vae or request.override_settings.get("sd_vae"))
+        request = request.model_copy(update={"sd_model_checkpoint": name, "sd_vae": vae})
         return self.queue.submit(kind, request)
 
     def run_job(self, job: Job) -> Any:
@@ -111,7 +131,7 @@ class Services:
         runner = RUNNERS[job.kind]
         if job.kind in MODEL_FREE:
             return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
-        with self.models.use(job.request.sd_model_checkpoint) as model:
+        with self.models.use(model_key(job.request.sd_model_checkpoint, job.request.sd_vae)) as model:
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION)
             return runner(job.request, ctx)
 
@@ -130,11 +150,28 @@ RUNNERS = {
 MODEL_FREE = {"extras"}  # job kinds that load no checkpoint
 
 
-def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, name: str) -> LoadedModel:
-    """Load a checkpoint by name and prepare it for the runtime's device, dtype and attention."""
+VAE_MARK = " + VAE "
+
+
+def model_key(checkpoint: str, vae: str | None) -> str:
+    """The model cache's key: a checkpoint, with the VAE file that replaces its own, if any."""
+    return f"{checkpoint}{VAE_MARK}{vae}" if vae else checkpoint
+
+
+def split_model_key(key: str) -> tuple[str, str | None]:
+    checkpoint, _, vae = key.partition(VAE_MARK)
+    return checkpoint, vae or None
+
+
+def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, key: str, vae_dir: Path) -> LoadedModel:
+    """Load a checkpoint (and VAE file) by cache key; prepare it for the device, dtype and attention."""
+    name, vae = split_model_key(key)
     info = registry.get(name)
     model = load_checkpoint(info, registry.short_hash(info))
     pipe = model.pipe
+    if vae:
+        load_vae_file(vae_dir / vae, pipe.vae)
+        model.vae_name, model.vae_hash = Path(vae).name, registry.file_short_hash(vae_dir / vae)
     if pipe.unet.dtype != services_runtime.dtype:
         pipe.to(dtype=services_runtime.dtype)
     devices.apply_attention(pipe, services_runtime.attention)
@@ -150,15 +187,15 @@ def build_services(settings: Settings, start: bool = True) -> Services:
         devices.apply_memory_mode(model.pipe, mode, device)
         devices.apply_vae_tiling(model.pipe, settings.vae_tiling, settings.vae_slicing)
 
-    def estimate(name: str) -> int:
+    def estimate(key: str) -> int:
         try:
-            info = registry.get(name)
+            info = registry.get(split_model_key(key)[0])
         except CheckpointError:
             return 0
         return info.path.stat().st_size if info.kind == "single" else 0
 
     models = ModelManager(
-        load=lambda name: load_model_for(runtime, registry, name),
+        load=lambda key: load_model_for(runtime, registry, key, settings.models_dir / "VAE"),
         size_of=lambda m: m.size_bytes(),
         move=move,
         probe=devices.TorchMemoryProbe(),

@@ -515,3 +515,17 @@ def test_delete_running_job_interrupts_it(client):
     assert status["state"] == "running" and status["position"] == 0 and status["progress"]["total"] == 150
     assert client.delete(f"/easel/v1/jobs/{job['id']}").json()["cancelled"] is True
     assert wait_job(client, job["id"])["state"] == "cancelled"
+
+
+def test_sd_vae_lists_models_vae_and_options_validate_it(data_dir):
+    (data_dir / "models" / "VAE").mkdir()
+    (data_dir / "models" / "VAE" / "fancy.safetensors").write_bytes(b"not read until used")
+    services = build_services(load_settings(data_dir, {"show_progress_every_n_steps": 0}), start=False)
+    with TestClient(create_app(services)) as client:
+        assert client.get("/sdapi/v1/sd-vae").json() == [
+            {"model_name": "fancy.safetensors", "filename": str(data_dir / "models" / "VAE" / "fancy.safetensors")}]
+        bad = client.post("/sdapi/v1/options", json={"sd_vae": "nope.pt"})
+        assert bad.status_code == 422 and "sd_vae" in bad.text and "fancy.safetensors" in bad.text
+        assert client.post("/sdapi/v1/options", json={"sd_vae": "fancy.safetensors"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["sd_vae"] == "fancy.safetensors"
+    services.close()

@@ -176,3 +176,22 @@ def test_sde_sampler_reproduces_from_its_seed(services):
     c = run(services, prompt="x", seed=22, sampler_name="DPM++ SDE")
     assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
     assert not np.array_equal(pixels(a.images[0]), pixels(c.images[0]))
+
+
+def test_vae_override_from_models_vae(services, data_dir):
+    from modules.ldm_export import save_ldm_checkpoint, vae_to_ldm
+    from tests.tiny_models import tiny_components
+
+    _, vae, _ = tiny_components(seed=9)
+    ldm = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(vae.state_dict(), vae.config).items()}
+    (data_dir / "models" / "VAE").mkdir()
+    save_ldm_checkpoint(data_dir / "models" / "VAE" / "other.vae.safetensors", ldm, dtype=None)
+    own = run(services, prompt="x", seed=2, sd_model_checkpoint="tiny-a")
+    swapped = run(services, prompt="x", seed=2, sd_model_checkpoint="tiny-a", sd_vae="other.vae.safetensors")
+    again = run(services, prompt="x", seed=2, sd_model_checkpoint="tiny-a", sd_vae="Automatic")
+    assert np.abs(pixels(own.images[0]) - pixels(swapped.images[0])).mean() > 1
+    assert np.array_equal(pixels(own.images[0]), pixels(again.images[0]))  # the checkpoint's own VAE is untouched
+    assert "VAE: other.vae.safetensors" in swapped.infotexts[0] and "VAE hash: " in swapped.infotexts[0]
+    assert infotext_to_fields(parse_infotext(swapped.infotexts[0]))["sd_vae"] == "other.vae.safetensors"
+    with pytest.raises(RequestError, match="sd_vae: 'missing.pt' is not in models/VAE; .*other.vae.safetensors"):
+        run(services, prompt="x", sd_vae="missing.pt")

@@ -10,12 +10,12 @@ from typing import Any
 import gradio as gr
 
 from modules.checkpoints import CheckpointError
+from modules.config import make_settings, save_settings
 from webui import extras, img2img, inpaint, outpaint, pnginfo, settings, txt2img
 from webui.tab import GenerationTab
 from webui.widgets import SYMBOL_REFRESH, infotext_updates
 
 TITLE = "Easel"
-VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 CSS = """
 .easel-progress progress { height: 14px; }
 .easel-error { color: #c00; }
@@ -36,10 +36,21 @@ def selected_title(services) -> str | None:
 
 
 def vae_choices(services) -> list[str]:
-    """"Automatic" and the files in models/VAE (choosing one is not applied yet: a placeholder)."""
-    folder = services.settings.models_dir / "VAE"
-    files = sorted(p.name for p in folder.iterdir() if p.suffix in VAE_SUFFIXES) if folder.is_dir() else []
-    return ["Automatic", *files]
+    """"Automatic", "None" and the files in models/VAE."""
+    return ["Automatic", "None", *services.vae_files()]
+
+
+def choose_vae(services, name: str) -> str:
+    """Save the VAE choice (A1111's sd_vae option); jobs submitted from now on use it."""
+    try:
+        services.resolve_vae(name)
+        new = make_settings(**{**services.settings.model_dump(), "sd_vae": name})
+    except ValueError as err:
+        gr.Warning(str(err))
+        return f"<span class='easel-error'>{html.escape(str(err))}</span>"
+    save_settings(new)
+    services.update_settings(new)
+    return f"VAE: {html.escape(name)} (used by jobs submitted from now on)"
 
 
 def switch_checkpoint(services, title: str, poll_seconds: float = 0.2):
@@ -74,7 +85,7 @@ def top_bar(services) -> None:
         checkpoint = gr.Dropdown(checkpoint_titles(services), value=selected_title(services),
                                  label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4)
         refresh = gr.Button(SYMBOL_REFRESH, elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
-        vae = gr.Dropdown(vae_choices(services), value="Automatic", label="SD VAE (not applied yet)",
+        vae = gr.Dropdown(vae_choices(services), value=services.settings.sd_vae, label="SD VAE",
                           elem_id="sd_vae", scale=2)
         status = gr.HTML(elem_id="sd_model_status")
 
@@ -88,6 +99,7 @@ def top_bar(services) -> None:
 
     refresh.click(on_refresh, outputs=[checkpoint, vae])
     checkpoint.input(on_choose, inputs=[checkpoint], outputs=[status], concurrency_limit=None)
+    vae.input(lambda name: choose_vae(services, name), inputs=[vae], outputs=[status])
 
 
 def gallery_image(gallery: list | None, selected: int) -> Any:

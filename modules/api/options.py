@@ -85,6 +85,12 @@ def plan_update(services: Services, values: dict[str, Any]) -> OptionsUpdate:
         elif key in FIXED_OPTIONS and key not in Settings.model_fields:
             if value != FIXED_OPTIONS[key]:
                 raise field_error((key,), f"is fixed at {FIXED_OPTIONS[key]!r} in Easel", value)
+        elif key == "sd_vae":
+            try:
+                services.resolve_vae(value if isinstance(value, str) else repr(value))
+            except ValueError as err:
+                raise field_error((key,), str(err).removeprefix("sd_vae: "), value) from None
+            changes[key] = value
         elif key == "sd_checkpoint_hash":
             ignored.append(key)  # derived from sd_model_checkpoint
         elif key in Settings.model_fields:

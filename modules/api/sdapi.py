@@ -275,9 +275,10 @@ def create_sdapi_router(services: Services) -> APIRouter:
         return [{"name": name} for name in upscalers.LATENT_MODES]
 
     @router.get("/sd-vae")
-    async def get_sd_vae() -> list[dict[str, str]]:
-        """Separate VAE files are not supported yet: always empty."""
-        return []
+    def get_sd_vae() -> list[dict[str, str]]:
+        """The VAE files of models/VAE (A1111's shape)."""
+        folder = services.settings.models_dir / "VAE"
+        return [{"model_name": name, "filename": str(folder / name)} for name in services.vae_files()]
 
     @router.get("/prompt-styles")
     def get_prompt_styles() -> list[dict[str, str]]:

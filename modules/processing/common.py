@@ -156,6 +156,9 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         "Model hash": ctx.model.short_hash,
         "Model": ctx.model.info.model_name,
     }
+    if ctx.model.vae_name:
+        params["VAE hash"] = ctx.model.vae_hash
+        params["VAE"] = ctx.model.vae_name
     if req.subseed_strength > 0:
         params["Variation seed"] = subseed
         params["Variation seed strength"] = req.subseed_strength
