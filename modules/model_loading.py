@@ -272,6 +272,32 @@ def load_checkpoint(info: CheckpointInfo, short_hash: str | None) -> LoadedModel
     return LoadedModel(info, arch, pipe, short_hash, time.perf_counter() - t0)
 
 
+ARCH_NATIVE_SIZES = {"sd1": 512, "sd1-inpaint": 512, "sd2": 768, "sd2-base": 512, "sdxl": 1024}
+
+
+def native_size_hint(info: CheckpointInfo) -> int:
+    """The resolution a checkpoint was trained at, read from its configs without loading weights
+    (for UI defaults: the bundled model is 64, SD 1.5 512, SDXL 1024)."""
+    try:
+        if info.kind == "diffusers":
+            unet = _read_json(info.path / "unet" / "config.json")
+            vae = _read_json(info.path / "vae" / "config.json")
+            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        if info.config_path is not None:
+            params = load_yaml(info.config_path)["model"]["params"]
+            ch_mult = params["first_stage_config"]["params"]["ddconfig"]["ch_mult"]
+            return int(params["image_size"]) * 2 ** (len(ch_mult) - 1)
+        if info.path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(info.path), "pt") as f:
+                keys = set(f.keys())
+            return 1024 if any(k.startswith("conditioner.embedders.1.") for k in keys) else 512
+    except (OSError, KeyError, TypeError, ValueError, CheckpointError):
+        pass
+    return 512
+
+
 def load_vae_file(path: Path, vae) -> None:
     """Replace a pipeline VAE's weights with a standalone VAE file (``models/VAE``)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint

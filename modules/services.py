@@ -17,7 +17,7 @@ from modules.checkpoints import CheckpointError, CheckpointRegistry, HashCache, 
 from modules.config import Settings
 from modules.images import ImageSaver
 from modules.jobs import Job, JobQueue
-from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file
+from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, native_size_hint
 from modules.model_manager import CacheSettings, ModelManager
 from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
@@ -81,6 +81,13 @@ class Services:
         with self._lock:
             self._selected = name
         return self.queue.submit("load_model", model_key(name, self.resolve_vae(None)))
+
+    def native_size(self) -> int:
+        """The selected checkpoint's training resolution (the UI's default width and height)."""
+        try:
+            return native_size_hint(self.checkpoints.get(self.selected_checkpoint))
+        except CheckpointError:
+            return 512
 
     def vae_files(self) -> list[str]:
         """Names of the VAE files in models/VAE (relative paths)."""

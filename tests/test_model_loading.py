@@ -69,3 +69,13 @@ def test_loading_works_offline_from_a_copied_folder(tmp_path, monkeypatch):
     shutil.move(folder, moved)
     model = load_checkpoint(CheckpointInfo("elsewhere", moved, "diffusers", None), None)
     assert np.isfinite(_forward(model.pipe)[0].numpy()).all()
+
+
+def test_native_size_hint_reads_configs_without_loading(tmp_path):
+    from modules.model_loading import native_size_hint
+
+    single = write_single_file(tmp_path, "m", seed=1)
+    folder = write_diffusers_folder(tmp_path, "f", seed=1)
+    assert native_size_hint(CheckpointInfo("m.safetensors", single, "single", single.with_suffix(".yaml"))) == 32
+    assert native_size_hint(CheckpointInfo("f", folder, "diffusers", None)) == 32
+    assert native_size_hint(CheckpointInfo("m.safetensors", single, "single", None)) == 512  # SD 1.x default

@@ -41,7 +41,7 @@ def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> t
     fields: Fields = {**prompt_fields, "styles": styles}
     fields.update(img2img_options(prefix))
     fields.update(sampler_row(prefix, settings.default_sampler, settings.default_steps))
-    fields.update(size_batch_cfg(prefix))
+    fields.update(size_batch_cfg(prefix, services.native_size()))
     seed = seed_row(prefix)
     fields.update(seed.fields)
     return fields, seed

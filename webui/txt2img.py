@@ -71,7 +71,7 @@ def create_ui(services) -> GenerationTab:
         with gr.Column():
             fields: Fields = {**top.prompt.fields, "styles": top.styles}
             fields.update(sampler_row(PREFIX, settings.default_sampler, settings.default_steps))
-            fields.update(size_batch_cfg(PREFIX))
+            fields.update(size_batch_cfg(PREFIX, services.native_size()))
             seed = seed_row(PREFIX)
             fields.update(seed.fields)
             fields.update(hires_section(PREFIX, services))
