@@ -29,6 +29,8 @@ install_torch() {
     # The CUDA build from PyPI, then xformers where a wheel exists (optional: SDPA is the default).
     pip install "torch==$want"
     pip install xformers || echo "xformers not available for this torch; using PyTorch SDPA attention"
+    # ESRGAN-family upscalers (models/ESRGAN) load through spandrel, which needs torchvision.
+    pip install torchvision==0.28.0 spandrel==0.4.2 || echo "spandrel not installed: ESRGAN upscalers unavailable"
   else
     # CPU machine: never pull the multi-GB CUDA build. The CPU wheel is found through pip's
     # configured find-links here; elsewhere set EASEL_TORCH_INDEX=https://download.pytorch.org/whl/cpu
