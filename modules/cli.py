@@ -25,14 +25,56 @@ def add_settings_flags(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--medvram", action="store_true", help="offload whole models to the CPU between uses")
     g.add_argument("--lowvram", action="store_true", help="offload layer by layer (slowest, least VRAM)")
     g.add_argument("--vae-tiling", action="store_true", default=None, help="decode large images in tiles")
+    a1111 = ap.add_argument_group("A1111 device flags (shorthands for the settings above)")
+    a1111.add_argument("--no-half", action="store_true", help="run in full precision (same as --precision fp32)")
+    a1111.add_argument("--xformers", action="store_true", help="xformers attention (same as --attention xformers)")
+    a1111.add_argument("--opt-sdp-attention", action="store_true",
+                       help="PyTorch scaled-dot-product attention (same as --attention sdpa)")
+    a1111.add_argument("--device-id", type=int, default=None, metavar="N", help="CUDA GPU N (same as --device cuda:N)")
+    a1111.add_argument("--use-cpu", nargs="+", default=None, metavar="all",
+                       help="'all' (or 'sd') runs everything on the CPU (same as --device cpu)")
+
+
+def _one_of(flag_values: dict[str, str | None]) -> str | None:
+    """The one value given among equivalent flags (``{flag: value or None}``); ValueError if they disagree."""
+    given_values = {flag: value for flag, value in flag_values.items() if value is not None}
+    if len(set(given_values.values())) > 1:
+        listed = ", ".join(f"{flag} ({value})" for flag, value in given_values.items())
+        raise ValueError(f"conflicting flags: {listed}; give only one of them")
+    return next(iter(given_values.values()), None)
+
+
+def cpu_device(use_cpu: list[str] | None) -> str | None:
+    """A1111's ``--use-cpu all`` -> "cpu"; Easel runs every model on one device, so only all/sd are known."""
+    if not use_cpu:
+        return None
+    unknown = [name for name in use_cpu if name.lower() not in ("all", "sd")]
+    if unknown:
+        raise ValueError(f"--use-cpu {' '.join(unknown)}: Easel runs all models on one device; use --use-cpu all")
+    return "cpu"
+
+
+def a1111_device_settings(args: argparse.Namespace) -> dict[str, str | None]:
+    """device, precision and attention from the Easel flags and their A1111 shorthands
+    (--use-cpu, --device-id, --no-half, --xformers, --opt-sdp-attention); None = not given."""
+    device_id = args.device_id
+    if device_id is not None and device_id < 0:
+        raise ValueError(f"--device-id {device_id}: must be a GPU index 0, 1, ...")
+    return {
+        "device": _one_of({"--device": args.device, "--use-cpu": cpu_device(args.use_cpu),
+                           "--device-id": None if device_id is None else f"cuda:{device_id}"}),
+        "precision": _one_of({"--precision": args.precision,
+                              "--no-half": "fp32" if args.no_half else None}),
+        "attention": _one_of({"--attention": args.attention,
+                              "--xformers": "xformers" if args.xformers else None,
+                              "--opt-sdp-attention": "sdpa" if args.opt_sdp_attention else None}),
+    }
 
 
 def settings_from_args(args: argparse.Namespace):
     overrides = {
         "ckpt_dirs": args.ckpt_dir,
-        "device": args.device,
-        "precision": args.precision,
-        "attention": args.attention,
+        **a1111_device_settings(args),
         "memory_mode": "lowvram" if args.lowvram else "medvram" if args.medvram else None,
         "vae_tiling": args.vae_tiling,
     }
@@ -109,6 +151,10 @@ def serve_parser() -> argparse.ArgumentParser:
     ap.add_argument("--nowebui", action="store_true", help="serve the HTTP API only (no UI)")
     ap.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] required to open the UI")
     ap.add_argument("--gradio-auth-path", type=Path, default=None, help="file of user:pass entries (lines or commas)")
+    ap.add_argument("--theme", choices=["light", "dark"], default=None,
+                    help="open the UI in light or dark mode (default: the browser's choice)")
+    ap.add_argument("--api-auth", default=None,
+                    help="user:pass[,user2:pass2] (HTTP Basic) required by every /sdapi and /easel route")
     ap.add_argument("--ckpt", default=None, help="checkpoint to select at start (name, title or short hash)")
     add_settings_flags(ap)
     return ap
@@ -135,6 +181,9 @@ def run_serve(argv: list[str]) -> int:
         settings = settings.model_copy(update={"sd_model_checkpoint": args.ckpt})
     auth_text = ",".join(t for t in (args.gradio_auth, args.gradio_auth_path and args.gradio_auth_path.read_text()) if t)
     auth = parse_auth(auth_text) if auth_text else None
+    from modules.api.guard import parse_credentials
+
+    api_auth = parse_credentials(args.api_auth) if args.api_auth is not None else None
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     from modules.services import build_services
 
@@ -145,11 +194,11 @@ def run_serve(argv: list[str]) -> int:
         if args.nowebui:
             from webui.server import serve_api_only
 
-            serve_api_only(services, host, args.port)
+            serve_api_only(services, host, args.port, api_auth)
         else:
             from webui.server import serve
 
-            serve(services, host, args.port, args.share, args.api, auth)
+            serve(services, host, args.port, args.share, args.api, auth, theme=args.theme, api_auth=api_auth)
         return 0
     finally:
         services.close()

@@ -1,5 +1,7 @@
 """The web UI in a real browser: Debian's Chromium driven by Playwright, against the app started
-here on a free port with the tiny checkpoints.
+here on a free port with the bundled model (``models/Stable-diffusion/easel-shapes.safetensors``,
+64x64) when it exists, else the tiny checkpoints (32x32). The tiny checkpoints are always there too,
+for the flows that need two models (checkpoint switch).
 
 Needs ``pip install playwright==1.65.2`` and ``apt-get install -y chromium`` (never
 ``playwright install``); without them every test here is skipped with the reason. Screenshots of
@@ -8,10 +10,12 @@ each flow are kept in ``$EASEL_ARTIFACTS`` (default: the test's tmp folder).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,11 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SIZE = 32
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
+HAS_BUNDLED = BUNDLED.exists()
+DEFAULT_CKPT = "easel-shapes" if HAS_BUNDLED else "tiny-a"
+SIZE = 64 if HAS_BUNDLED else 32
 TIMEOUT_MS = 60_000
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright==1.65.2")
@@ -38,25 +46,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ui_data_dir(tmp_path_factory, tiny_models_dir) -> Path:
-    root = tmp_path_factory.mktemp("webui-data")
+def make_data_dir(root: Path, tiny_models_dir: Path) -> Path:
+    """``root/models/Stable-diffusion`` with the tiny checkpoints and, when it exists, the bundled
+    model with its .yaml."""
     shutil.copytree(tiny_models_dir, root / "models" / "Stable-diffusion")
+    if HAS_BUNDLED:
+        for path in (BUNDLED, BUNDLED.with_suffix(".yaml")):
+            if path.exists():
+                shutil.copy2(path, root / "models" / "Stable-diffusion" / path.name)
     return root
 
 
-@pytest.fixture(scope="module")
-def server(ui_data_dir):
+@contextlib.contextmanager
+def running_server(data_dir: Path, **start_kwargs) -> Iterator[tuple]:
+    """The web UI on ``data_dir`` on a free port, as ``(server, services)``; closed on exit."""
     from modules.config import load_settings
     from modules.services import build_services
     from webui.server import start
 
-    services = build_services(load_settings(ui_data_dir, {"show_progress_every_n_steps": 1,
-                                                          "sd_model_checkpoint": "tiny-a"}))
-    running = start(services, port=free_port(), quiet=True)
-    yield running, services
-    running.close()
-    services.close()
+    services = build_services(load_settings(data_dir, {"show_progress_every_n_steps": 1,
+                                                       "sd_model_checkpoint": DEFAULT_CKPT}))
+    try:
+        running = start(services, port=free_port(), quiet=True, **start_kwargs)
+        try:
+            yield running, services
+        finally:
+            running.close()
+    finally:
+        services.close()
+
+
+@pytest.fixture(scope="module")
+def ui_data_dir(tmp_path_factory, tiny_models_dir) -> Path:
+    return make_data_dir(tmp_path_factory.mktemp("webui-data"), tiny_models_dir)
+
+
+@pytest.fixture(scope="module")
+def server(ui_data_dir):
+    with running_server(ui_data_dir) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +95,25 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+def open_page(context, url: str):
+    """A new tab in ``context`` showing the UI at ``url``."""
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(server[0].local_url)
+    pg.goto(url)
     pg.wait_for_selector("#txt2img_prompt textarea")
-    yield pg
-    context.close()
+    return pg
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1800})
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context, server):
+    return open_page(context, server[0].local_url)
 
 
 @pytest.fixture
@@ -202,6 +240,20 @@ def test_settings_bad_value_shows_error_and_is_not_saved(page, server, ui_data_d
     services.update_settings(before)  # the other tests expect the default file names
 
 
+def upload_into_editor(page, editor_id: str, path: Path) -> None:
+    """Upload ``path`` as an ImageEditor's background and wait until the canvas shows it (it is
+    drawn a while after the upload; until then the canvas is blank)."""
+    page.locator(f"#{editor_id} input[type=file]").set_input_files(str(path))
+    canvas = page.locator(f"#{editor_id} .pixi-target canvas")
+    for _ in range(60):
+        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=float)
+        if shot.std() > 20:
+            page.wait_for_timeout(300)
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"the image uploaded into #{editor_id} never appeared on its canvas")
+
+
 def draw_stroke(page, editor_id: str, points: list[tuple[float, float]]) -> None:
     """Press the brush and drag through ``points`` given as fractions of the canvas size."""
     page.locator(f"#{editor_id} button[aria-label='Brush']").click()
@@ -223,9 +275,7 @@ def test_inpaint_brush_stroke_changes_only_the_stroked_region(page, tmp_path, ar
     path = tmp_path / "source.png"
     source.save(path)
     page.locator("#tab_inpaint-button").click()
-    page.locator("#inpaint_editor input[type=file]").set_input_files(str(path))
-    page.wait_for_selector("#inpaint_editor .pixi-target canvas")
-    page.wait_for_timeout(1000)
+    upload_into_editor(page, "inpaint_editor", path)
     draw_stroke(page, "inpaint_editor", [(0.35, 0.3), (0.5, 0.3), (0.65, 0.3)])
     page.screenshot(path=str(artifacts / "inpaint-stroke.png"))
     page.locator("#inpaint_prompt textarea").fill("a blue stripe")
@@ -273,7 +323,7 @@ def test_checkpoint_switch_from_dropdown(page, server, artifacts):
     assert "tiny-b" in page.locator("#sd_model_status").inner_text()
     assert services.selected_checkpoint.startswith("tiny-b")
     page.screenshot(path=str(artifacts / "checkpoint-switch.png"))
-    services.select_checkpoint("tiny-a").wait(60)
+    services.select_checkpoint(DEFAULT_CKPT).wait(60)
 
 
 def test_outpaint_grows_the_image_and_keeps_the_original(page, tmp_path, artifacts):
@@ -294,3 +344,210 @@ def test_outpaint_grows_the_image_and_keeps_the_original(page, tmp_path, artifac
     kept = np.abs(np.asarray(result, dtype=int)[:24, :24] - np.asarray(source, dtype=int)[:24, :24]).max()
     assert kept <= 2, "the original pixels far from the new area changed"
     page.screenshot(path=str(artifacts / "outpaint.png"))
+
+
+def progress_text(page, prefix: str) -> str:
+    return page.locator(f"#{prefix}_progress").inner_text()
+
+
+def start_txt2img(page, prompt: str, seed: int, steps: int = 2, batch_count: int = 1) -> None:
+    """Fill the txt2img fields and press Generate (does not wait for the result)."""
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    set_slider(page, "txt2img_steps", steps)
+    set_slider(page, "txt2img_width", SIZE)
+    set_slider(page, "txt2img_height", SIZE)
+    set_slider(page, "txt2img_batch_count", batch_count)
+    page.locator("#txt2img_seed input").fill(str(seed))
+    page.locator("#txt2img_generate").click()
+
+
+def wait_result(page, prefix: str) -> str:
+    """Wait for the run to end with an image; returns the infotext shown."""
+    page.wait_for_selector(f"#{prefix}_gallery img")
+    wait_idle(page, f"{prefix}_generate")
+    error = page.locator(f"#{prefix}_error textarea")
+    assert not error.is_visible() or not error.input_value(), error.input_value()
+    return page.locator(f"#{prefix}_infotext textarea").input_value()
+
+
+def test_two_browser_tabs_each_see_their_own_job(context, server, artifacts):
+    services = server[1]
+    tab_a = open_page(context, server[0].local_url)
+    tab_b = open_page(context, server[0].local_url)
+    # A runs a long job; B's short job waits behind it and shows its place in the queue
+    start_txt2img(tab_a, "a long run in tab a", seed=1, steps=150, batch_count=50)
+    tab_a.wait_for_selector("#txt2img_progress .easel-progress-text")
+    start_txt2img(tab_b, "a short run in tab b", seed=222)
+    tab_b.wait_for_function(
+        "document.querySelector('#txt2img_progress').innerText.includes('Waiting in queue: position 1')")
+    assert "Step" in progress_text(tab_a, "txt2img") and "Waiting" not in progress_text(tab_a, "txt2img")
+    tab_a.screenshot(path=str(artifacts / "tabs-a-running.png"))
+    tab_b.screenshot(path=str(artifacts / "tabs-b-waiting.png"))
+    # interrupting A ends A's job only: B's job then runs and B shows its own result
+    tab_a.locator("#txt2img_interrupt").click()
+    tab_a.wait_for_selector("#txt2img_generate:visible", timeout=30_000)
+    assert tab_a.locator("#txt2img_error textarea").input_value() == "Interrupted."
+    infotext_b = wait_result(tab_b, "txt2img")
+    assert infotext_b.startswith("a short run in tab b") and "Seed: 222" in infotext_b
+    assert tab_a.locator("#txt2img_gallery img").count() == 0
+    tab_b.screenshot(path=str(artifacts / "tabs-b-result.png"))
+    # both at once: each tab gets its own image and infotext
+    start_txt2img(tab_a, "again in tab a", seed=111)
+    start_txt2img(tab_b, "again in tab b", seed=333)
+    infotext_a, infotext_b = wait_result(tab_a, "txt2img"), wait_result(tab_b, "txt2img")
+    assert infotext_a.startswith("again in tab a") and "Seed: 111" in infotext_a
+    assert infotext_b.startswith("again in tab b") and "Seed: 333" in infotext_b
+    tab_a.screenshot(path=str(artifacts / "tabs-a-result.png"))
+    assert services.queue.current() is None
+
+
+def test_settings_persist_across_a_restart_and_theme_flag(browser, tmp_path, tiny_models_dir, artifacts):
+    data_dir = make_data_dir(tmp_path / "data", tiny_models_dir)
+    with running_server(data_dir) as (first, _):
+        context = browser.new_context(viewport={"width": 1400, "height": 1800})
+        pg = open_page(context, first.local_url)
+        pg.locator("#tab_settings-button").click()
+        steps = pg.locator("#settings_default_steps input")
+        steps.fill("13")
+        pg.locator("#settings_submit").click()
+        pg.wait_for_selector("#settings_result .easel-ok")
+        pg.screenshot(path=str(artifacts / "settings-saved.png"))
+        context.close()
+    assert '"default_steps": 13' in (data_dir / "config.json").read_text()
+    with running_server(data_dir, theme="dark") as (second, services):
+        assert services.settings.default_steps == 13
+        context = browser.new_context(viewport={"width": 1400, "height": 1800})
+        pg = open_page(context, second.local_url)
+        assert "__theme=dark" in pg.url and "dark" in pg.evaluate("document.body.className")  # --theme dark
+        assert pg.locator("#txt2img_steps input[type=number]").input_value() == "13"
+        pg.locator("#tab_settings-button").click()
+        assert pg.locator("#settings_default_steps input").input_value() == "13"
+        pg.screenshot(path=str(artifacts / "settings-after-restart-dark.png"))
+        context.close()
+
+
+def test_gradio_auth_asks_for_login_and_rejects_a_wrong_password(browser, tmp_path, tiny_models_dir, artifacts):
+    data_dir = make_data_dir(tmp_path / "data", tiny_models_dir)
+    with running_server(data_dir, auth=[("alice", "wonderland")]) as (running, _):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(running.local_url)
+        pg.wait_for_selector("input[type=password]")
+        assert pg.locator("#txt2img_prompt").count() == 0
+        assert pg.request.get(running.local_url.rstrip("/") + "/config").status == 401
+        pg.locator("input[type=text]").fill("alice")
+        pg.locator("input[type=password]").fill("wrong")
+        pg.get_by_role("button", name="Login").click()
+        pg.get_by_text("Incorrect Credentials").wait_for()
+        assert pg.locator("#txt2img_prompt").count() == 0
+        pg.screenshot(path=str(artifacts / "auth-rejected.png"))
+        pg.locator("input[type=text]").fill("alice")
+        pg.locator("input[type=password]").fill("wonderland")
+        pg.get_by_role("button", name="Login").click()
+        pg.wait_for_selector("#txt2img_prompt textarea")
+        pg.screenshot(path=str(artifacts / "auth-logged-in.png"))
+        context.close()
+
+
+def noise_image(path: Path, size: int, seed: int) -> Image.Image:
+    image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    image.save(path)
+    return image
+
+
+def run_img2img(page, prompt: str, outputs: Path) -> np.ndarray:
+    """Generate with seed 77 and wait for this run's PNG in ``outputs`` (the gallery may still
+    show the previous run's image until then); returns the image shown."""
+    before = len(list(outputs.rglob("*-77.png")))
+    page.locator("#img2img_prompt textarea").fill(prompt)
+    set_slider(page, "img2img_steps", 2)
+    set_slider(page, "img2img_width", SIZE)
+    set_slider(page, "img2img_height", SIZE)
+    page.locator("#img2img_seed input").fill("77")
+    page.locator("#img2img_generate").click()
+    page.wait_for_selector("#img2img_gallery img")
+    for _ in range(240):
+        if len(list(outputs.rglob("*-77.png"))) > before:
+            break
+        page.wait_for_timeout(250)
+    infotext = wait_result(page, "img2img")
+    assert infotext.startswith(prompt) and "Denoising strength: 0.75" in infotext and "Seed: 77" in infotext
+    return np.asarray(gallery_image(page, "img2img_gallery"), dtype=int)
+
+
+def test_img2img_and_sketch_generate(page, tmp_path, ui_data_dir, artifacts):
+    noise_image(tmp_path / "source.png", SIZE, seed=3)
+    page.locator("#tab_img2img-button").click()
+    page.locator("#img2img_image input[type=file]").set_input_files(str(tmp_path / "source.png"))
+    page.wait_for_selector("#img2img_image img")
+    outputs = ui_data_dir / "outputs" / "img2img-images"
+    plain = run_img2img(page, "img2img of noise", outputs)
+    assert plain.shape == (SIZE, SIZE, 3)
+    assert len(list(outputs.rglob("*-77.png"))) == 1, "the img2img result was not written to outputs/img2img-images"
+    page.screenshot(path=str(artifacts / "img2img.png"))
+    # Sketch: the uploaded image is the sketch's background; a stroke over it changes the input
+    page.locator("#img2img_mode label", has_text="Sketch").click()
+    page.wait_for_selector("#img2img_sketch .pixi-target canvas")
+    page.wait_for_timeout(1000)
+    upload_into_editor(page, "img2img_sketch", tmp_path / "source.png")
+    page.locator("#img2img_sketch button[aria-label='Zoom out']").click()
+    page.wait_for_timeout(500)
+    before = page.locator("#img2img_sketch .pixi-target canvas").screenshot()
+    draw_stroke(page, "img2img_sketch", [(0.3, 0.5), (0.5, 0.5), (0.7, 0.5)])
+    page.screenshot(path="/tmp/after-stroke.png")
+    page.screenshot(path=str(artifacts / "img2img-sketch-stroke.png"))
+    sketched = run_img2img(page, "img2img of noise", outputs)
+    assert len(list(outputs.rglob("*-77.png"))) == 2
+    assert sketched.shape == (SIZE, SIZE, 3)
+    assert np.abs(sketched - plain).mean() > 1, "the sketch did not reach the model (same result as without it)"
+    page.screenshot(path=str(artifacts / "img2img-sketch-result.png"))
+
+
+def test_send_to_img2img_carries_image_and_prompt(page, artifacts):
+    generate_txt2img(page, "a sent picture", seed=4321)
+    sent = np.asarray(gallery_image(page, "txt2img_gallery"), dtype=int)
+    page.locator("#txt2img_send_to_img2img").click()
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea')?.value === 'a sent picture'")
+    assert page.locator("#img2img_seed input").input_value() == "4321"
+    img = page.locator("#img2img_image img").first
+    img.wait_for(state="visible")
+    received = np.asarray(Image.open(io.BytesIO(page.request.get(img.get_attribute("src")).body())).convert("RGB"),
+                          dtype=int)
+    assert received.shape == sent.shape and np.abs(received - sent).max() <= 2
+    assert page.locator("#tab_img2img-button").get_attribute("aria-selected") == "true"
+    page.screenshot(path=str(artifacts / "send-to-img2img.png"))
+
+
+def test_extras_upscale_nearest_doubles_the_image(page, tmp_path, ui_data_dir, artifacts):
+    source = noise_image(tmp_path / "small.png", 16, seed=5)
+    page.locator("#tab_extras-button").click()
+    page.locator("#extras_image input[type=file]").set_input_files(str(tmp_path / "small.png"))
+    page.wait_for_selector("#extras_image img")
+    set_slider(page, "extras_upscaling_resize", 2)
+    page.locator("#extras_upscaler_1 input").click()
+    page.get_by_role("option", name="Nearest", exact=True).click()
+    page.locator("#extras_generate").click()
+    page.wait_for_selector("#extras_gallery img")
+    wait_idle(page, "extras_generate")
+    result = np.asarray(gallery_image(page, "extras_gallery"), dtype=int)
+    expected = np.asarray(source, dtype=int).repeat(2, axis=0).repeat(2, axis=1)
+    assert result.shape == (32, 32, 3) and np.abs(result - expected).max() <= 1
+    assert sorted((ui_data_dir / "outputs" / "extras-images").rglob("*.png")), "the upscaled PNG was not saved"
+    page.screenshot(path=str(artifacts / "extras-upscale.png"))
+
+
+def test_xy_plot_shows_a_labelled_grid(page, artifacts):
+    page.locator("#txt2img_xyplot").get_by_text("Script: X/Y plot").click()
+    page.locator("#txt2img_xy_enabled input").check()
+    page.locator("#txt2img_xy_x_values textarea").fill("Euler a, Euler")  # X: sampler
+    page.locator("#txt2img_xy_y_values textarea").fill("3, 9")  # Y: CFG scale
+    generate_txt2img(page, "a grid", seed=9)
+    thumbs = page.locator("#txt2img_gallery img")
+    assert thumbs.count() == 5  # the grid, then the four cells
+    grid = gallery_image(page, "txt2img_gallery")
+    assert grid.width >= 2 * SIZE + 10 and grid.height >= 2 * SIZE + 10  # two columns, two rows and the labels
+    cells = np.asarray(grid, dtype=int)
+    assert cells.std() > 5
+    page.screenshot(path=str(artifacts / "xy-plot.png"))
+    page.locator("#txt2img_xy_enabled input").uncheck()

@@ -224,3 +224,65 @@ def test_serve_flags_and_auth_parsing():
     assert parse_auth("a:b,\nc:d:e") == [("a", "b"), ("c", "d:e")]
     with pytest.raises(ValueError, match="not user:password"):
         parse_auth("nopassword")
+
+
+def serve_settings(tmp_path, *flags: str):
+    from modules.cli import serve_parser, settings_from_args
+
+    return settings_from_args(serve_parser().parse_args(["--data-dir", str(tmp_path), *flags]))
+
+
+@pytest.mark.parametrize("flags, name, value", [
+    (["--no-half"], "precision", "fp32"),
+    (["--xformers"], "attention", "xformers"),
+    (["--opt-sdp-attention"], "attention", "sdpa"),
+    (["--device-id", "1"], "device", "cuda:1"),
+    (["--use-cpu", "all"], "device", "cpu"),
+    (["--use-cpu", "sd"], "device", "cpu"),
+    (["--no-half", "--precision", "fp32"], "precision", "fp32"),  # the same value twice is fine
+])
+def test_a1111_device_flags_map_to_settings(tmp_path, flags, name, value):
+    assert getattr(serve_settings(tmp_path, *flags), name) == value
+
+
+def test_a1111_flags_default_to_config_json_then_auto(tmp_path):
+    assert (serve_settings(tmp_path).device, serve_settings(tmp_path).precision) == ("auto", "auto")
+    (tmp_path / "config.json").write_text(json.dumps({"attention": "sdpa", "device": "cuda:0"}))
+    s = serve_settings(tmp_path, "--no-half")
+    assert (s.attention, s.device, s.precision) == ("sdpa", "cuda:0", "fp32")
+    assert serve_settings(tmp_path, "--xformers").attention == "xformers"  # a flag beats config.json
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--no-half", "--precision", "fp16"], r"conflicting flags: --precision \(fp16\), --no-half \(fp32\)"),
+    (["--xformers", "--opt-sdp-attention"], r"--xformers \(xformers\), --opt-sdp-attention \(sdpa\)"),
+    (["--use-cpu", "all", "--device-id", "0"], r"--use-cpu \(cpu\), --device-id \(cuda:0\)"),
+    (["--device", "cuda:1", "--device-id", "2"], r"--device \(cuda:1\), --device-id \(cuda:2\)"),
+    (["--use-cpu", "interrogate"], "--use-cpu interrogate: .* use --use-cpu all"),
+    (["--device-id", "-1"], "--device-id -1: must be a GPU index"),
+])
+def test_a1111_flag_conflicts_raise_naming_the_flags(tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        serve_settings(tmp_path, *flags)
+
+
+def test_bad_flag_exits_2_with_one_line(tmp_path, capsys):
+    from modules.cli import main
+
+    assert main(["--data-dir", str(tmp_path), "--xformers", "--opt-sdp-attention"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: conflicting flags")
+
+
+def test_theme_flag_and_head_script():
+    from modules.cli import serve_parser
+    from webui.server import theme_head
+
+    assert serve_parser().parse_args(["--theme", "dark"]).theme == "dark"
+    assert serve_parser().parse_args([]).theme is None
+    with pytest.raises(SystemExit):
+        serve_parser().parse_args(["--theme", "blue"])
+    assert theme_head(None) is None
+    assert "url.searchParams.set('__theme', 'light')" in theme_head("light")
+    with pytest.raises(ValueError, match="choose one of light, dark"):
+        theme_head("blue")

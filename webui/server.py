@@ -18,6 +18,7 @@ from webui.app import create_ui
 logger = logging.getLogger(__name__)
 DEFAULT_PORT = 7860
 QUEUE_MAX_SIZE = 256
+THEMES = ("light", "dark")
 
 
 @dataclass
@@ -30,34 +31,56 @@ class Server:
         self.demo.close()
 
 
-def add_api_routes(app: Any, services) -> None:
-    """Mount the HTTP API (/sdapi/v1, /easel/v1) onto Gradio's FastAPI app, as A1111 does."""
+def add_api_routes(app: Any, services, api_auth: list[tuple[str, str]] | None = None) -> None:
+    """Mount the HTTP API (/sdapi/v1, /easel/v1) onto Gradio's FastAPI app, as A1111 does.
+
+    ``api_auth``: HTTP Basic credentials every API route requires (--api-auth); None = open.
+    """
     from modules.api import add_api
 
-    add_api(app, services)
-    # Starlette builds its exception middleware on the first request (Gradio's own start-up
-    # check has made one): rebuild it so the API's error handlers take effect.
+    # Starlette builds its middleware stack on the first request (Gradio's own start-up check
+    # has made one): reset it so the API's guard can be added and its error handlers take effect.
+    app.middleware_stack = None
+    add_api(app, services, api_auth)
     app.middleware_stack = None
 
 
+def theme_head(theme: str | None) -> str | None:
+    """A1111's --theme: a script that reopens the page with Gradio's ``?__theme=light|dark`` (kept
+    when the URL already names one); None for the browser's own choice."""
+    if theme is None:
+        return None
+    if theme not in THEMES:
+        raise ValueError(f"theme {theme!r}: choose one of {', '.join(THEMES)}")
+    return ("<script>(function () {"
+            " const url = new URL(window.location.href);"
+            f" if (!url.searchParams.has('__theme')) {{ url.searchParams.set('__theme', '{theme}');"
+            " window.location.replace(url.toString()); }"
+            " })();</script>")
+
+
 def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bool = False, api: bool = False,
-          auth: list[tuple[str, str]] | None = None, quiet: bool = False) -> Server:
-    """Build the UI on ``services`` and launch it in the background; returns the running server."""
+          auth: list[tuple[str, str]] | None = None, quiet: bool = False, theme: str | None = None,
+          api_auth: list[tuple[str, str]] | None = None) -> Server:
+    """Build the UI on ``services`` and launch it in the background; returns the running server.
+    ``theme`` ("light" or "dark") opens the page in that mode; None follows the browser."""
+    head = theme_head(theme)
     demo = create_ui(services)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=None)
     app, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=True, auth=auth or None,
-        show_error=True, quiet=quiet, footer_links=["api", "gradio"] if api else ["gradio"],
+        show_error=True, quiet=quiet, footer_links=["api", "gradio"] if api else ["gradio"], head=head,
     )
     if api:
-        add_api_routes(app, services)
+        add_api_routes(app, services, api_auth)
     return Server(demo, local_url, share_url)
 
 
 def serve(services, host: str, port: int, share: bool, api: bool,
-          auth: list[tuple[str, str]] | None = None) -> None:
-    """Start the UI (and the API with ``api``) and block until interrupted; then shut down."""
-    server = start(services, host, port, share, api, auth)
+          auth: list[tuple[str, str]] | None = None, theme: str | None = None,
+          api_auth: list[tuple[str, str]] | None = None) -> None:
+    """Start the UI (and the API with ``api``, behind ``api_auth`` when given) and block until interrupted."""
+    server = start(services, host, port, share, api, auth, theme=theme, api_auth=api_auth)
     if host == "0.0.0.0" and not auth:
         print("warning: --listen without --gradio-auth: anyone on your network can use this UI")
     try:
@@ -66,10 +89,12 @@ def serve(services, host: str, port: int, share: bool, api: bool,
         server.close()
 
 
-def serve_api_only(services, host: str, port: int) -> None:
-    """A1111's --nowebui: the HTTP API alone, on uvicorn."""
+def serve_api_only(services, host: str, port: int, api_auth: list[tuple[str, str]] | None = None) -> None:
+    """A1111's --nowebui: the HTTP API alone, on uvicorn (``api_auth``: HTTP Basic credentials, or None)."""
     import uvicorn
 
     from modules.api import create_app
 
-    uvicorn.run(create_app(services), host=host, port=port)
+    if host == "0.0.0.0" and not api_auth:
+        print("warning: --listen without --api-auth: anyone on your network can use this API")
+    uvicorn.run(create_app(services, api_auth), host=host, port=port)

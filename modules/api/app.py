@@ -5,6 +5,7 @@ from fastapi import APIRouter, FastAPI
 from modules.services import VERSION, Services
 
 from .errors import install_error_handlers
+from .guard import MAX_BODY_BYTES, ApiGuard
 from .jobs_api import create_jobs_router
 from .sdapi import create_sdapi_router
 
@@ -17,8 +18,10 @@ Easel's HTTP API.
 
 Every job goes through one FIFO queue; a model switch (`POST /sdapi/v1/options` with
 `sd_model_checkpoint`) is a job too, so jobs queued before it still run on the old model.
-Errors: 400 request cannot run as given, 404 unknown checkpoint or job, 422 a field is missing
-or wrongly typed (named in `detail[].loc`), 429 the queue is full (see `Retry-After`).
+Errors: 400 request cannot run as given (also: over a limit), 401 credentials missing or wrong
+(when started with `--api-auth`; HTTP Basic), 404 unknown checkpoint or job, 413 request body too
+large, 422 a field is missing or wrongly typed (named in `detail[].loc`), 429 the queue is full
+(see `Retry-After`).
 """
 
 
@@ -30,15 +33,26 @@ def create_api(services: Services) -> APIRouter:
     return router
 
 
-def add_api(app: FastAPI, services: Services) -> FastAPI:
-    """Add the API routes and error handlers to ``app``; return it."""
+def add_api(app: FastAPI, services: Services, api_auth: list[tuple[str, str]] | None = None,
+            max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """Add the API routes, error handlers and the ApiGuard (``api_auth`` credentials, body limit) to ``app``.
+
+    The app must not have started serving yet, or its middleware stack must have been reset
+    (``app.middleware_stack = None``) so the guard can be added.
+    """
     app.state.services = services
     install_error_handlers(app)
     app.include_router(create_api(services))
+    app.add_middleware(ApiGuard, credentials=api_auth, max_body_bytes=max_body_bytes)
     return app
 
 
-def create_app(services: Services) -> FastAPI:
-    """A plain FastAPI app serving the API, documented at /docs (OpenAPI schema at /openapi.json)."""
+def create_app(services: Services, api_auth: list[tuple[str, str]] | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """A plain FastAPI app serving the API, documented at /docs (OpenAPI schema at /openapi.json).
+
+    With ``api_auth`` every /sdapi and /easel route needs one of those HTTP Basic credentials;
+    /docs and /openapi.json stay open (they hold no data).
+    """
     app = FastAPI(title="Easel API", version=VERSION, description=DESCRIPTION, docs_url="/docs")
-    return add_api(app, services)
+    return add_api(app, services, api_auth, max_body_bytes)

@@ -39,10 +39,15 @@ def decode_field(text: str | None, loc: tuple[Any, ...]) -> Image.Image:
 
 
 def check_no_scripts(body: BaseModel) -> None:
-    """Easel has no A1111 scripts: a request that names one is refused, not silently changed."""
+    """For routes without scripts: a request that names one is refused, not silently changed."""
     if getattr(body, "script_name", None):
-        message = f"script {body.script_name!r} not found; this server has no scripts"
+        message = f"script {body.script_name!r} not found; this route has no scripts"
         raise field_error(("script_name",), message, body.script_name)
+    check_no_alwayson(body)
+
+
+def check_no_alwayson(body: BaseModel) -> None:
+    """Easel has no always-on scripts and no face restoration: asking for them is a 422."""
     if getattr(body, "alwayson_scripts", None):
         names = ", ".join(body.alwayson_scripts)
         raise field_error(("alwayson_scripts",), f"always-on script(s) {names} not found; this server has none")
@@ -57,6 +62,42 @@ def check_sampler(request: GenerationRequest, settings: Settings) -> None:
         samplers.resolve(request.effective_sampler(settings.default_sampler), request.scheduler)
     except ValueError as err:
         raise RequestError(f"sampler_name: {err}") from None
+
+
+# batch_size x n_iter x sampling steps (hires steps included) one request may ask for; with the
+# field limits alone a request could ask for 64 x 100 x 150 steps and hold the queue for hours.
+MAX_IMAGE_STEPS = 3000
+
+
+def image_steps(request: Any) -> int:
+    """Sampling steps a generation request will run: images x (steps + hires steps)."""
+    steps = request.steps
+    if getattr(request, "enable_hr", False):
+        steps += request.hr_second_pass_steps or request.steps
+    return request.batch_size * request.n_iter * steps
+
+
+def check_limits(requests: list[Any], settings: Settings) -> None:
+    """Refuse (400, naming the limit) requests over the size, batch or step limits, before they are queued.
+
+    ``requests`` are the jobs one HTTP request becomes (several for an X/Y grid); the step limit
+    counts them all together.
+    """
+    for request in requests:
+        for name in ("width", "height"):
+            value = getattr(request, name, None)
+            if value is not None and value > settings.max_side:
+                raise RequestError(f"{name}: {value} is larger than the limit of {settings.max_side} pixels"
+                                   " (setting max_side)")
+        images = request.batch_size * request.n_iter
+        if images > settings.max_batch_images:
+            raise RequestError(f"batch_size x n_iter = {images} images; at most {settings.max_batch_images} per"
+                               " request (setting max_batch_images)")
+    total = sum(image_steps(r) for r in requests)
+    if total > MAX_IMAGE_STEPS:
+        cells = f" over {len(requests)} grid cells" if len(requests) > 1 else ""
+        raise RequestError(f"batch_size x n_iter x steps = {total} sampling steps{cells}; at most {MAX_IMAGE_STEPS}"
+                           " per request: lower batch_size, n_iter or steps")
 
 
 def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Settings,

@@ -14,7 +14,7 @@ from modules.jobs import Job, JobState
 from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, OutpaintRequest, Txt2ImgRequest
 from modules.services import Services
 
-from .convert import build_core_request, check_sampler, decode_field, encode_images, field_error, info_dict
+from .convert import build_core_request, check_limits, check_sampler, decode_field, encode_images, field_error, info_dict
 from .errors import JobNotFound
 from .models import JobCancelResponse, JobCreated, JobProgress, JobResult, JobStatus, JobSubmission
 
@@ -89,6 +89,7 @@ def create_jobs_router(services: Services) -> APIRouter:
                                   decoded_images(kind, submission.request), where=("request",))
         if kind != "extras":
             check_sampler(core, services.settings)
+            check_limits([core], services.settings)
         job = services.submit(kind, core)
         response.headers["Location"] = f"{PREFIX}/jobs/{job.id}"
         return JobCreated(id=job.id, kind=job.kind, state=job.state.value, position=position_of(services, job))

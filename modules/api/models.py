@@ -10,8 +10,9 @@ every core field, validator and limit, and change only what A1111's API does dif
 - ``override_settings`` apply to that request only: ``sd_model_checkpoint`` (the job runs on that
   model), ``CLIP_stop_at_last_layers`` (becomes ``clip_skip``) and ``samples_save``; other options
   are ignored. So ``override_settings_restore_afterwards=False`` does not make them stick as in A1111;
-- ``script_name``/``script_args``/``alwayson_scripts`` are accepted (Easel has no scripts yet: a
-  non-empty value is refused with 422 naming the field).
+- ``script_name``/``script_args``: the scripts of ``GET /sdapi/v1/scripts`` ("outpainting mk2" on
+  img2img, "x/y/z plot" on both) with A1111's positional args; any other name is a 422 listing
+  them. ``alwayson_scripts`` must be empty (Easel has none).
 
 One deliberate difference: with neither ``sampler_name`` nor ``sampler_index`` given, the sampler
 is the settings' ``default_sampler`` (A1111 falls back to ``sampler_index``'s default "Euler").
@@ -32,10 +33,10 @@ IMAGE_DESCRIPTION = "base64 image data, raw or as a data:image/...;base64, URL"
 
 
 class ScriptFields(BaseModel):
-    """A1111's script fields: accepted so clients can send them, refused when non-empty."""
+    """A1111's script fields: ``script_name`` one of GET /sdapi/v1/scripts, with A1111's positional args."""
 
-    script_name: str | None = Field(None, description="A1111 script title; Easel has no scripts yet (must be empty)")
-    script_args: list[Any] = Field(default_factory=list, description="arguments of script_name")
+    script_name: str | None = Field(None, description="A1111 script title from GET /sdapi/v1/scripts (case-insensitive)")
+    script_args: list[Any] = Field(default_factory=list, description="positional arguments of script_name, as A1111's")
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="A1111 always-on scripts (must be empty)")
     force_task_id: str | None = Field(None, description="accepted and ignored")
     infotext: str | None = Field(None, description="accepted and ignored")

@@ -22,13 +22,16 @@ from modules.services import Services
 from modules.styles import STYLES_FILE, load_styles
 
 from . import options as options_api
+from . import scripts
 from .convert import (
     build_core_request,
+    check_limits,
     check_no_scripts,
     check_sampler,
     decode_field,
     encode_images,
     field_error,
+    info_dict,
     info_json,
     parameters_of,
 )
@@ -79,6 +82,42 @@ def generation_response(job: Job, core: Any, body: Any) -> GenerationResponse:
         return interrupted_response(job, parameters)
     images = encode_images(result) if body.send_images else []
     return GenerationResponse(images=images, parameters=parameters, info=info_json(result, core, job.started))
+
+
+def grid_response(services: Services, kind: str, core: Any, body: Any) -> GenerationResponse:
+    """Run an "x/y/z plot" request: one job per cell, planned by the web UI's X/Y plot, then A1111's answer.
+
+    Images: the labelled grid first (when every cell made an image), then every cell's images,
+    as A1111 does with "Include Sub Images". An interrupted cell cancels the rest of the grid.
+    """
+    from webui.runner import submit_all
+
+    batch = scripts.plan_xyz(kind, core, list(body.script_args), services)
+    requests = [request for _, request in batch.requests]
+    for request in requests:
+        check_sampler(request, services.settings)
+    check_limits(requests, services.settings)
+    jobs = submit_all(services, batch.requests)
+    results = []
+    for job in jobs:
+        result = wait_for(job)
+        if result is None:
+            for rest in jobs:
+                services.queue.cancel(rest.id)
+            return interrupted_response(job, parameters_of(body))
+        results.append(result)
+    shown = batch.show(results)
+    cell_images = sum(len(r.images) for r in results)
+    has_grid = len(shown.images) > cell_images
+    info = info_dict(results[0], core, jobs[0].started)
+    info.update({
+        "all_prompts": ([results[0].prompts[0]] if has_grid else []) + [p for r in results for p in r.prompts],
+        "all_seeds": shown.seeds, "infotexts": shown.infotexts, "index_of_first_image": 1 if has_grid else 0,
+        "paths": [str(p) for r in results for p in r.paths],
+    })
+    images = [encode_image_base64(im, infotext=text) for im, text in zip(shown.images, shown.infotexts, strict=False)]
+    return GenerationResponse(images=images if body.send_images else [], parameters=parameters_of(body),
+                              info=json.dumps(info, default=str))
 
 
 def memory_stats(services: Services) -> dict[str, Any]:
@@ -165,22 +204,39 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     @router.post("/txt2img", response_model=GenerationResponse)
     def txt2img(body: Txt2ImgBody) -> GenerationResponse:
-        """Text to image; waits in the queue like every job. ``info`` is a JSON string."""
-        check_no_scripts(body)
+        """Text to image; waits in the queue like every job. ``info`` is a JSON string.
+
+        ``script_name`` "x/y/z plot" with A1111's ``script_args`` makes a grid (see /sdapi/v1/scripts).
+        """
+        script = scripts.script_of(body, "txt2img")
         core = build_core_request(Txt2ImgRequest, body, services.settings)
         check_sampler(core, services.settings)
+        if script == scripts.XYZ_PLOT:
+            return grid_response(services, "txt2img", core, body)
+        check_limits([core], services.settings)
         return generation_response(services.submit("txt2img", core), core, body)
 
     @router.post("/img2img", response_model=GenerationResponse)
     def img2img(body: Img2ImgBody) -> GenerationResponse:
-        """Image to image; with ``mask`` it is inpainting (mask_blur, inpainting_fill, inpaint_full_res, ...)."""
-        check_no_scripts(body)
+        """Image to image; with ``mask`` it is inpainting (mask_blur, inpainting_fill, inpaint_full_res, ...).
+
+        ``script_name`` "outpainting mk2" or "x/y/z plot" with A1111's ``script_args`` runs that script.
+        """
+        script = scripts.script_of(body, "img2img")
         if not body.init_images:
             raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
         images = [decode_field(text, ("init_images", i)) for i, text in enumerate(body.init_images)]
+        if script == scripts.OUTPAINTING:
+            core = scripts.build_outpaint(body, images, services.settings)
+            check_sampler(core, services.settings)
+            check_limits([core], services.settings)
+            return generation_response(services.submit("outpaint", core), core, body)
         mask = decode_field(body.mask, ("mask",)) if body.mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings, {"init_images": images, "mask": mask})
         check_sampler(core, services.settings)
+        if script == scripts.XYZ_PLOT:
+            return grid_response(services, "img2img", core, body)
+        check_limits([core], services.settings)
         return generation_response(services.submit("img2img", core), core, body)
 
     @router.post("/extra-single-image", response_model=ExtrasResponse)
@@ -298,8 +354,8 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     @router.get("/scripts", response_model=ScriptsList)
     async def get_scripts() -> ScriptsList:
-        """A1111 scripts: none yet."""
-        return ScriptsList()
+        """The A1111 scripts this server runs (``script_name`` on txt2img/img2img; lower-case titles)."""
+        return ScriptsList(txt2img=list(scripts.SCRIPTS["txt2img"]), img2img=list(scripts.SCRIPTS["img2img"]))
 
     @router.get("/memory", response_model=MemoryResponse)
     def get_memory() -> MemoryResponse:
