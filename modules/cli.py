@@ -161,17 +161,10 @@ def serve_parser() -> argparse.ArgumentParser:
 
 
 def parse_auth(text: str) -> list[tuple[str, str]]:
-    """``"u:p,u2:p2"`` (commas or newlines) -> ``[("u", "p"), ("u2", "p2")]``; a bad entry raises ValueError."""
-    pairs = []
-    for entry in text.replace("\n", ",").split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        user, sep, password = entry.partition(":")
-        if not sep or not user:
-            raise ValueError(f"gradio auth entry {entry!r} is not user:password")
-        pairs.append((user, password))
-    return pairs
+    """The UI's ``--gradio-auth`` entries, parsed like ``--api-auth``'s."""
+    from modules.api.guard import parse_credentials
+
+    return parse_credentials(text, "--gradio-auth")
 
 
 def run_serve(argv: list[str]) -> int:

@@ -33,8 +33,9 @@ MAX_BODY_BYTES = 50 * 1024 * 1024  # 50 MiB: a few large base64 images with room
 REALM = "Easel API"
 
 
-def parse_credentials(text: str) -> list[tuple[str, str]]:
-    """``"u:p,u2:p2"`` (commas or newlines) -> ``[("u", "p"), ("u2", "p2")]``; a bad entry raises ValueError."""
+def parse_credentials(text: str, flag: str = "--api-auth") -> list[tuple[str, str]]:
+    """``"u:p,u2:p2"`` (commas or newlines) -> ``[("u", "p"), ("u2", "p2")]``; a bad entry raises
+    ValueError naming ``flag`` (also used for the UI's --gradio-auth)."""
     pairs = []
     for entry in text.replace("\n", ",").split(","):
         entry = entry.strip()
@@ -42,10 +43,10 @@ def parse_credentials(text: str) -> list[tuple[str, str]]:
             continue
         user, sep, password = entry.partition(":")
         if not sep or not user or not password:
-            raise ValueError(f"--api-auth entry {entry!r} is not user:password (both non-empty)")
+            raise ValueError(f"{flag} entry {entry!r} is not user:password (both non-empty)")
         pairs.append((user, password))
     if not pairs:
-        raise ValueError("--api-auth needs at least one user:password entry")
+        raise ValueError(f"{flag} needs at least one user:password entry")
     return pairs
 
 
