@@ -285,6 +285,9 @@ def save_ldm_checkpoint(
     os.close(handle)
     try:
         save_file(tensors, temp_name, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_name, 0o666 & ~umask)  # mkstemp makes the file private; a model is not
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
