@@ -286,3 +286,25 @@ def test_theme_flag_and_head_script():
     assert "url.searchParams.set('__theme', 'light')" in theme_head("light")
     with pytest.raises(ValueError, match="choose one of light, dark"):
         theme_head("blue")
+
+
+def test_served_ui_has_the_api_from_the_first_request(services):
+    """With --api the routes are attached during start-up, so no request sees the UI without them."""
+    import socket
+
+    import httpx
+
+    from webui.server import start
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = start(services, port=port, api=True, quiet=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/sdapi/v1/sd-models", timeout=30).status_code == 200
+        bad = httpx.post(f"{base}/sdapi/v1/txt2img", json={"width": 33}, timeout=30)
+        assert bad.status_code == 422 and "width" in bad.text
+        assert httpx.get(base, timeout=30).status_code == 200
+    finally:
+        server.close()

@@ -7,6 +7,7 @@ until Ctrl+C. ``--share`` opens Gradio's tunnel; when it cannot be opened Gradio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -67,13 +68,25 @@ def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bo
     head = theme_head(theme)
     demo = create_ui(services)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=None)
+    app_kwargs = {"lifespan": api_lifespan(services, api_auth)} if api else None
     app, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=True, auth=auth or None,
         show_error=True, quiet=quiet, footer_links=["api", "gradio"] if api else ["gradio"], head=head,
+        app_kwargs=app_kwargs,
     )
-    if api:
-        add_api_routes(app, services, api_auth)
     return Server(demo, local_url, share_url)
+
+
+def api_lifespan(services, api_auth: list[tuple[str, str]] | None):
+    """A lifespan for Gradio's app that attaches the HTTP API at server start-up, before the
+    server accepts its first request (so no client ever sees the page without the API)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        add_api_routes(app, services, api_auth)
+        yield
+
+    return lifespan
 
 
 def serve(services, host: str, port: int, share: bool, api: bool,
