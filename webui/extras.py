@@ -30,7 +30,7 @@ def create_ui(services) -> ExtrasTab:
     names = [u.name for u in upscalers.list_upscalers(services.settings.models_dir, include_latent=False)]
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="pil", label="Source", elem_id=f"{PREFIX}_image", sources=["upload", "clipboard"],
+            image = gr.Image(type="pil", format="png", label="Source", elem_id=f"{PREFIX}_image", sources=["upload", "clipboard"],
                              height=400)
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize",
                                    elem_id=f"{PREFIX}_resize_mode")

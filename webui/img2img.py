@@ -53,7 +53,7 @@ def create_ui(services) -> GenerationTab:
     with gr.Row():
         with gr.Column():
             mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id=f"{PREFIX}_mode")
-            image = gr.Image(type="pil", label="Image for img2img", elem_id=f"{PREFIX}_image",
+            image = gr.Image(type="pil", format="png", label="Image for img2img", elem_id=f"{PREFIX}_image",
                              sources=["upload", "clipboard"], height=400)
             sketch = gr.ImageEditor(type="pil", label="Sketch", elem_id=f"{PREFIX}_sketch", visible=False,
                                     brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0]),

@@ -40,7 +40,7 @@ def create_ui(services) -> GenerationTab:
                 eraser=gr.Eraser(default_size=BRUSH_SIZE), format="png", layers=False,
                 sources=["upload", "clipboard"], height=420,
             )
-            mask_upload = gr.Image(type="pil", image_mode="L", label="Mask (white = repaint)", visible=False,
+            mask_upload = gr.Image(type="pil", format="png", image_mode="L", label="Mask (white = repaint)", visible=False,
                                    elem_id=f"{PREFIX}_mask_upload", sources=["upload", "clipboard"])
             options = inpaint_options(PREFIX)
             fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)

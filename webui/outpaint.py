@@ -21,7 +21,7 @@ def create_ui(services) -> GenerationTab:
     top = top_row(PREFIX, services)
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="pil", label="Image to extend", elem_id=f"{PREFIX}_image",
+            image = gr.Image(type="pil", format="png", label="Image to extend", elem_id=f"{PREFIX}_image",
                              sources=["upload", "clipboard"], height=400)
             with gr.Row():
                 direction = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=list(OUTPAINT_DIRECTIONS),
