@@ -129,3 +129,16 @@ def test_saved_into_the_img2img_folder(ctx):
     result = img2img.run(req(init_images=[noise_image(32, 32)], denoising_strength=0.3, save_images=True), ctx)
     assert len(result.paths) == 1 and result.paths[0].is_file()
     assert "img2img-images" in str(result.paths[0])
+
+
+def test_each_init_image_is_encoded_once_per_request(ctx, monkeypatch):
+    from modules.processing import common
+
+    calls = []
+    real = common.encode_images
+    monkeypatch.setattr(common, "encode_images", lambda pipe, images: calls.append(len(images)) or real(pipe, images))
+    image = noise_image(32, 32)
+    batched = img2img.run(req(init_images=[image], denoising_strength=0.5, batch_size=2, n_iter=2), ctx)
+    assert len(calls) == 1 and len(batched.images) == 4
+    single = img2img.run(req(init_images=[image], denoising_strength=0.5, seed=10), ctx)
+    assert np.array_equal(np.asarray(batched.images[3]), np.asarray(single.images[0]))  # seed 7+3, same as alone

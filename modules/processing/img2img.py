@@ -173,6 +173,7 @@ def generate(
     f = ctx.model.vae_scale_factor
     lw, lh = plan.width // f, plan.height // f
     nine = pipe.unet.config.in_channels == 9
+    encoded: dict[int, torch.Tensor] = {}  # each init image goes through the VAE once per request
     for n in range(req.n_iter):
         ctx.token.check()
         batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
@@ -183,7 +184,7 @@ def generate(
             try:
                 with common.sampler_installed(pipe, common.scheduler_for(ctx, plan, batch_seeds[0])):
                     finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
-                                            n * run_steps, total, (lw, lh), nine)
+                                            n * run_steps, total, (lw, lh), nine, encoded)
             except common.SkipIteration:
                 ctx.token.clear_skip()
                 result.skipped += 1
@@ -194,9 +195,13 @@ def generate(
     return result
 
 
-def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine):
+def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine,
+                   encoded: dict[int, torch.Tensor]):
     lw, lh = latent_size
-    init = torch.cat([common.encode_images(pipe, [p.image]) for p in batch])
+    for p in batch:
+        if id(p) not in encoded:
+            encoded[id(p)] = common.encode_images(pipe, [p.image])
+    init = torch.cat([encoded[id(p)] for p in batch])
     if init.shape[-2:] != (lh, lw):  # resize mode 3: upscale the latents
         init = torch.nn.functional.interpolate(init, size=(lh, lw), mode="bilinear")
     device, dtype = pipe._execution_device, pipe.unet.dtype
