@@ -31,6 +31,9 @@ install_torch() {
     pip install xformers || echo "xformers not available for this torch; using PyTorch SDPA attention"
     # ESRGAN-family upscalers (models/ESRGAN) load through spandrel, which needs torchvision.
     pip install torchvision==0.28.0 spandrel==0.4.2 || echo "spandrel not installed: ESRGAN upscalers unavailable"
+    # ControlNet's neural preprocessors (lineart, depth, openpose, hed) use controlnet-aux, which needs
+    # torchvision too; their weights are read from models/ControlNet/annotators only, never downloaded.
+    pip install controlnet-aux==0.0.10 || echo "controlnet-aux not installed: lineart/depth/openpose/hed preprocessors unavailable"
   else
     # CPU machine: never pull the multi-GB CUDA build. The CPU wheel is found through pip's
     # configured find-links here; elsewhere set EASEL_TORCH_INDEX=https://download.pytorch.org/whl/cpu

@@ -15,8 +15,10 @@ import json
 import os
 import pickle
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,9 +60,14 @@ class CheckpointInfo:
 
 
 class HashCache:
-    """sha256 of files, cached in a JSON file keyed by path, size and mtime (computed once)."""
+    """sha256 of files, cached in a JSON file keyed by path, size and mtime (computed once).
 
-    def __init__(self, cache_file: Path):
+    ``digest`` computes the hex digest of one file (default: the whole file's sha256; the LoRA
+    list uses kohya's sha256 of a .safetensors file's tensor data, in a cache file of its own).
+    """
+
+    def __init__(self, cache_file: Path, digest: Callable[[Path], str] | None = None):
+        self._digest = digest or file_sha256
         self._file = cache_file
         self._lock = threading.Lock()
         self._data: dict[str, dict] = {}
@@ -77,7 +84,7 @@ class HashCache:
             hit = self._data.get(key)
             if hit and hit["size"] == st.st_size and hit["mtime"] == st.st_mtime:
                 return hit["sha256"]
-        digest = file_sha256(path)
+        digest = self._digest(path)
         with self._lock:
             self._data[key] = {"size": st.st_size, "mtime": st.st_mtime, "sha256": digest}
             self._file.parent.mkdir(parents=True, exist_ok=True)
@@ -127,22 +134,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:  # safetensors raises several types for a damaged file
             raise CheckpointError(f"{path.name} is not a readable .safetensors file: {err}") from None
-    if path.suffix.lower() in (".ckpt", ".pt"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise UnsafeCheckpointError(
-                f"{path.name} was refused: it is a pickle that holds more than tensors and could run code "
-                f"when loaded ({str(err).splitlines()[0][:200]}). Convert it to .safetensors with a tool you trust."
-            ) from None
-        except Exception as err:
-            raise CheckpointError(f"{path.name} is not a readable .ckpt file: {err}") from None
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
+        obj = load_pickle_safely(path)
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
         return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    raise CheckpointError(f"{path.name}: unsupported checkpoint type; use .safetensors, .ckpt or .pt")
+    raise CheckpointError(f"{path.name}: unsupported checkpoint type; use .safetensors, .ckpt, .pt or .pth")
+
+
+def load_pickle_safely(path: Path) -> Any:
+    """A PyTorch pickle (.ckpt, .pt, .bin) read with ``weights_only=True``: tensors, dicts, lists,
+    numbers and strings only. Anything that could run code is refused with UnsafeCheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path.name} was refused: it is a pickle that holds more than tensors and could run code "
+            f"when loaded ({str(err).splitlines()[0][:200]}). Convert it to .safetensors with a tool you trust."
+        ) from None
+    except Exception as err:
+        raise CheckpointError(f"{path.name} is not a readable {path.suffix or 'PyTorch'} file: {err}") from None
 
 
 def scan_vaes(folder: Path) -> list[Path]:

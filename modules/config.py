@@ -33,6 +33,8 @@ class Settings(BaseModel):
     samples_save: bool = True
     sd_model_checkpoint: str | None = None
     sd_vae: str = "Automatic"
+    lora_dir: str = Field("models/Lora", description="LoRA files for <lora:name:weight> in prompts (read at start-up)")
+    embeddings_dir: str = Field("embeddings", description="textual-inversion embeddings for prompts (read at start-up)")
     sd_checkpoints_limit: int = Field(2, ge=1, le=16, description="checkpoints kept in RAM")
     sd_checkpoints_max_ram_gb: float | None = Field(None, gt=0)
     reserve_vram_gb: float = Field(1.0, ge=0)

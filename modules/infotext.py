@@ -37,6 +37,7 @@ _PARAM_RE = re.compile(
 )
 _KEY_RE = re.compile(r"\w[\w \-/]*\w")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+_CONTROLNET_KEY_RE = re.compile(r"^ControlNet \d+$")
 _MIN_PARAMS_ON_LAST_LINE = 3
 _NEEDS_QUOTES = (",", ":", '"', "\n", "\r")
 INPAINTING_FILL_NAMES = ("fill", "original", "latent noise", "latent nothing")
@@ -227,6 +228,8 @@ _HIRES_MARKERS = ("Hires upscale", "Hires resize-1", "Hires upscaler")
 def infotext_to_fields(parsed: dict[str, Any]) -> dict[str, Any]:
     """Map ``parse_infotext`` output to request fields with A1111 names and proper types.
 
+    ``ControlNet N`` keys (sd-webui-controlnet's) become ``controlnet_units``: a list of
+    ``ControlNetUnit`` without images, unit N at index N (see ``modules.controlnet.params``).
     Only keys present in ``parsed`` produce fields, except ``enable_hr``, which is always set:
     True when the infotext carries hires-fix parameters (``Hires upscale``, ``Hires resize`` or
     ``Hires upscaler``). Legacy sampler names such as ``DPM++ 2M Karras`` are passed on as they
@@ -243,6 +246,27 @@ def infotext_to_fields(parsed: dict[str, Any]) -> dict[str, Any]:
         except (ValueError, TypeError, OverflowError):
             unparsed.append(key)
     unparsed.extend(key for key in _SPLIT_KEYS if key in parsed)
+    units = _controlnet_units(parsed, unparsed)
+    if units:
+        fields["controlnet_units"] = units
     fields["enable_hr"] = any(marker in parsed for marker in _HIRES_MARKERS)
     fields["_unparsed"] = unparsed
     return fields
+
+
+def _controlnet_units(parsed: dict[str, Any], unparsed: list[str]) -> list[Any]:
+    """The ControlNet units of the ``ControlNet N`` keys; keys whose value does not read go to ``unparsed``."""
+    keys = [key for key in parsed if _CONTROLNET_KEY_RE.match(key)]
+    if not keys:
+        return []
+    from modules.controlnet.params import units_from_params
+
+    readable = {}
+    for key in keys:
+        try:
+            units_from_params({key: parsed[key]})
+        except ValueError:
+            unparsed.append(key)
+        else:
+            readable[key] = parsed[key]
+    return units_from_params(readable)

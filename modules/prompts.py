@@ -10,6 +10,15 @@ Two layers, usable separately:
    (77 ids) through the text encoder, applies the weights with A1111's "Original" emphasis
    (multiply, then restore the chunk's mean) and concatenates the chunks along the sequence axis.
 
+Two further pieces of A1111's syntax live here too:
+
+3. Extra networks: ``parse_extra_networks`` takes ``<lora:name:0.8>`` tags out of a prompt and
+   returns them (what they mean is ``modules.extra_networks``' job).
+4. Textual-inversion embeddings: ``encode_prompt_pair(..., embeddings={name: vectors})`` finds each
+   embedding's name in the token stream (A1111's rule: the name's own token ids, inside one
+   weighted piece) and puts its vectors in place of that many token embeddings, so weighting such
+   as ``(my-style:1.2)`` applies to them like to any word. An embedding never straddles a chunk.
+
 Deliberate differences from A1111 (which we otherwise follow, to reproduce its images):
 - ``BREAK`` inside brackets still breaks (A1111 multiplies its marker weight and then treats it as
   text); break markers are never weighted or merged.
@@ -21,6 +30,8 @@ Deliberate differences from A1111 (which we otherwise follow, to reproduce its i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +173,112 @@ def split_breaks(parsed: list[tuple[str, float]]) -> list[list[tuple[str, float]
     return segments
 
 
+# --------------------------------------------------------------------------- extra networks
+
+_EXTRA_NETWORK_RE = re.compile(r"<(\w+):([^>]+)>")
+
+
+@dataclass(frozen=True)
+class ExtraNetworkTag:
+    """One ``<kind:arg:arg...>`` tag of a prompt, e.g. ``<lora:name:0.8>`` (kind "lora")."""
+
+    kind: str
+    items: tuple[str, ...]  # the ":"-separated arguments, stripped ("name", "0.8")
+    text: str  # the tag as written
+
+
+def parse_extra_networks(text: str) -> tuple[str, list[ExtraNetworkTag]]:
+    """Remove A1111's extra-network tags (``<kind:args>``) from a prompt; return the text without
+    them and the tags in order. The text around a tag is kept as it was (A1111 does the same)."""
+    tags: list[ExtraNetworkTag] = []
+
+    def take(match: re.Match) -> str:
+        items = tuple(item.strip() for item in match.group(2).split(":"))
+        tags.append(ExtraNetworkTag(match.group(1), items, match.group(0)))
+        return ""
+
+    return _EXTRA_NETWORK_RE.sub(take, text), tags
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+@dataclass(frozen=True, eq=False)
+class TokenVector:
+    """Vector ``index`` of ``count`` of a textual-inversion embedding, in a token's place."""
+
+    name: str
+    index: int
+    count: int
+    vector: torch.Tensor  # [hidden]
+
+
+Token = int | TokenVector
+
+
+class EmbeddingTable:
+    """Textual-inversion embeddings, found in token streams by their names' token ids (A1111's rule).
+
+    ``vectors`` maps a name to a tensor [n_vectors, hidden]. A name matches where its own token
+    ids appear in a row (the tokenizer lower-cases, so ``My-Style`` matches ``my-style``); where two
+    names could match at one place, the longer wins.
+    """
+
+    def __init__(self, tokenizer: Any, vectors: Mapping[str, torch.Tensor]) -> None:
+        self.vectors = dict(vectors)
+        self._by_first: dict[int, list[tuple[tuple[int, ...], str]]] = {}
+        for name in self.vectors:
+            ids = tuple(_token_ids(tokenizer, name))
+            if ids:
+                self._by_first.setdefault(ids[0], []).append((ids, name))
+        for candidates in self._by_first.values():
+            candidates.sort(key=lambda c: -len(c[0]))
+
+    def match(self, ids: list[int], position: int) -> tuple[str, int] | None:
+        """(name, number of ids it covers) of the embedding starting at ``position``, if one does."""
+        for candidate, name in self._by_first.get(ids[position], ()):
+            if tuple(ids[position : position + len(candidate)]) == candidate:
+                return name, len(candidate)
+        return None
+
+    def substitute(self, ids: list[int]) -> list[Token]:
+        """``ids`` with every embedding name replaced by that embedding's vectors."""
+        out: list[Token] = []
+        position = 0
+        while position < len(ids):
+            found = self.match(ids, position)
+            if found is None:
+                out.append(ids[position])
+                position += 1
+                continue
+            name, length = found
+            rows = self.vectors[name]
+            out.extend(TokenVector(name, i, rows.shape[0], rows[i]) for i in range(rows.shape[0]))
+            position += length
+        return out
+
+    def names_in(self, ids: list[int]) -> list[str]:
+        """The embedding names found in ``ids``, in order of first appearance."""
+        names: list[str] = []
+        for token in self.substitute(ids):
+            if isinstance(token, TokenVector) and token.name not in names:
+                names.append(token.name)
+        return names
+
+
+def embeddings_in_text(tokenizer: Any, text: str, names: list[str]) -> list[str]:
+    """Which of ``names`` a prompt mentions (by the same token rule the encoder uses), in order."""
+    if not names:
+        return []
+    table = EmbeddingTable(tokenizer, {name: torch.zeros(1, 1) for name in names})
+    found: list[str] = []
+    for piece, _ in parse_prompt_attention(text):
+        for name in table.names_in(_token_ids(tokenizer, piece)):
+            if name not in found:
+                found.append(name)
+    return found
+
+
 # --------------------------------------------------------------------------- tokenizing
 
 
@@ -202,18 +319,29 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def _split_into_chunks(
-    pairs: list[tuple[int, float]], comma_id: int | None, comma_backtrack: int
-) -> list[list[tuple[int, float]]]:
+    pairs: list[tuple[Token, float]], comma_id: int | None, comma_backtrack: int
+) -> list[list[tuple[Token, float]]]:
     """Cut one BREAK-free run of tokens into chunks of ≤75; always returns at least one chunk.
 
     When a chunk is full and the last comma is within ``comma_backtrack`` tokens of its end,
-    the tokens after that comma move to the next chunk (A1111's comma padding backtrack).
+    the tokens after that comma move to the next chunk (A1111's comma padding backtrack). An
+    embedding's vectors that would not fit in the current chunk start the next one (A1111 too).
     """
-    chunks: list[list[tuple[int, float]]] = []
-    current: list[tuple[int, float]] = []
+    chunks: list[list[tuple[Token, float]]] = []
+    current: list[tuple[Token, float]] = []
     last_comma = -1
     for pair in pairs:
-        if pair[0] == comma_id:
+        token = pair[0]
+        if (
+            isinstance(token, TokenVector)
+            and token.index == 0
+            and token.count <= CHUNK_TOKENS
+            and len(current) + token.count > CHUNK_TOKENS
+        ):
+            chunks.append(current)
+            current = []
+            last_comma = -1
+        if token == comma_id:
             last_comma = len(current)
         elif (
             len(current) == CHUNK_TOKENS
@@ -234,18 +362,24 @@ def _split_into_chunks(
 
 
 def tokenize_weighted(
-    tokenizer: Any, text: str, comma_backtrack: int = COMMA_BACKTRACK
-) -> list[list[tuple[int, float]]]:
-    """Parse ``text`` and return chunks of ≤75 (token id, weight) pairs, without BOS/EOS.
+    tokenizer: Any, text: str, comma_backtrack: int = COMMA_BACKTRACK, embeddings: EmbeddingTable | None = None
+) -> list[list[tuple[Token, float]]]:
+    """Parse ``text`` and return chunks of ≤75 (token, weight) pairs, without BOS/EOS.
 
-    Every BREAK ends the current chunk (even an empty one, as A1111 does); a trailing BREAK
-    adds nothing. An empty prompt gives one empty chunk.
+    A token is an id, or a ``TokenVector`` where ``embeddings`` names an embedding. Every BREAK
+    ends the current chunk (even an empty one, as A1111 does); a trailing BREAK adds nothing. An
+    empty prompt gives one empty chunk.
     """
     comma_id = tokenizer.get_vocab().get(COMMA_TOKEN)
     segments = split_breaks(parse_prompt_attention(text))
-    chunks: list[list[tuple[int, float]]] = []
+    chunks: list[list[tuple[Token, float]]] = []
+
+    def tokens_of(piece: str) -> list[Token]:
+        ids = _token_ids(tokenizer, piece)
+        return embeddings.substitute(ids) if embeddings is not None else list(ids)
+
     for index, segment in enumerate(segments):
-        pairs = [(token, weight) for piece, weight in segment for token in _token_ids(tokenizer, piece)]
+        pairs = [(token, weight) for piece, weight in segment for token in tokens_of(piece)]
         is_last = index == len(segments) - 1
         if is_last and not pairs and chunks:
             break
@@ -253,7 +387,7 @@ def tokenize_weighted(
     return chunks
 
 
-def _check_length(chunks: list[list[tuple[int, float]]], limits: PromptLimits) -> None:
+def _check_length(chunks: list[list[tuple[Token, float]]], limits: PromptLimits) -> None:
     """Raise PromptTooLong if ``chunks`` exceed ``limits``."""
     if len(chunks) > limits.max_chunks:
         token_count = sum(len(chunk) for chunk in chunks)
@@ -277,16 +411,51 @@ def _check_clip_skip(text_encoder: Any, clip_skip: int) -> None:
 
 
 def _chunk_tensors(
-    tokenizer: Any, chunks: list[list[tuple[int, float]]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids [n, 77] (``BOS + tokens + pad``) and float32 weights [n, 77] (1.0 on BOS/pad)."""
+    tokenizer: Any, chunks: list[list[tuple[Token, float]]]
+) -> tuple[torch.Tensor, torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
+    """Token ids [n, 77] (``BOS + tokens + pad``), float32 weights [n, 77] (1.0 on BOS/pad) and the
+    embedding vectors by (chunk, position). An embedding's positions hold the BOS id as a
+    placeholder: never the EOS id, which marks where CLIP's pooled output is taken."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, weights = [], []
-    for chunk in chunks:
+    vectors: dict[tuple[int, int], torch.Tensor] = {}
+    for row, chunk in enumerate(chunks):
         padding = CHUNK_TOKENS + 1 - len(chunk)
-        ids.append([tokenizer.bos_token_id] + [token for token, _ in chunk] + [pad_id] * padding)
+        tokens = []
+        for column, (token, _) in enumerate(chunk, start=1):
+            if isinstance(token, TokenVector):
+                vectors[(row, column)] = token.vector
+                token = tokenizer.bos_token_id
+            tokens.append(token)
+        ids.append([tokenizer.bos_token_id] + tokens + [pad_id] * padding)
         weights.append([1.0] + [weight for _, weight in chunk] + [1.0] * padding)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32), vectors
+
+
+@contextmanager
+def _vectors_in_place(text_encoder: Any, vectors: dict[tuple[int, int], torch.Tensor]) -> Iterator[None]:
+    """While encoding, the token-embedding layer's output holds ``vectors`` at their (chunk, position).
+
+    A forward hook on ``get_input_embeddings()``, registered for this one call and removed after:
+    the model itself is never changed (A1111 swaps the layer's forward for the same purpose).
+    """
+    if not vectors:
+        yield
+        return
+    rows = torch.tensor([row for row, _ in vectors])
+    columns = torch.tensor([column for _, column in vectors])
+    stacked = torch.stack(list(vectors.values()))
+
+    def put_vectors(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[rows.to(output.device), columns.to(output.device)] = stacked.to(output.device, output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(put_vectors)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -295,22 +464,23 @@ def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     original_mean = z32.mean(dim=(1, 2), keepdim=True)
     weighted = z32 * weights.to(z32.device)[:, :, None]
     new_mean = weighted.mean(dim=(1, 2), keepdim=True)
-    safe_mean = torch.where(new_mean == 0, original_mean, new_mean)  # all-zero: leave unscaled
-    restored = weighted * (original_mean / safe_mean)
-    return restored.to(z.dtype)
+    # a mean of exactly 0 (a LayerNorm without bias can give one) would divide 0 by 0: leave unscaled
+    zero = new_mean == 0
+    ratio = torch.where(zero, torch.ones_like(new_mean), original_mean / torch.where(zero, torch.ones_like(new_mean), new_mean))
+    return (weighted * ratio).to(z.dtype)
 
 
 def _encode_chunks(
     tokenizer: Any,
     text_encoder: Any,
-    chunks: list[list[tuple[int, float]]],
+    chunks: list[list[tuple[Token, float]]],
     clip_skip: int,
     device: torch.device | str | None,
 ) -> torch.Tensor:
     """Run every chunk through the text encoder and return weighted embeddings [1, 77*n, hidden]."""
-    ids, weights = _chunk_tensors(tokenizer, chunks)
+    ids, weights, vectors = _chunk_tensors(tokenizer, chunks)
     target = torch.device(device) if device is not None else text_encoder.device
-    with torch.no_grad():
+    with torch.no_grad(), _vectors_in_place(text_encoder, vectors):
         output = text_encoder(input_ids=ids.to(target), output_hidden_states=clip_skip > 1)
         if clip_skip > 1:
             z = _final_layer_norm(text_encoder)(output.hidden_states[-clip_skip])
@@ -340,6 +510,21 @@ def encode_prompt(
     return _encode_chunks(tokenizer, text_encoder, chunks, clip_skip, device)
 
 
+def _embedding_table(
+    tokenizer: Any, text_encoder: Any, embeddings: Mapping[str, torch.Tensor] | None
+) -> EmbeddingTable | None:
+    """An EmbeddingTable for ``embeddings``, after checking their width against the encoder's."""
+    if not embeddings:
+        return None
+    width = text_encoder.get_input_embeddings().embedding_dim
+    for name, rows in embeddings.items():
+        if rows.ndim != 2 or rows.shape[1] != width:
+            raise ValueError(
+                f"embedding {name!r} has vectors of shape {tuple(rows.shape)}; this text encoder takes [n, {width}]"
+            )
+    return EmbeddingTable(tokenizer, embeddings)
+
+
 def encode_prompt_pair(
     tokenizer: Any,
     text_encoder: Any,
@@ -348,14 +533,18 @@ def encode_prompt_pair(
     clip_skip: int = 1,
     limits: PromptLimits = PromptLimits(),
     device: torch.device | str | None = None,
+    embeddings: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode prompt and negative prompt, padding the shorter with empty chunks to equal length.
 
     Equal shapes let classifier-free guidance concatenate them into one batch, as in A1111.
+    ``embeddings`` (name -> [n_vectors, hidden]) are textual-inversion embeddings to use where
+    their names appear; their width must be the text encoder's (ValueError otherwise).
     """
     _check_clip_skip(text_encoder, clip_skip)
-    positive_chunks = tokenize_weighted(tokenizer, prompt, limits.comma_backtrack)
-    negative_chunks = tokenize_weighted(tokenizer, negative, limits.comma_backtrack)
+    table = _embedding_table(tokenizer, text_encoder, embeddings)
+    positive_chunks = tokenize_weighted(tokenizer, prompt, limits.comma_backtrack, table)
+    negative_chunks = tokenize_weighted(tokenizer, negative, limits.comma_backtrack, table)
     _check_length(positive_chunks, limits)
     _check_length(negative_chunks, limits)
     count = max(len(positive_chunks), len(negative_chunks))

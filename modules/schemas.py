@@ -31,6 +31,72 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+CONTROL_RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+MAX_CONTROLNET_UNITS = 3
+
+
+def _index_or_name(v: Any, names: tuple[str, ...], field_name: str) -> int:
+    """An enum field given as its index (0, 1, 2) or its name ("Crop and Resize", any case)."""
+    if isinstance(v, bool):
+        raise ValueError(f"{field_name} must be one of {list(names)} or 0..{len(names) - 1} (got {v!r})")
+    if isinstance(v, int):
+        if 0 <= v < len(names):
+            return v
+    elif isinstance(v, str):
+        lowered = [n.lower() for n in names]
+        if v.strip().lower() in lowered:
+            return lowered.index(v.strip().lower())
+        if v.strip().isdigit() and int(v) < len(names):
+            return int(v)
+    raise ValueError(f"must be one of {list(names)} or 0..{len(names) - 1} (got {v!r})")
+
+
+class ControlNetUnit(BaseModel):
+    """One ControlNet unit, with the field names of sd-webui-controlnet's API.
+
+    ``image`` is a PIL image (the HTTP API decodes base64 first), or None to use the request's
+    init image (img2img). ``module`` is the preprocessor ("none" uses the image as the map);
+    ``threshold_a``/``threshold_b`` are the preprocessor's two parameters, -1 for its defaults
+    (canny: low/high thresholds). ``resize_mode`` and ``control_mode`` take the index or the name.
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    enabled: bool = True
+    module: str = "none"
+    model: str = "None"
+    weight: float = Field(1.0, ge=0.0, le=2.0)
+    image: Any = Field(None, description="PIL image; None = the init image (img2img)")
+    resize_mode: int = Field(1, description="0 Just Resize, 1 Crop and Resize, 2 Resize and Fill (or the name)")
+    low_vram: bool = False
+    processor_res: int = Field(512, ge=-1, le=4096, description="preprocessor resolution; -1 = 512")
+    threshold_a: float = Field(-1.0, description="preprocessor parameter a; -1 = its default")
+    threshold_b: float = Field(-1.0, description="preprocessor parameter b; -1 = its default")
+    guidance_start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps where the unit starts")
+    guidance_end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where the unit stops")
+    control_mode: int = Field(0, description="0 Balanced, 1 My prompt is more important, 2 ControlNet is more important")
+    pixel_perfect: bool = False
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _resize_mode(cls, v: Any) -> int:
+        return _index_or_name(v, CONTROL_RESIZE_MODES, "resize_mode")
+
+    @field_validator("control_mode", mode="before")
+    @classmethod
+    def _control_mode(cls, v: Any) -> int:
+        return _index_or_name(v, CONTROL_MODES, "control_mode")
+
+    @field_validator("guidance_end")
+    @classmethod
+    def _end_after_start(cls, v: float, info) -> float:
+        start = info.data.get("guidance_start", 0.0)
+        if v < start:
+            raise ValueError(f"must not be below guidance_start ({start}); got {v}")
+        return v
+
+
 class GenerationRequest(BaseModel):
     """Fields shared by every generation mode (A1111's StableDiffusionProcessing)."""
 
@@ -60,6 +126,9 @@ class GenerationRequest(BaseModel):
     send_images: bool = True
     override_settings: dict[str, Any] = Field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
+    controlnet_units: list[ControlNetUnit] = Field(
+        default_factory=list, max_length=MAX_CONTROLNET_UNITS, description="ControlNet units (disabled ones are ignored)"
+    )
 
     @field_validator("width", "height")
     @classmethod

@@ -8,6 +8,8 @@ touches the device. Clients (CLI, UI, API) only build requests and call ``submit
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,10 @@ from typing import Any
 from modules import devices
 from modules.checkpoints import CheckpointError, CheckpointRegistry, HashCache, scan_vaes
 from modules.config import Settings
+from modules.controlnet import detect as controlnet_detect
+from modules.controlnet import runtime as controlnet_runtime
+from modules.controlnet.models import ControlNetInfo, LoadedControlNet, find_controlnet, scan_controlnets
+from modules.extra_networks import ExtraNetworks, build_extra_networks
 from modules.images import ImageSaver
 from modules.jobs import Job, JobQueue
 from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, native_size_hint
@@ -63,6 +69,7 @@ class Services:
     models: ModelManager
     saver: ImageSaver
     queue: JobQueue
+    networks: ExtraNetworks  # LoRA files and embeddings for prompts
     _selected: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,6 +112,31 @@ class Services:
             raise RequestError(f"sd_vae: {name!r} is not in models/VAE; choose Automatic, None or one of: {choices}")
         return name
 
+    # -- ControlNet ------------------------------------------------------------------------
+    @property
+    def controlnet_dir(self) -> Path:
+        """``models/ControlNet`` (annotator weights for the preprocessors in its ``annotators/``)."""
+        return self.settings.models_dir / "ControlNet"
+
+    def controlnet_infos(self) -> list[ControlNetInfo]:
+        """The ControlNets in models/ControlNet, rescanned at each call (a new file shows up at once)."""
+        return scan_controlnets(self.controlnet_dir)
+
+    @contextmanager
+    def use_controlnet(self, title: str, field: str = "controlnet model") -> Iterator[LoadedControlNet]:
+        """The ControlNet ``title`` names, locked in the model cache and on the compute device for the block.
+
+        It comes in the runtime dtype; with medvram/lowvram on an accelerator it visits the
+        device only inside the block (see ``modules.controlnet.runtime``). "None" or an unknown
+        title is a RequestError naming ``field``.
+        """
+        info = find_controlnet(title, self.controlnet_infos(), field)
+        if info is None:
+            raise RequestError(f"{field}: no ControlNet model chosen (None); choose one of the installed models")
+        with self.models.use(controlnet_runtime.controlnet_key(info.name)) as loaded:
+            with controlnet_runtime.on_device_while_used(loaded, self.runtime.device, self.runtime.memory_mode):
+                yield loaded
+
     # -- settings (added for the HTTP API's POST /sdapi/v1/options) -------------------------
     def update_settings(self, new_settings: Settings) -> None:
         """Replace the settings: jobs that start from now on see them; a running job keeps its own.
@@ -138,8 +170,10 @@ class Services:
         runner = RUNNERS[job.kind]
         if job.kind in MODEL_FREE:
             return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
-        with self.models.use(model_key(job.request.sd_model_checkpoint, job.request.sd_vae)) as model:
-            ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION)
+        key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
+        with self.models.use(key) as model, self.networks.for_job(model) as networks:  # LoRAs out after
+            ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
+                             networks=networks)
             return runner(job.request, ctx)
 
     def close(self) -> None:
@@ -153,8 +187,9 @@ RUNNERS = {
     "inpaint": img2img.run,
     "outpaint": outpaint.run,
     "extras": extras.run,
+    "controlnet_detect": controlnet_detect.run,  # preprocessor preview (POST /controlnet/detect, the UI)
 }
-MODEL_FREE = {"extras"}  # job kinds that load no checkpoint
+MODEL_FREE = {"extras", "controlnet_detect"}  # job kinds that load no checkpoint
 
 
 VAE_MARK = " + VAE "
@@ -187,14 +222,27 @@ def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, key:
 
 def build_services(settings: Settings, start: bool = True) -> Services:
     runtime = make_runtime(settings)
-    registry = CheckpointRegistry(settings.checkpoint_dirs, HashCache(settings.cache_dir / "hashes.json"))
+    hashes = HashCache(settings.cache_dir / "hashes.json")
+    registry = CheckpointRegistry(settings.checkpoint_dirs, hashes)
 
-    def move(model: LoadedModel, device: str) -> None:
+    controlnet_dir = settings.models_dir / "ControlNet"
+
+    def load(key: str) -> LoadedModel | LoadedControlNet:
+        if controlnet_runtime.is_controlnet_key(key):
+            return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention)
+        return load_model_for(runtime, registry, key, settings.models_dir / "VAE")
+
+    def move(model: LoadedModel | LoadedControlNet, device: str) -> None:
+        if isinstance(model, LoadedControlNet):
+            controlnet_runtime.move(model, device, runtime.memory_mode)
+            return
         mode = runtime.memory_mode if device != "cpu" else "normal"
         devices.apply_memory_mode(model.pipe, mode, device)
         devices.apply_vae_tiling(model.pipe, settings.vae_tiling, settings.vae_slicing)
 
     def estimate(key: str) -> int:
+        if controlnet_runtime.is_controlnet_key(key):
+            return controlnet_runtime.estimate_bytes(key, controlnet_dir)
         try:
             info = registry.get(split_model_key(key)[0])
         except CheckpointError:
@@ -202,7 +250,7 @@ def build_services(settings: Settings, start: bool = True) -> Services:
         return info.path.stat().st_size if info.kind == "single" else 0
 
     models = ModelManager(
-        load=lambda key: load_model_for(runtime, registry, key, settings.models_dir / "VAE"),
+        load=load,
         size_of=lambda m: m.size_bytes(),
         move=move,
         probe=devices.TorchMemoryProbe(),
@@ -213,7 +261,7 @@ def build_services(settings: Settings, start: bool = True) -> Services:
     )
     holder: dict[str, Services] = {}
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue)
-    services = Services(settings, runtime, registry, models, ImageSaver(), queue)
+    services = Services(settings, runtime, registry, models, ImageSaver(), queue, build_extra_networks(settings, hashes))
     holder["s"] = services
     if start:
         queue.start()

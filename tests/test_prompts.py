@@ -257,3 +257,13 @@ def test_dtype_is_respected(tokenizer, text_encoder):
     assert z.dtype == torch.bfloat16 and z.device.type == "cpu"
     reference = encode_prompt(tokenizer, text_encoder, "a (red:1.2) cat")
     torch.testing.assert_close(z.float(), reference, atol=0.1, rtol=0.05)
+
+
+def test_weighting_a_chunk_whose_mean_is_exactly_zero_gives_no_nan():
+    from modules.prompts import _apply_weights
+
+    z = torch.tensor([[[1.0, -1.0], [2.0, -2.0]]])  # mean exactly 0
+    for weights in (torch.ones(1, 2), torch.tensor([[1.0, 1.5]])):
+        out = _apply_weights(z, weights)
+        assert not torch.isnan(out).any()
+    assert torch.equal(_apply_weights(z, torch.ones(1, 2)), z)

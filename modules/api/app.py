@@ -4,6 +4,7 @@ from fastapi import APIRouter, FastAPI
 
 from modules.services import VERSION, Services
 
+from .controlnet import create_controlnet_router
 from .errors import install_error_handlers
 from .guard import MAX_BODY_BYTES, ApiGuard
 from .jobs_api import create_jobs_router
@@ -15,6 +16,8 @@ Easel's HTTP API.
 * **/sdapi/v1**: AUTOMATIC1111's API (same paths, field names and defaults). Generation routes
   wait for their job; `info` in their answer is a JSON string.
 * **/easel/v1/jobs**: submit a job and get its id at once (202), poll it, cancel it.
+* **/controlnet**: sd-webui-controlnet's routes: `model_list`, `module_list`, `version`, `settings`
+  and `detect` (run a preprocessor; the control maps come back as base64 PNGs).
 
 Every job goes through one FIFO queue; a model switch (`POST /sdapi/v1/options` with
 `sd_model_checkpoint`) is a job too, so jobs queued before it still run on the old model.
@@ -30,6 +33,7 @@ def create_api(services: Services) -> APIRouter:
     router = APIRouter()
     router.include_router(create_sdapi_router(services))
     router.include_router(create_jobs_router(services))
+    router.include_router(create_controlnet_router(services))
     return router
 
 
@@ -51,7 +55,7 @@ def create_app(services: Services, api_auth: list[tuple[str, str]] | None = None
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """A plain FastAPI app serving the API, documented at /docs (OpenAPI schema at /openapi.json).
 
-    With ``api_auth`` every /sdapi and /easel route needs one of those HTTP Basic credentials;
+    With ``api_auth`` every /sdapi, /easel and /controlnet route needs one of those HTTP Basic credentials;
     /docs and /openapi.json stay open (they hold no data).
     """
     app = FastAPI(title="Easel API", version=VERSION, description=DESCRIPTION, docs_url="/docs")

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ValidationError
 from modules import samplers
 from modules.config import Settings
 from modules.images import decode_image, encode_image_base64
-from modules.schemas import GenerationRequest, GenerationResult, RequestError
+from modules.schemas import MAX_CONTROLNET_UNITS, ControlNetUnit, GenerationRequest, GenerationResult, RequestError
 
 # A1111 options that a request's override_settings may set, and the request field each becomes.
 # sd_model_checkpoint stays in override_settings: Services.submit reads it from there.
 OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip"}
+CONTROLNET_SCRIPT = "controlnet"  # sd-webui-controlnet's always-on script name
 
 
 def field_error(loc: tuple[Any, ...], message: str, value: Any = None) -> RequestValidationError:
@@ -47,10 +48,14 @@ def check_no_scripts(body: BaseModel) -> None:
 
 
 def check_no_alwayson(body: BaseModel) -> None:
-    """Easel has no always-on scripts and no face restoration: asking for them is a 422."""
-    if getattr(body, "alwayson_scripts", None):
-        names = ", ".join(body.alwayson_scripts)
-        raise field_error(("alwayson_scripts",), f"always-on script(s) {names} not found; this server has none")
+    """Always-on scripts other than ControlNet (on txt2img/img2img bodies) and face restoration are a 422."""
+    scripts = getattr(body, "alwayson_scripts", None) or {}
+    generation = "controlnet_units" in type(body).model_fields
+    unknown = [name for name in scripts if not (generation and str(name).lower() == CONTROLNET_SCRIPT)]
+    if unknown:
+        names = ", ".join(map(str, unknown))
+        have = f"this route has {CONTROLNET_SCRIPT!r} only" if generation else "this route has none"
+        raise field_error(("alwayson_scripts",), f"always-on script(s) {names} not found; {have}")
     for name in ("gfpgan_visibility", "codeformer_visibility"):
         if getattr(body, name, 0):
             raise field_error((name,), "face restoration is not available in Easel; use 0")
@@ -177,11 +182,98 @@ def info_json(result: GenerationResult, request: Any, job_timestamp: float | Non
 
 
 def parameters_of(body: BaseModel, hide_images: bool = True) -> dict[str, Any]:
-    """A1111's ``parameters``: the request as understood; input images left out unless asked for."""
+    """A1111's ``parameters``: the request as understood; input images (ControlNet units' too) left out unless asked for."""
     params = body.model_dump(mode="json")
     if hide_images and not params.get("include_init_images"):
         for name in ("init_images", "mask", "image"):
             if name in params:
                 params[name] = None
+        units = [*params.get("controlnet_units", [])]
+        for name, script in (params.get("alwayson_scripts") or {}).items():
+            if str(name).lower() == CONTROLNET_SCRIPT and isinstance(script, dict) and isinstance(script.get("args"), list):
+                script["args"] = [dict(a) if isinstance(a, dict) else a for a in script["args"]]
+                units.extend(script["args"])
+        for unit in units:
+            for name in ("image", "input_image", "mask"):
+                if isinstance(unit, dict) and unit.get(name):
+                    unit[name] = None
     return params
+
+
+# ---------------------------------------------------------------------------------------------
+# ControlNet units: sd-webui-controlnet's ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``
+
+# a drawn mask counts when it is neither all black nor all white (the extension's rule; a canvas
+# with nothing drawn can come with a few off-white pixels)
+MASK_EMPTY_BELOW, MASK_FULL_ABOVE = 5, 250
+
+
+def controlnet_units_of(body: BaseModel, where: tuple[Any, ...] = ()) -> list[ControlNetUnit]:
+    """The body's ControlNet units, images decoded: from ``alwayson_scripts.controlnet.args`` (the
+    extension's unit objects) or from Easel's own ``controlnet_units``, not both.
+
+    A unit's ``image`` is base64 text (raw or a data URL), ``{"image": b64, "mask": b64}``, or
+    empty/None for the img2img init image; ``input_image`` is the extension's old name for it. A
+    mask that holds a drawing (a scribble on the extension's canvas) is the map itself, with the
+    preprocessor "none", as the extension does. Units given as positional lists (the extension's
+    oldest form) and bad fields are 422s naming ``alwayson_scripts.controlnet.args.N.field``
+    (under ``where``, the body's place in the HTTP body).
+    """
+    scripts = getattr(body, "alwayson_scripts", None) or {}
+    key = next((name for name in scripts if str(name).lower() == CONTROLNET_SCRIPT), None)
+    own = list(getattr(body, "controlnet_units", None) or [])
+    if key is None:
+        return [_decoded_unit(u.model_dump(), (*where, "controlnet_units", i)) for i, u in enumerate(own)]
+    if own:
+        raise field_error((*where, "controlnet_units"),
+                          "give ControlNet units either here or in alwayson_scripts.controlnet, not both")
+    script = scripts[key]
+    if not isinstance(script, dict) or not isinstance(script.get("args"), list):
+        raise field_error((*where, "alwayson_scripts", key), 'must be {"args": [unit, ...]}, each unit an object with the'
+                          " extension's field names (enabled, module, model, weight, image, ...)", script)
+    args = script["args"]
+    loc = (*where, "alwayson_scripts", key, "args")
+    if len(args) > MAX_CONTROLNET_UNITS:
+        raise field_error(loc, f"{len(args)} units; at most {MAX_CONTROLNET_UNITS}", len(args))
+    units = []
+    for i, arg in enumerate(args):
+        if not isinstance(arg, dict):
+            raise field_error((*loc, i), "a unit is an object with the extension's field names (enabled, module, model,"
+                              " weight, image, ...); units as positional lists are not accepted", arg)
+        units.append(_decoded_unit(arg, (*loc, i)))
+    return units
+
+
+def _decoded_unit(fields: dict[str, Any], loc: tuple[Any, ...]) -> ControlNetUnit:
+    """One unit from its JSON fields, its image decoded; 422 naming ``loc.field`` when something is wrong."""
+    data = dict(fields)
+    if not data.get("image") and data.get("input_image"):
+        data["image"] = data["input_image"]
+    image = data.get("image")
+    mask = data.get("mask")
+    if isinstance(image, dict):
+        image, mask = image.get("image"), image.get("mask") or mask
+        where = (*loc, "image", "image")
+    else:
+        where = (*loc, "image")
+    if isinstance(image, Image.Image):  # already decoded (a core request sent through twice)
+        data["image"] = image
+    elif not image:
+        data["image"] = None
+    elif isinstance(image, str):
+        data["image"] = decode_field(image, where)
+    else:
+        raise field_error(where, "must be base64 image data, a data:image/...;base64, URL or"
+                          ' {"image": ..., "mask": ...}', str(image)[:64])
+    if isinstance(mask, str) and mask:
+        drawn = decode_field(mask, (*loc, "mask")).convert("L")
+        low, high = drawn.getextrema()
+        if not (high <= MASK_EMPTY_BELOW or low >= MASK_FULL_ABOVE):
+            data["image"], data["module"] = drawn.convert("RGB"), "none"
+    try:
+        return ControlNetUnit.model_validate(data)
+    except ValidationError as err:
+        errors = [{"type": e["type"], "loc": ("body", *loc, *e["loc"]), "msg": e["msg"], "input": e.get("input")}
+                  for e in err.errors()]
+        raise RequestValidationError(errors) from None
 

@@ -1,6 +1,6 @@
 """The gate in front of every API route: HTTP Basic credentials (``--api-auth``) and a body size limit.
 
-``ApiGuard`` is a plain ASGI middleware. It looks only at paths under ``/sdapi/`` and ``/easel/``
+``ApiGuard`` is a plain ASGI middleware. It looks only at paths under ``/sdapi/``, ``/easel/`` and ``/controlnet/``
 (the web UI mounted on the same app keeps its own ``--gradio-auth`` and upload rules) and, in
 order:
 
@@ -28,7 +28,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-API_PREFIXES = ("/sdapi/", "/easel/")
+API_PREFIXES = ("/sdapi/", "/easel/", "/controlnet/")
 MAX_BODY_BYTES = 50 * 1024 * 1024  # 50 MiB: a few large base64 images with room to spare
 REALM = "Easel API"
 

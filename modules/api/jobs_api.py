@@ -14,7 +14,16 @@ from modules.jobs import Job, JobState
 from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, OutpaintRequest, Txt2ImgRequest
 from modules.services import Services
 
-from .convert import build_core_request, check_limits, check_sampler, decode_field, encode_images, field_error, info_dict
+from .convert import (
+    build_core_request,
+    check_limits,
+    check_sampler,
+    controlnet_units_of,
+    decode_field,
+    encode_images,
+    field_error,
+    info_dict,
+)
 from .errors import JobNotFound
 from .models import JobCancelResponse, JobCreated, JobProgress, JobResult, JobStatus, JobSubmission
 
@@ -26,16 +35,17 @@ CORE_TYPES: dict[str, type] = {
 
 
 def decoded_images(kind: str, request: Any) -> dict[str, Any]:
-    """The request's base64 image fields decoded; a bad one is a 422 naming ``request.<field>``."""
+    """The request's base64 image fields (ControlNet units' too) decoded; a bad one is a 422 naming ``request.<field>``."""
+    units = {"controlnet_units": controlnet_units_of(request, ("request",))} if kind != "extras" else {}
     if kind in ("img2img", "outpaint"):
         if not request.init_images:
             raise field_error(("request", "init_images"), "at least one image is required (base64 or a data: URL)")
         images = [decode_field(text, ("request", "init_images", i)) for i, text in enumerate(request.init_images)]
         mask = decode_field(request.mask, ("request", "mask")) if kind == "img2img" and request.mask else None
-        return {"init_images": images, "mask": mask}
+        return {"init_images": images, "mask": mask, **units}
     if kind == "extras":
         return {"image": decode_field(request.image, ("request", "image"))}
-    return {}
+    return units
 
 
 def find_job(services: Services, job_id: str) -> Job:

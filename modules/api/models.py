@@ -12,7 +12,7 @@ every core field, validator and limit, and change only what A1111's API does dif
   are ignored. So ``override_settings_restore_afterwards=False`` does not make them stick as in A1111;
 - ``script_name``/``script_args``: the scripts of ``GET /sdapi/v1/scripts`` ("outpainting mk2" on
   img2img, "x/y/z plot" on both) with A1111's positional args; any other name is a 422 listing
-  them. ``alwayson_scripts`` must be empty (Easel has none).
+  them. ``alwayson_scripts`` takes ``controlnet`` only (sd-webui-controlnet's ``{"args": [unit, ...]}``).
 
 One deliberate difference: with neither ``sampler_name`` nor ``sampler_index`` given, the sampler
 is the settings' ``default_sampler`` (A1111 falls back to ``sampler_index``'s default "Euler").
@@ -37,7 +37,8 @@ class ScriptFields(BaseModel):
 
     script_name: str | None = Field(None, description="A1111 script title from GET /sdapi/v1/scripts (case-insensitive)")
     script_args: list[Any] = Field(default_factory=list, description="positional arguments of script_name, as A1111's")
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="A1111 always-on scripts (must be empty)")
+    alwayson_scripts: dict[str, Any] = Field(
+        default_factory=dict, description='A1111 always-on scripts: only {"controlnet": {"args": [unit, ...]}}')
     force_task_id: str | None = Field(None, description="accepted and ignored")
     infotext: str | None = Field(None, description="accepted and ignored")
 

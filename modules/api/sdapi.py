@@ -21,13 +21,14 @@ from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, Req
 from modules.services import Services
 from modules.styles import STYLES_FILE, load_styles
 
+from . import networks_api, scripts
 from . import options as options_api
-from . import scripts
 from .convert import (
     build_core_request,
     check_limits,
     check_no_scripts,
     check_sampler,
+    controlnet_units_of,
     decode_field,
     encode_images,
     field_error,
@@ -207,9 +208,11 @@ def create_sdapi_router(services: Services) -> APIRouter:
         """Text to image; waits in the queue like every job. ``info`` is a JSON string.
 
         ``script_name`` "x/y/z plot" with A1111's ``script_args`` makes a grid (see /sdapi/v1/scripts).
+        ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``: ControlNet units, as sd-webui-controlnet takes them.
         """
         script = scripts.script_of(body, "txt2img")
-        core = build_core_request(Txt2ImgRequest, body, services.settings)
+        units = controlnet_units_of(body)
+        core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units})
         check_sampler(core, services.settings)
         if script == scripts.XYZ_PLOT:
             return grid_response(services, "txt2img", core, body)
@@ -221,18 +224,22 @@ def create_sdapi_router(services: Services) -> APIRouter:
         """Image to image; with ``mask`` it is inpainting (mask_blur, inpainting_fill, inpaint_full_res, ...).
 
         ``script_name`` "outpainting mk2" or "x/y/z plot" with A1111's ``script_args`` runs that script.
+        ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``: ControlNet units; a unit without an image uses
+        the init image.
         """
         script = scripts.script_of(body, "img2img")
         if not body.init_images:
             raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
         images = [decode_field(text, ("init_images", i)) for i, text in enumerate(body.init_images)]
+        units = controlnet_units_of(body)
         if script == scripts.OUTPAINTING:
-            core = scripts.build_outpaint(body, images, services.settings)
+            core = scripts.build_outpaint(body, images, services.settings).model_copy(update={"controlnet_units": units})
             check_sampler(core, services.settings)
             check_limits([core], services.settings)
             return generation_response(services.submit("outpaint", core), core, body)
         mask = decode_field(body.mask, ("mask",)) if body.mask else None
-        core = build_core_request(Img2ImgRequest, body, services.settings, {"init_images": images, "mask": mask})
+        core = build_core_request(Img2ImgRequest, body, services.settings,
+                                  {"init_images": images, "mask": mask, "controlnet_units": units})
         check_sampler(core, services.settings)
         if script == scripts.XYZ_PLOT:
             return grid_response(services, "img2img", core, body)
@@ -343,14 +350,21 @@ def create_sdapi_router(services: Services) -> APIRouter:
         return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
 
     @router.get("/embeddings", response_model=EmbeddingsResponse)
-    async def get_embeddings() -> EmbeddingsResponse:
-        """Textual-inversion embeddings are not loaded yet: always empty."""
-        return EmbeddingsResponse()
+    def get_embeddings() -> EmbeddingsResponse:
+        """The embeddings folder's textual-inversion embeddings: ``loaded`` fit the selected checkpoint's
+        text encoder, ``skipped`` do not (A1111's shape)."""
+        return EmbeddingsResponse(**networks_api.embeddings_listing(services))
 
     @router.get("/loras")
-    async def get_loras() -> list[dict[str, Any]]:
-        """LoRA files are not listed yet: always empty."""
-        return []
+    def get_loras() -> list[dict[str, Any]]:
+        """The LoRA files of models/Lora: ``name`` (as in ``<lora:name:weight>``), ``alias``, ``path``, ``metadata``."""
+        return networks_api.lora_listing(services)
+
+    @router.post("/refresh-loras")
+    def refresh_loras() -> dict:
+        """Scan the LoRA folder again."""
+        services.networks.loras.refresh()
+        return {}
 
     @router.get("/scripts", response_model=ScriptsList)
     async def get_scripts() -> ScriptsList:

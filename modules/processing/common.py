@@ -79,13 +79,17 @@ def initial_noise(
 def encode_prompts(ctx: RunContext, prompt: str, negative: str, clip_skip: int) -> dict[str, Any]:
     """Keyword arguments for the pipeline call: A1111-weighted embeddings (SD 1.x / 2.x)."""
     pipe = ctx.model.pipe
+    embeddings = None
+    if ctx.networks is not None:  # <lora:...> tags out of the text, those LoRAs on (modules/extra_networks.py)
+        prompt, negative, embeddings = ctx.networks.prepare(prompt, negative)
     if ctx.model.is_sdxl:  # SDXL: the pipeline's own encoder (no A1111 weighting yet)
         return {"prompt": prompt, "negative_prompt": negative, "clip_skip": clip_skip - 1 or None}
     from modules import prompts
 
     try:
         cond, uncond = prompts.encode_prompt_pair(
-            pipe.tokenizer, pipe.text_encoder, prompt, negative, clip_skip=clip_skip, device=pipe._execution_device
+            pipe.tokenizer, pipe.text_encoder, prompt, negative, clip_skip=clip_skip, device=pipe._execution_device,
+            embeddings=embeddings,
         )
     except prompts.PromptTooLong as err:
         raise RequestError(f"prompt: {err}") from None
@@ -170,6 +174,8 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
 
 
 def finish_params(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    if ctx.networks is not None:  # Lora hashes, TI hashes
+        params.update(ctx.networks.infotext_params())
     params["Version"] = ctx.version
     return params
 
@@ -301,6 +307,14 @@ def denoise_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
+def unet_residuals(residuals) -> dict[str, Any]:
+    """The UNet's keyword arguments for ControlNet residuals ``(down, mid)``; none for None."""
+    if residuals is None:
+        return {}
+    down, mid = residuals
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
 def _step_kwargs(scheduler, generators: list) -> dict[str, Any]:
     import inspect
 
@@ -334,6 +348,7 @@ def denoise(
     callback,
     blend_mask: torch.Tensor | None = None,
     inpaint_extra: torch.Tensor | None = None,
+    control=None,
 ) -> torch.Tensor:
     """The img2img sampling loop on the installed scheduler; returns the final latents.
 
@@ -343,7 +358,9 @@ def denoise(
     init latents noised to the current level (inpainting with an ordinary checkpoint).
     ``inpaint_extra``: the 5 extra input channels (mask, masked-image latents) of a 9-channel
     inpainting UNet. ``callback`` (``step_callback``) gets each step's index in the full
-    schedule, so build it with ``img2img_callback``.
+    schedule, so build it with ``img2img_callback``. ``control`` (a ``modules.controlnet.apply.Control``)
+    gives the ControlNet residuals added to each UNet call, from the latent input (the 4 channels,
+    without an inpainting UNet's extra ones), the step's index among the steps that run, and their count.
     """
     scheduler = pipe.scheduler
     device, dtype = pipe._execution_device, pipe.unet.dtype
@@ -368,9 +385,10 @@ def denoise(
     for i, t in enumerate(timesteps):
         model_in = torch.cat([latents] * 2) if guided else latents
         model_in = scheduler.scale_model_input(model_in, t)
+        residuals = control(model_in, t, embeds, i, len(timesteps), guided) if control is not None else None
         if inpaint_extra is not None:
             model_in = torch.cat([model_in, torch.cat([inpaint_extra] * 2) if guided else inpaint_extra], dim=1)
-        pred = pipe.unet(model_in, t, encoder_hidden_states=embeds).sample
+        pred = pipe.unet(model_in, t, encoder_hidden_states=embeds, **unet_residuals(residuals)).sample
         if guided:
             uncond_pred, cond_pred = pred.chunk(2)
             pred = uncond_pred + cfg_scale * (cond_pred - uncond_pred)

@@ -18,3 +18,8 @@ class RunContext:
     token: CancelToken = field(default_factory=CancelToken)
     progress: ProgressSink = field(default_factory=ProgressSink)
     version: str = "easel"
+    # where ControlNet units find their models: controlnet_infos() and use_controlnet(title), a
+    # context manager yielding the model locked on the device (Services; None: no ControlNets)
+    controlnets: Any = None
+    # the job's LoRAs and embeddings (modules.extra_networks.JobNetworks; None: prompts used as written)
+    networks: Any = None

@@ -109,8 +109,12 @@ def second_pass(
     batch_subseeds: list[int],
     done_before: int,
     total: int,
+    control=None,
 ) -> list:
-    """Upscale the first pass's latents and run the img2img pass; returns PIL images."""
+    """Upscale the first pass's latents and run the img2img pass; returns PIL images.
+
+    ``control``: the ControlNet units (``modules.controlnet.apply.Control``) with their maps at the target size.
+    """
     pipe = ctx.model.pipe
     f = ctx.model.vae_scale_factor
     lh, lw = hp.height // f, hp.width // f
@@ -130,5 +134,6 @@ def second_pass(
     callback = common.img2img_callback(ctx, done_before, hp.steps, req.denoising_strength, total)
     scheduler = samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler, seed=batch_seeds[0])
     with common.sampler_installed(pipe, scheduler):
-        out = common.denoise(ctx, pipe, cond, init, noise, hp.steps, req.denoising_strength, req.cfg_scale, generators, callback)
+        out = common.denoise(ctx, pipe, cond, init, noise, hp.steps, req.denoising_strength, req.cfg_scale, generators, callback,
+                             control=control)
     return common.decode_latents(pipe, out)

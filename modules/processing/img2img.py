@@ -9,6 +9,9 @@
 4. decode and paste back into the original through the blurred mask, so pixels the blurred
    mask does not touch come back unchanged; infotext with A1111's keys; save.
 
+ControlNet units without their own image use the init image (the first one of the request);
+with "only masked" the units' maps are cut to the same region as the init image.
+
 ``denoising_strength`` so low that no step runs (``int(steps * strength) == 0``) returns the
 prepared input exactly, without a VAE round trip. An empty mask (nothing white after inversion)
 is a RequestError: there is nothing to repaint.
@@ -25,6 +28,7 @@ import torch
 from PIL import Image
 
 from modules import masks
+from modules.controlnet import apply as controlnet
 from modules.processing import common
 from modules.processing.context import RunContext
 from modules.schemas import INPAINTING_FILLS, GenerationResult, Img2ImgRequest, RequestError
@@ -160,8 +164,10 @@ def generate(
     outdir: str,
     notes: list[str],
 ) -> GenerationResult:
-    """Steps 3-4 for prepared init images (also used by outpainting)."""
+    """Steps 3-4 for prepared init images (also used by outpainting), with the request's ControlNet units."""
     pipe = ctx.model.pipe
+    units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
+    extra_params = {**extra_params, **controlnet.infotext_params(units)}
     with torch.no_grad():
         conditioning = common.Conditioning.from_kwargs(
             common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip))
@@ -174,29 +180,43 @@ def generate(
     lw, lh = plan.width // f, plan.height // f
     nine = pipe.unet.config.in_channels == 9
     encoded: dict[int, torch.Tensor] = {}  # each init image goes through the VAE once per request
-    for n in range(req.n_iter):
-        ctx.token.check()
-        batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
-        batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
-        if run_steps == 0:  # nothing to denoise: the input comes back exactly
-            finals = [p.finish(p.image.copy()) for p in batch]
-        else:
-            try:
-                with common.sampler_installed(pipe, common.scheduler_for(ctx, plan, batch_seeds[0])):
-                    finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
-                                            n * run_steps, total, (lw, lh), nine, encoded)
-            except common.SkipIteration:
-                ctx.token.clear_skip()
-                result.skipped += 1
-                continue
-        common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
+    with controlnet.controlnets_in_use(ctx, units if run_steps else []) as control:
+        for n in range(req.n_iter):
+            ctx.token.check()
+            batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
+            batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
+            if run_steps == 0:  # nothing to denoise: the input comes back exactly
+                finals = [p.finish(p.image.copy()) for p in batch]
+            else:
+                try:
+                    with common.sampler_installed(pipe, common.scheduler_for(ctx, plan, batch_seeds[0])):
+                        finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
+                                                n * run_steps, total, (lw, lh), nine, encoded, control)
+                except common.SkipIteration:
+                    ctx.token.clear_skip()
+                    result.skipped += 1
+                    continue
+            common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
     if result.images:
         result.width, result.height = result.images[0].size
     return result
 
 
+def control_input(prep: Prepared) -> tuple[Image.Image, tuple[tuple[int, int], tuple[int, int, int, int]] | None]:
+    """The image ControlNet units without their own image use, and the inpainting crop (for ``prepare_units``).
+
+    Plain img2img: the prepared init image. Inpainting and outpainting: the picture the result goes
+    back into; "only masked" cuts it (and the units' own images) to the region that is generated.
+    """
+    if prep.original is None:
+        return prep.image, None
+    if prep.box is None or prep.box == (0, 0, *prep.original.size):
+        return prep.original, None
+    return prep.original.crop(prep.box), (prep.original.size, prep.box)
+
+
 def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine,
-                   encoded: dict[int, torch.Tensor]):
+                   encoded: dict[int, torch.Tensor], control=None):
     lw, lh = latent_size
     for p in batch:
         if id(p) not in encoded:
@@ -221,5 +241,5 @@ def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch
     callback = common.img2img_callback(ctx, done, req.steps, req.denoising_strength, total)
     latents = common.denoise(
         ctx, pipe, conditioning, init, noise, req.steps, req.denoising_strength, req.cfg_scale, generators, callback,
-        blend_mask=None if nine else blend, inpaint_extra=extra)
+        blend_mask=None if nine else blend, inpaint_extra=extra, control=control)
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]
