@@ -11,9 +11,9 @@ import gradio as gr
 
 from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
-from webui import extras, img2img, inpaint, outpaint, pnginfo, settings, txt2img
+from webui import controlnet, extras, img2img, inpaint, outpaint, pnginfo, settings, txt2img
 from webui.tab import GenerationTab
-from webui.widgets import SYMBOL_REFRESH, infotext_updates
+from webui.widgets import SYMBOL_REFRESH
 
 TITLE = "Easel"
 CSS = """
@@ -111,15 +111,15 @@ def gallery_image(gallery: list | None, selected: int) -> Any:
 
 
 def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, target_image,
-              target_fields: dict | None) -> None:
+              target: GenerationTab | None) -> None:
     """A "Send to" button: the selected image (and its parameters) to another tab, which opens."""
-    outputs = [target_image, tabs, *(target_fields or {}).values()]
+    outputs = [target_image, tabs, *(target.infotext_outputs() if target else [])]
 
     def send(gallery, selected, infotexts):
         text = infotexts[selected] if infotexts and 0 <= (selected or 0) < len(infotexts) else ""
         updates = {target_image: gallery_image(gallery, selected), tabs: gr.Tabs(selected=target_id)}
-        if target_fields and text:
-            updates.update(infotext_updates(target_fields, text))
+        if target and text:
+            updates.update(target.infotext_updates(text))
         return updates
 
     source_send.click(send, inputs=[source.gallery, source.selected, source.infotexts], outputs=outputs)
@@ -140,6 +140,8 @@ def create_ui(services) -> gr.Blocks:
                 out = outpaint.create_ui(services)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 ext = extras.create_ui(services)
+            with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
+                cn = controlnet.create_ui(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.create_ui(services)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
@@ -149,30 +151,32 @@ def create_ui(services) -> gr.Blocks:
         inpaint.bind_events(inp, services)
         outpaint.bind_events(out, services)
         extras.bind_events(ext, services)
+        controlnet.bind_events(cn, services)
         pnginfo.bind_events(png, services)
         settings.bind_events(sett, services)
-        bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png)
+        bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png, cn)
     return demo
 
 
 def bind_cross_tab(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, inp: GenerationTab,
-                   out: GenerationTab, ext: extras.ExtrasTab, png: pnginfo.PngInfoTab) -> None:
-    """Send-to buttons of every output panel, and PNG Info's send buttons."""
-    targets = {"img2img": (i2i.image, i2i.fields), "inpaint": (inp.image, inp.fields),
-               "outpaint": (out.image, out.fields), "extras": (ext.image, None)}
-    for source in (t2i.panel, i2i.panel, inp.panel, out.panel, ext.panel):
+                   out: GenerationTab, ext: extras.ExtrasTab, png: pnginfo.PngInfoTab, cn: GenerationTab) -> None:
+    """Send-to buttons of every output panel, and PNG Info's send buttons (parameters, ControlNet
+    units included, fill the target tab)."""
+    targets = {"img2img": (i2i.image, i2i), "inpaint": (inp.image, inp), "outpaint": (out.image, out),
+               "extras": (ext.image, None)}
+    for source in (t2i.panel, i2i.panel, inp.panel, out.panel, ext.panel, cn.panel):
         for target_id, button in source.send.items():
-            image, fields = targets[target_id]
-            bind_send(button, source, tabs, target_id, image, fields)
+            image, target = targets[target_id]
+            bind_send(button, source, tabs, target_id, image, target)
 
-    png.send_txt2img.click(lambda text: {**infotext_updates(t2i.fields, text), tabs: gr.Tabs(selected="txt2img")},
-                           inputs=[png.parameters], outputs=[tabs, *t2i.fields.values()])
+    png.send_txt2img.click(lambda text: {**t2i.infotext_updates(text), tabs: gr.Tabs(selected="txt2img")},
+                           inputs=[png.parameters], outputs=[tabs, *t2i.infotext_outputs()])
 
     def to_img2img(text: str, path: str | None):
-        updates = {**infotext_updates(i2i.fields, text), tabs: gr.Tabs(selected="img2img")}
+        updates = {**i2i.infotext_updates(text), tabs: gr.Tabs(selected="img2img")}
         if path:
             updates[i2i.image] = path
         return updates
 
     png.send_img2img.click(to_img2img, inputs=[png.parameters, png.image],
-                           outputs=[tabs, i2i.image, *i2i.fields.values()])
+                           outputs=[tabs, i2i.image, *i2i.infotext_outputs()])

@@ -1,4 +1,5 @@
-"""The img2img tab, with a sketch mode (draw over the image in colours; the drawing is the input)."""
+"""The img2img tab, with a sketch mode (draw over the image in colours; the drawing is the input),
+and the ControlNet units (a unit without its own image uses the input image)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from modules.schemas import RESIZE_MODES, Img2ImgRequest, RequestError, parse_request
+from modules.schemas import RESIZE_MODES, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
 from webui import xyplot
+from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.widgets import (
@@ -59,11 +61,12 @@ def create_ui(services) -> GenerationTab:
                                     brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0]),
                                     eraser=gr.Eraser(), format="png", sources=["upload", "clipboard"], height=400)
             fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
+            units = controlnet_accordion(services, PREFIX, image_optional=True)
             script = xyplot.create_ui(PREFIX, services)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
     extra = {"mode": mode, "sketch": sketch, "xyplot": script}
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image, extra=extra)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image, extra=extra, units=units)
 
 
 def sketch_image(value: Any) -> Image.Image | None:
@@ -74,12 +77,14 @@ def sketch_image(value: Any) -> Image.Image | None:
     return composite.convert("RGB") if composite is not None else None
 
 
-def build_request(values: dict[str, Any], init_image: Image.Image | None) -> Img2ImgRequest:
-    """The typed request from the tab's named values and the input image."""
+def build_request(values: dict[str, Any], init_image: Image.Image | None,
+                  units: list[ControlNetUnit] | None = None) -> Img2ImgRequest:
+    """The typed request from the tab's named values, the input image and the enabled ControlNet units."""
     if init_image is None:
         raise RequestError("init_images: no input image; upload one (or send one from another tab)")
     data = given(values)
     data["init_images"] = [init_image.convert("RGB")]
+    data["controlnet_units"] = list(units or [])
     return parse_request(Img2ImgRequest, data)
 
 
@@ -89,7 +94,7 @@ def bind_events(tab: GenerationTab, services) -> None:
 
     def batch(values: dict[str, Any]) -> Batch:
         init = sketch_image(values["_sketch"]) if values["_mode"] == "Sketch" else values["_image"]
-        request = build_request(tab.field_values(values), init)
+        request = build_request(tab.field_values(values), init, tab.units.build(values))
         script_values = {k: v for k, v in values.items() if k in script}
         if script_values.get("xy_enabled"):
             return xyplot.plan_batch("img2img", request, script_values, services)

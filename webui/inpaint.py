@@ -2,7 +2,8 @@
 or upload a mask; mask blur, masked content, inpaint area and padding, invert mask.
 
 The mask is every pixel any brush layer covers (alpha > 0); white = repaint. The image is the
-editor's background, so brush strokes never leak into the pixels that are kept.
+editor's background, so brush strokes never leak into the pixels that are kept. ControlNet units
+work as in img2img (a unit without its own image uses the image).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from modules.schemas import INPAINTING_FILLS, Img2ImgRequest, RequestError, parse_request
+from modules.schemas import INPAINTING_FILLS, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
+from webui.controlnet_units import controlnet_accordion
 from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
@@ -45,10 +47,11 @@ def create_ui(services) -> GenerationTab:
             options = inpaint_options(PREFIX)
             fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             fields.update(options)
+            units = controlnet_accordion(services, PREFIX, image_optional=True)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
     extra = {"source": source, "mask_upload": mask_upload}
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=editor, extra=extra)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=editor, extra=extra, units=units)
 
 
 def inpaint_options(prefix: str) -> dict[str, Any]:
@@ -85,7 +88,7 @@ def mask_from_layers(value: dict | None) -> Image.Image | None:
 
 
 def build_request(values: dict[str, Any], editor: dict | None, uploaded_mask: Image.Image | None,
-                  mask_source: str) -> Img2ImgRequest:
+                  mask_source: str, units: list[ControlNetUnit] | None = None) -> Img2ImgRequest:
     """The typed inpaint request: the editor's background as the image, the painted or uploaded mask."""
     if not editor or editor.get("background") is None:
         raise RequestError("init_images: no input image; upload one into the inpaint editor")
@@ -101,6 +104,7 @@ def build_request(values: dict[str, Any], editor: dict | None, uploaded_mask: Im
     data["inpaint_full_res"] = bool(data.get("inpaint_full_res"))
     data["init_images"] = [editor["background"].convert("RGB")]
     data["mask"] = mask
+    data["controlnet_units"] = list(units or [])
     return parse_request(Img2ImgRequest, data)
 
 
@@ -109,7 +113,8 @@ def bind_events(tab: GenerationTab, services) -> None:
     source, mask_upload = tab.extra["source"], tab.extra["mask_upload"]
 
     def batch(values: dict[str, Any]) -> Batch:
-        request = build_request(tab.field_values(values), values["_editor"], values["_mask"], values["_source"])
+        request = build_request(tab.field_values(values), values["_editor"], values["_mask"], values["_source"],
+                                tab.units.build(values))
         return Batch([(request.mode, request)])
 
     bind_common(tab, services, batch, extra_inputs={"_editor": tab.image, "_mask": mask_upload, "_source": source})

@@ -8,14 +8,15 @@ from typing import Any
 
 import gradio as gr
 
-from webui import runner
+from webui import controlnet_units, runner
 from webui.widgets import Fields, OutputPanel, SeedRow, infotext_updates, named_values, reuse_seed
 
 
 @dataclass
 class GenerationTab:
     """A built generation tab. ``fields`` maps request field names to components; ``image`` is
-    the component that receives images sent from other tabs (None for txt2img)."""
+    the component that receives images sent from other tabs (None for txt2img); ``units`` is its
+    ControlNet units widget (a ``webui.controlnet_units.UnitsUI``), if it has one."""
 
     name: str
     fields: Fields
@@ -24,10 +25,22 @@ class GenerationTab:
     read_params: gr.Button
     image: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    units: Any = None
 
     def field_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """The request fields among a handler's ``{name: value}`` (which also holds its extra inputs)."""
         return {name: value for name, value in values.items() if name in self.fields}
+
+    def infotext_outputs(self) -> list:
+        """The components an infotext fills: the request fields and the ControlNet units' fields."""
+        return [*self.fields.values(), *(self.units.infotext_outputs() if self.units else [])]
+
+    def infotext_updates(self, text: str) -> dict:
+        """``{component: value}`` for everything of the tab that the infotext sets."""
+        updates = infotext_updates(self.fields, text)
+        if self.units:
+            updates.update(self.units.infotext_updates(text))
+        return updates
 
 
 def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, Any]], runner.Batch],
@@ -35,9 +48,10 @@ def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, An
     """Generate (streams the job), Interrupt/Skip, gallery select, seed buttons, read parameters.
 
     ``make_batch(values)`` gets ``{name: value}`` for ``tab.fields`` plus ``extra_inputs`` and
-    returns the jobs to submit (a :class:`runner.Batch`).
+    returns the jobs to submit (a :class:`runner.Batch`); with ControlNet units, the values hold
+    theirs too (``tab.units.build(values)`` makes them) and their own buttons are wired here.
     """
-    named = {**tab.fields, **(extra_inputs or {})}
+    named = {**tab.fields, **(extra_inputs or {}), **(tab.units.inputs() if tab.units else {})}
 
     def on_generate(data: dict):
         values = named_values(named, data)
@@ -49,5 +63,7 @@ def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, An
     tab.seed.random_button.click(lambda: -1, outputs=[tab.fields["seed"]], queue=False)
     tab.seed.reuse_button.click(reuse_seed, inputs=[tab.panel.seeds, tab.panel.selected],
                                 outputs=[tab.fields["seed"]], queue=False)
-    tab.read_params.click(lambda text: infotext_updates(tab.fields, text), inputs=[tab.fields["prompt"]],
-                          outputs=list(tab.fields.values()), queue=False)
+    if tab.units:
+        controlnet_units.bind_units(tab.units, services)
+    tab.read_params.click(tab.infotext_updates, inputs=[tab.fields["prompt"]], outputs=tab.infotext_outputs(),
+                          queue=False)

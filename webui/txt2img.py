@@ -1,4 +1,7 @@
-"""The txt2img tab: prompt, sampler, size, seed, hires fix and the X/Y plot script."""
+"""The txt2img tab: prompt, sampler, size, seed, hires fix, ControlNet units and the X/Y plot script.
+
+The ControlNet tab is this tab built again with the prefix "controlnet" and its units open on top
+(see webui/controlnet.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from typing import Any
 import gradio as gr
 
 from modules import upscalers
-from modules.schemas import Txt2ImgRequest, parse_request
+from modules.schemas import ControlNetUnit, Txt2ImgRequest, parse_request
 from webui import xyplot
+from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.widgets import (
@@ -63,37 +67,45 @@ def _sampler_names() -> list[str]:
     return list(SAMPLER_NAMES)
 
 
-def create_ui(services) -> GenerationTab:
-    """Build the tab's components (call inside a ``gr.Tab``)."""
+def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) -> GenerationTab:
+    """Build the tab's components (call inside a ``gr.Tab``). ``controlnet_first``: the ControlNet
+    units open above the settings (the ControlNet tab) instead of a closed accordion below them."""
     settings = services.settings
-    top = top_row(PREFIX, services)
+    top = top_row(prefix, services)
     with gr.Row():
         with gr.Column():
+            if controlnet_first:
+                units = controlnet_accordion(services, prefix, open=True)
             fields: Fields = {**top.prompt.fields, "styles": top.styles}
-            fields.update(sampler_row(PREFIX, settings.default_sampler, settings.default_steps))
-            fields.update(size_batch_cfg(PREFIX, services.native_size()))
-            seed = seed_row(PREFIX)
+            fields.update(sampler_row(prefix, settings.default_sampler, settings.default_steps))
+            fields.update(size_batch_cfg(prefix, services.native_size()))
+            seed = seed_row(prefix)
             fields.update(seed.fields)
-            fields.update(hires_section(PREFIX, services))
-            script = xyplot.create_ui(PREFIX, services)
+            fields.update(hires_section(prefix, services))
+            if not controlnet_first:
+                units = controlnet_accordion(services, prefix)
+            script = xyplot.create_ui(prefix, services)
         with gr.Column():
-            panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, extra={"xyplot": script})
+            panel = output_panel(prefix, top.generate, top.interrupt, top.skip)
+    return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params, extra={"xyplot": script}, units=units)
 
 
-def build_request(values: dict[str, Any]) -> Txt2ImgRequest:
-    """The typed request from the tab's named values; bad values raise RequestError naming the field."""
+def build_request(values: dict[str, Any], units: list[ControlNetUnit] | None = None) -> Txt2ImgRequest:
+    """The typed request from the tab's named values and its enabled ControlNet units; bad values
+    raise RequestError naming the field."""
     data = given(values)
     if data.get("hr_sampler_name") == "Use same sampler":
         data["hr_sampler_name"] = None
     if data.get("hr_scheduler") == "Use same scheduler":
         data["hr_scheduler"] = None
+    data["controlnet_units"] = list(units or [])
     return parse_request(Txt2ImgRequest, data)
 
 
-def make_batch(values: dict[str, Any], script: dict[str, Any], services) -> Batch:
+def make_batch(values: dict[str, Any], script: dict[str, Any], services,
+               units: list[ControlNetUnit] | None = None) -> Batch:
     """One txt2img job, or the X/Y plot's jobs (shown as a labelled grid) when the script is on."""
-    base = build_request(values)
+    base = build_request(values, units)
     if not script.get("xy_enabled"):
         return Batch([("txt2img", base)])
     return xyplot.plan_batch("txt2img", base, script, services)
@@ -104,6 +116,7 @@ def bind_events(tab: GenerationTab, services) -> None:
     script: Fields = tab.extra["xyplot"]
 
     def batch(values: dict[str, Any]) -> Batch:
-        return make_batch(tab.field_values(values), {k: v for k, v in values.items() if k in script}, services)
+        return make_batch(tab.field_values(values), {k: v for k, v in values.items() if k in script}, services,
+                          tab.units.build(values))
 
     bind_common(tab, services, batch, extra_inputs=script)
