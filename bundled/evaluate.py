@@ -11,6 +11,10 @@ each on seeded random scenes with a fixed seed per prompt:
 - **inpaint** (``--inpaint``): render a scene, mask the shape's dilated bounding box and ask for
   another shape in another colour at the same place (latent blending with the plain 4-channel
   UNet); success is the new colour, the new shape is reported on its own row.
+- **controlnet** (``--control`` with ``--controlnet FILE``): a canny unit on a rendered scene A,
+  with a prompt for scene B (other colours). Half the prompts name A's position (Balanced), half
+  another position ("ControlNet is more important"). The shape's position and outline must follow
+  the map (A), its colour and the background the prompt (B).
 
     python -m bundled.evaluate --checkpoint models/Stable-diffusion/easel-shapes.safetensors --n 200
     python -m bundled.evaluate --state runs/shapes/state.pt --n 200     # exports the state first
@@ -31,7 +35,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bundled.detect import Detection, detect
-from bundled.shapes import PALETTE, SHAPES, SIDE, SIZES, Scene, random_scene, render
+from bundled.shapes import PALETTE, POSITIONS, SHAPES, SIDE, SIZES, Scene, random_scene, render
 
 EDIT_STRENGTH = 0.75
 MASK_MARGIN = 4  # pixels added around the shape's bounding box for the inpaint mask
@@ -54,7 +58,7 @@ class Row:
 class Runner:
     """Generation through Easel's services, on one checkpoint in a temporary data folder."""
 
-    def __init__(self, checkpoint: Path, steps: int, cfg: float, sampler: str):
+    def __init__(self, checkpoint: Path, steps: int, cfg: float, sampler: str, controlnet: Path | None = None):
         from modules.config import load_settings
         from modules.services import build_services
 
@@ -64,13 +68,19 @@ class Runner:
         for src in (checkpoint, checkpoint.with_suffix(".yaml")):
             if src.exists():
                 (folder / src.name).symlink_to(src.resolve())
+        if controlnet is not None:
+            cn_folder = self.data / "models" / "ControlNet"
+            cn_folder.mkdir(parents=True)
+            for src in (controlnet, controlnet.with_suffix(".yaml")):
+                if src.exists():
+                    (cn_folder / src.name).symlink_to(src.resolve())
         self.services = build_services(load_settings(self.data, {"show_progress_every_n_steps": 0}))
         self.common = dict(steps=steps, cfg_scale=cfg, sampler_name=sampler, save_images=False, width=SIDE, height=SIDE)
 
-    def txt2img(self, prompt: str, seed: int) -> Image.Image:
+    def txt2img(self, prompt: str, seed: int, units: list[dict] | None = None) -> Image.Image:
         from modules.schemas import Txt2ImgRequest
 
-        req = Txt2ImgRequest(prompt=prompt, seed=seed, **self.common)
+        req = Txt2ImgRequest(prompt=prompt, seed=seed, controlnet_units=units or [], **self.common)
         return self.services.submit("txt2img", req).wait().images[0]
 
     def img2img(self, image: Image.Image, prompt: str, seed: int, strength: float,
@@ -176,6 +186,38 @@ def evaluate_inpaint(runner: Runner, n: int, seed: int, strength: float) -> tupl
     return rows, images
 
 
+def evaluate_controlnet(runner: Runner, n: int, seed: int, model: str) -> tuple[list[Row], list[Image.Image]]:
+    """Canny map of scene A, prompt of scene B; position/shape from A, colours from B."""
+    rng = np.random.default_rng([seed, 13])
+    maps, prompts_for = random_scenes(n, seed, 3), random_scenes(n, seed, 4)
+    images, start, moved = [], time.time(), []
+    for i, (a, b) in enumerate(zip(maps, prompts_for, strict=True)):
+        other = i % 2 == 1
+        position = str(rng.choice([p for p in POSITIONS if p != a.position])) if other else a.position
+        target = replace(b, shape=a.shape, size=a.size, position=position)
+        unit = dict(module="canny", model=model, image=render(a), processor_res=SIDE, resize_mode=0,
+                    control_mode=2 if other else 0)
+        images.append(runner.txt2img(target.caption(), seed + i, [unit]))
+        moved.append(other)
+        progress("controlnet", i, n, start)
+    found = [detect(img) for img in images]
+    rows = []
+    for label, keep in (("prompt names the map's position, Balanced", False),
+                        ("prompt names another position, ControlNet is more important", True)):
+        idx = [i for i in range(n) if moved[i] == keep]
+        rows.append(count("controlnet", f"position = map ({label})", [found[i].position == maps[i].position for i in idx]))
+        rows.append(count("controlnet", f"shape = map ({label})", [found[i].shape == maps[i].shape for i in idx]))
+        rows.append(count("controlnet", f"colour = prompt ({label})", [found[i].color == prompts_for[i].color for i in idx]))
+        rows.append(count("controlnet", f"background = prompt ({label})",
+                          [found[i].background == prompts_for[i].background for i in idx]))
+    rows.append(count("controlnet", "position and shape = map (all)",
+                      [found[i].position == maps[i].position and found[i].shape == maps[i].shape for i in range(n)]))
+    rows.append(count("controlnet", "colour and background = prompt (all)",
+                      [found[i].color == prompts_for[i].color and found[i].background == prompts_for[i].background
+                       for i in range(n)]))
+    return rows, images
+
+
 def format_table(rows: list[Row]) -> str:
     """The rows as a Markdown table."""
     lines = ["| evaluation | metric | accuracy | hits / n |", "|---|---|---:|---:|"]
@@ -207,13 +249,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=200, help="txt2img prompts (0 skips txt2img)")
     ap.add_argument("--img2img", type=int, default=50, metavar="N", help="img2img edits (0 skips)")
     ap.add_argument("--inpaint", type=int, default=50, metavar="N", help="inpaint edits (0 skips)")
+    ap.add_argument("--control", type=int, default=0, metavar="N", help="ControlNet cases (needs --controlnet)")
+    ap.add_argument("--controlnet", type=Path, default=None, help="a ControlNet file (with its .yaml) for --control")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=6.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit-threads", type=int, default=0, metavar="N", help="torch.set_num_threads(N)")
     ap.add_argument("--save-grids", type=Path, default=None, metavar="DIR", help="write one image grid per evaluation")
     args = ap.parse_args(argv)
-    for name in ("n", "img2img", "inpaint"):
+    if args.control and args.controlnet is None:
+        ap.error("--control needs --controlnet FILE")
+    for name in ("n", "img2img", "inpaint", "control"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     if args.steps < 1:
@@ -233,10 +279,13 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = Path(tempfile.mkdtemp(prefix="easel-eval-ckpt-")) / "state-export.safetensors"
         export(args.state, checkpoint)
         label = f"{args.state} (step {torch.load(args.state, map_location='cpu', weights_only=True)['step']})"
-    runner = Runner(checkpoint.resolve(), args.steps, args.cfg, args.sampler)
+    controlnet = args.controlnet.resolve() if args.controlnet else None
+    runner = Runner(checkpoint.resolve(), args.steps, args.cfg, args.sampler, controlnet)
     evaluations = (("txt2img", args.n, lambda: evaluate_txt2img(runner, args.n, args.seed)),
                    ("img2img", args.img2img, lambda: evaluate_img2img(runner, args.img2img, args.seed)),
-                   ("inpaint", args.inpaint, lambda: evaluate_inpaint(runner, args.inpaint, args.seed, args.inpaint_strength)))
+                   ("inpaint", args.inpaint, lambda: evaluate_inpaint(runner, args.inpaint, args.seed, args.inpaint_strength)),
+                   ("controlnet", args.control,
+                    lambda: evaluate_controlnet(runner, args.control, args.seed, controlnet.stem if controlnet else "")))
     rows: list[Row] = []
     timings: list[str] = []
     try:

@@ -7,7 +7,10 @@ Two phases, one process, resumable:
 2. **UNet + text encoder** (``--steps``): epsilon prediction on SD's scaled-linear schedule, with
    offset noise (low frequencies must come from the text, not leak through the noise), half the
    timesteps drawn from the noisy half of the schedule, 10% empty captions for CFG, and an EMA
-   of the weights, which is what gets exported.
+   of the weights, which is what gets exported. ``--pyramid-noise`` extends offset noise to 2x2
+   and 4x4 grids (the shape's position must not leak through the noise) and ``--text-probe``
+   adds a small position/shape classification loss on the pooled text (training-only heads), so
+   the position words of a from-scratch text encoder leave their random initialisation.
 
 The data is drawn on the fly from ``numpy.random.default_rng([seed, step])``, so a run is
 deterministic given its seed and a resumed run sees the same batches as an uninterrupted one.
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bundled.architecture import SCHEDULER_CONFIG, build_models
-from bundled.shapes import training_batch
+from bundled.shapes import POSITION_PHRASES, POSITIONS, SHAPES, training_batch
 
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
 
@@ -64,6 +67,53 @@ def sample_timesteps(n: int, gen: torch.Generator) -> torch.Tensor:
     noisy = torch.randint(500, 1000, (n,), generator=gen)
     pick = torch.rand(n, generator=gen) < 0.5
     return torch.where(pick, noisy, uniform)
+
+
+def low_frequency_noise(shape: tuple[int, ...], strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Noise on coarse grids (1x1, 2x2, 4x4), bilinearly upsampled to ``shape``.
+
+    Offset noise generalised to a few scales ("pyramid" noise). SD's schedule leaves a few
+    per cent of the image in x_t even at t=999, so without it the model learns to read the
+    background colour (1x1) and the shape's position (2x2, 4x4) from the noise instead of the
+    prompt. Each level's amplitude is ``strength / cells``, where ``cells`` is the side of one
+    grid cell in latent pixels over the latent side: about doubling the white noise that the
+    mean over such a cell already has. ``strength`` 0.1 at the 1x1 level is plain offset noise.
+    """
+    b, c, h, w = shape
+    out = torch.zeros(shape)
+    for grid in (1, 2, 4):
+        if grid > min(h, w):
+            break
+        coarse = torch.randn(b, c, grid, grid, generator=gen)
+        out += strength * grid * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
+class CaptionProbe(torch.nn.Module):
+    """Training-only linear heads on the text encoder's pooled output: position and shape.
+
+    A from-scratch text encoder leaves the position words at their random initialisation (the
+    UNet cannot use them before they differ, and they cannot learn to differ before the UNet
+    uses them). A small classification loss on the pooled text breaks that circle; the heads
+    are never exported.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.position = torch.nn.Linear(hidden, len(POSITIONS))
+        self.shape = torch.nn.Linear(hidden, len(SHAPES))
+
+    def loss(self, pooled: torch.Tensor, captions: list[str], scenes) -> torch.Tensor:
+        pos_ids = list(POSITIONS)
+        pos_t, shape_t = [], []
+        for caption, s in zip(captions, scenes, strict=True):
+            named = bool(caption) and any(p in caption for p in POSITION_PHRASES[s.position])
+            pos_t.append(pos_ids.index(s.position) if named else -100)
+            shape_t.append(SHAPES.index(s.shape) if caption else -100)
+        dev = pooled.device
+        pos_loss = F.cross_entropy(self.position(pooled), torch.tensor(pos_t, device=dev), ignore_index=-100)
+        shape_loss = F.cross_entropy(self.shape(pooled), torch.tensor(shape_t, device=dev), ignore_index=-100)
+        return pos_loss + shape_loss
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float = 0.999) -> None:
@@ -99,7 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=9000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--offset-noise", type=float, default=0.1)
+    ap.add_argument("--offset-noise", type=float, default=0.1, help="plain offset noise (1x1), when --pyramid-noise is 0")
+    ap.add_argument("--pyramid-noise", type=float, default=0.0,
+                    help="low-frequency noise on 1x1, 2x2 and 4x4 grids instead of offset noise (e.g. 0.1)")
+    ap.add_argument("--text-probe", type=float, default=0.0,
+                    help="weight of the position/shape classification loss on the pooled text (e.g. 0.02)")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the UNet and text encoder (fp32 weights)")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         conv = vae.encoder.conv_out
         conv.weight[conv.out_channels // 2 :] *= 0.01
         conv.bias[conv.out_channels // 2 :] = -10.0
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    probe = CaptionProbe(text_encoder.config.hidden_size)
+    params = list(unet.parameters()) + list(text_encoder.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     vae_done, step, scaling = 0, 0, None
@@ -132,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         text_encoder.load_state_dict(st["text_encoder"])
         ema_unet.load_state_dict(st["ema_unet"])
         ema_text.load_state_dict(st["ema_text"])
+        if "probe" in st:
+            probe.load_state_dict(st["probe"])
         opt.load_state_dict(st["opt"])
         vae_done, step, scaling = st["vae_done"], st["step"], st["scaling"]
         print(f"resumed: vae {vae_done}/{args.vae_steps}, unet {step}/{args.steps}", flush=True)
@@ -141,13 +199,13 @@ def main(argv: list[str] | None = None) -> None:
         ema_text.load_state_dict(text_encoder.state_dict())
         vae_done = args.vae_steps
         print(f"initialised from {args.init_from} (UNet step {step})", flush=True)
-    for m in (vae, unet, text_encoder, ema_unet, ema_text):
+    for m in (vae, unet, text_encoder, ema_unet, ema_text, probe):
         m.to(dev)
 
     def save() -> None:
         st = dict(
             vae=vae.state_dict(), vae_opt=vae_opt.state_dict(), unet=unet.state_dict(),
-            text_encoder=text_encoder.state_dict(), ema_unet=ema_unet.state_dict(),
+            text_encoder=text_encoder.state_dict(), ema_unet=ema_unet.state_dict(), probe=probe.state_dict(),
             ema_text=ema_text.state_dict(), opt=opt.state_dict(), vae_done=vae_done, step=step,
             scaling=scaling, args={k: str(v) for k, v in vars(args).items()},
         )
@@ -185,21 +243,28 @@ def main(argv: list[str] | None = None) -> None:
     while step < args.steps:
         rng = np.random.default_rng([args.seed, 2, step])
         gen = torch.Generator().manual_seed(args.seed * 104729 + step)
-        images, captions, _ = training_batch(rng, args.batch)
+        images, captions, scenes = training_batch(rng, args.batch)
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             post = vae.encode(torch.from_numpy(images).to(dev)).latent_dist
             latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)) * scaling
         b = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen)  # draw order matters: resumed runs must match
-        noise = noise + args.offset_noise * torch.randn(b, latents.shape[1], 1, 1, generator=gen)
+        if args.pyramid_noise:
+            noise = noise + low_frequency_noise(tuple(latents.shape), args.pyramid_noise, gen)
+        else:
+            noise = noise + args.offset_noise * torch.randn(b, latents.shape[1], 1, 1, generator=gen)
         noise = noise.to(dev)
         t = sample_timesteps(b, gen).to(dev)
         ab = alphas_bar[t].view(b, 1, 1, 1)
         noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
-        ctx = text_encoder(ids.to(dev)).last_hidden_state
-        pred = unet(noisy, t, ctx).sample
-        loss = F.mse_loss(pred, noise)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            text = text_encoder(ids.to(dev))
+            ctx = text.last_hidden_state
+            pred = unet(noisy, t, ctx).sample
+        loss = F.mse_loss(pred.float(), noise)
+        if args.text_probe:
+            loss = loss + args.text_probe * probe.loss(text.pooler_output.float(), captions, scenes)
         lr = args.lr * min(1.0, (step + 1) / 300)
         for g in opt.param_groups:
             g["lr"] = lr
