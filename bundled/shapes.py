@@ -24,7 +24,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
 }
 SHAPES = ("circle", "square", "triangle", "star")
-HELD_OUT_SHAPES = ("heart", "crescent")  # never drawn in training: kept for DreamBooth demos
+HELD_OUT_SHAPES = ("heart", "crescent")  # never drawn in training: kept for DreamBooth demos (render draws them)
 SIZES: dict[str, float] = {"small": 0.11, "large": 0.20}
 POSITIONS: dict[str, tuple[float, float]] = {
     "left": (0.25, 0.5),
@@ -96,6 +96,14 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
             rr = r if k % 2 == 0 else r * 0.45
             pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
         return pts
+    if shape == "heart":  # the classic parametric heart, scaled to fit the circumradius, point down
+        pts = []
+        for k in range(96):
+            t = 2 * math.pi * k / 96
+            x = 16 * math.sin(t) ** 3
+            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+            pts.append((cx + r * x / 17, cy - r * (y + 2.5) / 17))
+        return pts
     raise ValueError(f"no polygon for shape {shape!r}")
 
 
@@ -108,6 +116,10 @@ def render(scene: Scene, side: int = SIDE) -> Image.Image:
     fill = PALETTE[scene.color]
     if scene.shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif scene.shape == "crescent":  # a disc with a disc of background taken out of its right side (held out)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        bx, br = cx + 0.45 * r, 0.85 * r
+        draw.ellipse([bx - br, cy - br, bx + br, cy + br], fill=PALETTE[scene.background])
     else:
         draw.polygon(shape_polygon(scene.shape, cx, cy, r), fill=fill)
     return img.resize((side, side), Image.Resampling.BOX)

@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "generate":
             return run_generate(argv[1:])
+        if argv and argv[0] == "train":  # DreamBooth / LoRA / textual inversion (modules/training/cli.py)
+            from modules.training.cli import run_train
+
+            return run_train(argv[1:])
         return run_serve(argv)
     except (RequestError, SettingsError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -28,6 +28,7 @@ from modules.model_manager import CacheSettings, ModelManager
 from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
 from modules.schemas import GenerationRequest, RequestError
+from modules.training import job as training_job
 
 VERSION = "easel-0.1"
 
@@ -174,7 +175,10 @@ class Services:
         with self.models.use(key) as model, self.networks.for_job(model) as networks:  # LoRAs out after
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
                              networks=networks)
-            return runner(job.request, ctx)
+            result = runner(job.request, ctx)
+        if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
+            training_job.refresh_lists(self)
+        return result
 
     def close(self) -> None:
         self.queue.stop()
@@ -188,6 +192,7 @@ RUNNERS = {
     "outpaint": outpaint.run,
     "extras": extras.run,
     "controlnet_detect": controlnet_detect.run,  # preprocessor preview (POST /controlnet/detect, the UI)
+    "train": training_job.run,  # DreamBooth, LoRA, textual inversion (modules/training); owns the worker while it runs
 }
 MODEL_FREE = {"extras", "controlnet_detect"}  # job kinds that load no checkpoint
 

@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
-from webui import controlnet, extras, img2img, inpaint, outpaint, pnginfo, settings, txt2img
+from webui import controlnet, extras, img2img, inpaint, outpaint, pnginfo, settings, train, txt2img
 from webui.tab import GenerationTab
 from webui.widgets import SYMBOL_REFRESH
 
@@ -142,6 +142,7 @@ def create_ui(services) -> gr.Blocks:
                 ext = extras.create_ui(services)
             with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
                 cn = controlnet.create_ui(services)
+            train.add_tab(services)  # the Train tab (DreamBooth, LoRA, textual inversion), bound
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.create_ui(services)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):

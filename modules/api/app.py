@@ -9,6 +9,7 @@ from .errors import install_error_handlers
 from .guard import MAX_BODY_BYTES, ApiGuard
 from .jobs_api import create_jobs_router
 from .sdapi import create_sdapi_router
+from .train_api import create_train_router
 
 DESCRIPTION = """
 Easel's HTTP API.
@@ -16,6 +17,8 @@ Easel's HTTP API.
 * **/sdapi/v1**: AUTOMATIC1111's API (same paths, field names and defaults). Generation routes
   wait for their job; `info` in their answer is a JSON string.
 * **/easel/v1/jobs**: submit a job and get its id at once (202), poll it, cancel it.
+* **/easel/v1/train**: start a DreamBooth / LoRA / textual-inversion training (202), poll its loss and
+  samples, cancel it (the same request resumes it).
 * **/controlnet**: sd-webui-controlnet's routes: `model_list`, `module_list`, `version`, `settings`
   and `detect` (run a preprocessor; the control maps come back as base64 PNGs).
 
@@ -34,6 +37,7 @@ def create_api(services: Services) -> APIRouter:
     router.include_router(create_sdapi_router(services))
     router.include_router(create_jobs_router(services))
     router.include_router(create_controlnet_router(services))
+    router.include_router(create_train_router(services))
     return router
 
 

@@ -1,0 +1,175 @@
+"""DreamBooth demonstration on the bundled model: teach it the heart, a shape it never saw.
+
+1. Render 5 instance images of a heart (varied colours, backgrounds, sizes and places) for the
+   instance prompt ``a zwx shape``; the class prompt is ``a shape``.
+2. Train each method (full DreamBooth and LoRA with and without prior preservation, textual
+   inversion) for at most ``--minutes`` on the CPU, each in its own data folder (so an embedding
+   named ``zwx`` never leaks into another method's prompts), through Easel's training job.
+3. Measure with the detector (``bundled.detect``) over ``--n`` seeded random prompts:
+   ``a red zwx shape on the left, blue background`` style prompts → how often a heart is drawn,
+   with the asked colour and position; ``a red circle on the left, blue background`` → how often a
+   circle is still drawn (what prior preservation protects). The base model is measured the same way.
+4. Print a Markdown table.
+
+    python -m bundled.demo_dreambooth [--minutes 10] [--n 50] [--methods dreambooth lora textual_inversion]
+    python -m bundled.demo_dreambooth --minutes 0.2 --steps 3 --n 4 --num-class-images 2   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bundled.detect import detect
+from bundled.shapes import PALETTE, POSITION_PHRASES, POSITIONS, SIZES, Scene, render
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
+INSTANCE_PROMPT, CLASS_PROMPT, TOKEN = "a zwx shape", "a shape", "zwx"
+SAMPLER, CFG = "Euler a", 6.0
+# (method, prior preservation, request fields) of each run; the learning rates suit this small model
+RUNS = {
+    "dreambooth": [(True, {"learning_rate": 2e-5}), (False, {"learning_rate": 2e-5})],
+    "lora": [(True, {"learning_rate": 5e-4, "lora_rank": 8}), (False, {"learning_rate": 5e-4, "lora_rank": 8})],
+    "textual_inversion": [(False, {"learning_rate": 5e-3, "num_vectors": 2, "initializer_token": "shape"})],
+}
+
+
+@dataclass
+class Scores:
+    """Detector hits over the prompts."""
+
+    heart: float  # zwx prompts drawn as a heart
+    zwx_color: float  # ... in the asked colour
+    zwx_position: float  # ... at the asked place
+    circle: float  # circle prompts still drawn as a circle
+
+
+def instance_images(n: int = 5) -> list:
+    """Hearts in varied colours, backgrounds, sizes and places (seeded)."""
+    rng = np.random.default_rng(5)
+    images = []
+    for _ in range(n):
+        color, background = rng.choice(list(PALETTE), size=2, replace=False)
+        position = str(rng.choice(list(POSITIONS)))
+        x, y = POSITIONS[position]
+        images.append(render(Scene("heart", str(color), str(background), str(rng.choice(list(SIZES))), position, x, y)))
+    return images
+
+
+def prompts(n: int, seed: int, shape_word: str) -> list[tuple[str, str, str]]:
+    """(prompt, colour, position): ``a red <shape_word> on the left, blue background``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        color, background = rng.choice(list(PALETTE), size=2, replace=False)
+        position = str(rng.choice(list(POSITIONS)))
+        out.append((f"a {color} {shape_word} {POSITION_PHRASES[position][0]}, {background} background", str(color), position))
+    return out
+
+
+class Lab:
+    """One data folder with the bundled checkpoint, its services and a training on it."""
+
+    def __init__(self, label: str) -> None:
+        from modules.config import load_settings
+        from modules.services import build_services
+
+        self.folder = Path(tempfile.mkdtemp(prefix=f"easel-demo-{label}-"))
+        settings = load_settings(self.folder, {"ckpt_dirs": [CHECKPOINT.parent], "sd_model_checkpoint": CHECKPOINT.name,
+                                               "show_progress_every_n_steps": 0})
+        self.services = build_services(settings)
+
+    def train(self, method: str, prior: bool, fields: dict, args: argparse.Namespace) -> tuple[int, float]:
+        """Train; returns (steps, minutes)."""
+        from modules.training import job as training
+
+        values = {"method": method, "instance_prompt": INSTANCE_PROMPT, "class_prompt": CLASS_PROMPT,
+                  "with_prior_preservation": prior, "num_class_images": args.num_class_images, "steps": args.steps,
+                  "max_minutes": args.minutes, "batch_size": args.batch_size, "save_every": 0, "seed": args.seed,
+                  "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth", **fields}
+        request = training.build_request(self.services, values, uploads=instance_images())
+        started = time.monotonic()
+        result = training.submit(self.services, request).wait()
+        return result.steps, (time.monotonic() - started) / 60
+
+    def scores(self, n: int, method: str | None, steps: int) -> Scores:
+        """Detector rates of the zwx prompts and the circle prompts on this folder's model."""
+        zwx = [self._detect(p, seed, method, steps) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
+        circles = [self._detect(p, seed, method, steps) for seed, p in enumerate(prompts(n, 2, "circle"))]
+        return Scores(
+            heart=np.mean([d.shape == "heart" for d, _, _ in zwx]),
+            zwx_color=np.mean([d.color == c for d, c, _ in zwx]),
+            zwx_position=np.mean([d.position == pos for d, _, pos in zwx]),
+            circle=np.mean([d.shape == "circle" for d, _, _ in circles]),
+        )
+
+    def _detect(self, item: tuple[str, str, str], seed: int, method: str | None, steps: int):
+        from modules.schemas import Txt2ImgRequest
+
+        text, color, position = item
+        checkpoint = None
+        if method == "dreambooth":
+            checkpoint = f"{TOKEN}-dreambooth"
+        if method == "lora":
+            text += f" <lora:{TOKEN}:1>"  # on for the circle prompts too: does the LoRA spoil circles?
+        request = Txt2ImgRequest(prompt=text, steps=steps, sampler_name=SAMPLER, cfg_scale=CFG, seed=seed,
+                                 save_images=False, sd_model_checkpoint=checkpoint)
+        image = self.services.submit("txt2img", request).wait().images[0]
+        return detect(image), color, position
+
+    def close(self) -> None:
+        self.services.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0, help="training time per run (the CPU budget)")
+    ap.add_argument("--steps", type=int, default=100_000, help="at most this many steps per run")
+    ap.add_argument("--n", type=int, default=50, help="prompts per measurement (zwx and circle each)")
+    ap.add_argument("--methods", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--prior", choices=["both", "on", "off"], default="both")
+    ap.add_argument("--num-class-images", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampling-steps", type=int, default=20, help="sampling steps of the measured images")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    base = Lab("base")
+    try:
+        rows.append(("base model", "", 0, 0.0, base.scores(args.n, None, args.sampling_steps)))
+    finally:
+        base.close()
+    for method in args.methods:
+        for prior, fields in RUNS[method]:
+            if method != "textual_inversion" and args.prior != "both" and prior != (args.prior == "on"):
+                continue
+            lab = Lab(method)
+            try:
+                steps, minutes = lab.train(method, prior, fields, args)
+                rows.append((method, "yes" if prior else "no", steps, minutes, lab.scores(args.n, method, args.sampling_steps)))
+            finally:
+                lab.close()
+            print(f"{method} (prior {prior}): {steps} steps in {minutes:.1f} min (class images included)", flush=True)
+    print(f"\n{args.n} prompts each; {SAMPLER}, {args.sampling_steps} steps, CFG {CFG}; training batch {args.batch_size}, "
+          f"at most {args.minutes:g} min per run\n")
+    print("| method | prior preservation | steps | minutes | zwx → heart | zwx colour | zwx position | circle → circle |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for method, prior, steps, minutes, s in rows:
+        print(f"| {method} | {prior} | {steps} | {minutes:.1f} | {s.heart:.0%} | {s.zwx_color:.0%} | "
+              f"{s.zwx_position:.0%} | {s.circle:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Training images: the instance images (uploads or a folder) and the class images of prior preservation.
+
+Instance images are read once, when the request is built: a file that is not a readable image is
+skipped with a warning naming it. When the job runs each image is made RGB, scaled so its shorter
+side is the training resolution and centre-cropped to a square.
+
+Class images are generated with the base model through the ordinary txt2img core and cached under
+``cache/class_images/<hash>/`` (the hash of the checkpoint, VAE, class prompt, resolution and
+sampling settings), so a second training of the same class reuses them. Image ``i`` has seed ``i``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from modules.images import decode_image
+from modules.schemas import RequestError
+
+CLASS_BATCH = 4  # class images generated per txt2img job
+
+
+def load_instance_images(uploads: list[Any] | None = None,
+                         folder: str | Path | None = None) -> tuple[list[Image.Image], list[str]]:
+    """(images, warnings) from uploads (PIL images, bytes, base64 text or file paths) and a folder.
+
+    Unreadable items are skipped with a warning; a folder that does not exist is a RequestError.
+    """
+    images: list[Image.Image] = []
+    warnings: list[str] = []
+    for index, item in enumerate(uploads or []):
+        label = Path(item).name if isinstance(item, (str, Path)) and _looks_like_path(item) else f"#{index + 1}"
+        try:
+            images.append(_read(item))
+        except (ValueError, OSError) as err:
+            warnings.append(f"instance image {label} skipped: not a readable image ({_short(err)})")
+    if folder:
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise RequestError(f"instance_dir: folder {str(root)!r} not found (give a folder of 3-30 images on the server)")
+        for path in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+            try:
+                images.append(_read(path))
+            except (ValueError, OSError) as err:
+                warnings.append(f"{path.name} skipped: not a readable image ({_short(err)})")
+    return images, warnings
+
+
+def _looks_like_path(item: str | Path) -> bool:
+    return isinstance(item, Path) or (len(item) < 4096 and ("/" in item or "\\" in item) and Path(item).exists())
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:120]
+
+
+def _read(item: Any) -> Image.Image:
+    """A loaded PIL image from a PIL image, bytes, base64 text or a path."""
+    if isinstance(item, Image.Image):
+        item.load()
+        return item
+    if isinstance(item, Path) or (isinstance(item, str) and _looks_like_path(item)):
+        with Image.open(item) as image:
+            image.load()
+            return image.copy()
+    return decode_image(item)
+
+
+def prepare_image(image: Image.Image, resolution: int) -> Image.Image:
+    """RGB (transparency on white), shorter side scaled to ``resolution``, centre-cropped square."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return ImageOps.fit(image.convert("RGB"), (resolution, resolution), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+
+
+# --------------------------------------------------------------------------- class images
+
+
+def class_key(checkpoint_id: str, vae: str | None, class_prompt: str, resolution: int, steps: int, cfg: float,
+              sampler: str) -> str:
+    """The cache folder name: sha256 of everything that changes the class images (first 16 hex digits)."""
+    text = json.dumps([checkpoint_id, vae, class_prompt, resolution, steps, cfg, sampler])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_class_images(folder: Path, count: int) -> list[Image.Image]:
+    """The first ``count`` cached images that exist in order (``0000.png``, ``0001.png``, ...)."""
+    images = []
+    for i in range(count):
+        path = folder / f"{i:04d}.png"
+        if not path.is_file():
+            break
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except OSError:  # a damaged file: generated again
+            break
+    return images
+
+
+def save_class_image(folder: Path, index: int, image: Image.Image) -> None:
+    """Write one class image atomically (a temporary file, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{index:04d}.png"
+    tmp = folder / f".{index:04d}.png.tmp"
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def generate_class_images(
+    folder: Path,
+    count: int,
+    generate: Callable[[int, int], list[Image.Image]],
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[Image.Image]:
+    """The ``count`` class images: the cached ones, then ``generate(first_seed, n)`` for the rest
+    (seed = index), each saved as it comes."""
+    images = cached_class_images(folder, count)
+    while len(images) < count:
+        n = min(CLASS_BATCH, count - len(images))
+        for image in generate(len(images), n):
+            save_class_image(folder, len(images), image)
+            images.append(image)
+        if on_progress is not None:
+            on_progress(len(images), count)
+    return images

@@ -1,0 +1,46 @@
+"""Sample images during training: the user's prompts drawn with the weights being trained.
+
+The same pieces as generation: A1111 prompt encoding (``modules.prompts``, with the embedding
+being trained standing in for its name), the img2img core's sampling loop from pure noise
+(``processing.common.denoise``, Euler a, CFG 7) and the shared VAE decode.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from modules import prompts, samplers
+from modules.processing import common
+
+SAMPLER = "Euler a"
+CFG_SCALE = 7.0
+
+
+@torch.no_grad()
+def sample_images(pipe: Any, method: Any, texts: list[str], seed: int, steps: int, resolution: int) -> list[Image.Image]:
+    """One image per prompt (seed ``seed`` for each), drawn with the method's current weights."""
+    unet, text_encoder, embeddings = method.sample_parts()
+    device = next(unet.parameters()).device
+    view = SimpleNamespace(unet=unet, vae=pipe.vae, image_processor=pipe.image_processor, _execution_device=device,
+                           scheduler=None)
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    channels = pipe.vae.config.latent_channels
+    method.train_mode(False)
+    images = []
+    try:
+        for text in texts:
+            cond, uncond = prompts.encode_prompt_pair(pipe.tokenizer, text_encoder, text, "", device=text_encoder.device,
+                                                      embeddings=embeddings)
+            view.scheduler = samplers.make_scheduler(pipe.scheduler.config, SAMPLER)
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.randn((1, channels, resolution // factor, resolution // factor), generator=generator)
+            latents = common.denoise(None, view, common.Conditioning(cond, uncond), None, noise, steps, 1.0, CFG_SCALE,
+                                     [generator], lambda *args: None)
+            images.extend(common.decode_latents(view, latents))
+    finally:
+        method.train_mode(True)
+    return images

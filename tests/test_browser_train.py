@@ -1,0 +1,76 @@
+"""The Train tab in a real browser (Chromium via Playwright, as tests/test_browser.py): upload three
+images, train a LoRA for two steps on the tiny checkpoint, see the progress end with the loss curve,
+the sample images and the written file; starting it again shows the "already exists" error.
+
+Skipped like tests/test_browser.py without playwright/chromium.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, free_port
+from tests.tiny_models import noise_image
+
+pytestmark = pytest.mark.browser
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright==1.65.2")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_models_dir):
+    from modules.config import load_settings
+    from modules.services import build_services
+    from webui.server import start
+
+    data_dir = tmp_path_factory.mktemp("train-webui")
+    shutil.copytree(tiny_models_dir, data_dir / "models" / "Stable-diffusion")
+    services = build_services(load_settings(data_dir, {"sd_model_checkpoint": "tiny-a"}))
+    try:
+        running = start(services, port=free_port(), quiet=True)
+        try:
+            yield running, services, data_dir
+        finally:
+            running.close()
+    finally:
+        services.close()
+
+
+def test_train_a_lora_from_the_tab(server, tmp_path):
+    running, _, data_dir = server
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        noise_image(32, 32, seed=i).save(paths[-1])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(running.local_url)
+        page.locator("#tab_train-button").click()
+        page.locator("#train_images input[type=file]").set_input_files(paths)
+        page.wait_for_selector("#train_images :text('2.png')")
+        page.locator("#train_instance_prompt textarea").fill("a zwx shape")
+        page.locator("#train_class_prompt textarea").fill("a shape")
+        page.locator("#train_parameters").click()
+        for elem_id, value in (("train_steps", 2), ("train_resolution", 32), ("train_sample_every", 1)):
+            box = page.locator(f"#{elem_id} input")
+            box.fill(str(value))
+            box.press("Tab")
+        page.locator("#train_start").click()
+        page.wait_for_selector("#train_status :text('Done: 2 steps')", timeout=120_000)
+        assert page.locator("#train_output textarea").input_value().endswith("models/Lora/zwx.safetensors")
+        assert page.locator("#train_samples img").count() >= 1
+        assert page.locator("#train_loss").is_visible()
+        assert page.locator("#train_warnings").inner_text().startswith("Warnings")  # only 3 images
+        page.screenshot(path=str(tmp_path / "train-tab.png"), full_page=True)
+        page.locator("#train_start").click()
+        page.wait_for_selector("#train_error textarea")
+        assert "already exists" in page.locator("#train_error textarea").input_value()
+        browser.close()
+    assert (Path(data_dir) / "models" / "Lora" / "zwx.safetensors").is_file()
