@@ -85,7 +85,10 @@ class TrainOptions(BaseModel):
         """No output name: the identifier (``zwx``; ``zwx-dreambooth`` for a full model)."""
         if not isinstance(data, dict) or data.get("output_name"):
             return data
-        ident = data.get("token") or _new_words(str(data.get("instance_prompt") or ""), str(data.get("class_prompt") or ""))
+        token = data.get("token")
+        if token is not None and not isinstance(token, str):
+            return data  # the field's own validation names the wrong type
+        ident = token or _new_words(str(data.get("instance_prompt") or ""), str(data.get("class_prompt") or ""))
         if not ident:
             return data  # output_name stays missing: the error names it
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ident).strip("-.")
