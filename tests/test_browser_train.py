@@ -56,7 +56,7 @@ def test_train_a_lora_from_the_tab(server, tmp_path):
         page.goto(running.local_url)
         page.locator("#tab_train-button").click()
         page.locator("#train_images input[type=file]").set_input_files(paths)
-        page.locator("#train_images").get_by_text(".png").nth(2).wait_for()  # the third file is listed (stem and suffix are separate nodes)
+        page.locator("#train_images").get_by_text(".png").nth(2).wait_for()  # third file listed
         page.locator("#train_instance_prompt textarea").fill("a zwx shape")
         page.locator("#train_class_prompt textarea").fill("a shape")
         page.locator("#train_parameters").click()
