@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -12,6 +11,7 @@ from PIL import Image
 from modules.api import create_app
 from modules.config import load_settings
 from modules.services import build_services
+from tests.served import served
 
 webuiapi = pytest.importorskip("webuiapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -21,21 +21,8 @@ uvicorn = pytest.importorskip("uvicorn")
 def server(data_dir):
     """(services, webuiapi client) for a uvicorn server on a free 127.0.0.1 port, in a thread."""
     services = build_services(load_settings(data_dir, {"show_progress_every_n_steps": 1}))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(services), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2)
-    yield services, api
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with served(create_app(services)) as port:
+        yield services, webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2)
     services.close()
 
 

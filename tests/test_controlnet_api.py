@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from modules.api import create_app
 from modules.config import load_settings
 from modules.images import encode_image_base64
 from modules.services import build_services
+from tests.served import served
 from tests.test_api import T2I, b64_to_image, png_b64, wait_job
 from tests.test_controlnet_apply import square_map, tiny_controlnets_dir  # noqa: F401 - fixture
 
@@ -191,21 +189,8 @@ uvicorn = pytest.importorskip("uvicorn")
 
 @pytest.fixture
 def server(api):
-    services = api[0]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(services), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2)
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with served(create_app(api[0])) as port:
+        yield webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2)
 
 
 def test_webuiapi_controlnet_unit(server):
