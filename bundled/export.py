@@ -30,14 +30,21 @@ def export(state_path: Path, out: Path, overwrite: bool = False) -> Path:
     text_encoder.load_state_dict(st["ema_text"])
     metadata = {"easel_train_step": str(st["step"]), "easel_vae_steps": str(st["vae_done"]),
                 "easel_source": "bundled/train.py (shapes world)"}
+    return write_checkpoint(out, vae, unet, text_encoder, st["scaling"], metadata, overwrite)
+
+
+def write_checkpoint(out: Path, vae, unet, text_encoder, scaling: float, metadata: dict[str, str],
+                     overwrite: bool = False) -> Path:
+    """The three modules as an fp16 original-layout ``.safetensors`` plus its ``.yaml``, within budget."""
     save_ldm_checkpoint(out, pipeline_to_ldm(unet, vae, text_encoder), dtype=torch.float16,
                         metadata=metadata, overwrite=overwrite)
-    yaml = ldm_yaml(unet.config, vae.config, TEXT_CONFIG, SCHEDULER_CONFIG, scaling_factor=st["scaling"])
+    yaml = ldm_yaml(unet.config, vae.config, TEXT_CONFIG, SCHEDULER_CONFIG, scaling_factor=scaling)
     out.with_suffix(".yaml").write_text(yaml)
     size = out.stat().st_size
     if size > MAX_BYTES:
         raise SystemExit(f"{out} is {size / 2**20:.1f} MiB, over the 30 MiB budget")
-    print(f"wrote {out} ({size / 2**20:.1f} MiB, UNet step {st['step']}) and {out.with_suffix('.yaml').name}")
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, UNet step {metadata.get('easel_train_step')}) and "
+          f"{out.with_suffix('.yaml').name}")
     return out
 
 
