@@ -28,7 +28,9 @@ def export(state_path: Path, out: Path = DEFAULT_OUT, overwrite: bool = False) -
     controlnet = build_controlnet(unet)
     controlnet.load_state_dict(st["controlnet"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_controlnet(controlnet, out, dtype=torch.float16, overwrite=overwrite)
+    metadata = {"easel_train_step": str(st["step"]), "easel_base_step": str(st.get("base_step")),
+                "easel_source": "bundled/train_controlnet.py (shapes world)"}
+    save_controlnet(controlnet, out, dtype=torch.float16, overwrite=overwrite, metadata=metadata)
     size = out.stat().st_size
     if size > MAX_BYTES:
         raise SystemExit(f"{out} is {size / 2**20:.1f} MiB, over the 15 MiB budget")

@@ -18,6 +18,9 @@ Deterministic per step (``default_rng([seed, 3, step])``), resumable from ``stat
 
     python -m bundled.train_controlnet --out runs/controlnet --threads 2
     python -m bundled.export_controlnet --state runs/controlnet/state.pt
+
+``--init-from`` starts a new run from an exported ControlNet file (e.g. the shipped one, to train
+it further); the step count continues from the one recorded in the file.
 """
 
 from __future__ import annotations
@@ -67,6 +70,19 @@ def control_map(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return edges
 
 
+def init_from_file(path: Path, controlnet) -> int:
+    """Load an exported ControlNet's weights through Easel's loader; returns its recorded step."""
+    from safetensors import safe_open
+
+    from modules.controlnet.models import ControlNetInfo, load_controlnet
+
+    yaml = path.with_suffix(".yaml")
+    loaded = load_controlnet(ControlNetInfo(path.stem, path.stem, path, "single", yaml if yaml.exists() else None))
+    controlnet.load_state_dict({k: v.float() for k, v in loaded.model.state_dict().items()})
+    with safe_open(str(path), "pt") as f:
+        return int((f.metadata() or {}).get("easel_train_step", 0))
+
+
 def map_tensor(maps: list[np.ndarray]) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1]: the maps as RGB."""
     return torch.from_numpy(np.stack(maps)).float().div(255.0)[:, None].repeat(1, 3, 1, 1).contiguous()
@@ -104,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pyramid-noise", type=float, default=0.1)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--init-from", type=Path, default=None, help="exported ControlNet .safetensors to start from")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(st["opt"])
         step = st["step"]
         print(f"resumed at step {step}", flush=True)
+    elif args.init_from is not None:
+        step = init_from_file(args.init_from, controlnet)
+        print(f"initialised from {args.init_from} (ControlNet step {step})", flush=True)
     tokenizer = load_tokenizer()
     sqrt_betas = torch.linspace(SCHEDULER_CONFIG["beta_start"] ** 0.5, SCHEDULER_CONFIG["beta_end"] ** 0.5, 1000)
     alphas_bar = torch.cumprod(1 - sqrt_betas**2, 0)

@@ -125,14 +125,15 @@ def controlnet_ldm_yaml(config: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(document))
 
 
-def save_controlnet(model: Any, path: Path, dtype: torch.dtype | None = torch.float16, overwrite: bool = False) -> Path:
+def save_controlnet(model: Any, path: Path, dtype: torch.dtype | None = torch.float16, overwrite: bool = False,
+                    metadata: dict[str, str] | None = None) -> Path:
     """Write a ``ControlNetModel`` as ``path`` (``.safetensors``, original layout) plus its ``.yaml``.
 
     The file is written atomically (``modules.ldm_export.save_ldm_checkpoint``); floating-point
     tensors are cast to ``dtype`` (None keeps them). Returns ``path``.
     """
     path = Path(path)
-    save_ldm_checkpoint(path, controlnet_to_ldm(model.state_dict()), dtype=dtype, overwrite=overwrite)
+    save_ldm_checkpoint(path, controlnet_to_ldm(model.state_dict()), dtype=dtype, metadata=metadata, overwrite=overwrite)
     path.with_suffix(".yaml").write_text(controlnet_ldm_yaml(model.config))
     return path
 
