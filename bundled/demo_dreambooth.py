@@ -162,13 +162,21 @@ def main() -> None:
             finally:
                 lab.close()
             print(f"{method} (prior {prior}): {steps} steps in {minutes:.1f} min (class images included)", flush=True)
+            print(table_row(*rows[-1]), flush=True)
     print(f"\n{args.n} prompts each; {SAMPLER}, {args.sampling_steps} steps, CFG {CFG}; training batch {args.batch_size}, "
           f"at most {args.minutes:g} min per run\n")
-    print("| method | prior preservation | steps | minutes | zwx → heart | zwx colour | zwx position | circle → circle |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for method, prior, steps, minutes, s in rows:
-        print(f"| {method} | {prior} | {steps} | {minutes:.1f} | {s.heart:.0%} | {s.zwx_color:.0%} | "
-              f"{s.zwx_position:.0%} | {s.circle:.0%} |")
+    print(TABLE_HEAD)
+    for row in rows:
+        print(table_row(*row))
+
+
+TABLE_HEAD = ("| method | prior preservation | steps | minutes | zwx → heart | zwx colour | zwx position | circle → circle |\n"
+              "|---|---|---:|---:|---:|---:|---:|---:|")
+
+
+def table_row(method: str, prior: str, steps: int, minutes: float, s: Scores) -> str:
+    return (f"| {method} | {prior} | {steps} | {minutes:.1f} | {s.heart:.0%} | {s.zwx_color:.0%} | "
+            f"{s.zwx_position:.0%} | {s.circle:.0%} |")
 
 
 if __name__ == "__main__":
