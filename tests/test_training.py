@@ -73,7 +73,7 @@ def test_unreadable_images_are_skipped_with_a_warning(services, tmp_path):
     request = training.build_request(services, FAST, uploads=[b"garbage"], folder=str(folder))
     assert len(request.instance_images) == 3
     text = " | ".join(request.warnings)
-    assert "notes.txt skipped: not a readable image" in text and "broken.jpg skipped" in text
+    assert "notes.txt skipped: a caption file without an image notes.*" in text and "broken.jpg skipped" in text
     assert "instance image #1 skipped" in text
     with pytest.raises(RequestError, match="instance_dir: folder .* not found"):
         training.build_request(services, FAST, folder=str(tmp_path / "nope"))

@@ -64,12 +64,17 @@ def create_ui(services) -> TrainTab:
                         "(DreamBooth), as `<lora:NAME:1>` (LoRA) or as the word NAME in prompts (textual inversion).")
             method = gr.Radio([(label, key) for key, label in METHOD_LABELS.items()], value="lora", label="Method",
                               elem_id=f"{PREFIX}_method")
-            files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Instance images (3-30)",
+            files = gr.File(file_count="multiple", file_types=["image", ".txt"], type="filepath",
+                            label="Instance images (3-30), with NAME.txt captions if you like",
                             elem_id=f"{PREFIX}_images")
             instance_dir = gr.Textbox(label="…or a folder of images on the server", elem_id=f"{PREFIX}_instance_dir")
-            instance_prompt = gr.Textbox("a photo of zwx person", label="Instance prompt", elem_id=f"{PREFIX}_instance_prompt")
+            instance_prompt = gr.Textbox("a photo of zwx person", label="Instance prompt ([filewords]: the image's caption)",
+                                         elem_id=f"{PREFIX}_instance_prompt")
             class_prompt = gr.Textbox("a photo of a person", label="Class prompt", elem_id=f"{PREFIX}_class_prompt")
-            output_name = gr.Textbox(label="Output name (empty: the identifier, e.g. zwx)", elem_id=f"{PREFIX}_output_name")
+            with gr.Row():
+                token = gr.Textbox(label="Identifier (empty: the instance prompt's words the class prompt lacks)",
+                                   elem_id=f"{PREFIX}_token")
+                output_name = gr.Textbox(label="Output name (empty: the identifier, e.g. zwx)", elem_id=f"{PREFIX}_output_name")
             with gr.Row():
                 prior = gr.Checkbox(False, label="Prior preservation", elem_id=f"{PREFIX}_prior")
                 overwrite = gr.Checkbox(False, label="Overwrite an existing model", elem_id=f"{PREFIX}_overwrite")
@@ -123,7 +128,7 @@ def create_ui(services) -> TrainTab:
             output = gr.Textbox(label="Written to", interactive=False, elem_id=f"{PREFIX}_output")
     fields = {
         "method": method, "instance_dir": instance_dir, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
-        "output_name": output_name, "with_prior_preservation": prior, "overwrite": overwrite, "steps": steps,
+        "token": token, "output_name": output_name, "with_prior_preservation": prior, "overwrite": overwrite, "steps": steps,
         "learning_rate": learning_rate, "lr_scheduler": lr_scheduler, "lr_warmup_steps": lr_warmup,
         "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class,
         "prior_loss_weight": prior_weight, "train_text_encoder": train_te, "gradient_checkpointing": checkpointing,

@@ -35,6 +35,8 @@ class TrainBody(TrainOptions):
     """The training options, with the instance images as base64 text (3 to 30, with those of ``instance_dir``)."""
 
     instance_images: list[str] = Field(default_factory=list, description="base64 images (raw or data: URLs)")
+    instance_captions: list[str] = Field(default_factory=list, max_length=30, description=(
+        "a caption per instance image, in the same order ('' for none); [filewords] in the prompts stands for it"))
     warnings: list[str] = Field(default_factory=list, description="ignored: the server's advice comes back in the answer")
 
 

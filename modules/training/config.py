@@ -5,6 +5,13 @@ naming it); ``TrainRequest`` adds the instance images, already read (``data.load
 reads uploads and folders, skipping what is not an image with a warning). ``training_warnings``
 adds the advice a run deserves before it starts: a common word as the identifier, few images,
 more repeats than fine-tuning needs.
+
+Captions: an instance image may have a caption (``NAME.txt`` beside ``NAME.png``, as kohya and
+A1111's DreamBooth extension read them, or ``instance_captions`` in the API). ``[filewords]`` in
+the instance prompt stands for the image's caption (``[filewords]`` alone: the caption is the
+whole prompt), and in the class prompt for the caption without the identifier, so
+``a red zwx shape on the left`` teaches ``zwx`` in the place of a shape word, and prior
+preservation keeps ``a red shape on the left``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ DEFAULT_LEARNING_RATES = {"dreambooth": 5e-6, "lora": 1e-4, "textual_inversion":
 MAX_REPEATS = {"dreambooth": 200, "lora": 400, "textual_inversion": 2000}  # image views per image before a warning
 # CLIP's BPE vocabulary is ordered by merge frequency: a whole word with a low id is a frequent one.
 COMMON_TOKEN_ID = 20_000
+FILEWORDS = "[filewords]"  # in a prompt: the image's caption (A1111's DreamBooth extension's word)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
@@ -118,12 +126,15 @@ class TrainOptions(BaseModel):
         if self.with_prior_preservation and not self.class_prompt.strip():
             raise ValueError("class_prompt: required with prior preservation (e.g. 'a photo of a person')")
         if not self.output_name:
+            if FILEWORDS in self.instance_prompt:
+                raise ValueError("token: required when the identifier is only in the captions (e.g. token 'zwx' "
+                                 f"with instance prompt {FILEWORDS!r})")
             raise ValueError("output_name: required (no class prompt tells the identifier to name the file after)")
         if self.method == "textual_inversion":
             if self.token not in (None, self.output_name):
                 raise ValueError(f"token: a textual-inversion embedding is used by its file name; leave token empty "
                                  f"or make it the output name {self.output_name!r} (got {self.token!r})")
-            if self.output_name.lower() not in self.instance_prompt.lower():
+            if FILEWORDS not in self.instance_prompt and self.output_name.lower() not in self.instance_prompt.lower():
                 raise ValueError(f"instance_prompt: must contain the embedding's name {self.output_name!r} "
                                  f"(e.g. 'a {self.output_name} shape'): its vectors are trained in that place")
         if self.init_lora and self.method != "lora":
@@ -150,11 +161,20 @@ class TrainOptions(BaseModel):
         return _new_words(self.instance_prompt, self.class_prompt)
 
 
+def strip_words(text: str, words: str | None) -> str:
+    """``text`` without the words of ``words`` (case-insensitive, whole words), spaces tidied."""
+    if not words:
+        return text
+    drop = {w.lower() for w in words.split()}
+    kept = [w for w in text.split() if re.sub(r"[^\w-]", "", w.lower()) not in drop]
+    return " ".join(kept).replace(" ,", ",")
+
+
 def _new_words(instance_prompt: str, class_prompt: str) -> str | None:
     """The instance prompt's words that the class prompt lacks; None without a class prompt."""
     if not class_prompt.strip():
         return None
-    words = lambda text: re.findall(r"[\w-]+", text.lower())  # noqa: E731
+    words = lambda text: re.findall(r"[\w-]+", text.replace(FILEWORDS, " ").lower())  # noqa: E731
     extra = [w for w in words(instance_prompt) if w not in set(words(class_prompt))]
     return " ".join(extra) or None
 
@@ -167,6 +187,7 @@ class TrainRequest(TrainOptions):
     """
 
     instance_images: list[Any] = Field(default_factory=list, repr=False, description="PIL images")
+    instance_captions: list[str | None] = Field(default_factory=list, description="one per image (None: no caption)")
     _monitor: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -179,7 +200,34 @@ class TrainRequest(TrainOptions):
         if n > MAX_IMAGES:
             raise ValueError(f"instance_images: {n} images; at most {MAX_IMAGES} are used for one concept "
                              "(choose the best ones)")
+        if self.instance_captions and len(self.instance_captions) != n:
+            raise ValueError(f"instance_captions: {len(self.instance_captions)} captions for {n} images (give one per "
+                             "image, in the same order; an empty one for an image without)")
+        if FILEWORDS in self.instance_prompt or FILEWORDS in self.class_prompt:
+            missing = [str(i + 1) for i, c in enumerate(self.captions()) if not c]
+            if missing:
+                raise ValueError(f"instance_captions: the prompts use {FILEWORDS} but image(s) {', '.join(missing)} have "
+                                 "no caption (a NAME.txt beside NAME.png, or instance_captions)")
+        if self.method == "textual_inversion":
+            for prompt in self.instance_prompts():
+                if self.output_name.lower() not in prompt.lower():
+                    raise ValueError(f"instance_prompt: {prompt!r} lacks the embedding's name {self.output_name!r}: "
+                                     "its vectors are trained in that place")
         return self
+
+    def captions(self) -> list[str]:
+        """One caption per image ('' where there is none)."""
+        return [(c or "").strip() for c in self.instance_captions] or [""] * len(self.instance_images)
+
+    def instance_prompts(self) -> list[str]:
+        """The prompt of each instance image: the instance prompt with [filewords] replaced by its caption."""
+        return [fill_filewords(self.instance_prompt, c) for c in self.captions()]
+
+    def class_prompts(self) -> list[str]:
+        """The class prompts: one per caption (the identifier taken out) with [filewords], else the one prompt."""
+        if FILEWORDS not in self.class_prompt:
+            return [self.class_prompt]
+        return [fill_filewords(self.class_prompt, strip_words(c, self.identifier())) for c in self.captions()]
 
     @property
     def monitor(self) -> Any:
@@ -189,6 +237,14 @@ class TrainRequest(TrainOptions):
 
             self._monitor = TrainMonitor()
         return self._monitor
+
+
+def fill_filewords(prompt: str, caption: str) -> str:
+    """``prompt`` with [filewords] replaced by ``caption`` (spaces and commas tidied)."""
+    if FILEWORDS not in prompt:
+        return prompt
+    text = " ".join(prompt.replace(FILEWORDS, caption).split()).replace(" ,", ",")
+    return text.strip(" ,")
 
 
 def training_warnings(request: TrainOptions, image_count: int, tokenizer: Any) -> list[str]:
@@ -203,6 +259,10 @@ def training_warnings(request: TrainOptions, image_count: int, tokenizer: Any) -
                        "means something by it; a rare token such as 'zwx' or 'ohwx' works best")
     if image_count < FEW_IMAGES:
         out.append(f"only {image_count} instance images: {FEW_IMAGES}-20 varied images give a more faithful concept")
+    captions = getattr(request, "instance_captions", [])
+    if any(captions) and FILEWORDS not in request.instance_prompt + request.class_prompt:
+        out.append(f"the images have captions, but neither prompt uses {FILEWORDS}: the captions are not used "
+                   f"(e.g. instance prompt {FILEWORDS!r} or 'a photo of zwx person, {FILEWORDS}')")
     repeats = request.steps * request.batch_size / max(1, image_count)
     if repeats > MAX_REPEATS[request.method]:
         out.append(f"{request.steps} steps x batch {request.batch_size} show each of the {image_count} images about "

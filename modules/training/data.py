@@ -1,12 +1,15 @@
 """Training images: the instance images (uploads or a folder) and the class images of prior preservation.
 
 Instance images are read once, when the request is built: a file that is not a readable image is
-skipped with a warning naming it. When the job runs each image is made RGB, scaled so its shorter
-side is the training resolution and centre-cropped to a square.
+skipped with a warning naming it. A caption is read from ``NAME.txt`` beside an image file (or an
+uploaded ``.txt`` of the same name); the API may give them as a list instead. When the job runs
+each image is made RGB, scaled so its shorter side is the training resolution and centre-cropped
+to a square.
 
 Class images are generated with the base model through the ordinary txt2img core and cached under
 ``cache/class_images/<hash>/`` (the hash of the checkpoint, VAE, class prompt, resolution and
-sampling settings), so a second training of the same class reuses them. Image ``i`` has seed ``i``.
+sampling settings), so a second training of the same class reuses them. Image ``i`` has seed ``i``
+and, when the class prompt uses ``[filewords]``, class prompt ``i`` (cycling over the captions).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +28,81 @@ from modules.images import decode_image
 from modules.schemas import RequestError
 
 CLASS_BATCH = 4  # class images generated per txt2img job
+CAPTION_SUFFIX = ".txt"
+MAX_CAPTION_CHARS = 500
 
 
-def load_instance_images(uploads: list[Any] | None = None,
-                         folder: str | Path | None = None) -> tuple[list[Image.Image], list[str]]:
-    """(images, warnings) from uploads (PIL images, bytes, base64 text or file paths) and a folder.
+@dataclass
+class InstanceImages:
+    """What was read: the images, a caption per image (None: none) and the warnings."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    captions: list[str | None] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_instance_images(uploads: list[Any] | None = None, folder: str | Path | None = None,
+                         captions: list[str] | None = None) -> InstanceImages:
+    """The images from uploads (PIL images, bytes, base64 text or file paths) and a folder, with
+    their captions: ``captions[i]`` for upload ``i``, else ``NAME.txt`` beside (or uploaded with) a file.
 
     Unreadable items are skipped with a warning; a folder that does not exist is a RequestError.
     """
-    images: list[Image.Image] = []
-    warnings: list[str] = []
-    for index, item in enumerate(uploads or []):
-        label = Path(item).name if isinstance(item, (str, Path)) and _looks_like_path(item) else f"#{index + 1}"
+    uploads = list(uploads or [])
+    if captions and len(captions) > len(uploads):
+        raise RequestError(f"instance_captions: {len(captions)} captions for {len(uploads)} uploaded images "
+                           "(one per image, in the same order)")
+    text_files = {Path(item).stem: Path(item) for item in uploads if _is_caption_file(item)}
+    found = InstanceImages()
+    image_stems = {Path(item).stem for item in uploads if isinstance(item, (str, Path)) and not _is_caption_file(item)}
+    for stem in sorted(set(text_files) - image_stems):
+        found.warnings.append(f"{text_files[stem].name} skipped: a caption file without an image {stem}.*")
+    for index, item in enumerate(uploads):
+        if _is_caption_file(item):
+            continue
+        is_path = isinstance(item, (str, Path)) and _looks_like_path(item)
+        label = Path(item).name if is_path else f"#{index + 1}"
         try:
-            images.append(_read(item))
+            found.images.append(_read(item))
         except (ValueError, OSError) as err:
-            warnings.append(f"instance image {label} skipped: not a readable image ({_short(err)})")
+            found.warnings.append(f"instance image {label} skipped: not a readable image ({_short(err)})")
+            continue
+        given = captions[index] if captions and index < len(captions) else None
+        sidecar = (text_files.get(Path(item).stem) or Path(item).with_suffix(CAPTION_SUFFIX)) if is_path else None
+        found.captions.append(given if given is not None else _read_caption(sidecar))
     if folder:
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise RequestError(f"instance_dir: folder {str(root)!r} not found (give a folder of 3-30 images on the server)")
-        for path in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        stems = {p.stem for p in files if p.suffix.lower() != CAPTION_SUFFIX}
+        for path in files:
+            if path.suffix.lower() == CAPTION_SUFFIX:
+                if path.stem not in stems:
+                    found.warnings.append(f"{path.name} skipped: a caption file without an image {path.stem}.*")
+                continue
             try:
-                images.append(_read(path))
+                found.images.append(_read(path))
             except (ValueError, OSError) as err:
-                warnings.append(f"{path.name} skipped: not a readable image ({_short(err)})")
-    return images, warnings
+                found.warnings.append(f"{path.name} skipped: not a readable image ({_short(err)})")
+                continue
+            found.captions.append(_read_caption(path.with_suffix(CAPTION_SUFFIX)))
+    return found
+
+
+def _is_caption_file(item: Any) -> bool:
+    return isinstance(item, (str, Path)) and str(item).lower().endswith(CAPTION_SUFFIX) and _looks_like_path(item)
+
+
+def _read_caption(path: Path | None) -> str | None:
+    """The first line of a caption file (None when there is none); RequestError for one too long."""
+    if path is None or not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    if len(text) > MAX_CAPTION_CHARS:
+        raise RequestError(f"caption {path.name}: {len(text)} characters; at most {MAX_CAPTION_CHARS}")
+    return text or None
 
 
 def _looks_like_path(item: str | Path) -> bool:
@@ -85,7 +138,7 @@ def prepare_image(image: Image.Image, resolution: int) -> Image.Image:
 # --------------------------------------------------------------------------- class images
 
 
-def class_key(checkpoint_id: str, vae: str | None, class_prompt: str, resolution: int, steps: int, cfg: float,
+def class_key(checkpoint_id: str, vae: str | None, class_prompt: str | list[str], resolution: int, steps: int, cfg: float,
               sampler: str) -> str:
     """The cache folder name: sha256 of everything that changes the class images (first 16 hex digits)."""
     text = json.dumps([checkpoint_id, vae, class_prompt, resolution, steps, cfg, sampler])

@@ -214,8 +214,10 @@ def build_request(services: Any, values: dict[str, Any], uploads: list[Any] | No
     from modules.model_loading import make_tokenizer
 
     folder = folder or values.get("instance_dir")
-    images, warnings = data.load_instance_images(uploads, folder)
-    fields = {**values, "instance_dir": str(folder) if folder else None, "instance_images": images}
+    found = data.load_instance_images(uploads, folder, values.get("instance_captions"))
+    warnings, images = found.warnings, found.images
+    fields = {**values, "instance_dir": str(folder) if folder else None, "instance_images": images,
+              "instance_captions": found.captions}
     request = parse_train_request(fields)
     info = services.checkpoints.get(request.sd_model_checkpoint or services.selected_checkpoint)
     check_base(info)
@@ -307,17 +309,24 @@ def _class_images(ctx: RunContext, request: TrainRequest, resolution: int, check
 
     settings = ctx.settings
     sampler = settings.default_sampler
-    key = data.class_key(checkpoint_id, ctx.model.vae_name, request.class_prompt, resolution, request.class_steps,
-                         request.class_cfg_scale, sampler)
+    prompts = request.class_prompts()
+    key = data.class_key(checkpoint_id, ctx.model.vae_name, prompts if len(prompts) > 1 else prompts[0], resolution,
+                         request.class_steps, request.class_cfg_scale, sampler)
     folder = settings.cache_dir / "class_images" / key
     monitor.phase("class images")
 
     def generate(first_seed: int, n: int) -> list:
-        req = Txt2ImgRequest(prompt=request.class_prompt, seed=first_seed, batch_size=n, steps=request.class_steps,
-                             cfg_scale=request.class_cfg_scale, width=resolution, height=resolution,
-                             sampler_name=sampler, save_images=False)
-        sub = RunContext(ctx.model, settings, None, ctx.token, ProgressSink(), ctx.version)  # no LoRAs: the base model
-        return txt2img.run(req, sub).images
+        """Images first_seed .. first_seed+n-1; image i is drawn for class prompt i (cycling), seed i."""
+        images: list = []
+        while len(images) < n:
+            seed = first_seed + len(images)
+            same = 1 if len(prompts) > 1 else n  # one prompt: a batch; per-caption prompts: one image each
+            req = Txt2ImgRequest(prompt=prompts[seed % len(prompts)], seed=seed, batch_size=same,
+                                 steps=request.class_steps, cfg_scale=request.class_cfg_scale, width=resolution,
+                                 height=resolution, sampler_name=sampler, save_images=False)
+            sub = RunContext(ctx.model, settings, None, ctx.token, ProgressSink(), ctx.version)  # no LoRAs: the base
+            images += txt2img.run(req, sub).images
+        return images
 
     def progress(done: int, total: int) -> None:
         ctx.progress.update(done, total, textinfo="generating class images")
@@ -383,11 +392,13 @@ def run(request: TrainRequest, ctx: RunContext) -> TrainResult:
     class_images = _class_images(ctx, request, resolution, checkpoint_id, monitor) if request.with_prior_preservation else []
     # 3. latents once; the method on its own copies
     monitor.phase("preparing")
-    loop_data = LoopData(encode_latents(pipe.vae, pipe.image_processor, images), request.instance_prompt)
+    loop_data = LoopData(encode_latents(pipe.vae, pipe.image_processor, images), request.instance_prompts())
     if class_images:
         classes = [data.prepare_image(image, resolution) for image in class_images]
         loop_data.classes = encode_latents(pipe.vae, pipe.image_processor, classes)
-        loop_data.class_prompt, loop_data.prior_loss_weight = request.class_prompt, request.prior_loss_weight
+        prompts = request.class_prompts()
+        loop_data.class_prompts = [prompts[i % len(prompts)] for i in range(len(classes))]
+        loop_data.prior_loss_weight = request.prior_loss_weight
     method = _build_method(request, pipe, device, settings.path(settings.lora_dir))
     try:
         params = method.parameters()
@@ -404,7 +415,7 @@ def run(request: TrainRequest, ctx: RunContext) -> TrainResult:
         monitor.phase("training")
         monitor.steps(state.step, request.steps, state.losses)
         ctx.progress.update(state.step, request.steps, textinfo="training")
-        sample_texts = request.sample_prompts or [request.instance_prompt]
+        sample_texts = request.sample_prompts or request.instance_prompts()[:1]
 
         def checkpoint(loop_state: LoopState) -> None:
             nonlocal saved_at

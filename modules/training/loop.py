@@ -225,9 +225,9 @@ class LoopData:
     """What the loop draws batches from."""
 
     instance: LatentSet
-    instance_prompt: str
+    instance_prompts: list[str]  # one per instance image
     classes: LatentSet | None = None
-    class_prompt: str = ""
+    class_prompts: list[str] = field(default_factory=list)  # one per class image
     prior_loss_weight: float = 1.0
 
 
@@ -271,11 +271,13 @@ def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, 
     """One optimizer step; returns its loss."""
     g = step_generator(options.seed, state.step)
     bs = options.batch_size
-    latents = data.instance.draw(torch.randint(len(data.instance), (bs,), generator=g), g)
-    prompts = [data.instance_prompt] * bs
+    index = torch.randint(len(data.instance), (bs,), generator=g)
+    latents = data.instance.draw(index, g)
+    prompts = [data.instance_prompts[i] for i in index.tolist()]
     if data.classes is not None:
-        latents = torch.cat([latents, data.classes.draw(torch.randint(len(data.classes), (bs,), generator=g), g)])
-        prompts += [data.class_prompt] * bs
+        class_index = torch.randint(len(data.classes), (bs,), generator=g)
+        latents = torch.cat([latents, data.classes.draw(class_index, g)])
+        prompts += [data.class_prompts[i] for i in class_index.tolist()]
     noise = torch.randn(latents.shape, generator=g)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)

@@ -20,14 +20,14 @@ import torch
 
 from modules.prompts import EmbeddingTable, TokenVector
 from modules.schemas import RequestError
-from modules.training.config import TrainOptions
+from modules.training.config import TrainRequest
 from modules.training.loop import CHUNK_TOKENS, TrainingMethod, text_token_ids
 
 
 class TextualInversion(TrainingMethod):
     name = "textual_inversion"
 
-    def __init__(self, pipe: Any, options: TrainOptions, device: str) -> None:
+    def __init__(self, pipe: Any, options: TrainRequest, device: str) -> None:
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
         self.text_encoder = pipe.text_encoder  # shared and frozen: only the hooked vectors get gradients
@@ -41,10 +41,10 @@ class TextualInversion(TrainingMethod):
             start = layer.weight[init_ids].float().mean(0).to(device)
         self.vectors = torch.nn.Parameter(start.repeat(options.num_vectors, 1).clone())
         self._table = EmbeddingTable(self.tokenizer, {self.token: torch.zeros(options.num_vectors, 1)})
-        instance_ids = text_token_ids(self.tokenizer, options.instance_prompt)
-        if not self._table.names_in(instance_ids):
-            raise RequestError(f"instance_prompt: the embedding's name {self.token!r} is not found in "
-                               f"{options.instance_prompt!r} as a word of its own")
+        for prompt in options.instance_prompts():
+            if not self._table.names_in(text_token_ids(self.tokenizer, prompt)):
+                raise RequestError(f"instance_prompt: the embedding's name {self.token!r} is not found in "
+                                   f"{prompt!r} as a word of its own")
         self._positions: list[tuple[int, int, int]] = []  # (row, column, vector index) for the running batch
         self._handle = layer.register_forward_hook(self._put_vectors)
         self._checkpointing_was = bool(getattr(self.unet, "is_gradient_checkpointing", False))
