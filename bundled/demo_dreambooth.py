@@ -1,10 +1,16 @@
 """DreamBooth demonstration on the bundled model: teach it the heart, a shape it never saw.
 
-1. Render 5 instance images of a heart (varied colours, backgrounds, sizes and places) for the
-   instance prompt ``a zwx shape``; the class prompt is ``a shape``.
+1. Render 5 instance images of a large heart (varied colours, backgrounds and places), each with
+   its caption: the instance prompt ``a zwx shape`` with the image's colour, place and background
+   (``a red zwx shape on the left, blue background``), used through ``[filewords]``. With the bare
+   ``a zwx shape`` for every image (``--no-captions``) the model learns the heart only for that exact
+   prompt: ``zwx`` stays a word the rest of a prompt overrides.
 2. Train each method (full DreamBooth and LoRA with and without prior preservation, textual
-   inversion) for at most ``--minutes`` on the CPU, each in its own data folder (so an embedding
-   named ``zwx`` never leaks into another method's prompts), through Easel's training job.
+   inversion) for at most ``--minutes`` and its step count on the CPU, each in its own data folder
+   (so an embedding named ``zwx`` never leaks into another method's prompts), through Easel's
+   training job. Prior preservation's class ``a shape`` is given as its members: one class prompt
+   per class image, ``a <colour> <circle|square|triangle|star> <place>, <colour> background``
+   (a class prompt of several lines), drawn by the base model.
 3. Measure with the detector (``bundled.detect``) over ``--n`` seeded random prompts:
    ``a red zwx shape on the left, blue background`` style prompts → how often a heart is drawn,
    with the asked colour and position; ``a red circle on the left, blue background`` → how often a
@@ -12,7 +18,7 @@
 4. Print a Markdown table.
 
     python -m bundled.demo_dreambooth [--minutes 10] [--n 50] [--methods dreambooth lora textual_inversion]
-    python -m bundled.demo_dreambooth --minutes 0.2 --steps 3 --n 4 --num-class-images 2   # a smoke run
+    python -m bundled.demo_dreambooth --minutes 0.2 --steps 3 --n 4 --num-class-images 4   # a smoke run
 """
 
 from __future__ import annotations
@@ -27,17 +33,20 @@ from pathlib import Path
 import numpy as np
 
 from bundled.detect import detect
-from bundled.shapes import PALETTE, POSITION_PHRASES, POSITIONS, SIZES, Scene, render
+from bundled.shapes import PALETTE, POSITION_PHRASES, POSITIONS, SHAPES, Scene, render
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
 INSTANCE_PROMPT, CLASS_PROMPT, TOKEN = "a zwx shape", "a shape", "zwx"
+CAPTIONED_PROMPT = "[filewords]"  # each image's caption: the instance prompt with its colour and place
 SAMPLER, CFG = "Euler a", 6.0
-# (method, prior preservation, request fields) of each run; the learning rates suit this small model
+# (method, prior preservation, request fields) of each run; the learning rates and step counts suit
+# this small model (1500 DreamBooth steps already draw the heart; more only drift the other shapes)
 RUNS = {
-    "dreambooth": [(True, {"learning_rate": 2e-5}), (False, {"learning_rate": 2e-5})],
-    "lora": [(True, {"learning_rate": 5e-4, "lora_rank": 8}), (False, {"learning_rate": 5e-4, "lora_rank": 8})],
-    "textual_inversion": [(False, {"learning_rate": 5e-3, "num_vectors": 2, "initializer_token": "shape"})],
+    "dreambooth": [(True, {"learning_rate": 2e-5, "steps": 1500}), (False, {"learning_rate": 2e-5, "steps": 1500})],
+    "lora": [(True, {"learning_rate": 5e-4, "lora_rank": 8, "steps": 3000}),
+             (False, {"learning_rate": 5e-4, "lora_rank": 8, "steps": 3000})],
+    "textual_inversion": [(False, {"learning_rate": 5e-3, "num_vectors": 2, "initializer_token": "shape", "steps": 3000})],
 }
 
 
@@ -51,16 +60,29 @@ class Scores:
     circle: float  # circle prompts still drawn as a circle
 
 
-def instance_images(n: int = 5) -> list:
-    """Hearts in varied colours, backgrounds, sizes and places (seeded)."""
+def instance_images(n: int = 5) -> tuple[list, list[str]]:
+    """Large hearts in varied colours, backgrounds and places (seeded), and their captions
+    (``a red zwx shape on the left, blue background``). Large: this 64x64 model draws small shapes poorly."""
     rng = np.random.default_rng(5)
-    images = []
+    images, captions = [], []
     for _ in range(n):
         color, background = rng.choice(list(PALETTE), size=2, replace=False)
         position = str(rng.choice(list(POSITIONS)))
         x, y = POSITIONS[position]
-        images.append(render(Scene("heart", str(color), str(background), str(rng.choice(list(SIZES))), position, x, y)))
-    return images
+        images.append(render(Scene("heart", str(color), str(background), "large", position, x, y)))
+        captions.append(f"a {color} {TOKEN} shape {POSITION_PHRASES[position][0]}, {background} background")
+    return images, captions
+
+
+def class_prompt_lines(n: int) -> str:
+    """The class ``a shape`` as its members: n prompts of the four trained shapes in turn (seeded)."""
+    rng = np.random.default_rng(9)
+    lines = []
+    for i in range(n):
+        color, background = rng.choice(list(PALETTE), size=2, replace=False)
+        position = str(rng.choice(list(POSITIONS)))
+        lines.append(f"a {color} {SHAPES[i % len(SHAPES)]} {POSITION_PHRASES[position][0]}, {background} background")
+    return "\n".join(lines)
 
 
 def prompts(n: int, seed: int, shape_word: str) -> list[tuple[str, str, str]]:
@@ -90,11 +112,16 @@ class Lab:
         """Train; returns (steps, minutes)."""
         from modules.training import job as training
 
-        values = {"method": method, "instance_prompt": INSTANCE_PROMPT, "class_prompt": CLASS_PROMPT,
-                  "with_prior_preservation": prior, "num_class_images": args.num_class_images, "steps": args.steps,
-                  "max_minutes": args.minutes, "batch_size": args.batch_size, "save_every": 0, "seed": args.seed,
-                  "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth", **fields}
-        request = training.build_request(self.services, values, uploads=instance_images())
+        images, captions = instance_images()
+        values = {"method": method, "instance_prompt": CAPTIONED_PROMPT if args.captions else INSTANCE_PROMPT,
+                  "class_prompt": class_prompt_lines(args.num_class_images) if args.captions else CLASS_PROMPT,
+                  "token": TOKEN, "with_prior_preservation": prior, "num_class_images": args.num_class_images,
+                  "class_cfg_scale": CFG, "max_minutes": args.minutes, "batch_size": args.batch_size, "save_every": 0,
+                  "seed": args.seed, "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth",
+                  **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
+        if args.captions:
+            values["instance_captions"] = captions
+        request = training.build_request(self.services, values, uploads=images)
         started = time.monotonic()
         result = training.submit(self.services, request).wait()
         return result.steps, (time.monotonic() - started) / 60
@@ -132,11 +159,13 @@ class Lab:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="training time per run (the CPU budget)")
-    ap.add_argument("--steps", type=int, default=100_000, help="at most this many steps per run")
+    ap.add_argument("--steps", type=int, default=100_000, help="at most this many steps per run (each method has its own)")
+    ap.add_argument("--no-captions", dest="captions", action="store_false",
+                    help="train every image on the bare instance prompt 'a zwx shape' (and the class prompt 'a shape')")
     ap.add_argument("--n", type=int, default=50, help="prompts per measurement (zwx and circle each)")
     ap.add_argument("--methods", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--prior", choices=["both", "on", "off"], default="both")
-    ap.add_argument("--num-class-images", type=int, default=50)
+    ap.add_argument("--num-class-images", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sampling-steps", type=int, default=20, help="sampling steps of the measured images")
@@ -164,7 +193,7 @@ def main() -> None:
             print(f"{method} (prior {prior}): {steps} steps in {minutes:.1f} min (class images included)", flush=True)
             print(table_row(*rows[-1]), flush=True)
     print(f"\n{args.n} prompts each; {SAMPLER}, {args.sampling_steps} steps, CFG {CFG}; training batch {args.batch_size}, "
-          f"at most {args.minutes:g} min per run\n")
+          f"at most {args.minutes:g} min per run; captions {'on' if args.captions else 'off'}\n")
     print(TABLE_HEAD)
     for row in rows:
         print(table_row(*row))

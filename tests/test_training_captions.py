@@ -55,6 +55,10 @@ def test_filewords_make_one_prompt_per_image_and_class_prompts_without_the_ident
                                      uploads=images())
     assert mixed.instance_prompts()[1] == "photo of zwx, a blue zwx shape at the top"
     assert mixed.class_prompts() == ["a photo of a shape"] and mixed.identifier() == "zwx"
+    lines = training.build_request(services, {**FILEWORDS, "class_prompt": "a red circle\n\n  [filewords], small \na square"},
+                                   uploads=images())
+    assert lines.class_prompts() == ["a red circle", "a red shape on the left, small", "a blue shape at the top, small",
+                                     "a green shape in the center, small", "a square"]
 
 
 @pytest.mark.parametrize(("values", "message"), [

@@ -70,7 +70,8 @@ def create_ui(services) -> TrainTab:
             instance_dir = gr.Textbox(label="…or a folder of images on the server", elem_id=f"{PREFIX}_instance_dir")
             instance_prompt = gr.Textbox("a photo of zwx person", label="Instance prompt ([filewords]: the image's caption)",
                                          elem_id=f"{PREFIX}_instance_prompt")
-            class_prompt = gr.Textbox("a photo of a person", label="Class prompt", elem_id=f"{PREFIX}_class_prompt")
+            class_prompt = gr.Textbox("a photo of a person", label="Class prompt (several lines: one per class image, cycling)",
+                                      lines=2, max_lines=8, elem_id=f"{PREFIX}_class_prompt")
             with gr.Row():
                 token = gr.Textbox(label="Identifier (empty: the instance prompt's words the class prompt lacks)",
                                    elem_id=f"{PREFIX}_token")

@@ -11,7 +11,8 @@ A1111's DreamBooth extension read them, or ``instance_captions`` in the API). ``
 the instance prompt stands for the image's caption (``[filewords]`` alone: the caption is the
 whole prompt), and in the class prompt for the caption without the identifier, so
 ``a red zwx shape on the left`` teaches ``zwx`` in the place of a shape word, and prior
-preservation keeps ``a red shape on the left``.
+preservation keeps ``a red shape on the left``. A class prompt of several lines gives each class
+image its own prompt (image i: line i, cycling), so the prior can hold the class's variety.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class TrainOptions(BaseModel):
                             "yes: it must exist; no: start over")
     instance_dir: str | None = Field(None, description="server folder the instance images were read from")
     instance_prompt: str = Field(..., min_length=1, max_length=500, description="e.g. 'a photo of zwx person'")
-    class_prompt: str = Field("", max_length=500, description="e.g. 'a photo of a person'")
+    class_prompt: str = Field("", max_length=10_000, description=(
+        "e.g. 'a photo of a person'; several lines: class image i is drawn and trained with line i (cycling)"))
     token: str | None = Field(None, description="the identifier (default: instance prompt words not in the class prompt; "
                                                  "textual inversion: the output name)")
     with_prior_preservation: bool = False
@@ -224,10 +226,15 @@ class TrainRequest(TrainOptions):
         return [fill_filewords(self.instance_prompt, c) for c in self.captions()]
 
     def class_prompts(self) -> list[str]:
-        """The class prompts: one per caption (the identifier taken out) with [filewords], else the one prompt."""
-        if FILEWORDS not in self.class_prompt:
-            return [self.class_prompt]
-        return [fill_filewords(self.class_prompt, strip_words(c, self.identifier())) for c in self.captions()]
+        """The class prompts, class image i drawn and trained with prompt i (cycling): one per line of the
+        class prompt, and a line with [filewords] once per caption (the identifier taken out)."""
+        out: list[str] = []
+        for line in [line.strip() for line in self.class_prompt.splitlines() if line.strip()] or [""]:
+            if FILEWORDS in line:
+                out += [fill_filewords(line, strip_words(c, self.identifier())) for c in self.captions()]
+            else:
+                out.append(line)
+        return out
 
     @property
     def monitor(self) -> Any:
