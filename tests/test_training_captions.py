@@ -129,3 +129,57 @@ def test_api_takes_captions_with_the_images(services):
         assert poll(client, r.json()["id"], ("done", "failed"))["state"] == "done"
         missing = client.post("/easel/v1/train", json={**body, "output_name": "other", "instance_captions": CAPTIONS[:1]})
         assert missing.status_code == 400 and "have no caption" in missing.json()["detail"]
+
+
+def test_train_tab_pairs_uploaded_txt_files_with_their_images(services, tmp_path):
+    from webui import train as train_tab
+
+    paths = []
+    for i, image in enumerate(images()):
+        (tmp_path / f"u{i}").mkdir()
+        paths.append(str(tmp_path / f"u{i}" / f"img{i}.png"))
+        image.save(paths[-1])
+        (tmp_path / f"t{i}").mkdir()
+        (tmp_path / f"t{i}" / f"img{i}.txt").write_text(CAPTIONS[i])
+    values = train_tab.request_values({"method": "lora", "instance_prompt": "[filewords]", "class_prompt": "",
+                                       "token": "zwx", "steps": 2, "resolution": 32, "save_every": 0})
+    started = train_tab.start_training(services, values, [*paths, *(str(p) for p in tmp_path.glob("t*/*.txt"))], "auto")
+    assert started["job_id"], started
+    job = services.queue.get(started["job_id"])
+    assert job.request.instance_prompts() == CAPTIONS
+    job.wait(timeout=120)
+
+
+def test_class_images_from_a_folder_are_trained_with_their_captions_and_none_are_generated(services, tmp_path,
+                                                                                         monkeypatch):
+    folder = tmp_path / "classes"
+    folder.mkdir()
+    for i, image in enumerate(images(3)):
+        image.save(folder / f"c{i}.png")
+    (folder / "c0.txt").write_text("a red circle")
+    (folder / "c2.txt").write_text("a blue square")
+    values = {**FAST, "method": "lora", "with_prior_preservation": True, "class_dir": str(folder), "class_prompt": "",
+              "token": "zwx", "num_class_images": 2, "batch_size": 2, "steps": 4}
+    with pytest.raises(RequestError, match="class_prompt: required for the class images without a caption: c1.png"):
+        training.build_request(services, values, uploads=images())
+    with_line = training.build_request(services, {**values, "class_prompt": "a shape", "num_class_images": 3},
+                                       uploads=images())
+    assert with_line.class_prompts() == ["a red circle", "a shape", "a blue square"]
+    seen: list[list[str]] = []
+    original = LoraMethod.encode
+    monkeypatch.setattr(LoraMethod, "encode", lambda self, p: (seen.append(list(p)), original(self, p))[1])
+    training.submit(services, with_line).wait(timeout=300)
+    assert {p for batch in seen for p in batch[2:]} <= {"a red circle", "a shape", "a blue square"}
+    assert not (services.settings.cache_dir / "class_images").exists()  # nothing generated
+
+
+def test_class_dir_mistakes(services, tmp_path):
+    values = {**FAST, "with_prior_preservation": True, "class_dir": str(tmp_path / "nope")}
+    with pytest.raises(RequestError, match="class_dir: folder .* not found"):
+        training.build_request(services, values, uploads=images())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RequestError, match="class_dir: no readable images"):
+        training.build_request(services, {**values, "class_dir": str(tmp_path / "empty")}, uploads=images())
+    ignored = training.build_request(services, {**values, "with_prior_preservation": False,
+                                                "class_dir": str(tmp_path / "empty")}, uploads=images())
+    assert any("class_dir is used only with prior preservation" in w for w in ignored.warnings)

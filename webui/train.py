@@ -26,7 +26,7 @@ PREFIX = "train"
 POLL_SECONDS = 1.0
 METHOD_LABELS = {"dreambooth": "DreamBooth (full model)", "lora": "DreamBooth-LoRA", "textual_inversion": "Textual inversion"}
 ZERO_IS_DEFAULT = ("learning_rate", "resolution", "lora_alpha")  # 0 in the form = the request's default
-EMPTY_IS_DEFAULT = ("output_name", "token", "init_lora", "instance_dir", "class_prompt")
+EMPTY_IS_DEFAULT = ("output_name", "token", "init_lora", "instance_dir", "class_prompt", "class_dir")
 
 
 @dataclass
@@ -94,6 +94,8 @@ def create_ui(services) -> TrainTab:
                 with gr.Row():
                     num_class = gr.Number(50, precision=0, minimum=1, label="Class images", elem_id=f"{PREFIX}_num_class")
                     prior_weight = gr.Number(1.0, minimum=0, label="Prior loss weight", elem_id=f"{PREFIX}_prior_weight")
+                    class_dir = gr.Textbox(label="Class images folder on the server (empty: generate with the base model)",
+                                           elem_id=f"{PREFIX}_class_dir")
                 with gr.Row():
                     train_te = gr.Checkbox(False, label="Train the text encoder", elem_id=f"{PREFIX}_train_te")
                     checkpointing = gr.Checkbox(False, label="Gradient checkpointing", elem_id=f"{PREFIX}_grad_ckpt")
@@ -131,7 +133,7 @@ def create_ui(services) -> TrainTab:
         "method": method, "instance_dir": instance_dir, "instance_prompt": instance_prompt, "class_prompt": class_prompt,
         "token": token, "output_name": output_name, "with_prior_preservation": prior, "overwrite": overwrite, "steps": steps,
         "learning_rate": learning_rate, "lr_scheduler": lr_scheduler, "lr_warmup_steps": lr_warmup,
-        "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class,
+        "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class, "class_dir": class_dir,
         "prior_loss_weight": prior_weight, "train_text_encoder": train_te, "gradient_checkpointing": checkpointing,
         "mixed_precision": mixed, "use_8bit_adam": adam8, "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora,
         "initializer_token": initializer, "num_vectors": vectors, "sample_prompts": sample_prompts,

@@ -60,6 +60,9 @@ class TrainOptions(BaseModel):
     token: str | None = Field(None, description="the identifier (default: instance prompt words not in the class prompt; "
                                                  "textual inversion: the output name)")
     with_prior_preservation: bool = False
+    class_dir: str | None = Field(None, description=(
+        "a server folder of class images (with NAME.txt captions) for prior preservation, used instead of "
+        "generating them with the base model (at most num_class_images, in name order)"))
     num_class_images: int = Field(50, ge=1, le=1000)
     prior_loss_weight: float = Field(1.0, ge=0.0, le=100.0)
     class_steps: int = Field(20, ge=1, le=150, description="sampling steps of the generated class images")
@@ -125,7 +128,7 @@ class TrainOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainOptions:
-        if self.with_prior_preservation and not self.class_prompt.strip():
+        if self.with_prior_preservation and not self.class_prompt.strip() and not self.class_dir:
             raise ValueError("class_prompt: required with prior preservation (e.g. 'a photo of a person')")
         if not self.output_name:
             if FILEWORDS in self.instance_prompt:
@@ -190,6 +193,8 @@ class TrainRequest(TrainOptions):
 
     instance_images: list[Any] = Field(default_factory=list, repr=False, description="PIL images")
     instance_captions: list[str | None] = Field(default_factory=list, description="one per image (None: no caption)")
+    class_images: list[Any] = Field(default_factory=list, repr=False, description="PIL images read from class_dir")
+    class_captions: list[str | None] = Field(default_factory=list, description="one per class image (None: none)")
     _monitor: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -227,7 +232,15 @@ class TrainRequest(TrainOptions):
 
     def class_prompts(self) -> list[str]:
         """The class prompts, class image i drawn and trained with prompt i (cycling): one per line of the
-        class prompt, and a line with [filewords] once per caption (the identifier taken out)."""
+        class prompt, and a line with [filewords] once per caption (the identifier taken out). Class
+        images from ``class_dir`` are trained with their own captions (those without: the lines, cycling)."""
+        lines = self._class_prompt_lines()
+        if self.class_images:
+            captions = self.class_captions or [None] * len(self.class_images)
+            return [(c or "").strip() or lines[i % len(lines)] for i, c in enumerate(captions)]
+        return lines
+
+    def _class_prompt_lines(self) -> list[str]:
         out: list[str] = []
         for line in [line.strip() for line in self.class_prompt.splitlines() if line.strip()] or [""]:
             if FILEWORDS in line:

@@ -9,7 +9,7 @@ to a square.
 Class images are generated with the base model through the ordinary txt2img core and cached under
 ``cache/class_images/<hash>/`` (the hash of the checkpoint, VAE, class prompt, resolution and
 sampling settings), so a second training of the same class reuses them. Image ``i`` has seed ``i``
-and, when the class prompt uses ``[filewords]``, class prompt ``i`` (cycling over the captions).
+and, when there are several class prompts (lines, or ``[filewords]``), class prompt ``i`` (cycling).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ MAX_CAPTION_CHARS = 500
 
 @dataclass
 class InstanceImages:
-    """What was read: the images, a caption per image (None: none) and the warnings."""
+    """What was read: the images, their names, a caption per image (None: none) and the warnings."""
 
     images: list[Image.Image] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # file name, or #N for an upload that is not a file
     captions: list[str | None] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -54,19 +55,20 @@ def load_instance_images(uploads: list[Any] | None = None, folder: str | Path | 
                            "(one per image, in the same order)")
     text_files = {Path(item).stem: Path(item) for item in uploads if _is_caption_file(item)}
     found = InstanceImages()
-    image_stems = {Path(item).stem for item in uploads if isinstance(item, (str, Path)) and not _is_caption_file(item)}
+    image_stems = {Path(item).stem for item in uploads if _is_path(item) and not _is_caption_file(item)}
     for stem in sorted(set(text_files) - image_stems):
         found.warnings.append(f"{text_files[stem].name} skipped: a caption file without an image {stem}.*")
     for index, item in enumerate(uploads):
         if _is_caption_file(item):
             continue
-        is_path = isinstance(item, (str, Path)) and _looks_like_path(item)
+        is_path = _is_path(item)
         label = Path(item).name if is_path else f"#{index + 1}"
         try:
             found.images.append(_read(item))
         except (ValueError, OSError) as err:
             found.warnings.append(f"instance image {label} skipped: not a readable image ({_short(err)})")
             continue
+        found.names.append(label)
         given = captions[index] if captions and index < len(captions) else None
         sidecar = (text_files.get(Path(item).stem) or Path(item).with_suffix(CAPTION_SUFFIX)) if is_path else None
         found.captions.append(given if given is not None else _read_caption(sidecar))
@@ -86,12 +88,17 @@ def load_instance_images(uploads: list[Any] | None = None, folder: str | Path | 
             except (ValueError, OSError) as err:
                 found.warnings.append(f"{path.name} skipped: not a readable image ({_short(err)})")
                 continue
+            found.names.append(path.name)
             found.captions.append(_read_caption(path.with_suffix(CAPTION_SUFFIX)))
     return found
 
 
+def _is_path(item: Any) -> bool:
+    return isinstance(item, (str, Path)) and _looks_like_path(item)
+
+
 def _is_caption_file(item: Any) -> bool:
-    return isinstance(item, (str, Path)) and str(item).lower().endswith(CAPTION_SUFFIX) and _looks_like_path(item)
+    return _is_path(item) and str(item).lower().endswith(CAPTION_SUFFIX)
 
 
 def _read_caption(path: Path | None) -> str | None:
@@ -118,7 +125,7 @@ def _read(item: Any) -> Image.Image:
     if isinstance(item, Image.Image):
         item.load()
         return item
-    if isinstance(item, Path) or (isinstance(item, str) and _looks_like_path(item)):
+    if _is_path(item):
         with Image.open(item) as image:
             image.load()
             return image.copy()

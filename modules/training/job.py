@@ -219,6 +219,10 @@ def build_request(services: Any, values: dict[str, Any], uploads: list[Any] | No
     fields = {**values, "instance_dir": str(folder) if folder else None, "instance_images": images,
               "instance_captions": found.captions}
     request = parse_train_request(fields)
+    if request.class_dir and request.with_prior_preservation:
+        request = _with_class_images(request, warnings)
+    elif request.class_dir:
+        warnings.append("class_dir is used only with prior preservation: its images are ignored")
     info = services.checkpoints.get(request.sd_model_checkpoint or services.selected_checkpoint)
     check_base(info)
     if request.init_lora:
@@ -237,6 +241,23 @@ def build_request(services: Any, values: dict[str, Any], uploads: list[Any] | No
         warnings.append(f"a saved state of {request.output_name!r} exists: the training continues from it if its "
                         "settings and images are the same")
     return request.model_copy(update={"sd_model_checkpoint": info.name, "warnings": warnings})
+
+
+def _with_class_images(request: TrainRequest, warnings: list[str]) -> TrainRequest:
+    """The request with the class images of ``class_dir`` (at most num_class_images) and their captions."""
+    folder = Path(request.class_dir).expanduser()
+    if not folder.is_dir():
+        raise RequestError(f"class_dir: folder {str(folder)!r} not found (give a folder of class images on the server, "
+                           "or none to generate them with the base model)")
+    found = data.load_instance_images(folder=folder)
+    if not found.images:
+        raise RequestError(f"class_dir: no readable images in {str(folder)!r}")
+    warnings += [f"class image {w}" for w in found.warnings]
+    n = request.num_class_images
+    bare = [name for name, caption in zip(found.names[:n], found.captions[:n], strict=True) if not caption]
+    if bare and not request.class_prompt.strip():
+        raise RequestError(f"class_prompt: required for the class images without a caption: {', '.join(bare[:5])}")
+    return request.model_copy(update={"class_images": found.images[:n], "class_captions": found.captions[:n]})
 
 
 def submit(services: Any, request: TrainRequest):
@@ -320,8 +341,8 @@ def _class_images(ctx: RunContext, request: TrainRequest, resolution: int, check
         images: list = []
         while len(images) < n:
             seed = first_seed + len(images)
-            same = 1 if len(prompts) > 1 else n  # one prompt: a batch; per-caption prompts: one image each
-            req = Txt2ImgRequest(prompt=prompts[seed % len(prompts)], seed=seed, batch_size=same,
+            batch = 1 if len(prompts) > 1 else n  # one prompt: a batch; several: one image each
+            req = Txt2ImgRequest(prompt=prompts[seed % len(prompts)], seed=seed, batch_size=batch,
                                  steps=request.class_steps, cfg_scale=request.class_cfg_scale, width=resolution,
                                  height=resolution, sampler_name=sampler, save_images=False)
             sub = RunContext(ctx.model, settings, None, ctx.token, ProgressSink(), ctx.version)  # no LoRAs: the base
@@ -389,7 +410,9 @@ def run(request: TrainRequest, ctx: RunContext) -> TrainResult:
     images = [data.prepare_image(image, resolution) for image in request.instance_images]
     fp = fingerprint(request, checkpoint_id, images)
     saved = _resume_state(request, state_file, fp)
-    class_images = _class_images(ctx, request, resolution, checkpoint_id, monitor) if request.with_prior_preservation else []
+    class_images = []
+    if request.with_prior_preservation:
+        class_images = list(request.class_images) or _class_images(ctx, request, resolution, checkpoint_id, monitor)
     # 3. latents once; the method on its own copies
     monitor.phase("preparing")
     loop_data = LoopData(encode_latents(pipe.vae, pipe.image_processor, images), request.instance_prompts())

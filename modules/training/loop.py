@@ -184,17 +184,18 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions):
 
 
 FINGERPRINT_EXCLUDES = {"overwrite", "resume", "sample_prompts", "sample_every", "sample_steps", "save_every",
-                        "warnings", "instance_images", "instance_dir", "max_minutes"}
+                        "warnings", "instance_images", "instance_dir", "max_minutes", "class_images", "class_dir"}
 
 
 def fingerprint(options: TrainOptions, checkpoint_id: str, images: list) -> str:
     """sha256 of what decides the trained weights: the options (not the output cadence), the base
-    checkpoint and the image pixels. A saved state is resumed only by the same fingerprint."""
+    checkpoint and the image pixels (instance images, then any class images given as files). A saved
+    state is resumed only by the same fingerprint."""
     h = hashlib.sha256()
     fields = options.model_dump(exclude=FINGERPRINT_EXCLUDES)
     h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     h.update(checkpoint_id.encode())
-    for image in images:
+    for image in [*images, *getattr(options, "class_images", [])]:
         h.update(image.tobytes())
     return h.hexdigest()
 
