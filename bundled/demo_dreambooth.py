@@ -10,7 +10,9 @@
    (so an embedding named ``zwx`` never leaks into another method's prompts), through Easel's
    training job. Prior preservation's class ``a shape`` is given as its members: one class prompt
    per class image, ``a <colour> <circle|square|triangle|star> <place>, <colour> background``
-   (a class prompt of several lines), drawn by the base model.
+   (a class prompt of several lines), drawn by the base model (``--class-images generated``, the
+   DreamBooth way) or rendered by the shapes world with those captions (``--class-images rendered``,
+   a folder given as ``class_dir``: real pictures of the class, as kohya's regularisation images).
 3. Measure with the detector (``bundled.detect``) over ``--n`` seeded random prompts:
    ``a red zwx shape on the left, blue background`` style prompts → how often a heart is drawn,
    with the asked colour and position; ``a red circle on the left, blue background`` → how often a
@@ -74,15 +76,33 @@ def instance_images(n: int = 5) -> tuple[list, list[str]]:
     return images, captions
 
 
-def class_prompt_lines(n: int) -> str:
-    """The class ``a shape`` as its members: n prompts of the four trained shapes in turn (seeded)."""
-    rng = np.random.default_rng(9)
-    lines = []
+def class_scenes(n: int) -> list[tuple[Scene, str]]:
+    """The class ``a shape`` as its members: n scenes of the four trained shapes in turn (seeded), with
+    their captions (``a red circle on the left, blue background``)."""
+    rng, sizes = np.random.default_rng(9), np.random.default_rng(10)
+    out = []
     for i in range(n):
-        color, background = rng.choice(list(PALETTE), size=2, replace=False)
+        color, background = (str(c) for c in rng.choice(list(PALETTE), size=2, replace=False))
         position = str(rng.choice(list(POSITIONS)))
-        lines.append(f"a {color} {SHAPES[i % len(SHAPES)]} {POSITION_PHRASES[position][0]}, {background} background")
-    return "\n".join(lines)
+        x, y = POSITIONS[position]
+        size = str(sizes.choice(["small", "large"]))
+        scene = Scene(SHAPES[i % len(SHAPES)], color, background, size, position, x, y)
+        out.append((scene, f"a {color} {scene.shape} {POSITION_PHRASES[position][0]}, {background} background"))
+    return out
+
+
+def class_prompt_lines(n: int) -> str:
+    """The class prompts, one line per class image."""
+    return "\n".join(caption for _, caption in class_scenes(n))
+
+
+def write_class_folder(folder: Path, n: int) -> Path:
+    """The rendered class images with their NAME.txt captions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (scene, caption) in enumerate(class_scenes(n)):
+        render(scene).save(folder / f"{i:04d}.png")
+        (folder / f"{i:04d}.txt").write_text(caption)
+    return folder
 
 
 def prompts(n: int, seed: int, shape_word: str) -> list[tuple[str, str, str]]:
@@ -121,6 +141,8 @@ class Lab:
                   **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
         if args.captions:
             values["instance_captions"] = captions
+        if prior and args.class_images == "rendered":
+            values["class_dir"] = str(write_class_folder(self.folder / "class-images", args.num_class_images))
         request = training.build_request(self.services, values, uploads=images)
         started = time.monotonic()
         result = training.submit(self.services, request).wait()
@@ -166,6 +188,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--prior", choices=["both", "on", "off"], default="both")
     ap.add_argument("--num-class-images", type=int, default=40)
+    ap.add_argument("--class-images", choices=["generated", "rendered"], default="generated",
+                    help="prior preservation's class images: drawn by the base model, or rendered shapes (class_dir)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sampling-steps", type=int, default=20, help="sampling steps of the measured images")
@@ -193,7 +217,8 @@ def main() -> None:
             print(f"{method} (prior {prior}): {steps} steps in {minutes:.1f} min (class images included)", flush=True)
             print(table_row(*rows[-1]), flush=True)
     print(f"\n{args.n} prompts each; {SAMPLER}, {args.sampling_steps} steps, CFG {CFG}; training batch {args.batch_size}, "
-          f"at most {args.minutes:g} min per run; captions {'on' if args.captions else 'off'}\n")
+          f"at most {args.minutes:g} min per run; captions {'on' if args.captions else 'off'}; "
+          f"class images {args.class_images}\n")
     print(TABLE_HEAD)
     for row in rows:
         print(table_row(*row))
