@@ -246,7 +246,8 @@ def upload_into_editor(page, editor_id: str, path: Path) -> None:
     drawn a while after the upload; until then the canvas is blank)."""
     page.locator(f"#{editor_id} input[type=file]").set_input_files(str(path))
     canvas = page.locator(f"#{editor_id} .pixi-target canvas")
-    for _ in range(60):
+    deadline = time.monotonic() + 90  # a loaded machine draws it late (software rendering)
+    while time.monotonic() < deadline:
         shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=float)
         if shot.std() > 20:
             page.wait_for_timeout(300)
