@@ -18,13 +18,19 @@ FILEWORDS = {**FAST, "instance_prompt": "[filewords]", "class_prompt": "[filewor
              "instance_captions": CAPTIONS}
 
 
-def test_captions_come_from_sidecar_files_in_a_folder_and_among_uploads(services, tmp_path):
-    folder = tmp_path / "folder"
+def image_folder(folder, prefix: str = "", captions: dict[int, str] | None = None):
+    """Three seeded images PREFIX0.png .. PREFIX2.png, with PREFIXi.txt for each i in ``captions``."""
     folder.mkdir()
     for i, image in enumerate(images(3)):
-        image.save(folder / f"{i}.png")
-    (folder / "0.txt").write_text("  a red zwx shape\n  second line ignored\n")
-    (folder / "2.txt").write_text("a blue zwx shape")
+        image.save(folder / f"{prefix}{i}.png")
+    for i, text in (captions or {}).items():
+        (folder / f"{prefix}{i}.txt").write_text(text)
+    return folder
+
+
+def test_captions_come_from_sidecar_files_in_a_folder_and_among_uploads(services, tmp_path):
+    folder = image_folder(tmp_path / "folder", captions={0: "  a red zwx shape\n  second line ignored\n",
+                                                         2: "a blue zwx shape"})
     (folder / "orphan.txt").write_text("no image of this name")
     found = training_data.load_instance_images(folder=folder)
     assert found.captions == ["a red zwx shape", None, "a blue zwx shape"]
@@ -152,12 +158,7 @@ def test_train_tab_pairs_uploaded_txt_files_with_their_images(services, tmp_path
 
 def test_class_images_from_a_folder_are_trained_with_their_captions_and_none_are_generated(services, tmp_path,
                                                                                          monkeypatch):
-    folder = tmp_path / "classes"
-    folder.mkdir()
-    for i, image in enumerate(images(3)):
-        image.save(folder / f"c{i}.png")
-    (folder / "c0.txt").write_text("a red circle")
-    (folder / "c2.txt").write_text("a blue square")
+    folder = image_folder(tmp_path / "classes", "c", {0: "a red circle", 2: "a blue square"})
     values = {**FAST, "method": "lora", "with_prior_preservation": True, "class_dir": str(folder), "class_prompt": "",
               "token": "zwx", "num_class_images": 2, "batch_size": 2, "steps": 4}
     with pytest.raises(RequestError, match="class_prompt: required for the class images without a caption: c1.png"):
