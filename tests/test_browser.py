@@ -241,19 +241,29 @@ def test_settings_bad_value_shows_error_and_is_not_saved(page, server, ui_data_d
     services.update_settings(before)  # the other tests expect the default file names
 
 
-def upload_into_editor(page, editor_id: str, path: Path) -> None:
-    """Upload ``path`` as an ImageEditor's background and wait until the canvas shows it (it is
-    drawn a while after the upload; until then the canvas is blank)."""
-    page.locator(f"#{editor_id} input[type=file]").set_input_files(str(path))
+def upload_into_editor(page, editor_id: str, path: Path, attempts: int = 3, wait_s: float = 40) -> None:
+    """Upload ``path`` as an ImageEditor's background and wait until the canvas shows it.
+
+    The canvas is drawn a while after the upload (software WebGL), and on a loaded machine an
+    upload made while the editor is still setting up its canvas can be dropped: so wait for the
+    canvas first, and upload again when the picture has not appeared after ``wait_s`` seconds.
+    """
     canvas = page.locator(f"#{editor_id} .pixi-target canvas")
-    deadline = time.monotonic() + 90  # a loaded machine draws it late (software rendering)
-    while time.monotonic() < deadline:
-        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=float)
-        if shot.std() > 20:
-            page.wait_for_timeout(300)
-            return
-        page.wait_for_timeout(250)
-    raise AssertionError(f"the image uploaded into #{editor_id} never appeared on its canvas")
+    canvas.wait_for(state="visible")
+    std = 0.0
+    for _ in range(attempts):
+        page.locator(f"#{editor_id} input[type=file]").set_input_files(str(path))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=float)
+            std = float(shot.std())
+            if std > 20:
+                page.wait_for_timeout(300)
+                return
+            page.wait_for_timeout(250)
+    page.screenshot(path=str(path.with_name(f"{editor_id}-upload-failed.png")))
+    raise AssertionError(f"the image uploaded into #{editor_id} never appeared on its canvas "
+                         f"({attempts} uploads, canvas std {std:.1f})")
 
 
 def draw_stroke(page, editor_id: str, points: list[tuple[float, float]]) -> None:
