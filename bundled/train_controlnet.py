@@ -98,15 +98,41 @@ def caption_for(scene: Scene, rng: np.random.Generator) -> str:
     return paraphrase(scene, rng) if rng.random() < 0.7 else scene.caption()
 
 
+def outline_band(image: np.ndarray, width: int = 2) -> np.ndarray:
+    """(H, W) float32, 1 within ``width`` pixels of the shape's outline, 0 elsewhere."""
+    sil = silhouette_map(image)
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    return ((cv2.dilate(sil, kernel) > 0) & (cv2.erode(sil, kernel) == 0)).astype(np.float32)
+
+
+def loss_weights(pictures: list[np.ndarray], latent_side: int, outline_weight: float) -> torch.Tensor:
+    """(B, 1, h, w) per-latent-pixel loss weights: 1, plus ``outline_weight`` on latent pixels that
+    hold part of the shape's outline (the band max-pooled to the latent grid)."""
+    bands = torch.from_numpy(np.stack([outline_band(p) for p in pictures]))[:, None]
+    return 1.0 + outline_weight * F.adaptive_max_pool2d(bands, latent_side)
+
+
+def lr_at(step: int, start: int, end: int, peak: float, schedule: str) -> float:
+    """Learning rate at ``step`` of a run from ``start`` to ``end``: a warm-up over the first 100
+    steps of training (counted from 0, as the shipped file was trained), then constant or a cosine
+    decay from ``start`` to zero at ``end``."""
+    warm = min(1.0, (step + 1) / 100)
+    if schedule == "cosine":
+        done = (step - start) / max(1, end - start)
+        return peak * warm * 0.5 * (1 + np.cos(np.pi * min(1.0, done)))
+    return peak * warm
+
+
 def training_batch(rng: np.random.Generator, batch_size: int):
-    """Images (B, 3, 64, 64) in [-1, 1], control maps (B, 3, 64, 64) in [0, 1], captions."""
+    """Images (B, 3, 64, 64) in [-1, 1], control maps (B, 3, 64, 64) in [0, 1], captions and the
+    rendered pictures (B of (64, 64, 3) uint8)."""
     from bundled.shapes import random_scene
 
     scenes = [random_scene(rng) for _ in range(batch_size)]
     pictures = [np.asarray(render(s)) for s in scenes]
     images = np.stack(pictures).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
     maps = map_tensor([control_map(p, rng) for p in pictures])
-    return torch.from_numpy(images.copy()), maps, [caption_for(s, rng) for s in scenes]
+    return torch.from_numpy(images.copy()), maps, [caption_for(s, rng) for s in scenes], pictures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--init-from", type=Path, default=None, help="exported ControlNet .safetensors to start from")
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: decay to zero at --steps (from this run's first step)")
+    ap.add_argument("--outline-weight", type=float, default=0.0,
+                    help="extra loss weight on latent pixels on the shape's outline (0: plain MSE)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,23 +163,24 @@ def main(argv: list[str] | None = None) -> None:
         m.eval().requires_grad_(False)
     controlnet = build_controlnet(unet)
     opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=0.0)
-    step = 0
+    step = start_step = 0
     state_path = args.out / "state.pt"
     if state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         controlnet.load_state_dict(st["controlnet"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
+        start_step = st.get("start_step", 0)
         print(f"resumed at step {step}", flush=True)
     elif args.init_from is not None:
-        step = init_from_file(args.init_from, controlnet)
+        step = start_step = init_from_file(args.init_from, controlnet)
         print(f"initialised from {args.init_from} (ControlNet step {step})", flush=True)
     tokenizer = load_tokenizer()
     sqrt_betas = torch.linspace(SCHEDULER_CONFIG["beta_start"] ** 0.5, SCHEDULER_CONFIG["beta_end"] ** 0.5, 1000)
     alphas_bar = torch.cumprod(1 - sqrt_betas**2, 0)
 
     def save() -> None:
-        st = dict(controlnet=controlnet.state_dict(), opt=opt.state_dict(), step=step, base=str(args.base),
+        st = dict(controlnet=controlnet.state_dict(), opt=opt.state_dict(), step=step, start_step=start_step, base=str(args.base),
                   base_step=base_step, args={k: str(v) for k, v in vars(args).items()})
         tmp = state_path.with_suffix(".tmp")
         torch.save(st, tmp)
@@ -159,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     while step < args.steps:
         rng = np.random.default_rng([args.seed, 3, step])
         gen = torch.Generator().manual_seed(args.seed * 7907 + step)
-        images, maps, captions = training_batch(rng, args.batch)
+        images, maps, captions, pictures = training_batch(rng, args.batch)
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             post = vae.encode(images).latent_dist
@@ -172,8 +203,12 @@ def main(argv: list[str] | None = None) -> None:
         noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
         down, mid = controlnet(noisy, t, ctx, controlnet_cond=maps, return_dict=False)
         pred = unet(noisy, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-        loss = F.mse_loss(pred, noise)
-        lr = args.lr * min(1.0, (step + 1) / 100)
+        if args.outline_weight:
+            weights = loss_weights(pictures, latents.shape[-1], args.outline_weight)
+            loss = ((pred - noise) ** 2 * weights).mean() / weights.mean()
+        else:
+            loss = F.mse_loss(pred, noise)
+        lr = lr_at(step, start_step, args.steps, args.lr, args.lr_schedule)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
