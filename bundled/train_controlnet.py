@@ -26,6 +26,7 @@ it further); the step count continues from the one recorded in the file.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def lr_at(step: int, start: int, end: int, peak: float, schedule: str) -> float:
     warm = min(1.0, (step + 1) / 100)
     if schedule == "cosine":
         done = (step - start) / max(1, end - start)
-        return peak * warm * 0.5 * (1 + np.cos(np.pi * min(1.0, done)))
+        return peak * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
     return peak * warm
 
 
