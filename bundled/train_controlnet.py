@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init-from", type=Path, default=None, help="exported ControlNet .safetensors to start from")
     ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                     help="cosine: decay to zero at --steps (from this run's first step)")
+    ap.add_argument("--timesteps", choices=["base", "uniform"], default="base",
+                    help="base: as the base model (half of them in the noisy half); uniform: over [0, 1000), "
+                         "twice the share of the less noisy steps that draw the outline's detail")
     ap.add_argument("--outline-weight", type=float, default=0.0,
                     help="extra loss weight on latent pixels on the shape's outline (0: plain MSE)")
     args = ap.parse_args(argv)
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             ctx = text_encoder(ids).last_hidden_state
         b = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen) + low_frequency_noise(tuple(latents.shape), args.pyramid_noise, gen)
-        t = sample_timesteps(b, gen)
+        t = sample_timesteps(b, gen) if args.timesteps == "base" else torch.randint(0, 1000, (b,), generator=gen)
         ab = alphas_bar[t].view(b, 1, 1, 1)
         noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
         down, mid = controlnet(noisy, t, ctx, controlnet_cond=maps, return_dict=False)
