@@ -23,6 +23,27 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium", allow_module_level=True)
 
 
+def set_number(page, elem_id: str, value: int, attempts: int = 3) -> None:
+    """Type ``value`` into a Number box and commit it with Enter, until the box holds it.
+
+    On a loaded machine a value typed just as the Parameters accordion opens was seen reset to
+    the default (CI: "400" after typing "2"), while the freshly mounted box still set itself up;
+    typing it again then holds. A value that never holds fails the test."""
+    box = page.locator(f"#{elem_id} input")
+    for _ in range(attempts - 1):
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            sync_api.expect(box).to_have_value(str(value), timeout=3000)
+        except AssertionError:
+            page.wait_for_timeout(500)
+            continue
+        return
+    box.fill(str(value))
+    box.press("Enter")
+    sync_api.expect(box).to_have_value(str(value))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models_dir):
     from modules.config import load_settings
@@ -60,11 +81,9 @@ def test_train_a_lora_from_the_tab(server, tmp_path):
         page.locator("#train_class_prompt textarea").fill("a shape")
         page.locator("#train_parameters").click()
         expect = sync_api.expect
+        expect(page.locator("#train_steps input")).to_have_value("400")  # the opened accordion shows its defaults
         for elem_id, value in (("train_steps", 2), ("train_resolution", 32), ("train_sample_every", 1)):
-            box = page.locator(f"#{elem_id} input")
-            box.fill(str(value))
-            box.press("Enter")
-            expect(box).to_have_value(str(value))
+            set_number(page, elem_id, value)
         page.locator("#train_start").click()
         expect(page.locator("#train_status")).to_contain_text("Done: 2 steps", timeout=240_000)
         assert page.locator("#train_output textarea").input_value().endswith("models/Lora/zwx.safetensors")
