@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from bundled.architecture import SCHEDULER_CONFIG, build_models
 from bundled.shapes import POSITION_PHRASES, POSITIONS, SHAPES, training_batch
+from bundled.weighting import loss_weights, lr_at, weighted_mse
 
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
 
@@ -159,6 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--init-from", type=Path, default=None, help="exported .safetensors to start from (no state.pt yet)")
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: decay to zero at --steps (from this run's first step)")
+    ap.add_argument("--rewarm", type=int, default=0,
+                    help="warm the learning rate up over this many steps from this run's first step (a fresh "
+                         "optimizer after --init-from); 0: over 300 steps from step 0, as the shipped file was trained")
+    ap.add_argument("--outline-weight", type=float, default=0.0,
+                    help="extra loss weight on latent pixels on the shape's outline (0: plain MSE)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     params = list(unet.parameters()) + list(text_encoder.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    vae_done, step, scaling = 0, 0, None
+    vae_done, step, start_step, scaling = 0, 0, 0, None
 
     state_path = args.out / "state.pt"
     if state_path.exists():
@@ -192,9 +200,11 @@ def main(argv: list[str] | None = None) -> None:
             probe.load_state_dict(st["probe"])
         opt.load_state_dict(st["opt"])
         vae_done, step, scaling = st["vae_done"], st["step"], st["scaling"]
+        start_step = st.get("start_step", 0)
         print(f"resumed: vae {vae_done}/{args.vae_steps}, unet {step}/{args.steps}", flush=True)
     elif args.init_from is not None:
         step, scaling = init_from_checkpoint(args.init_from, vae, unet, text_encoder)
+        start_step = step
         ema_unet.load_state_dict(unet.state_dict())
         ema_text.load_state_dict(text_encoder.state_dict())
         vae_done = args.vae_steps
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         st = dict(
             vae=vae.state_dict(), vae_opt=vae_opt.state_dict(), unet=unet.state_dict(),
             text_encoder=text_encoder.state_dict(), ema_unet=ema_unet.state_dict(), probe=probe.state_dict(),
-            ema_text=ema_text.state_dict(), opt=opt.state_dict(), vae_done=vae_done, step=step,
+            ema_text=ema_text.state_dict(), opt=opt.state_dict(), vae_done=vae_done, step=step, start_step=start_step,
             scaling=scaling, args={k: str(v) for k, v in vars(args).items()},
         )
         tmp = state_path.with_suffix(".tmp")
@@ -262,10 +272,16 @@ def main(argv: list[str] | None = None) -> None:
             text = text_encoder(ids.to(dev))
             ctx = text.last_hidden_state
             pred = unet(noisy, t, ctx).sample
-        loss = F.mse_loss(pred.float(), noise)
+        if args.outline_weight:
+            pictures = list(np.rint((images.transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8))
+            weights = loss_weights(pictures, latents.shape[-1], args.outline_weight).to(dev)
+            loss = weighted_mse(pred.float(), noise, weights)
+        else:
+            loss = F.mse_loss(pred.float(), noise)
         if args.text_probe:
             loss = loss + args.text_probe * probe.loss(text.pooler_output.float(), captions, scenes)
-        lr = args.lr * min(1.0, (step + 1) / 300)
+        warm = (args.rewarm, start_step) if args.rewarm else (300, 0)
+        lr = lr_at(step, start_step, args.steps, args.lr, args.lr_schedule, warmup=warm[0], warmup_from=warm[1])
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)

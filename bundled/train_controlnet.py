@@ -26,7 +26,6 @@ it further); the step count continues from the one recorded in the file.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from bundled.architecture import SCHEDULER_CONFIG, build_models
 from bundled.shapes import POSITIONS, Scene, paraphrase, render
 from bundled.train import init_from_checkpoint, load_tokenizer, low_frequency_noise, sample_timesteps
+from bundled.weighting import loss_weights, lr_at, silhouette_map, weighted_mse
 
 HINT_CHANNELS = (16, 32, 96)  # SD 1.5's hint encoder less its last stage: 4x down, as the shapes VAE
 CANNY_LOW, CANNY_HIGH = 100, 200
@@ -53,12 +53,6 @@ def canny_map(image: np.ndarray) -> np.ndarray:
     """White edges on black (H, W) uint8, from an RGB uint8 image, as Easel's canny module."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     return cv2.Canny(gray, CANNY_LOW, CANNY_HIGH)
-
-
-def silhouette_map(image: np.ndarray) -> np.ndarray:
-    """White where the pixel differs from the background (the corner), black elsewhere."""
-    corner = image[:2, :2].reshape(-1, 3).mean(0)
-    return ((np.abs(image.astype(np.float32) - corner).max(-1) > 60) * 255).astype(np.uint8)
 
 
 def control_map(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -97,31 +91,6 @@ def caption_for(scene: Scene, rng: np.random.Generator) -> str:
         wrong = str(rng.choice([p for p in POSITIONS if p != scene.position]))
         scene = Scene(scene.shape, scene.color, scene.background, scene.size, wrong, scene.cx, scene.cy)
     return paraphrase(scene, rng) if rng.random() < 0.7 else scene.caption()
-
-
-def outline_band(image: np.ndarray, width: int = 2) -> np.ndarray:
-    """(H, W) float32, 1 within ``width`` pixels of the shape's outline, 0 elsewhere."""
-    sil = silhouette_map(image)
-    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
-    return ((cv2.dilate(sil, kernel) > 0) & (cv2.erode(sil, kernel) == 0)).astype(np.float32)
-
-
-def loss_weights(pictures: list[np.ndarray], latent_side: int, outline_weight: float) -> torch.Tensor:
-    """(B, 1, h, w) per-latent-pixel loss weights: 1, plus ``outline_weight`` on latent pixels that
-    hold part of the shape's outline (the band max-pooled to the latent grid)."""
-    bands = torch.from_numpy(np.stack([outline_band(p) for p in pictures]))[:, None]
-    return 1.0 + outline_weight * F.adaptive_max_pool2d(bands, latent_side)
-
-
-def lr_at(step: int, start: int, end: int, peak: float, schedule: str) -> float:
-    """Learning rate at ``step`` of a run from ``start`` to ``end``: a warm-up over the first 100
-    steps of training (counted from 0, as the shipped file was trained), then constant or a cosine
-    decay from ``start`` to zero at ``end``."""
-    warm = min(1.0, (step + 1) / 100)
-    if schedule == "cosine":
-        done = (step - start) / max(1, end - start)
-        return peak * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-    return peak * warm
 
 
 def training_batch(rng: np.random.Generator, batch_size: int):
@@ -209,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         pred = unet(noisy, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         if args.outline_weight:
             weights = loss_weights(pictures, latents.shape[-1], args.outline_weight)
-            loss = ((pred - noise) ** 2 * weights).mean() / weights.mean()
+            loss = weighted_mse(pred, noise, weights)
         else:
             loss = F.mse_loss(pred, noise)
         lr = lr_at(step, start_step, args.steps, args.lr, args.lr_schedule)
