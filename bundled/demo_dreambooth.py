@@ -119,12 +119,13 @@ def prompts(n: int, seed: int, shape_word: str) -> list[tuple[str, str, str]]:
 class Lab:
     """One data folder with the bundled checkpoint, its services and a training on it."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, checkpoint: Path = CHECKPOINT) -> None:
         from modules.config import load_settings
         from modules.services import build_services
 
         self.folder = Path(tempfile.mkdtemp(prefix=f"easel-demo-{label}-"))
-        settings = load_settings(self.folder, {"ckpt_dirs": [CHECKPOINT.parent], "sd_model_checkpoint": CHECKPOINT.name,
+        checkpoint = checkpoint.resolve()
+        settings = load_settings(self.folder, {"ckpt_dirs": [checkpoint.parent], "sd_model_checkpoint": checkpoint.name,
                                                "show_progress_every_n_steps": 0})
         self.services = build_services(settings)
 
@@ -194,21 +195,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sampling-steps", type=int, default=20, help="sampling steps of the measured images")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the base model to train (default: the bundled one)")
+    ap.add_argument("--base-only", action="store_true", help="measure the base model only (no training)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     rows = []
-    base = Lab("base")
+    base = Lab("base", args.checkpoint)
     try:
         rows.append(("base model", "", 0, 0.0, base.scores(args.n, None, args.sampling_steps)))
     finally:
         base.close()
-    for method in args.methods:
+    for method in [] if args.base_only else args.methods:
         for prior, fields in RUNS[method]:
             if method != "textual_inversion" and args.prior != "both" and prior != (args.prior == "on"):
                 continue
-            lab = Lab(method)
+            lab = Lab(method, args.checkpoint)
             try:
                 steps, minutes = lab.train(method, prior, fields, args)
                 rows.append((method, "yes" if prior else "no", steps, minutes, lab.scores(args.n, method, args.sampling_steps)))
