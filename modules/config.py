@@ -45,7 +45,7 @@ class Settings(BaseModel):
     vae_tiling: bool = False
     vae_slicing: bool = False
     show_progress_every_n_steps: int = Field(5, ge=0, description="live preview interval, 0 = off")
-    default_sampler: str = "Euler a"
+    default_sampler: str = "DPM++ 2M"  # with the Automatic schedule: Karras, as A1111 since 1.6
     default_steps: int = Field(20, ge=1, le=150)
     max_queue: int = Field(64, ge=1, le=10_000)
     max_side: int = Field(2048, ge=64, le=8192)

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from modules import samplers
 from modules.api import create_app
 from modules.api.models import Img2ImgBody, Txt2ImgBody
 from modules.config import load_settings
@@ -119,6 +120,16 @@ def test_api_bodies_carry_a1111_api_defaults():
     i2i = Img2ImgBody()
     assert (i2i.width, i2i.steps, i2i.denoising_strength, i2i.mask_blur, i2i.inpainting_fill) == (512, 50, 0.75, 4, 0)
     assert i2i.save_images is False and i2i.inpaint_full_res is True
+
+
+def test_without_a_sampler_the_default_is_dpmpp_2m_karras_as_in_a1111(client):
+    body = {k: v for k, v in T2I.items() if k not in ("sampler_name", "sampler_index", "scheduler")}
+    r = client.post("/sdapi/v1/txt2img", json={**body, "steps": 1})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["sampler_name"] == "DPM++ 2M"
+    assert "Sampler: DPM++ 2M, Schedule type: Automatic," in info["infotexts"][0]  # as A1111 writes it
+    assert samplers.effective_schedule_type(info["sampler_name"], "Automatic") == "Karras"
 
 
 def test_sampler_index_is_accepted(client):
