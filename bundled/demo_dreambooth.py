@@ -17,7 +17,12 @@
    ``a red zwx shape on the left, blue background`` style prompts → how often a heart is drawn,
    with the asked colour and position; ``a red circle on the left, blue background`` → how often a
    circle is still drawn (what prior preservation protects). The base model is measured the same way.
-4. Print a Markdown table.
+4. Print a Markdown table, and after each run what the zwx and circle prompts drew (shape -> share).
+
+The run's options can be changed for experiments: ``--sampler`` (of the measured images),
+``--learning-rate``, ``--prior-loss-weight``, ``--snr-gamma``, ``--noise-offset``, ``--train-text-encoder``,
+``--class-like-instances`` (class images in the instance images' colours, places and size, as each
+trained shape), ``--checkpoint`` (another base) and ``--keep`` (keep each run's folder and model).
 
     python -m bundled.demo_dreambooth [--minutes 10] [--n 50] [--methods dreambooth lora textual_inversion]
     python -m bundled.demo_dreambooth --minutes 0.2 --steps 3 --n 4 --num-class-images 4   # a smoke run
@@ -29,7 +34,8 @@ import argparse
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,25 +66,43 @@ class Scores:
     zwx_color: float  # ... in the asked colour
     zwx_position: float  # ... at the asked place
     circle: float  # circle prompts still drawn as a circle
+    circle_drawn: dict[str, float]  # what the circle prompts drew (shape -> share)
+    zwx_drawn: dict[str, float]  # what the zwx prompts drew
 
 
-def instance_images(n: int = 5) -> tuple[list, list[str]]:
-    """Large hearts in varied colours, backgrounds and places (seeded), and their captions
-    (``a red zwx shape on the left, blue background``). Large: this 64x64 model draws small shapes poorly."""
+def instance_scenes(n: int = 5) -> list[Scene]:
+    """Large hearts in varied colours, backgrounds and places (seeded). Large: this 64x64 model draws
+    small shapes poorly."""
     rng = np.random.default_rng(5)
-    images, captions = [], []
+    scenes = []
     for _ in range(n):
         color, background = rng.choice(list(PALETTE), size=2, replace=False)
         position = str(rng.choice(list(POSITIONS)))
         x, y = POSITIONS[position]
-        images.append(render(Scene("heart", str(color), str(background), "large", position, x, y)))
-        captions.append(f"a {color} {TOKEN} shape {POSITION_PHRASES[position][0]}, {background} background")
-    return images, captions
+        scenes.append(Scene("heart", str(color), str(background), "large", position, x, y))
+    return scenes
 
 
-def class_scenes(n: int) -> list[tuple[Scene, str]]:
-    """The class ``a shape`` as its members: n scenes of the four trained shapes in turn (seeded), with
-    their captions (``a red circle on the left, blue background``)."""
+def caption(scene: Scene, shape_word: str) -> str:
+    """``a red <shape_word> on the left, blue background`` for the scene."""
+    return f"a {scene.color} {shape_word} {POSITION_PHRASES[scene.position][0]}, {scene.background} background"
+
+
+def instance_images(n: int = 5) -> tuple[list, list[str]]:
+    """The instance hearts and their captions (``a red zwx shape on the left, blue background``)."""
+    scenes = instance_scenes(n)
+    return [render(scene) for scene in scenes], [caption(scene, f"{TOKEN} shape") for scene in scenes]
+
+
+def class_scenes(n: int, like_instances: bool = False) -> list[tuple[Scene, str]]:
+    """The class ``a shape`` as its members: n scenes of the four trained shapes in turn, with their
+    captions (``a red circle on the left, blue background``). Seeded random colours, places and sizes;
+    or (``like_instances``) each instance image's colour, background, place and size in turn, drawn
+    as each of the four shapes: the class members nearest to the instances."""
+    if like_instances:
+        instances = instance_scenes()
+        scenes = [replace(instances[(i // len(SHAPES)) % len(instances)], shape=SHAPES[i % len(SHAPES)]) for i in range(n)]
+        return [(scene, caption(scene, scene.shape)) for scene in scenes]
     rng, sizes = np.random.default_rng(9), np.random.default_rng(10)
     out = []
     for i in range(n):
@@ -87,21 +111,21 @@ def class_scenes(n: int) -> list[tuple[Scene, str]]:
         x, y = POSITIONS[position]
         size = str(sizes.choice(["small", "large"]))
         scene = Scene(SHAPES[i % len(SHAPES)], color, background, size, position, x, y)
-        out.append((scene, f"a {color} {scene.shape} {POSITION_PHRASES[position][0]}, {background} background"))
+        out.append((scene, caption(scene, scene.shape)))
     return out
 
 
-def class_prompt_lines(n: int) -> str:
+def class_prompt_lines(n: int, like_instances: bool = False) -> str:
     """The class prompts, one line per class image."""
-    return "\n".join(caption for _, caption in class_scenes(n))
+    return "\n".join(text for _, text in class_scenes(n, like_instances))
 
 
-def write_class_folder(folder: Path, n: int) -> Path:
+def write_class_folder(folder: Path, n: int, like_instances: bool = False) -> Path:
     """The rendered class images with their NAME.txt captions."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i, (scene, caption) in enumerate(class_scenes(n)):
+    for i, (scene, text) in enumerate(class_scenes(n, like_instances)):
         render(scene).save(folder / f"{i:04d}.png")
-        (folder / f"{i:04d}.txt").write_text(caption)
+        (folder / f"{i:04d}.txt").write_text(text)
     return folder
 
 
@@ -114,6 +138,12 @@ def prompts(n: int, seed: int, shape_word: str) -> list[tuple[str, str, str]]:
         position = str(rng.choice(list(POSITIONS)))
         out.append((f"a {color} {shape_word} {POSITION_PHRASES[position][0]}, {background} background", str(color), position))
     return out
+
+
+def shares(shapes: list[str]) -> dict[str, float]:
+    """Each detected shape's share, most frequent first."""
+    counts = Counter(shapes)
+    return {shape: count / len(shapes) for shape, count in counts.most_common()}
 
 
 class Lab:
@@ -134,33 +164,41 @@ class Lab:
         from modules.training import job as training
 
         images, captions = instance_images()
+        class_prompt = class_prompt_lines(args.num_class_images, args.class_like_instances) if args.captions else CLASS_PROMPT
         values = {"method": method, "instance_prompt": CAPTIONED_PROMPT if args.captions else INSTANCE_PROMPT,
-                  "class_prompt": class_prompt_lines(args.num_class_images) if args.captions else CLASS_PROMPT,
+                  "class_prompt": class_prompt,
                   "token": TOKEN, "with_prior_preservation": prior, "num_class_images": args.num_class_images,
                   "class_cfg_scale": CFG, "max_minutes": args.minutes, "batch_size": args.batch_size, "save_every": 0,
                   "seed": args.seed, "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth",
+                  "prior_loss_weight": args.prior_loss_weight, "train_text_encoder": args.train_text_encoder,
+                  "snr_gamma": args.snr_gamma, "noise_offset": args.noise_offset,
                   **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
+        if args.learning_rate is not None:
+            values["learning_rate"] = args.learning_rate
         if args.captions:
             values["instance_captions"] = captions
         if prior and args.class_images == "rendered":
-            values["class_dir"] = str(write_class_folder(self.folder / "class-images", args.num_class_images))
+            folder = write_class_folder(self.folder / "class-images", args.num_class_images, args.class_like_instances)
+            values["class_dir"] = str(folder)
         request = training.build_request(self.services, values, uploads=images)
         started = time.monotonic()
         result = training.submit(self.services, request).wait()
         return result.steps, (time.monotonic() - started) / 60
 
-    def scores(self, n: int, method: str | None, steps: int) -> Scores:
+    def scores(self, n: int, method: str | None, steps: int, sampler: str = SAMPLER) -> Scores:
         """Detector rates of the zwx prompts and the circle prompts on this folder's model."""
-        zwx = [self._detect(p, seed, method, steps) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
-        circles = [self._detect(p, seed, method, steps) for seed, p in enumerate(prompts(n, 2, "circle"))]
+        zwx = [self._detect(p, seed, method, steps, sampler) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
+        circles = [self._detect(p, seed, method, steps, sampler) for seed, p in enumerate(prompts(n, 2, "circle"))]
         return Scores(
             heart=np.mean([d.shape == "heart" for d, _, _ in zwx]),
             zwx_color=np.mean([d.color == c for d, c, _ in zwx]),
             zwx_position=np.mean([d.position == pos for d, _, pos in zwx]),
             circle=np.mean([d.shape == "circle" for d, _, _ in circles]),
+            circle_drawn=shares([d.shape for d, _, _ in circles]),
+            zwx_drawn=shares([d.shape for d, _, _ in zwx]),
         )
 
-    def _detect(self, item: tuple[str, str, str], seed: int, method: str | None, steps: int):
+    def _detect(self, item: tuple[str, str, str], seed: int, method: str | None, steps: int, sampler: str):
         from modules.schemas import Txt2ImgRequest
 
         text, color, position = item
@@ -169,14 +207,17 @@ class Lab:
             checkpoint = f"{TOKEN}-dreambooth"
         if method == "lora":
             text += f" <lora:{TOKEN}:1>"  # on for the circle prompts too: does the LoRA spoil circles?
-        request = Txt2ImgRequest(prompt=text, steps=steps, sampler_name=SAMPLER, cfg_scale=CFG, seed=seed,
+        request = Txt2ImgRequest(prompt=text, steps=steps, sampler_name=sampler, cfg_scale=CFG, seed=seed,
                                  save_images=False, sd_model_checkpoint=checkpoint)
         image = self.services.submit("txt2img", request).wait().images[0]
         return detect(image), color, position
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
         self.services.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if keep:
+            print(f"  kept {self.folder}", flush=True)
+        else:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def main() -> None:
@@ -191,11 +232,20 @@ def main() -> None:
     ap.add_argument("--num-class-images", type=int, default=40)
     ap.add_argument("--class-images", choices=["generated", "rendered"], default="generated",
                     help="prior preservation's class images: drawn by the base model, or rendered shapes (class_dir)")
+    ap.add_argument("--class-like-instances", action="store_true",
+                    help="class images in the instance images' colours, places and size, as each trained shape")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sampling-steps", type=int, default=20, help="sampling steps of the measured images")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sampler", default=SAMPLER, help="sampler of the measured images")
+    ap.add_argument("--learning-rate", type=float, default=None, help="instead of each method's own")
+    ap.add_argument("--prior-loss-weight", type=float, default=1.0)
+    ap.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
+    ap.add_argument("--noise-offset", type=float, default=0.0)
+    ap.add_argument("--train-text-encoder", action="store_true", help="DreamBooth: train the text encoder too")
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the base model to train (default: the bundled one)")
+    ap.add_argument("--keep", action="store_true", help="keep each run's data folder (its trained model) and print its path")
     ap.add_argument("--base-only", action="store_true", help="measure the base model only (no training)")
     args = ap.parse_args()
     import torch
@@ -204,7 +254,8 @@ def main() -> None:
     rows = []
     base = Lab("base", args.checkpoint)
     try:
-        rows.append(("base model", "", 0, 0.0, base.scores(args.n, None, args.sampling_steps)))
+        rows.append(("base model", "", 0, 0.0, base.scores(args.n, None, args.sampling_steps, args.sampler)))
+        print(f"  base: zwx drew {rows[-1][-1].zwx_drawn}; circle drew {rows[-1][-1].circle_drawn}", flush=True)
     finally:
         base.close()
     for method in [] if args.base_only else args.methods:
@@ -214,14 +265,19 @@ def main() -> None:
             lab = Lab(method, args.checkpoint)
             try:
                 steps, minutes = lab.train(method, prior, fields, args)
-                rows.append((method, "yes" if prior else "no", steps, minutes, lab.scores(args.n, method, args.sampling_steps)))
+                scores = lab.scores(args.n, method, args.sampling_steps, args.sampler)
+                rows.append((method, "yes" if prior else "no", steps, minutes, scores))
             finally:
-                lab.close()
+                lab.close(keep=args.keep)
             print(f"{method} (prior {prior}): {steps} steps in {minutes:.1f} min (class images included)", flush=True)
             print(table_row(*rows[-1]), flush=True)
-    print(f"\n{args.n} prompts each; {SAMPLER}, {args.sampling_steps} steps, CFG {CFG}; training batch {args.batch_size}, "
+            print(f"  zwx drew {rows[-1][-1].zwx_drawn}; circle drew {rows[-1][-1].circle_drawn}", flush=True)
+    print(f"\n{args.n} prompts each; {args.sampler}, {args.sampling_steps} steps, CFG {CFG}; training batch {args.batch_size}, "
           f"at most {args.minutes:g} min per run; captions {'on' if args.captions else 'off'}; "
-          f"class images {args.class_images}\n")
+          f"class images {args.class_images}{' like the instances' if args.class_like_instances else ''}; "
+          f"prior loss weight {args.prior_loss_weight:g}; learning rate {args.learning_rate or 'each method its own'}; "
+          f"Min-SNR gamma {args.snr_gamma or 'off'}; noise offset {args.noise_offset:g}; "
+          f"text encoder {'trained' if args.train_text_encoder else 'frozen'}\n")
     print(TABLE_HEAD)
     for row in rows:
         print(table_row(*row))

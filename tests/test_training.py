@@ -371,9 +371,11 @@ def test_train_tab_builds_submits_and_polls(services, tmp_path):
     assert set(tab.fields) <= set(training.TrainRequest.model_fields)
     values = train_tab.request_values({"method": "lora", "learning_rate": 0, "resolution": 32, "output_name": "",
                                        "sample_prompts": "a zwx shape\n\n a red zwx shape ", "token": "", "steps": 2,
-                                       "instance_prompt": "a zwx shape", "class_prompt": "a shape", "lora_alpha": 0})
+                                       "instance_prompt": "a zwx shape", "class_prompt": "a shape", "lora_alpha": 0,
+                                       "snr_gamma": 0, "noise_offset": 0.05})
     assert values == {"method": "lora", "resolution": 32, "steps": 2, "instance_prompt": "a zwx shape",
-                      "class_prompt": "a shape", "sample_prompts": ["a zwx shape", "a red zwx shape"]}
+                      "class_prompt": "a shape", "sample_prompts": ["a zwx shape", "a red zwx shape"], "noise_offset": 0.05}
+    assert train_tab.request_values({"snr_gamma": 5})["snr_gamma"] == 5
     paths = []
     for i, image in enumerate(images()):
         paths.append(str(tmp_path / f"{i}.png"))

@@ -25,7 +25,7 @@ from webui.widgets import Fields, given, named_values, progress_html
 PREFIX = "train"
 POLL_SECONDS = 1.0
 METHOD_LABELS = {"dreambooth": "DreamBooth (full model)", "lora": "DreamBooth-LoRA", "textual_inversion": "Textual inversion"}
-ZERO_IS_DEFAULT = ("learning_rate", "resolution", "lora_alpha")  # 0 in the form = the request's default
+ZERO_IS_DEFAULT = ("learning_rate", "resolution", "lora_alpha", "snr_gamma")  # 0 in the form = the request's default
 EMPTY_IS_DEFAULT = ("output_name", "token", "init_lora", "instance_dir", "class_prompt", "class_dir")
 
 
@@ -103,6 +103,11 @@ def create_ui(services) -> TrainTab:
                                         elem_id=f"{PREFIX}_mixed")
                     adam8 = gr.Checkbox(False, label="8-bit Adam (CUDA + bitsandbytes)", elem_id=f"{PREFIX}_adam8")
                 with gr.Row():
+                    noise_offset = gr.Number(0.0, minimum=0, maximum=1, step=0.01, label="Noise offset (0: plain noise)",
+                                             elem_id=f"{PREFIX}_noise_offset")
+                    snr_gamma = gr.Number(0.0, minimum=0, maximum=100, label="Min-SNR gamma (0: off; e.g. 5)",
+                                          elem_id=f"{PREFIX}_snr_gamma")
+                with gr.Row():
                     rank = gr.Number(4, precision=0, minimum=1, label="LoRA rank", elem_id=f"{PREFIX}_rank")
                     alpha = gr.Number(0, minimum=0, label="LoRA alpha (0: the rank)", elem_id=f"{PREFIX}_alpha")
                     init_lora = gr.Textbox(label="Continue from LoRA", elem_id=f"{PREFIX}_init_lora")
@@ -135,7 +140,8 @@ def create_ui(services) -> TrainTab:
         "learning_rate": learning_rate, "lr_scheduler": lr_scheduler, "lr_warmup_steps": lr_warmup,
         "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class, "class_dir": class_dir,
         "prior_loss_weight": prior_weight, "train_text_encoder": train_te, "gradient_checkpointing": checkpointing,
-        "mixed_precision": mixed, "use_8bit_adam": adam8, "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora,
+        "mixed_precision": mixed, "use_8bit_adam": adam8, "noise_offset": noise_offset, "snr_gamma": snr_gamma,
+        "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora,
         "initializer_token": initializer, "num_vectors": vectors, "sample_prompts": sample_prompts,
         "sample_every": sample_every, "save_every": save_every,
     }

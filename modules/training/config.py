@@ -81,6 +81,12 @@ class TrainOptions(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="CUDA only; the CPU trains in fp32")
     use_8bit_adam: bool = Field(False, description="bitsandbytes' AdamW8bit (CUDA only; else AdamW with a warning)")
     max_grad_norm: float = Field(1.0, gt=0.0)
+    noise_offset: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "offset noise (kohya's noise_offset, e.g. 0.05-0.1): a random constant per image and channel added to the "
+        "noise, so the model learns images darker or brighter than the average; 0: plain noise"))
+    snr_gamma: float | None = Field(None, gt=0.0, le=100.0, description=(
+        "Min-SNR-gamma loss weighting (Hang et al. 2023; e.g. 5): each timestep's loss weighted by min(SNR, gamma) / SNR, "
+        "which lowers the weight of the nearly clean steps; None: every timestep alike"))
     lora_rank: int = Field(4, ge=1, le=256)
     lora_alpha: float | None = Field(None, gt=0.0, description="None: the rank (scale 1)")
     init_lora: str | None = Field(None, description="LoRA (models/Lora) to continue training from")

@@ -6,8 +6,9 @@ says what is trained and how a prompt is encoded; this module does the rest, top
 1. every step draws its randomness from a generator seeded with (seed, step): which images, the
    latent sample, the noise and the timesteps. A run resumed at step ``k`` therefore continues
    exactly as the uninterrupted run would have, given the saved weights, optimizer and LR scheduler;
-2. the standard denoising loss (epsilon or v target, from the model's own scheduler config); with
-   prior preservation each batch also holds as many class images, whose loss is weighted apart;
+2. the standard denoising loss (epsilon or v target, from the model's own scheduler config), optionally
+   with offset noise and Min-SNR-gamma weights per timestep; with prior preservation each batch also
+   holds as many class images, whose loss is weighted apart;
 3. AdamW (bitsandbytes' 8-bit AdamW when asked, on CUDA), diffusers' LR schedulers, gradient
    clipping, and on CUDA autocast to fp16/bf16 with a GradScaler for fp16; the trained weights
    stay fp32 (the CPU always trains in fp32);
@@ -267,6 +268,18 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
 
 
+def min_snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights of each sample's loss: min(SNR, gamma) / SNR for an epsilon target,
+    min(SNR, gamma) / (SNR + 1) for a v target (the weighting diffusers' training scripts use)."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
+
+
 def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, options: TrainOptions,
                   state: LoopState, precision: Precision, params: list[torch.nn.Parameter]) -> float:
     """One optimizer step; returns its loss."""
@@ -280,6 +293,8 @@ def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, 
         latents = torch.cat([latents, data.classes.draw(class_index, g)])
         prompts += [data.class_prompts[i] for i in class_index.tolist()]
     noise = torch.randn(latents.shape, generator=g)
+    if options.noise_offset:
+        noise = noise + options.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":
@@ -293,12 +308,14 @@ def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, 
         unet_dtype = next(unet.parameters()).dtype
         pred = unet(noisy.to(device, unet_dtype), timesteps.to(device), cond.to(unet_dtype)).sample
     pred, target = pred.float(), target.to(device)
+    per_image = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    if options.snr_gamma is not None:
+        per_image = per_image * min_snr_weights(noise_scheduler, timesteps, options.snr_gamma).to(device)
     if data.classes is not None:
-        pred, pred_prior = pred.chunk(2)
-        target, target_prior = target.chunk(2)
-        loss = F.mse_loss(pred, target) + data.prior_loss_weight * F.mse_loss(pred_prior, target_prior)
+        instance_loss, prior_loss = per_image.chunk(2)
+        loss = instance_loss.mean() + data.prior_loss_weight * prior_loss.mean()
     else:
-        loss = F.mse_loss(pred, target)
+        loss = per_image.mean()
     scaler = precision.scaler
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward(inputs=params)
