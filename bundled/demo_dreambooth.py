@@ -21,7 +21,7 @@
 
 The run's options can be changed for experiments: ``--sampler`` (of the measured images),
 ``--learning-rate``, ``--prior-loss-weight``, ``--snr-gamma``, ``--noise-offset``, ``--train-text-encoder``,
-``--class-like-instances`` (class images in the instance images' colours, places and size, as each
+``--lora-targets``, ``--class-like-instances`` (class images in the instance images' colours, places and size, as each
 trained shape), ``--checkpoint`` (another base) and ``--keep`` (keep each run's folder and model).
 
     python -m bundled.demo_dreambooth [--minutes 10] [--n 50] [--methods dreambooth lora textual_inversion]
@@ -171,7 +171,7 @@ class Lab:
                   "class_cfg_scale": CFG, "max_minutes": args.minutes, "batch_size": args.batch_size, "save_every": 0,
                   "seed": args.seed, "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth",
                   "prior_loss_weight": args.prior_loss_weight, "train_text_encoder": args.train_text_encoder,
-                  "snr_gamma": args.snr_gamma, "noise_offset": args.noise_offset,
+                  "snr_gamma": args.snr_gamma, "noise_offset": args.noise_offset, "lora_targets": args.lora_targets,
                   **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
         if args.learning_rate is not None:
             values["learning_rate"] = args.learning_rate
@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--prior-loss-weight", type=float, default=1.0)
     ap.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     ap.add_argument("--noise-offset", type=float, default=0.0)
+    ap.add_argument("--lora-targets", choices=["attention", "cross_attention_kv"], default="attention")
     ap.add_argument("--train-text-encoder", action="store_true", help="DreamBooth: train the text encoder too")
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the base model to train (default: the bundled one)")
     ap.add_argument("--keep", action="store_true", help="keep each run's data folder (its trained model) and print its path")
@@ -277,7 +278,7 @@ def main() -> None:
           f"class images {args.class_images}{' like the instances' if args.class_like_instances else ''}; "
           f"prior loss weight {args.prior_loss_weight:g}; learning rate {args.learning_rate or 'each method its own'}; "
           f"Min-SNR gamma {args.snr_gamma or 'off'}; noise offset {args.noise_offset:g}; "
-          f"text encoder {'trained' if args.train_text_encoder else 'frozen'}\n")
+          f"text encoder {'trained' if args.train_text_encoder else 'frozen'}; LoRA on {args.lora_targets}\n")
     print(TABLE_HEAD)
     for row in rows:
         print(table_row(*row))

@@ -175,6 +175,21 @@ def test_lora_with_the_text_encoder_and_gradient_checkpointing(services):
     assert np.array_equal(generate(services, "a zwx shape")[0], before)
 
 
+def test_lora_on_the_cross_attention_keys_and_values_only(services):
+    before, _ = generate(services, "a zwx shape")
+    result = train(services, method="lora", learning_rate=5e-2, steps=3, lora_targets="cross_attention_kv")
+    layers = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in load_file(result.output_path)}
+    assert layers and all(k.endswith(("_attn2_to_k", "_attn2_to_v")) for k in layers)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k" in layers
+    with_lora, _ = generate(services, "a zwx shape <lora:zwx:1>")
+    assert np.abs(with_lora - before).mean() > 0.5
+    train(services, method="lora", steps=1, output_name="all-layers")  # to_q/to_k/to_v/to_out.0 everywhere
+    continued = training.build_request(services, {**FAST, "method": "lora", "output_name": "zwx2", "init_lora": "all-layers",
+                                                  "lora_targets": "cross_attention_kv"}, uploads=images())
+    with pytest.raises(RequestError, match=r"attn1_to_\w+ is not one this trainer trains \(UNet cross-attention to_k/to_v"):
+        training.submit(services, continued).wait(timeout=120)
+
+
 def test_textual_inversion_writes_an_embedding_used_by_its_name(services, data_dir):
     before, _ = generate(services, "a zwx shape")
     other_before, _ = generate(services, "a red circle")

@@ -111,6 +111,9 @@ def create_ui(services) -> TrainTab:
                     rank = gr.Number(4, precision=0, minimum=1, label="LoRA rank", elem_id=f"{PREFIX}_rank")
                     alpha = gr.Number(0, minimum=0, label="LoRA alpha (0: the rank)", elem_id=f"{PREFIX}_alpha")
                     init_lora = gr.Textbox(label="Continue from LoRA", elem_id=f"{PREFIX}_init_lora")
+                    lora_targets = gr.Dropdown(["attention", "cross_attention_kv"], value="attention",
+                                               label="LoRA layers (every attention / text keys and values)",
+                                               elem_id=f"{PREFIX}_lora_targets")
                 with gr.Row():
                     initializer = gr.Textbox("*", label="TI initializer word", elem_id=f"{PREFIX}_initializer")
                     vectors = gr.Number(1, precision=0, minimum=1, maximum=75, label="TI vectors per token",
@@ -141,7 +144,7 @@ def create_ui(services) -> TrainTab:
         "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class, "class_dir": class_dir,
         "prior_loss_weight": prior_weight, "train_text_encoder": train_te, "gradient_checkpointing": checkpointing,
         "mixed_precision": mixed, "use_8bit_adam": adam8, "noise_offset": noise_offset, "snr_gamma": snr_gamma,
-        "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora,
+        "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora, "lora_targets": lora_targets,
         "initializer_token": initializer, "num_vectors": vectors, "sample_prompts": sample_prompts,
         "sample_every": sample_every, "save_every": save_every,
     }

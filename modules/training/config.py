@@ -89,6 +89,9 @@ class TrainOptions(BaseModel):
         "which lowers the weight of the nearly clean steps; None: every timestep alike"))
     lora_rank: int = Field(4, ge=1, le=256)
     lora_alpha: float | None = Field(None, gt=0.0, description="None: the rank (scale 1)")
+    lora_targets: Literal["attention", "cross_attention_kv"] = Field("attention", description=(
+        "UNet layers the LoRA adapts: 'attention', to_q/to_k/to_v/to_out.0 of every attention block; "
+        "'cross_attention_kv', only the key and value projections of the text (cross) attention, as Custom Diffusion"))
     init_lora: str | None = Field(None, description="LoRA (models/Lora) to continue training from")
     initializer_token: str = Field("*", min_length=1, description="textual inversion: word whose embedding starts the vectors")
     num_vectors: int = Field(1, ge=1, le=75, description="textual inversion: vectors per token")

@@ -4,7 +4,8 @@ on the text encoder's; the base weights stay frozen.
 The adapters go into private copies of the UNet (and text encoder), never into the cached model.
 The result is written in the kohya/A1111 format that ``modules.lora`` (and A1111, ComfyUI, ...)
 read: ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` for
-``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of every attention block, and
+``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of every attention block (or, with ``lora_targets``
+``cross_attention_kv``, only ``attn2.to_k`` / ``attn2.to_v``: the text's keys and values), and
 ``lora_te_text_model_encoder_layers_<i>_self_attn_<q|k|v|out>_proj...`` for the text encoder.
 diffusers' ``convert_state_dict_to_kohya`` names the SD 1.x text encoder ``lora_te1_`` (SDXL's
 convention) and writes alpha = rank, so the few lines of renaming are done here instead.
@@ -21,7 +22,10 @@ from modules.training.config import TrainOptions
 from modules.training.dreambooth import FrozenText, private_copy
 from modules.training.loop import TrainingMethod, encode_ids, prompt_ids
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+UNET_TARGETS: dict[str, list[str] | str] = {
+    "attention": ["to_q", "to_k", "to_v", "to_out.0"],
+    "cross_attention_kv": r".*\.attn2\.(to_k|to_v)",  # peft: a string is a regular expression of module paths
+}
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 ADAPTER = "easel_train"
 
@@ -64,12 +68,13 @@ class LoraMethod(TrainingMethod):
         self.pipe = pipe
         self.rank = options.lora_rank
         self.alpha = options.lora_alpha or float(options.lora_rank)
+        self.targets = options.lora_targets
         self.train_text = options.train_text_encoder
         with torch.random.fork_rng(devices=[]):  # the adapter's random init is seeded, the global RNG untouched
             torch.manual_seed(options.seed)
             self.unet = private_copy(pipe.unet, device, trainable=False)
             self.unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian",
-                                             target_modules=UNET_TARGETS), adapter_name=ADAPTER)
+                                             target_modules=UNET_TARGETS[options.lora_targets]), adapter_name=ADAPTER)
             if self.train_text:
                 self.text_encoder = private_copy(pipe.text_encoder, device, trainable=False)
                 self.text_encoder.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian",
@@ -108,8 +113,9 @@ class LoraMethod(TrainingMethod):
                   for c, model in self._components() for module, layer in lora_modules(model).items()}
         unknown = sorted({k.split(".")[0] for k in state} - set(layers))
         if unknown:
-            raise InitLoraError(f"init_lora: layer {unknown[0]} is not one this trainer trains (UNet to_q/to_k/to_v/"
-                                f"to_out.0{', text encoder q/k/v/out_proj' if self.train_text else ''}, diffusers names)")
+            unet_layers = "to_q/to_k/to_v/to_out.0" if self.targets == "attention" else "cross-attention to_k/to_v"
+            raise InitLoraError(f"init_lora: layer {unknown[0]} is not one this trainer trains (UNet {unet_layers}"
+                                f"{', text encoder q/k/v/out_proj' if self.train_text else ''}, diffusers names)")
         for key, layer in layers.items():
             down, up = state.get(f"{key}.lora_down.weight"), state.get(f"{key}.lora_up.weight")
             if down is None or up is None:
