@@ -172,6 +172,7 @@ class Lab:
                   "seed": args.seed, "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth",
                   "prior_loss_weight": args.prior_loss_weight, "train_text_encoder": args.train_text_encoder,
                   "snr_gamma": args.snr_gamma, "noise_offset": args.noise_offset, "lora_targets": args.lora_targets,
+                  "caption_dropout": args.caption_dropout, "ema_decay": args.ema_decay,
                   **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
         if args.learning_rate is not None:
             values["learning_rate"] = args.learning_rate
@@ -243,6 +244,8 @@ def main() -> None:
     ap.add_argument("--prior-loss-weight", type=float, default=1.0)
     ap.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     ap.add_argument("--noise-offset", type=float, default=0.0)
+    ap.add_argument("--ema-decay", type=float, default=0.0, help="write an EMA of the trained weights (e.g. 0.999)")
+    ap.add_argument("--caption-dropout", type=float, default=0.0, help="share of images trained with the empty prompt")
     ap.add_argument("--lora-targets", choices=["attention", "cross_attention_kv"], default="attention")
     ap.add_argument("--train-text-encoder", action="store_true", help="DreamBooth: train the text encoder too")
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the base model to train (default: the bundled one)")
@@ -278,6 +281,7 @@ def main() -> None:
           f"class images {args.class_images}{' like the instances' if args.class_like_instances else ''}; "
           f"prior loss weight {args.prior_loss_weight:g}; learning rate {args.learning_rate or 'each method its own'}; "
           f"Min-SNR gamma {args.snr_gamma or 'off'}; noise offset {args.noise_offset:g}; "
+          f"caption dropout {args.caption_dropout:g}; EMA decay {args.ema_decay:g}; "
           f"text encoder {'trained' if args.train_text_encoder else 'frozen'}; LoRA on {args.lora_targets}\n")
     print(TABLE_HEAD)
     for row in rows:

@@ -190,6 +190,16 @@ def test_lora_on_the_cross_attention_keys_and_values_only(services):
         training.submit(services, continued).wait(timeout=120)
 
 
+def test_ema_decay_writes_the_average_of_the_trained_weights(services):
+    plain = train(services, method="lora", learning_rate=5e-2, steps=4, output_name="plain")
+    averaged = train(services, method="lora", learning_rate=5e-2, steps=4, output_name="averaged", ema_decay=0.9)
+    assert averaged.losses == plain.losses  # the average does not change the training, only what is written
+    last, ema = load_file(plain.output_path), load_file(averaged.output_path)
+    assert last.keys() == ema.keys()
+    ups = [k for k in last if k.endswith(".lora_up.weight")]  # zero at the start, growing: the average lags
+    assert sum(float(ema[k].norm()) for k in ups) < 0.97 * sum(float(last[k].norm()) for k in ups)
+
+
 def test_textual_inversion_writes_an_embedding_used_by_its_name(services, data_dir):
     before, _ = generate(services, "a zwx shape")
     other_before, _ = generate(services, "a red circle")

@@ -1,4 +1,5 @@
-"""The training loss options of ``modules.training.loop``: Min-SNR-gamma weights and offset noise.
+"""The training options of ``modules.training.loop``: Min-SNR-gamma weights, offset noise, caption
+dropout and the EMA of the trained weights.
 
 A stand-in UNet predicts zero for every pixel and records what it is given. The latents are all
 zero, so the noisy input is ``sqrt(1 - alpha_t) * noise`` and the noise (the epsilon target) can
@@ -15,15 +16,25 @@ import torch
 from diffusers import DDPMScheduler
 
 from modules.training.config import TrainOptions
-from modules.training.loop import LatentSet, LoopData, LoopState, Precision, TrainingMethod, min_snr_weights, training_step
+from modules.training.loop import (
+    LatentSet,
+    LoopData,
+    LoopState,
+    Precision,
+    TrainingMethod,
+    averaged_weights,
+    make_ema,
+    min_snr_weights,
+    training_step,
+)
 
 
 class ZeroUNet(torch.nn.Module):
     """Predicts ``w`` (0) everywhere and keeps the last (noisy latents, timesteps) it saw."""
 
-    def __init__(self) -> None:
+    def __init__(self, w: float = 0.0) -> None:
         super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.w = torch.nn.Parameter(torch.tensor(w))
         self.seen: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> SimpleNamespace:
@@ -32,14 +43,23 @@ class ZeroUNet(torch.nn.Module):
 
 
 class ZeroMethod(TrainingMethod):
-    def __init__(self) -> None:
-        self.unet = ZeroUNet()
+    def __init__(self, w: float = 0.0) -> None:
+        self.unet = ZeroUNet(w)
+        self.prompts: list[list[str]] = []
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.unet.w]
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
+        self.prompts.append(list(prompts))
         return torch.zeros(len(prompts), 77, 8)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {"w": self.unet.w.detach().clone()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.unet.w.copy_(state["w"])
 
 
 def scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
@@ -70,7 +90,7 @@ def one_step(options: TrainOptions, prior: bool = False, prior_weight: float = 1
 
 
 def options(**fields) -> TrainOptions:
-    return TrainOptions(instance_prompt="a zwx shape", output_name="zwx", batch_size=8, seed=3, **fields)
+    return TrainOptions(**{"instance_prompt": "a zwx shape", "output_name": "zwx", "batch_size": 8, "seed": 3, **fields})
 
 
 def test_min_snr_weights_follow_the_formula_for_both_targets():
@@ -122,3 +142,46 @@ def test_noise_offset_shifts_each_channel_of_the_noise_by_a_constant():
 def test_bad_loss_options_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         options(**fields)
+
+
+def test_caption_dropout_trains_some_images_on_the_empty_prompt():
+    zeros = torch.zeros(3, 4, 8, 8)
+    for rate, low, high in ((0.0, 0, 0), (0.5, 30, 70)):
+        method = ZeroMethod()
+        data = LoopData(LatentSet(zeros, zeros.clone()), ["a", "b", "c"])
+        optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
+        state = LoopState(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+        for _ in range(25):
+            training_step(method, data, scheduler(), options(caption_dropout=rate, batch_size=4), state,
+                          Precision("cpu", None, None), method.parameters())
+        drawn = [p for batch in method.prompts for p in batch]
+        assert len(drawn) == 100 and set(drawn) <= {"", "a", "b", "c"}
+        assert low <= drawn.count("") <= high
+
+
+def test_the_ema_lags_the_trained_weights_and_they_come_back_after():
+    zeros = torch.zeros(3, 4, 8, 8)
+    method = ZeroMethod(w=1.0)  # predicts 1 everywhere: the loss pulls w towards the noise's mean, about 0
+    params = method.parameters()
+    data = LoopData(LatentSet(zeros, zeros.clone()), ["a", "b", "c"])
+    optimizer = torch.optim.SGD(params, lr=0.2)
+    state = LoopState(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), ema=make_ema(params, 0.9))
+    assert make_ema(params, 0.0) is None
+    for _ in range(8):
+        training_step(method, data, scheduler(), options(ema_decay=0.9), state, Precision("cpu", None, None), params)
+    last = float(method.unet.w.detach())
+    assert last < 0.2
+    with averaged_weights(state, params):
+        averaged = float(method.unet.w.detach())
+    assert last < averaged < 1.0
+    assert float(method.unet.w.detach()) == last
+    saved = state.to_dict(method, Precision("cpu", None, None), "fp")
+    fresh_optimizer = torch.optim.SGD(params, lr=0.2)
+    again = LoopState(fresh_optimizer, torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda _: 1.0),
+                      ema=make_ema(params, 0.9))
+    with torch.no_grad():
+        method.unet.w.fill_(5.0)
+    again.restore(saved, method, Precision("cpu", None, None))  # the weight and its EMA come back
+    assert float(method.unet.w.detach()) == last
+    with averaged_weights(again, params):
+        assert float(method.unet.w.detach()) == pytest.approx(averaged)

@@ -107,6 +107,11 @@ def create_ui(services) -> TrainTab:
                                              elem_id=f"{PREFIX}_noise_offset")
                     snr_gamma = gr.Number(0.0, minimum=0, maximum=100, label="Min-SNR gamma (0: off; e.g. 5)",
                                           elem_id=f"{PREFIX}_snr_gamma")
+                    caption_dropout = gr.Number(0.0, minimum=0, maximum=0.99, step=0.05,
+                                                label="Caption dropout (share trained on the empty prompt)",
+                                                elem_id=f"{PREFIX}_caption_dropout")
+                    ema_decay = gr.Number(0.0, minimum=0, maximum=0.9999, step=0.001, label="EMA decay (0: off; e.g. 0.999)",
+                                          elem_id=f"{PREFIX}_ema_decay")
                 with gr.Row():
                     rank = gr.Number(4, precision=0, minimum=1, label="LoRA rank", elem_id=f"{PREFIX}_rank")
                     alpha = gr.Number(0, minimum=0, label="LoRA alpha (0: the rank)", elem_id=f"{PREFIX}_alpha")
@@ -144,6 +149,7 @@ def create_ui(services) -> TrainTab:
         "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class, "class_dir": class_dir,
         "prior_loss_weight": prior_weight, "train_text_encoder": train_te, "gradient_checkpointing": checkpointing,
         "mixed_precision": mixed, "use_8bit_adam": adam8, "noise_offset": noise_offset, "snr_gamma": snr_gamma,
+        "caption_dropout": caption_dropout, "ema_decay": ema_decay,
         "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora, "lora_targets": lora_targets,
         "initializer_token": initializer, "num_vectors": vectors, "sample_prompts": sample_prompts,
         "sample_every": sample_every, "save_every": save_every,

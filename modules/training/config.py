@@ -84,6 +84,12 @@ class TrainOptions(BaseModel):
     noise_offset: float = Field(0.0, ge=0.0, le=1.0, description=(
         "offset noise (kohya's noise_offset, e.g. 0.05-0.1): a random constant per image and channel added to the "
         "noise, so the model learns images darker or brighter than the average; 0: plain noise"))
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "keep an exponential moving average of the trained weights (e.g. 0.999) and write it, and draw the final "
+        "samples with it, instead of the last step's weights; 0: off"))
+    caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "share of the images trained with the empty prompt (kohya's caption_dropout_rate, e.g. 0.1), so the "
+        "unconditional prediction that classifier-free guidance extrapolates from is trained too; 0: never"))
     snr_gamma: float | None = Field(None, gt=0.0, le=100.0, description=(
         "Min-SNR-gamma loss weighting (Hang et al. 2023; e.g. 5): each timestep's loss weighted by min(SNR, gamma) / SNR, "
         "which lowers the weight of the nearly clean steps; None: every timestep alike"))

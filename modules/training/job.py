@@ -38,9 +38,11 @@ from modules.training.config import TrainOptions, TrainRequest, parse_train_requ
 from modules.training.loop import (
     LoopData,
     LoopState,
+    averaged_weights,
     encode_latents,
     fingerprint,
     load_state,
+    make_ema,
     make_lr_scheduler,
     make_optimizer,
     make_precision,
@@ -427,7 +429,7 @@ def run(request: TrainRequest, ctx: RunContext) -> TrainResult:
         params = method.parameters()
         weight_decay = 0.0 if request.method == "textual_inversion" else 1e-2
         optimizer = make_optimizer(params, request, device, weight_decay, runtime_warnings)
-        state = LoopState(optimizer, make_lr_scheduler(optimizer, request))
+        state = LoopState(optimizer, make_lr_scheduler(optimizer, request), ema=make_ema(params, request.ema_decay))
         monitor.warn(runtime_warnings)
         # 4. resume
         if saved is not None:
@@ -465,10 +467,11 @@ def run(request: TrainRequest, ctx: RunContext) -> TrainResult:
                  before_step)
         # 6. final samples, the result file, the state dropped
         samples: list[Any] = []
-        if request.sample_prompts or request.sample_every:
-            samples = _samples(pipe, method, request, sample_texts, resolution, monitor, state.step)
-        monitor.phase("saving")
-        _write_output(request, model, method, out, state.step, resolution)
+        with averaged_weights(state, params):  # the EMA weights, when kept, are the result
+            if request.sample_prompts or request.sample_every:
+                samples = _samples(pipe, method, request, sample_texts, resolution, monitor, state.step)
+            monitor.phase("saving")
+            _write_output(request, model, method, out, state.step, resolution)
         monitor.output(out)
         shutil.rmtree(state_file.parent, ignore_errors=True)
         monitor.phase("done")

@@ -7,11 +7,11 @@ says what is trained and how a prompt is encoded; this module does the rest, top
    latent sample, the noise and the timesteps. A run resumed at step ``k`` therefore continues
    exactly as the uninterrupted run would have, given the saved weights, optimizer and LR scheduler;
 2. the standard denoising loss (epsilon or v target, from the model's own scheduler config), optionally
-   with offset noise and Min-SNR-gamma weights per timestep; with prior preservation each batch also
-   holds as many class images, whose loss is weighted apart;
+   with offset noise, Min-SNR-gamma weights per timestep and caption dropout (the empty prompt); with
+   prior preservation each batch also holds as many class images, whose loss is weighted apart;
 3. AdamW (bitsandbytes' 8-bit AdamW when asked, on CUDA), diffusers' LR schedulers, gradient
    clipping, and on CUDA autocast to fp16/bf16 with a GradScaler for fp16; the trained weights
-   stay fp32 (the CPU always trains in fp32);
+   stay fp32 (the CPU always trains in fp32); optionally an EMA of them (``averaged_weights``);
 4. ``on_step`` (progress, samples, checkpoints, cancel) after every step.
 
 The state file (``save_state``/``load_state``) holds the trained tensors, the optimizer, the LR
@@ -25,8 +25,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,7 @@ class LoopState:
     lr_scheduler: Any
     step: int = 0
     losses: list[float] = field(default_factory=list)
+    ema: Any = None  # diffusers' EMAModel of the trained tensors, when ema_decay is set
 
     def to_dict(self, method: TrainingMethod, precision: Precision, fingerprint_text: str) -> dict[str, Any]:
         return {
@@ -251,6 +252,7 @@ class LoopState:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "scaler": precision.scaler.state_dict() if precision.scaler is not None else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
         }
 
     def restore(self, saved: dict[str, Any], method: TrainingMethod, precision: Precision) -> None:
@@ -259,8 +261,33 @@ class LoopState:
         self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
         if precision.scaler is not None and saved.get("scaler"):
             precision.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved.get("ema"):
+            self.ema.load_state_dict(saved["ema"])
         self.step = int(saved["step"])
         self.losses = [float(x) for x in saved["losses"]]
+
+
+def make_ema(params: list[torch.nn.Parameter], decay: float) -> Any:
+    """diffusers' EMAModel of the trained tensors (its decay warms up as (1 + step) / (10 + step)); None when off."""
+    if not decay:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=decay)
+
+
+@contextmanager
+def averaged_weights(state: LoopState, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """The EMA weights in the trained tensors for the duration (the last step's weights put back after)."""
+    if state.ema is None:
+        yield
+        return
+    state.ema.store(params)
+    state.ema.copy_to(params)
+    try:
+        yield
+    finally:
+        state.ema.restore(params)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -292,6 +319,9 @@ def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, 
         class_index = torch.randint(len(data.classes), (bs,), generator=g)
         latents = torch.cat([latents, data.classes.draw(class_index, g)])
         prompts += [data.class_prompts[i] for i in class_index.tolist()]
+    if options.caption_dropout:
+        dropped = (torch.rand(len(prompts), generator=g) < options.caption_dropout).tolist()
+        prompts = ["" if drop else text for text, drop in zip(prompts, dropped, strict=True)]
     noise = torch.randn(latents.shape, generator=g)
     if options.noise_offset:
         noise = noise + options.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g)
@@ -329,6 +359,8 @@ def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, 
         state.optimizer.step()
     state.lr_scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        state.ema.step(params)
     state.step += 1
     value = float(loss.detach())
     state.losses.append(value)
