@@ -20,9 +20,11 @@
 4. Print a Markdown table, and after each run what the zwx and circle prompts drew (shape -> share).
 
 The run's options can be changed for experiments: ``--sampler`` (of the measured images),
-``--learning-rate``, ``--prior-loss-weight``, ``--snr-gamma``, ``--noise-offset``, ``--train-text-encoder``,
-``--lora-targets``, ``--class-like-instances`` (class images in the instance images' colours, places and size, as each
-trained shape), ``--checkpoint`` (another base) and ``--keep`` (keep each run's folder and model).
+``--learning-rate``, ``--prior-loss-weight``, ``--snr-gamma``, ``--noise-offset``, ``--caption-dropout``,
+``--ema-decay``, ``--train-text-encoder``, ``--lora-targets``, ``--class-like-instances`` (class images
+in the instance images' colours, places and size, as each trained shape), ``--control`` (train on
+rendered pictures of the trained shapes instead of hearts: the training's own drift), ``--checkpoint``
+(another base) and ``--keep`` (keep each run's folder and model).
 
     python -m bundled.demo_dreambooth [--minutes 10] [--n 50] [--methods dreambooth lora textual_inversion]
     python -m bundled.demo_dreambooth --minutes 0.2 --steps 3 --n 4 --num-class-images 4   # a smoke run
@@ -164,6 +166,8 @@ class Lab:
         from modules.training import job as training
 
         images, captions = instance_images()
+        if args.control:  # the trainer's own drift: the trained shapes only, no heart
+            images, captions = [render(scene) for scene, _ in class_scenes(28)], [text for _, text in class_scenes(28)]
         class_prompt = class_prompt_lines(args.num_class_images, args.class_like_instances) if args.captions else CLASS_PROMPT
         values = {"method": method, "instance_prompt": CAPTIONED_PROMPT if args.captions else INSTANCE_PROMPT,
                   "class_prompt": class_prompt,
@@ -249,6 +253,9 @@ def main() -> None:
     ap.add_argument("--lora-targets", choices=["attention", "cross_attention_kv"], default="attention")
     ap.add_argument("--train-text-encoder", action="store_true", help="DreamBooth: train the text encoder too")
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the base model to train (default: the bundled one)")
+    ap.add_argument("--control", action="store_true",
+                    help="train on 28 rendered pictures of the four trained shapes (no heart) with their captions, "
+                         "to measure how much the training alone moves the circles")
     ap.add_argument("--keep", action="store_true", help="keep each run's data folder (its trained model) and print its path")
     ap.add_argument("--base-only", action="store_true", help="measure the base model only (no training)")
     args = ap.parse_args()
