@@ -167,7 +167,8 @@ class Lab:
 
         images, captions = instance_images()
         if args.control:  # the trainer's own drift: the trained shapes only, no heart
-            images, captions = [render(scene) for scene, _ in class_scenes(28)], [text for _, text in class_scenes(28)]
+            control = class_scenes(28)
+            images, captions = [render(scene) for scene, _ in control], [text for _, text in control]
         class_prompt = class_prompt_lines(args.num_class_images, args.class_like_instances) if args.captions else CLASS_PROMPT
         values = {"method": method, "instance_prompt": CAPTIONED_PROMPT if args.captions else INSTANCE_PROMPT,
                   "class_prompt": class_prompt,
