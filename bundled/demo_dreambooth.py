@@ -44,6 +44,7 @@ import numpy as np
 
 from bundled.detect import detect
 from bundled.shapes import PALETTE, POSITION_PHRASES, POSITIONS, SHAPES, Scene, render
+from modules.training.config import LORA_TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
@@ -251,7 +252,7 @@ def main() -> None:
     ap.add_argument("--noise-offset", type=float, default=0.0)
     ap.add_argument("--ema-decay", type=float, default=0.0, help="write an EMA of the trained weights (e.g. 0.999)")
     ap.add_argument("--caption-dropout", type=float, default=0.0, help="share of images trained with the empty prompt")
-    ap.add_argument("--lora-targets", choices=["attention", "cross_attention_kv"], default="attention")
+    ap.add_argument("--lora-targets", choices=list(LORA_TARGETS), default="attention")
     ap.add_argument("--train-text-encoder", action="store_true", help="DreamBooth: train the text encoder too")
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the base model to train (default: the bundled one)")
     ap.add_argument("--control", action="store_true",

@@ -175,6 +175,15 @@ def test_lora_with_the_text_encoder_and_gradient_checkpointing(services):
     assert np.array_equal(generate(services, "a zwx shape")[0], before)
 
 
+def test_the_lora_target_names_agree_everywhere():
+    import typing
+
+    from modules.training.config import LORA_TARGETS, TrainOptions
+    from modules.training.lora_train import UNET_TARGETS
+
+    assert tuple(UNET_TARGETS) == LORA_TARGETS == typing.get_args(TrainOptions.model_fields["lora_targets"].annotation)
+
+
 def test_lora_on_the_cross_attention_keys_and_values_only(services):
     before, _ = generate(services, "a zwx shape")
     result = train(services, method="lora", learning_rate=5e-2, steps=3, lora_targets="cross_attention_kv")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from modules.jobs import JobState
 from modules.training import job as training
-from modules.training.config import LR_SCHEDULERS, METHODS
+from modules.training.config import LORA_TARGETS, LR_SCHEDULERS, METHODS
 from webui.widgets import Fields, given, named_values, progress_html
 
 PREFIX = "train"
@@ -116,7 +116,7 @@ def create_ui(services) -> TrainTab:
                     rank = gr.Number(4, precision=0, minimum=1, label="LoRA rank", elem_id=f"{PREFIX}_rank")
                     alpha = gr.Number(0, minimum=0, label="LoRA alpha (0: the rank)", elem_id=f"{PREFIX}_alpha")
                     init_lora = gr.Textbox(label="Continue from LoRA", elem_id=f"{PREFIX}_init_lora")
-                    lora_targets = gr.Dropdown(["attention", "cross_attention_kv"], value="attention",
+                    lora_targets = gr.Dropdown(list(LORA_TARGETS), value="attention",
                                                label="LoRA layers (every attention / text keys and values)",
                                                elem_id=f"{PREFIX}_lora_targets")
                 with gr.Row():

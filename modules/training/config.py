@@ -26,6 +26,7 @@ from modules.schemas import RequestError
 
 METHODS = ("dreambooth", "lora", "textual_inversion")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "polynomial", "cosine")
+LORA_TARGETS = ("attention", "cross_attention_kv")  # the UNet layers a LoRA adapts (lora_train.UNET_TARGETS)
 MIN_IMAGES, MAX_IMAGES = 3, 30
 FEW_IMAGES = 5  # below this many instance images: a warning (3 is the hard minimum)
 DEFAULT_LEARNING_RATES = {"dreambooth": 5e-6, "lora": 1e-4, "textual_inversion": 5e-3}
