@@ -65,12 +65,20 @@ RUNS = {
 class Scores:
     """Detector hits over the prompts."""
 
-    heart: float  # zwx prompts drawn as a heart
-    zwx_color: float  # ... in the asked colour
+    zwx_drawn: dict[str, float]  # what the zwx prompts drew (shape -> share)
+    zwx_color: float  # zwx prompts drawn in the asked colour
     zwx_position: float  # ... at the asked place
-    circle: float  # circle prompts still drawn as a circle
-    circle_drawn: dict[str, float]  # what the circle prompts drew (shape -> share)
-    zwx_drawn: dict[str, float]  # what the zwx prompts drew
+    circle_drawn: dict[str, float]  # what the circle prompts drew
+
+    @property
+    def heart(self) -> float:
+        """zwx prompts drawn as a heart."""
+        return self.zwx_drawn.get("heart", 0.0)
+
+    @property
+    def circle(self) -> float:
+        """Circle prompts still drawn as a circle."""
+        return self.circle_drawn.get("circle", 0.0)
 
 
 def instance_scenes(n: int = 5) -> list[Scene]:
@@ -197,12 +205,10 @@ class Lab:
         zwx = [self._detect(p, seed, method, steps, sampler) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
         circles = [self._detect(p, seed, method, steps, sampler) for seed, p in enumerate(prompts(n, 2, "circle"))]
         return Scores(
-            heart=np.mean([d.shape == "heart" for d, _, _ in zwx]),
+            zwx_drawn=shares([d.shape for d, _, _ in zwx]),
             zwx_color=np.mean([d.color == c for d, c, _ in zwx]),
             zwx_position=np.mean([d.position == pos for d, _, pos in zwx]),
-            circle=np.mean([d.shape == "circle" for d, _, _ in circles]),
             circle_drawn=shares([d.shape for d, _, _ in circles]),
-            zwx_drawn=shares([d.shape for d, _, _ in zwx]),
         )
 
     def _detect(self, item: tuple[str, str, str], seed: int, method: str | None, steps: int, sampler: str):
