@@ -1,5 +1,5 @@
 """The training options of ``modules.training.loop``: Min-SNR-gamma weights, offset noise, caption
-dropout and the EMA of the trained weights.
+dropout (of every image, or of the class images only) and the EMA of the trained weights.
 
 A stand-in UNet predicts zero for every pixel and records what it is given. The latents are all
 zero, so the noisy input is ``sqrt(1 - alpha_t) * noise`` and the noise (the epsilon target) can
@@ -157,6 +157,28 @@ def test_caption_dropout_trains_some_images_on_the_empty_prompt():
         drawn = [p for batch in method.prompts for p in batch]
         assert len(drawn) == 100 and set(drawn) <= {"", "a", "b", "c"}
         assert low <= drawn.count("") <= high
+
+
+def test_class_caption_dropout_drops_only_the_class_images_prompts():
+    zeros = torch.zeros(3, 4, 8, 8)
+    method = ZeroMethod()
+    data = LoopData(LatentSet(zeros, zeros.clone()), ["a", "b", "c"], LatentSet(zeros, zeros.clone()), ["x", "y", "z"])
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
+    state = LoopState(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+    request = options(class_caption_dropout=0.5, with_prior_preservation=True, class_prompt="x", batch_size=4)
+    for _ in range(25):
+        training_step(method, data, scheduler(), request, state, Precision("cpu", None, None), method.parameters())
+    instance = [p for batch in method.prompts for p in batch[:4]]
+    classes = [p for batch in method.prompts for p in batch[4:]]
+    assert len(instance) == len(classes) == 100
+    assert set(instance) == {"a", "b", "c"}  # the instance images always keep their prompt
+    assert set(classes) <= {"", "x", "y", "z"} and 30 <= classes.count("") <= 70
+
+
+def test_class_caption_dropout_needs_prior_preservation():
+    with pytest.raises(ValueError, match="class_caption_dropout: only with prior preservation"):
+        options(class_caption_dropout=0.1)
+    assert options(class_caption_dropout=0.1, with_prior_preservation=True, class_prompt="a shape").class_caption_dropout
 
 
 def test_the_ema_lags_the_trained_weights_and_they_come_back_after():

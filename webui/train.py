@@ -96,6 +96,9 @@ def create_ui(services) -> TrainTab:
                     prior_weight = gr.Number(1.0, minimum=0, label="Prior loss weight", elem_id=f"{PREFIX}_prior_weight")
                     class_dir = gr.Textbox(label="Class images folder on the server (empty: generate with the base model)",
                                            elem_id=f"{PREFIX}_class_dir")
+                    class_dropout = gr.Number(0.0, minimum=0, maximum=0.99, step=0.05,
+                                              label="Class caption dropout (share of class images on the empty prompt)",
+                                              elem_id=f"{PREFIX}_class_caption_dropout")
                 with gr.Row():
                     train_te = gr.Checkbox(False, label="Train the text encoder", elem_id=f"{PREFIX}_train_te")
                     checkpointing = gr.Checkbox(False, label="Gradient checkpointing", elem_id=f"{PREFIX}_grad_ckpt")
@@ -147,7 +150,8 @@ def create_ui(services) -> TrainTab:
         "token": token, "output_name": output_name, "with_prior_preservation": prior, "overwrite": overwrite, "steps": steps,
         "learning_rate": learning_rate, "lr_scheduler": lr_scheduler, "lr_warmup_steps": lr_warmup,
         "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class, "class_dir": class_dir,
-        "prior_loss_weight": prior_weight, "train_text_encoder": train_te, "gradient_checkpointing": checkpointing,
+        "prior_loss_weight": prior_weight, "class_caption_dropout": class_dropout, "train_text_encoder": train_te,
+        "gradient_checkpointing": checkpointing,
         "mixed_precision": mixed, "use_8bit_adam": adam8, "noise_offset": noise_offset, "snr_gamma": snr_gamma,
         "caption_dropout": caption_dropout, "ema_decay": ema_decay,
         "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora, "lora_targets": lora_targets,

@@ -91,6 +91,10 @@ class TrainOptions(BaseModel):
     caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "share of the images trained with the empty prompt (kohya's caption_dropout_rate, e.g. 0.1), so the "
         "unconditional prediction that classifier-free guidance extrapolates from is trained too; 0: never"))
+    class_caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "with prior preservation: share of the class images (only those) trained with the empty prompt (e.g. 0.1), "
+        "so the unconditional prediction keeps learning the class as the base model drew it, never the instance; "
+        "0: never"))
     snr_gamma: float | None = Field(None, gt=0.0, le=100.0, description=(
         "Min-SNR-gamma loss weighting (Hang et al. 2023; e.g. 5): each timestep's loss weighted by min(SNR, gamma) / SNR, "
         "which lowers the weight of the nearly clean steps; None: every timestep alike"))
@@ -158,6 +162,9 @@ class TrainOptions(BaseModel):
             if FILEWORDS not in self.instance_prompt and self.output_name.lower() not in self.instance_prompt.lower():
                 raise ValueError(f"instance_prompt: must contain the embedding's name {self.output_name!r} "
                                  f"(e.g. 'a {self.output_name} shape'): its vectors are trained in that place")
+        if self.class_caption_dropout and not self.with_prior_preservation:
+            raise ValueError("class_caption_dropout: only with prior preservation (it drops the class images' prompts; "
+                             "caption_dropout drops any image's)")
         if self.init_lora and self.method != "lora":
             raise ValueError(f"init_lora: only for method 'lora' (got method {self.method!r})")
         return self

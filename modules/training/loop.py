@@ -307,6 +307,14 @@ def min_snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float)
     return clipped / snr
 
 
+def dropout_rates(options: TrainOptions, instances: int, images: int) -> torch.Tensor:
+    """Each image's chance of being trained on the empty prompt: ``caption_dropout`` for every image;
+    the class images (those after the ``instances`` instance images) at least ``class_caption_dropout``."""
+    rates = torch.full((images,), options.caption_dropout)
+    rates[instances:] = max(options.caption_dropout, options.class_caption_dropout)
+    return rates
+
+
 def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, options: TrainOptions,
                   state: LoopState, precision: Precision, params: list[torch.nn.Parameter]) -> float:
     """One optimizer step; returns its loss."""
@@ -319,8 +327,9 @@ def training_step(method: TrainingMethod, data: LoopData, noise_scheduler: Any, 
         class_index = torch.randint(len(data.classes), (bs,), generator=g)
         latents = torch.cat([latents, data.classes.draw(class_index, g)])
         prompts += [data.class_prompts[i] for i in class_index.tolist()]
-    if options.caption_dropout:
-        dropped = (torch.rand(len(prompts), generator=g) < options.caption_dropout).tolist()
+    rates = dropout_rates(options, bs, len(prompts))
+    if rates.any():
+        dropped = (torch.rand(len(prompts), generator=g) < rates).tolist()
         prompts = ["" if drop else text for text, drop in zip(prompts, dropped, strict=True)]
     noise = torch.randn(latents.shape, generator=g)
     if options.noise_offset:
