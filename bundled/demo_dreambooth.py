@@ -10,19 +10,22 @@
    (so an embedding named ``zwx`` never leaks into another method's prompts), through Easel's
    training job. Prior preservation's class ``a shape`` is given as its members: one class prompt
    per class image, ``a <colour> <circle|square|triangle|star> <place>, <colour> background``
-   (a class prompt of several lines), drawn by the base model (``--class-images generated``, the
-   DreamBooth way) or rendered by the shapes world with those captions (``--class-images rendered``,
-   a folder given as ``class_dir``: real pictures of the class, as kohya's regularisation images).
+   (a class prompt of several lines), rendered by the shapes world with those captions (the default,
+   ``--class-images rendered``, a folder given as ``class_dir``: real pictures of the class, as kohya's
+   regularisation images) or drawn by the base model (``--class-images generated``, the DreamBooth way).
+   DreamBooth with prior preservation also trains the text encoder and drops a tenth of the class
+   images' prompts (``class_caption_dropout``; see ``RUNS``).
 3. Measure with the detector (``bundled.detect``) over ``--n`` seeded random prompts:
    ``a red zwx shape on the left, blue background`` style prompts → how often a heart is drawn,
    with the asked colour and position; ``a red circle on the left, blue background`` → how often a
    circle is still drawn (what prior preservation protects). The base model is measured the same way.
 4. Print a Markdown table, and after each run what the zwx and circle prompts drew (shape -> share).
 
-The run's options can be changed for experiments: ``--sampler`` (of the measured images),
-``--learning-rate``, ``--prior-loss-weight``, ``--snr-gamma``, ``--noise-offset``, ``--caption-dropout``,
-``--ema-decay``, ``--train-text-encoder``, ``--lora-targets``, ``--class-like-instances`` (class images
-in the instance images' colours, places and size, as each trained shape), ``--control`` (train on
+The run's options can be changed for experiments: ``--sampler`` and ``--cfg-scale`` (of the measured
+images and the generated class images; default DPM++ 2M at CFG 3), ``--learning-rate``,
+``--prior-loss-weight``, ``--snr-gamma``, ``--noise-offset``, ``--caption-dropout``, ``--ema-decay``,
+``--[no-]train-text-encoder``, ``--class-caption-dropout``, ``--lora-targets``, ``--class-like-instances``
+(class images in the instance images' colours, places and size, as each trained shape), ``--control`` (train on
 rendered pictures of the trained shapes instead of hearts: the training's own drift), ``--checkpoint``
 (another base) and ``--keep`` (keep each run's folder and model).
 
@@ -50,15 +53,22 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
 INSTANCE_PROMPT, CLASS_PROMPT, TOKEN = "a zwx shape", "a shape", "zwx"
 CAPTIONED_PROMPT = "[filewords]"  # each image's caption: the instance prompt with its colour and place
-SAMPLER, CFG = "Euler a", 6.0
+# Measured with Easel's default sampler at CFG 3: the bundled base draws ``a red circle ...`` as a circle
+# 86% of the time at CFG 3, 58% at 6 and 48% at 8 (stronger guidance leaves lumpy, diamond-like outlines)
+SAMPLER, CFG = "DPM++ 2M", 3.0
 # (method, prior preservation, request fields) of each run; the learning rates and step counts suit
-# this small model (1500 DreamBooth steps already draw the heart; more only drift the other shapes)
+# this small model (1500 DreamBooth steps already draw the heart; more only drift the other shapes).
+# DreamBooth with prior preservation trains the text encoder too, at a higher rate and for longer, and
+# drops a tenth of the class images' prompts (class_caption_dropout): without that the unconditional
+# prediction drifts towards the instance and guidance pushes the circles away from it (stars).
 RUNS = {
-    "dreambooth": [(True, {"learning_rate": 2e-5, "steps": 1500}), (False, {"learning_rate": 2e-5, "steps": 1500})],
+    "dreambooth": [(True, {"learning_rate": 1e-4, "steps": 3000, "train_text_encoder": True, "class_caption_dropout": 0.1}),
+                   (False, {"learning_rate": 2e-5, "steps": 1500})],
     "lora": [(True, {"learning_rate": 5e-4, "lora_rank": 8, "steps": 3000}),
              (False, {"learning_rate": 5e-4, "lora_rank": 8, "steps": 3000})],
     "textual_inversion": [(False, {"learning_rate": 5e-3, "num_vectors": 2, "initializer_token": "shape", "steps": 3000})],
 }
+RUN_OPTIONS = ("learning_rate", "train_text_encoder", "class_caption_dropout")  # flags that override a run's own value
 
 
 @dataclass
@@ -157,6 +167,25 @@ def shares(shapes: list[str]) -> dict[str, float]:
     return {shape: count / len(shapes) for shape, count in counts.most_common()}
 
 
+def run_values(method: str, prior: bool, fields: dict, args: argparse.Namespace) -> dict:
+    """The training request's fields of one run (images aside): the run's own fields from ``RUNS``,
+    the options every run shares, and the flags of ``RUN_OPTIONS`` where given (they override)."""
+    class_prompt = class_prompt_lines(args.num_class_images, args.class_like_instances) if args.captions else CLASS_PROMPT
+    values = {"method": method, "instance_prompt": CAPTIONED_PROMPT if args.captions else INSTANCE_PROMPT,
+              "class_prompt": class_prompt,
+              "token": TOKEN, "with_prior_preservation": prior, "num_class_images": args.num_class_images,
+              "class_cfg_scale": args.cfg_scale, "max_minutes": args.minutes, "batch_size": args.batch_size, "save_every": 0,
+              "seed": args.seed, "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth",
+              "prior_loss_weight": args.prior_loss_weight,
+              "snr_gamma": args.snr_gamma, "noise_offset": args.noise_offset, "lora_targets": args.lora_targets,
+              "caption_dropout": args.caption_dropout, "ema_decay": args.ema_decay,
+              **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
+    values.update({name: getattr(args, name) for name in RUN_OPTIONS if getattr(args, name) is not None})
+    if not prior:
+        values.pop("class_caption_dropout", None)  # a class-only option: refused without class images
+    return values
+
+
 class Lab:
     """One data folder with the bundled checkpoint, its services and a training on it."""
 
@@ -178,18 +207,7 @@ class Lab:
         if args.control:  # the trainer's own drift: the trained shapes only, no heart
             control = class_scenes(28)
             images, captions = [render(scene) for scene, _ in control], [text for _, text in control]
-        class_prompt = class_prompt_lines(args.num_class_images, args.class_like_instances) if args.captions else CLASS_PROMPT
-        values = {"method": method, "instance_prompt": CAPTIONED_PROMPT if args.captions else INSTANCE_PROMPT,
-                  "class_prompt": class_prompt,
-                  "token": TOKEN, "with_prior_preservation": prior, "num_class_images": args.num_class_images,
-                  "class_cfg_scale": CFG, "max_minutes": args.minutes, "batch_size": args.batch_size, "save_every": 0,
-                  "seed": args.seed, "output_name": TOKEN if method != "dreambooth" else f"{TOKEN}-dreambooth",
-                  "prior_loss_weight": args.prior_loss_weight, "train_text_encoder": args.train_text_encoder,
-                  "snr_gamma": args.snr_gamma, "noise_offset": args.noise_offset, "lora_targets": args.lora_targets,
-                  "caption_dropout": args.caption_dropout, "ema_decay": args.ema_decay,
-                  **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
-        if args.learning_rate is not None:
-            values["learning_rate"] = args.learning_rate
+        values = run_values(method, prior, fields, args)
         if args.captions:
             values["instance_captions"] = captions
         if prior and args.class_images == "rendered":
@@ -200,10 +218,10 @@ class Lab:
         result = training.submit(self.services, request).wait()
         return result.steps, (time.monotonic() - started) / 60
 
-    def scores(self, n: int, method: str | None, steps: int, sampler: str = SAMPLER) -> Scores:
+    def scores(self, n: int, method: str | None, steps: int, sampler: str = SAMPLER, cfg: float = CFG) -> Scores:
         """Detector rates of the zwx prompts and the circle prompts on this folder's model."""
-        zwx = [self._detect(p, seed, method, steps, sampler) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
-        circles = [self._detect(p, seed, method, steps, sampler) for seed, p in enumerate(prompts(n, 2, "circle"))]
+        zwx = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
+        circles = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 2, "circle"))]
         return Scores(
             zwx_drawn=shares([d.shape for d, _, _ in zwx]),
             zwx_color=np.mean([d.color == c for d, c, _ in zwx]),
@@ -211,7 +229,7 @@ class Lab:
             circle_drawn=shares([d.shape for d, _, _ in circles]),
         )
 
-    def _detect(self, item: tuple[str, str, str], seed: int, method: str | None, steps: int, sampler: str):
+    def _detect(self, item: tuple[str, str, str], seed: int, method: str | None, steps: int, sampler: str, cfg: float):
         from modules.schemas import Txt2ImgRequest
 
         text, color, position = item
@@ -220,7 +238,7 @@ class Lab:
             checkpoint = f"{TOKEN}-dreambooth"
         if method == "lora":
             text += f" <lora:{TOKEN}:1>"  # on for the circle prompts too: does the LoRA spoil circles?
-        request = Txt2ImgRequest(prompt=text, steps=steps, sampler_name=sampler, cfg_scale=CFG, seed=seed,
+        request = Txt2ImgRequest(prompt=text, steps=steps, sampler_name=sampler, cfg_scale=cfg, seed=seed,
                                  save_images=False, sd_model_checkpoint=checkpoint)
         image = self.services.submit("txt2img", request).wait().images[0]
         return detect(image), color, position
@@ -233,7 +251,8 @@ class Lab:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The demo's command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="training time per run (the CPU budget)")
     ap.add_argument("--steps", type=int, default=100_000, help="at most this many steps per run (each method has its own)")
@@ -243,7 +262,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--prior", choices=["both", "on", "off"], default="both")
     ap.add_argument("--num-class-images", type=int, default=40)
-    ap.add_argument("--class-images", choices=["generated", "rendered"], default="generated",
+    ap.add_argument("--class-images", choices=["generated", "rendered"], default="rendered",
                     help="prior preservation's class images: drawn by the base model, or rendered shapes (class_dir)")
     ap.add_argument("--class-like-instances", action="store_true",
                     help="class images in the instance images' colours, places and size, as each trained shape")
@@ -252,28 +271,38 @@ def main() -> None:
     ap.add_argument("--sampling-steps", type=int, default=20, help="sampling steps of the measured images")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sampler", default=SAMPLER, help="sampler of the measured images")
+    ap.add_argument("--cfg-scale", type=float, default=CFG,
+                    help="CFG scale of the measured images and of the generated class images")
     ap.add_argument("--learning-rate", type=float, default=None, help="instead of each method's own")
     ap.add_argument("--prior-loss-weight", type=float, default=1.0)
     ap.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     ap.add_argument("--noise-offset", type=float, default=0.0)
     ap.add_argument("--ema-decay", type=float, default=0.0, help="write an EMA of the trained weights (e.g. 0.999)")
     ap.add_argument("--caption-dropout", type=float, default=0.0, help="share of images trained with the empty prompt")
+    ap.add_argument("--class-caption-dropout", type=float, default=None,
+                    help="with prior preservation: share of the class images trained with the empty prompt "
+                         "(instead of each run's own)")
     ap.add_argument("--lora-targets", choices=list(LORA_TARGETS), default="attention")
-    ap.add_argument("--train-text-encoder", action="store_true", help="DreamBooth: train the text encoder too")
+    ap.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                    help="DreamBooth: train the text encoder too (default: each run's own)")
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the base model to train (default: the bundled one)")
     ap.add_argument("--control", action="store_true",
                     help="train on 28 rendered pictures of the four trained shapes (no heart) with their captions, "
                          "to measure how much the training alone moves the circles")
     ap.add_argument("--keep", action="store_true", help="keep each run's data folder (its trained model) and print its path")
     ap.add_argument("--base-only", action="store_true", help="measure the base model only (no training)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     rows = []
     base = Lab("base", args.checkpoint)
     try:
-        rows.append(("base model", "", 0, 0.0, base.scores(args.n, None, args.sampling_steps, args.sampler)))
+        rows.append(("base model", "", 0, 0.0, base.scores(args.n, None, args.sampling_steps, args.sampler, args.cfg_scale)))
         print(f"  base: zwx drew {rows[-1][-1].zwx_drawn}; circle drew {rows[-1][-1].circle_drawn}", flush=True)
     finally:
         base.close()
@@ -284,23 +313,30 @@ def main() -> None:
             lab = Lab(method, args.checkpoint)
             try:
                 steps, minutes = lab.train(method, prior, fields, args)
-                scores = lab.scores(args.n, method, args.sampling_steps, args.sampler)
+                scores = lab.scores(args.n, method, args.sampling_steps, args.sampler, args.cfg_scale)
                 rows.append((method, "yes" if prior else "no", steps, minutes, scores))
             finally:
                 lab.close(keep=args.keep)
             print(f"{method} (prior {prior}): {steps} steps in {minutes:.1f} min (class images included)", flush=True)
             print(table_row(*rows[-1]), flush=True)
             print(f"  zwx drew {rows[-1][-1].zwx_drawn}; circle drew {rows[-1][-1].circle_drawn}", flush=True)
-    print(f"\n{args.n} prompts each; {args.sampler}, {args.sampling_steps} steps, CFG {CFG}; training batch {args.batch_size}, "
+    print(f"\n{args.n} prompts each; {args.sampler}, {args.sampling_steps} steps, CFG {args.cfg_scale:g}; "
+          f"training batch {args.batch_size}, "
           f"at most {args.minutes:g} min per run; captions {'on' if args.captions else 'off'}; "
           f"class images {args.class_images}{' like the instances' if args.class_like_instances else ''}; "
           f"prior loss weight {args.prior_loss_weight:g}; learning rate {args.learning_rate or 'each method its own'}; "
           f"Min-SNR gamma {args.snr_gamma or 'off'}; noise offset {args.noise_offset:g}; "
-          f"caption dropout {args.caption_dropout:g}; EMA decay {args.ema_decay:g}; "
-          f"text encoder {'trained' if args.train_text_encoder else 'frozen'}; LoRA on {args.lora_targets}\n")
+          f"caption dropout {args.caption_dropout:g} (class images: {_own(args.class_caption_dropout)}); "
+          f"EMA decay {args.ema_decay:g}; "
+          f"text encoder trained: {_own(args.train_text_encoder)}; LoRA on {args.lora_targets}\n")
     print(TABLE_HEAD)
     for row in rows:
         print(table_row(*row))
+
+
+def _own(value: object) -> str:
+    """A flag's value for the summary line, or what a run does without it."""
+    return "each run its own" if value is None else str(value)
 
 
 TABLE_HEAD = ("| method | prior preservation | steps | minutes | zwx → heart | zwx colour | zwx position | circle → circle |\n"

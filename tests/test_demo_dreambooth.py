@@ -1,10 +1,10 @@
-"""The DreamBooth demonstration's data (bundled/demo_dreambooth.py): instance hearts, class scenes."""
+"""The DreamBooth demonstration (bundled/demo_dreambooth.py): instance hearts, class scenes, each run's request."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from bundled.demo_dreambooth import class_scenes, instance_images, instance_scenes, shares
+from bundled.demo_dreambooth import RUNS, class_scenes, instance_images, instance_scenes, make_parser, run_values, shares
 from bundled.detect import detect
 from bundled.shapes import SHAPES
 
@@ -39,3 +39,24 @@ def test_class_scenes_like_the_instances_take_each_instance_context_in_turn():
 def test_shares_count_the_detected_shapes_most_frequent_first():
     assert shares(["star", "circle", "star", "heart"]) == {"star": 0.5, "circle": 0.25, "heart": 0.25}
     assert np.isclose(sum(shares(["a", "b", "b"]).values()), 1.0)
+
+
+def test_each_run_uses_its_own_recipe_unless_a_flag_overrides_it():
+    from modules.training.config import TrainOptions
+
+    prior_fields, plain_fields = (fields for _, fields in RUNS["dreambooth"])
+    args = make_parser().parse_args([])
+    assert (args.sampler, args.cfg_scale, args.class_images) == ("DPM++ 2M", 3.0, "rendered")
+    own = run_values("dreambooth", True, prior_fields, args)
+    assert own["train_text_encoder"] is True and own["class_caption_dropout"] == 0.1
+    assert own["learning_rate"] == prior_fields["learning_rate"] and own["class_cfg_scale"] == 3.0
+    assert len(own["class_prompt"].splitlines()) == args.num_class_images
+    flags = make_parser().parse_args(["--no-train-text-encoder", "--class-caption-dropout", "0", "--learning-rate", "3e-5",
+                                      "--steps", "7", "--cfg-scale", "6"])
+    given = run_values("dreambooth", True, prior_fields, flags)
+    assert (given["train_text_encoder"], given["class_caption_dropout"], given["learning_rate"]) == (False, 0.0, 3e-5)
+    assert given["steps"] == 7 and given["class_cfg_scale"] == 6.0
+    plain = run_values("dreambooth", False, plain_fields, make_parser().parse_args(["--class-caption-dropout", "0.2"]))
+    assert "class_caption_dropout" not in plain and plain["with_prior_preservation"] is False
+    for values in (own, given, plain):  # every run's fields make a valid request
+        TrainOptions(**values)
