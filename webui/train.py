@@ -25,7 +25,8 @@ from webui.widgets import Fields, given, named_values, progress_html
 PREFIX = "train"
 POLL_SECONDS = 1.0
 METHOD_LABELS = {"dreambooth": "DreamBooth (full model)", "lora": "DreamBooth-LoRA", "textual_inversion": "Textual inversion"}
-ZERO_IS_DEFAULT = ("learning_rate", "resolution", "lora_alpha", "snr_gamma")  # 0 in the form = the request's default
+# 0 in the form = the request's default
+ZERO_IS_DEFAULT = ("learning_rate", "resolution", "lora_alpha", "snr_gamma", "token_learning_rate")
 EMPTY_IS_DEFAULT = ("output_name", "token", "init_lora", "instance_dir", "class_prompt", "class_dir")
 
 
@@ -101,6 +102,8 @@ def create_ui(services) -> TrainTab:
                                               elem_id=f"{PREFIX}_class_caption_dropout")
                 with gr.Row():
                     train_te = gr.Checkbox(False, label="Train the text encoder", elem_id=f"{PREFIX}_train_te")
+                    token_lr = gr.Number(0, minimum=0, maximum=1, label="Identifier's learning rate (DreamBooth pivotal "
+                                         "tuning; 0: off; e.g. 5e-3)", elem_id=f"{PREFIX}_token_lr")
                     checkpointing = gr.Checkbox(False, label="Gradient checkpointing", elem_id=f"{PREFIX}_grad_ckpt")
                     mixed = gr.Dropdown(["no", "fp16", "bf16"], value="no", label="Mixed precision (CUDA)",
                                         elem_id=f"{PREFIX}_mixed")
@@ -151,7 +154,7 @@ def create_ui(services) -> TrainTab:
         "learning_rate": learning_rate, "lr_scheduler": lr_scheduler, "lr_warmup_steps": lr_warmup,
         "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class, "class_dir": class_dir,
         "prior_loss_weight": prior_weight, "class_caption_dropout": class_dropout, "train_text_encoder": train_te,
-        "gradient_checkpointing": checkpointing,
+        "token_learning_rate": token_lr, "gradient_checkpointing": checkpointing,
         "mixed_precision": mixed, "use_8bit_adam": adam8, "noise_offset": noise_offset, "snr_gamma": snr_gamma,
         "caption_dropout": caption_dropout, "ema_decay": ema_decay,
         "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora, "lora_targets": lora_targets,

@@ -78,6 +78,10 @@ class TrainOptions(BaseModel):
     resolution: int | None = Field(None, ge=8, le=4096, description="None: the model's native size")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     train_text_encoder: bool = False
+    token_learning_rate: float | None = Field(None, gt=0.0, le=1.0, description=(
+        "DreamBooth: pivotal tuning, the identifier's own token-embedding rows trained at this rate (e.g. 5e-3, "
+        "textual inversion's) beside the model at learning_rate, so the identifier moves away from the words the "
+        "class images are captioned with; None: those rows train with the text encoder, if at all"))
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="CUDA only; the CPU trains in fp32")
     use_8bit_adam: bool = Field(False, description="bitsandbytes' AdamW8bit (CUDA only; else AdamW with a warning)")
@@ -165,6 +169,11 @@ class TrainOptions(BaseModel):
         if self.class_caption_dropout and not self.with_prior_preservation:
             raise ValueError("class_caption_dropout: only with prior preservation (it drops the class images' prompts; "
                              "caption_dropout drops any image's)")
+        if self.token_learning_rate is not None:
+            if self.method != "dreambooth":
+                raise ValueError(f"token_learning_rate: only for method 'dreambooth' (got method {self.method!r})")
+            if not self.identifier():
+                raise ValueError("token_learning_rate: needs the identifier; give token (e.g. 'zwx')")
         if self.init_lora and self.method != "lora":
             raise ValueError(f"init_lora: only for method 'lora' (got method {self.method!r})")
         return self

@@ -428,7 +428,7 @@ def run(request: TrainRequest, ctx: RunContext) -> TrainResult:
     try:
         params = method.parameters()
         weight_decay = 0.0 if request.method == "textual_inversion" else 1e-2
-        optimizer = make_optimizer(params, request, device, weight_decay, runtime_warnings)
+        optimizer = make_optimizer(method.param_groups(), request, device, weight_decay, runtime_warnings)
         state = LoopState(optimizer, make_lr_scheduler(optimizer, request), ema=make_ema(params, request.ema_decay))
         monitor.warn(runtime_warnings)
         # 4. resume

@@ -73,6 +73,10 @@ class TrainingMethod:
         """Conditioning [B, 77, width] for the prompts, with a graph when the text side is trained."""
         raise NotImplementedError
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one, at the request's learning rate, unless a method says otherwise."""
+        return [{"params": self.parameters()}]
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors (CPU copies), for the resumable state."""
         raise NotImplementedError
@@ -158,9 +162,10 @@ def make_precision(device: str, mixed: str, warnings: list[str]) -> Precision:
     return Precision(device, dtype, scaler)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], options: TrainOptions, device: str, weight_decay: float,
+def make_optimizer(params: list, options: TrainOptions, device: str, weight_decay: float,
                    warnings: list[str]) -> torch.optim.Optimizer:
-    """AdamW; bitsandbytes' AdamW8bit when asked and both it and CUDA are there (else a warning)."""
+    """AdamW over ``params`` (tensors, or parameter groups that may set their own ``lr`` and ``weight_decay``);
+    bitsandbytes' AdamW8bit when asked and both it and CUDA are there (else a warning)."""
     if options.use_8bit_adam:
         if torch.device(device).type != "cuda":
             warnings.append(f"8-bit Adam needs CUDA; using AdamW on {device}")
