@@ -68,7 +68,8 @@ RUNS = {
              (False, {"learning_rate": 5e-4, "lora_rank": 8, "steps": 3000})],
     "textual_inversion": [(False, {"learning_rate": 5e-3, "num_vectors": 2, "initializer_token": "shape", "steps": 3000})],
 }
-RUN_OPTIONS = ("learning_rate", "train_text_encoder", "class_caption_dropout")  # flags that override a run's own value
+# flags that override a run's own value
+RUN_OPTIONS = ("learning_rate", "train_text_encoder", "class_caption_dropout", "token_learning_rate")
 
 
 @dataclass
@@ -181,6 +182,8 @@ def run_values(method: str, prior: bool, fields: dict, args: argparse.Namespace)
               "caption_dropout": args.caption_dropout, "ema_decay": args.ema_decay,
               **fields, "steps": min(fields.get("steps", args.steps), args.steps)}
     values.update({name: getattr(args, name) for name in RUN_OPTIONS if getattr(args, name) is not None})
+    if method != "dreambooth":
+        values.pop("token_learning_rate", None)  # a DreamBooth-only option
     if not prior:
         values.pop("class_caption_dropout", None)  # a class-only option: refused without class images
     return values
@@ -282,6 +285,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--class-caption-dropout", type=float, default=None,
                     help="with prior preservation: share of the class images trained with the empty prompt "
                          "(instead of each run's own)")
+    ap.add_argument("--token-learning-rate", type=float, default=None,
+                    help="DreamBooth: pivotal tuning, the identifier's token embedding trained at this rate (e.g. 5e-3)")
     ap.add_argument("--lora-targets", choices=list(LORA_TARGETS), default="attention")
     ap.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                     help="DreamBooth: train the text encoder too (default: each run's own)")
