@@ -79,9 +79,9 @@ class TrainOptions(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     train_text_encoder: bool = False
     token_learning_rate: float | None = Field(None, gt=0.0, le=1.0, description=(
-        "DreamBooth: pivotal tuning, the identifier's own token-embedding rows trained at this rate (e.g. 5e-3, "
-        "textual inversion's) beside the model at learning_rate, so the identifier moves away from the words the "
-        "class images are captioned with; None: those rows train with the text encoder, if at all"))
+        "DreamBooth: pivotal tuning, the identifier's own token-embedding rows trained apart at this rate (e.g. 5e-3, "
+        "as textual inversion trains its vectors) beside the model at learning_rate, and written into the checkpoint; "
+        "None: those rows train with the text encoder, if at all"))
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="CUDA only; the CPU trains in fp32")
     use_8bit_adam: bool = Field(False, description="bitsandbytes' AdamW8bit (CUDA only; else AdamW with a warning)")
