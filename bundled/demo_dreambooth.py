@@ -69,7 +69,8 @@ RUNS = {
     "textual_inversion": [(False, {"learning_rate": 5e-3, "num_vectors": 2, "initializer_token": "shape", "steps": 3000})],
 }
 # flags that override a run's own value
-RUN_OPTIONS = ("learning_rate", "train_text_encoder", "class_caption_dropout", "token_learning_rate")
+RUN_OPTIONS = ("learning_rate", "train_text_encoder", "class_caption_dropout", "token_learning_rate",
+               "text_encoder_learning_rate")
 
 
 @dataclass
@@ -184,6 +185,8 @@ def run_values(method: str, prior: bool, fields: dict, args: argparse.Namespace)
     values.update({name: getattr(args, name) for name in RUN_OPTIONS if getattr(args, name) is not None})
     if method != "dreambooth":
         values.pop("token_learning_rate", None)  # a DreamBooth-only option
+    if not values.get("train_text_encoder"):
+        values.pop("text_encoder_learning_rate", None)  # only for a trained text encoder
     if not prior:
         values.pop("class_caption_dropout", None)  # a class-only option: refused without class images
     return values
@@ -285,6 +288,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--class-caption-dropout", type=float, default=None,
                     help="with prior preservation: share of the class images trained with the empty prompt "
                          "(instead of each run's own)")
+    ap.add_argument("--text-encoder-learning-rate", type=float, default=None,
+                    help="the text encoder's own learning rate, where a run trains it")
     ap.add_argument("--token-learning-rate", type=float, default=None,
                     help="DreamBooth: pivotal tuning, the identifier's token embedding trained at this rate (e.g. 5e-3)")
     ap.add_argument("--lora-targets", choices=list(LORA_TARGETS), default="attention")

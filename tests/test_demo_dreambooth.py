@@ -58,8 +58,10 @@ def test_each_run_uses_its_own_recipe_unless_a_flag_overrides_it():
     assert given["steps"] == 7 and given["class_cfg_scale"] == 6.0
     plain = run_values("dreambooth", False, plain_fields, make_parser().parse_args(["--class-caption-dropout", "0.2"]))
     assert "class_caption_dropout" not in plain and plain["with_prior_preservation"] is False
-    pivot = make_parser().parse_args(["--token-learning-rate", "5e-3"])
+    pivot = make_parser().parse_args(["--token-learning-rate", "5e-3", "--text-encoder-learning-rate", "1e-3"])
     assert run_values("dreambooth", True, prior_fields, pivot)["token_learning_rate"] == 5e-3
+    assert run_values("dreambooth", True, prior_fields, pivot)["text_encoder_learning_rate"] == 1e-3
+    assert "text_encoder_learning_rate" not in run_values("dreambooth", False, plain_fields, pivot)  # its text encoder is frozen
     lora = run_values("lora", True, RUNS["lora"][0][1], pivot)
     assert "token_learning_rate" not in lora and "token_learning_rate" not in own  # DreamBooth only, off unless asked
     for values in (own, given, plain, lora):  # every run's fields make a valid request

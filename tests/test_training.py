@@ -413,6 +413,7 @@ def test_train_tab_builds_submits_and_polls(services, tmp_path):
                       "class_prompt": "a shape", "sample_prompts": ["a zwx shape", "a red zwx shape"], "noise_offset": 0.05}
     assert train_tab.request_values({"snr_gamma": 5})["snr_gamma"] == 5
     assert "token_learning_rate" not in train_tab.request_values({"token_learning_rate": 0})  # 0: off
+    assert "text_encoder_learning_rate" not in train_tab.request_values({"text_encoder_learning_rate": 0})
     assert train_tab.request_values({"token_learning_rate": 5e-3})["token_learning_rate"] == 5e-3
     paths = []
     for i, image in enumerate(images()):

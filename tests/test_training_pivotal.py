@@ -90,3 +90,38 @@ def test_a_killed_pivotal_run_resumes_to_the_same_checkpoint(services):
     ref, res = load_file(reference.output_path), load_file(result.output_path)
     assert torch.equal(ref[TABLE], res[TABLE])
     assert all(torch.allclose(ref[k].float(), res[k].float(), atol=1e-3) for k in ref)
+
+
+@pytest.mark.parametrize("method", ["dreambooth", "lora"])
+def test_the_text_encoder_and_the_identifier_rows_get_their_own_learning_rates(services, method):
+    from modules.training.loop import make_optimizer
+
+    values = {**FAST, "method": method, "learning_rate": 1e-4, "train_text_encoder": True, "text_encoder_learning_rate": 1e-3}
+    if method == "dreambooth":
+        values["token_learning_rate"] = 5e-3
+    request = training.build_request(services, values, uploads=images())
+    with services.models.use(services.selected_checkpoint) as model:
+        trained = training._build_method(request, model.pipe, "cpu", services.settings.path(services.settings.lora_dir))
+        try:
+            optimizer = make_optimizer(trained.param_groups(), request, "cpu", 1e-2, [])
+            text_params = {id(p) for p in trained.text_encoder.parameters()}
+            unet_params = {id(p) for p in trained.unet.parameters()}
+        finally:
+            trained.close()
+    groups = optimizer.param_groups
+    assert [g["lr"] for g in groups] == ([1e-4, 1e-3, 5e-3] if method == "dreambooth" else [1e-4, 1e-3])
+    assert {id(p) for p in groups[0]["params"]} <= unet_params and {id(p) for p in groups[1]["params"]} <= text_params
+    assert groups[0]["weight_decay"] == groups[1]["weight_decay"] == 1e-2
+    if method == "dreambooth":
+        assert groups[2]["params"] == [trained.token_rows.rows] and groups[2]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(trained.parameters())  # what the loop clips and averages
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"method": "lora", "text_encoder_learning_rate": 1e-3}, "text_encoder_learning_rate: only with train_text_encoder"),
+    ({"method": "textual_inversion", "output_name": "zwx", "text_encoder_learning_rate": 1e-3, "train_text_encoder": True},
+     "text_encoder_learning_rate: not for textual inversion"),
+])
+def test_a_text_encoder_rate_without_a_trained_text_encoder_is_refused(services, values, message):
+    with pytest.raises(RequestError, match=message):
+        training.build_request(services, {**FAST, **values}, uploads=images())

@@ -26,7 +26,8 @@ PREFIX = "train"
 POLL_SECONDS = 1.0
 METHOD_LABELS = {"dreambooth": "DreamBooth (full model)", "lora": "DreamBooth-LoRA", "textual_inversion": "Textual inversion"}
 # 0 in the form = the request's default
-ZERO_IS_DEFAULT = ("learning_rate", "resolution", "lora_alpha", "snr_gamma", "token_learning_rate")
+ZERO_IS_DEFAULT = ("learning_rate", "resolution", "lora_alpha", "snr_gamma", "token_learning_rate",
+                   "text_encoder_learning_rate")
 EMPTY_IS_DEFAULT = ("output_name", "token", "init_lora", "instance_dir", "class_prompt", "class_dir")
 
 
@@ -102,6 +103,8 @@ def create_ui(services) -> TrainTab:
                                               elem_id=f"{PREFIX}_class_caption_dropout")
                 with gr.Row():
                     train_te = gr.Checkbox(False, label="Train the text encoder", elem_id=f"{PREFIX}_train_te")
+                    text_lr = gr.Number(0, minimum=0, maximum=1, label="Text encoder learning rate (0: the learning rate)",
+                                        elem_id=f"{PREFIX}_text_lr")
                     token_lr = gr.Number(0, minimum=0, maximum=1, label="Identifier's learning rate (DreamBooth pivotal "
                                          "tuning; 0: off; e.g. 5e-3)", elem_id=f"{PREFIX}_token_lr")
                     checkpointing = gr.Checkbox(False, label="Gradient checkpointing", elem_id=f"{PREFIX}_grad_ckpt")
@@ -154,7 +157,7 @@ def create_ui(services) -> TrainTab:
         "learning_rate": learning_rate, "lr_scheduler": lr_scheduler, "lr_warmup_steps": lr_warmup,
         "batch_size": batch_size, "resolution": resolution, "seed": seed, "num_class_images": num_class, "class_dir": class_dir,
         "prior_loss_weight": prior_weight, "class_caption_dropout": class_dropout, "train_text_encoder": train_te,
-        "token_learning_rate": token_lr, "gradient_checkpointing": checkpointing,
+        "text_encoder_learning_rate": text_lr, "token_learning_rate": token_lr, "gradient_checkpointing": checkpointing,
         "mixed_precision": mixed, "use_8bit_adam": adam8, "noise_offset": noise_offset, "snr_gamma": snr_gamma,
         "caption_dropout": caption_dropout, "ema_decay": ema_decay,
         "lora_rank": rank, "lora_alpha": alpha, "init_lora": init_lora, "lora_targets": lora_targets,

@@ -78,6 +78,8 @@ class TrainOptions(BaseModel):
     resolution: int | None = Field(None, ge=8, le=4096, description="None: the model's native size")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     train_text_encoder: bool = False
+    text_encoder_learning_rate: float | None = Field(None, gt=0.0, le=1.0, description=(
+        "with train_text_encoder: the text encoder's own learning rate (kohya's text_encoder_lr); None: learning_rate"))
     token_learning_rate: float | None = Field(None, gt=0.0, le=1.0, description=(
         "DreamBooth: pivotal tuning, the identifier's own token-embedding rows trained apart at this rate (e.g. 5e-3, "
         "as textual inversion trains its vectors) beside the model at learning_rate, and written into the checkpoint; "
@@ -169,6 +171,11 @@ class TrainOptions(BaseModel):
         if self.class_caption_dropout and not self.with_prior_preservation:
             raise ValueError("class_caption_dropout: only with prior preservation (it drops the class images' prompts; "
                              "caption_dropout drops any image's)")
+        if self.text_encoder_learning_rate is not None:
+            if self.method == "textual_inversion":
+                raise ValueError("text_encoder_learning_rate: not for textual inversion (it trains only its vectors)")
+            if not self.train_text_encoder:
+                raise ValueError("text_encoder_learning_rate: only with train_text_encoder (the text encoder is frozen)")
         if self.token_learning_rate is not None:
             if self.method != "dreambooth":
                 raise ValueError(f"token_learning_rate: only for method 'dreambooth' (got method {self.method!r})")

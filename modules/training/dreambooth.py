@@ -21,7 +21,7 @@ import torch
 
 from modules.ldm_export import pipeline_to_ldm
 from modules.training.config import TrainOptions
-from modules.training.loop import TrainingMethod, encode_ids, prompt_ids, text_token_ids
+from modules.training.loop import TrainingMethod, encode_ids, param_group, prompt_ids, text_token_ids
 
 
 def private_copy(module: torch.nn.Module, device: str, trainable: bool) -> torch.nn.Module:
@@ -88,6 +88,7 @@ class FullDreamBooth(TrainingMethod):
         self.pipe = pipe
         self.unet = private_copy(pipe.unet, device, trainable=True)
         self.train_text = options.train_text_encoder
+        self.text_lr = options.text_encoder_learning_rate
         self.token_lr = options.token_learning_rate
         self.token_rows: TokenRows | None = None
         if self.train_text or self.token_lr:
@@ -102,19 +103,17 @@ class FullDreamBooth(TrainingMethod):
             if self.train_text:
                 self.text_encoder.gradient_checkpointing_enable()
 
-    def _model_parameters(self) -> list[torch.nn.Parameter]:
-        params = list(self.unet.parameters())
-        return params + list(self.text_encoder.parameters()) if self.train_text else params
-
     def parameters(self) -> list[torch.nn.Parameter]:
-        rows = [self.token_rows.rows] if self.token_rows is not None else []
-        return self._model_parameters() + rows
+        return [p for group in self.param_groups() for p in group["params"]]
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """The model at the request's rate; the identifier's rows, if trained apart, at theirs (no weight decay)."""
-        groups: list[dict[str, Any]] = [{"params": self._model_parameters()}]
+        """The UNet at the request's rate; the text encoder, when trained, at its own (if given); the
+        identifier's rows, if trained apart, at theirs (no weight decay)."""
+        groups = [param_group(self.unet.parameters())]
+        if self.train_text:
+            groups.append(param_group(self.text_encoder.parameters(), self.text_lr))
         if self.token_rows is not None:
-            groups.append({"params": [self.token_rows.rows], "lr": self.token_lr, "weight_decay": 0.0})
+            groups.append(param_group([self.token_rows.rows], self.token_lr, weight_decay=0.0))
         return groups
 
     def encode(self, prompts: list[str]) -> torch.Tensor:

@@ -59,6 +59,11 @@ def encode_ids(text_encoder: Any, ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(input_ids=ids.to(text_encoder.device)).last_hidden_state
 
 
+def param_group(params: Any, lr: float | None = None, **options: Any) -> dict[str, Any]:
+    """One optimizer parameter group; ``lr`` None: the optimizer's own (the request's learning rate)."""
+    return {"params": list(params), **({"lr": lr} if lr is not None else {}), **options}
+
+
 class TrainingMethod:
     """What one method trains. Subclasses set ``unet`` and implement the abstract parts."""
 
@@ -74,8 +79,8 @@ class TrainingMethod:
         raise NotImplementedError
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups: one, at the request's learning rate, unless a method says otherwise."""
-        return [{"params": self.parameters()}]
+        """The optimizer's parameter groups (``param_group``): one, at the request's rate, unless a method says otherwise."""
+        return [param_group(self.parameters())]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors (CPU copies), for the resumable state."""

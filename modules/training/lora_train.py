@@ -20,7 +20,7 @@ import torch
 
 from modules.training.config import TrainOptions
 from modules.training.dreambooth import FrozenText, private_copy
-from modules.training.loop import TrainingMethod, encode_ids, prompt_ids
+from modules.training.loop import TrainingMethod, encode_ids, param_group, prompt_ids
 
 UNET_TARGETS: dict[str, list[str] | str] = {
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -70,6 +70,7 @@ class LoraMethod(TrainingMethod):
         self.alpha = options.lora_alpha or float(options.lora_rank)
         self.targets = options.lora_targets
         self.train_text = options.train_text_encoder
+        self.text_lr = options.text_encoder_learning_rate
         with torch.random.fork_rng(devices=[]):  # the adapter's random init is seeded, the global RNG untouched
             torch.manual_seed(options.seed)
             self.unet = private_copy(pipe.unet, device, trainable=False)
@@ -94,6 +95,11 @@ class LoraMethod(TrainingMethod):
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, m in self._components() for p in m.parameters() if p.requires_grad]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The UNet's adapter at the request's rate, the text encoder's (when trained) at its own if given."""
+        return [param_group((p for p in m.parameters() if p.requires_grad), self.text_lr if name == "text_encoder" else None)
+                for name, m in self._components()]
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         if not self.train_text:
