@@ -94,7 +94,7 @@ class LoraMethod(TrainingMethod):
         return [("unet", self.unet)] + ([("text_encoder", self.text_encoder)] if self.train_text else [])
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for _, m in self._components() for p in m.parameters() if p.requires_grad]
+        return [p for group in self.param_groups() for p in group["params"]]
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The UNet's adapter at the request's rate, the text encoder's (when trained) at its own if given."""
