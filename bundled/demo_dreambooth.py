@@ -18,8 +18,10 @@
 3. Measure with the detector (``bundled.detect``) over ``--n`` seeded random prompts:
    ``a red zwx shape on the left, blue background`` style prompts → how often a heart is drawn,
    with the asked colour and position; ``a red circle on the left, blue background`` → how often a
-   circle is still drawn (what prior preservation protects). The base model is measured the same way.
-4. Print a Markdown table, and after each run what the zwx and circle prompts drew (shape -> share).
+   circle is still drawn (what prior preservation protects), and the same for ``a red square ...``
+   (the shape the base falls back to for an unknown shape word, so the one a recipe could lose to the
+   heart unseen). The base model is measured the same way.
+4. Print a Markdown table, and after each run what each prompt set drew (shape -> share).
 
 The run's options can be changed for experiments: ``--sampler`` and ``--cfg-scale`` (of the measured
 images and the generated class images; default DPM++ 2M at CFG 3), ``--learning-rate``,
@@ -81,6 +83,7 @@ class Scores:
     zwx_color: float  # zwx prompts drawn in the asked colour
     zwx_position: float  # ... at the asked place
     circle_drawn: dict[str, float]  # what the circle prompts drew
+    square_drawn: dict[str, float]  # what the square prompts drew
 
     @property
     def heart(self) -> float:
@@ -91,6 +94,15 @@ class Scores:
     def circle(self) -> float:
         """Circle prompts still drawn as a circle."""
         return self.circle_drawn.get("circle", 0.0)
+
+    @property
+    def square(self) -> float:
+        """Square prompts still drawn as a square."""
+        return self.square_drawn.get("square", 0.0)
+
+    def drawn(self) -> str:
+        """What each prompt set drew, for the log."""
+        return f"zwx drew {self.zwx_drawn}; circle drew {self.circle_drawn}; square drew {self.square_drawn}"
 
 
 def instance_scenes(n: int = 5) -> list[Scene]:
@@ -225,14 +237,16 @@ class Lab:
         return result.steps, (time.monotonic() - started) / 60
 
     def scores(self, n: int, method: str | None, steps: int, sampler: str = SAMPLER, cfg: float = CFG) -> Scores:
-        """Detector rates of the zwx prompts and the circle prompts on this folder's model."""
+        """Detector rates of the zwx, circle and square prompts on this folder's model."""
         zwx = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
         circles = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 2, "circle"))]
+        squares = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 3, "square"))]
         return Scores(
             zwx_drawn=shares([d.shape for d, _, _ in zwx]),
             zwx_color=np.mean([d.color == c for d, c, _ in zwx]),
             zwx_position=np.mean([d.position == pos for d, _, pos in zwx]),
             circle_drawn=shares([d.shape for d, _, _ in circles]),
+            square_drawn=shares([d.shape for d, _, _ in squares]),
         )
 
     def _detect(self, item: tuple[str, str, str], seed: int, method: str | None, steps: int, sampler: str, cfg: float):
@@ -243,7 +257,7 @@ class Lab:
         if method == "dreambooth":
             checkpoint = f"{TOKEN}-dreambooth"
         if method == "lora":
-            text += f" <lora:{TOKEN}:1>"  # on for the circle prompts too: does the LoRA spoil circles?
+            text += f" <lora:{TOKEN}:1>"  # on for the circle and square prompts too: does the LoRA spoil them?
         request = Txt2ImgRequest(prompt=text, steps=steps, sampler_name=sampler, cfg_scale=cfg, seed=seed,
                                  save_images=False, sd_model_checkpoint=checkpoint)
         image = self.services.submit("txt2img", request).wait().images[0]
@@ -264,7 +278,7 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=100_000, help="at most this many steps per run (each method has its own)")
     ap.add_argument("--no-captions", dest="captions", action="store_false",
                     help="train every image on the bare instance prompt 'a zwx shape' (and the class prompt 'a shape')")
-    ap.add_argument("--n", type=int, default=50, help="prompts per measurement (zwx and circle each)")
+    ap.add_argument("--n", type=int, default=50, help="prompts per measurement (zwx, circle and square each)")
     ap.add_argument("--methods", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--prior", choices=["both", "on", "off"], default="both")
     ap.add_argument("--num-class-images", type=int, default=40)
@@ -313,7 +327,7 @@ def main() -> None:
     base = Lab("base", args.checkpoint)
     try:
         rows.append(("base model", "", 0, 0.0, base.scores(args.n, None, args.sampling_steps, args.sampler, args.cfg_scale)))
-        print(f"  base: zwx drew {rows[-1][-1].zwx_drawn}; circle drew {rows[-1][-1].circle_drawn}", flush=True)
+        print(f"  base: {rows[-1][-1].drawn()}", flush=True)
     finally:
         base.close()
     for method in [] if args.base_only else args.methods:
@@ -329,7 +343,7 @@ def main() -> None:
                 lab.close(keep=args.keep)
             print(f"{method} (prior {prior}): {steps} steps in {minutes:.1f} min (class images included)", flush=True)
             print(table_row(*rows[-1]), flush=True)
-            print(f"  zwx drew {rows[-1][-1].zwx_drawn}; circle drew {rows[-1][-1].circle_drawn}", flush=True)
+            print(f"  {rows[-1][-1].drawn()}", flush=True)
     print(f"\n{args.n} prompts each; {args.sampler}, {args.sampling_steps} steps, CFG {args.cfg_scale:g}; "
           f"training batch {args.batch_size}, "
           f"at most {args.minutes:g} min per run; captions {'on' if args.captions else 'off'}; "
@@ -349,13 +363,14 @@ def _own(value: object) -> str:
     return "each run its own" if value is None else str(value)
 
 
-TABLE_HEAD = ("| method | prior preservation | steps | minutes | zwx → heart | zwx colour | zwx position | circle → circle |\n"
-              "|---|---|---:|---:|---:|---:|---:|---:|")
+TABLE_HEAD = ("| method | prior preservation | steps | minutes | zwx → heart | zwx colour | zwx position | circle → circle "
+              "| square → square |\n"
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def table_row(method: str, prior: str, steps: int, minutes: float, s: Scores) -> str:
     return (f"| {method} | {prior} | {steps} | {minutes:.1f} | {s.heart:.0%} | {s.zwx_color:.0%} | "
-            f"{s.zwx_position:.0%} | {s.circle:.0%} |")
+            f"{s.zwx_position:.0%} | {s.circle:.0%} | {s.square:.0%} |")
 
 
 if __name__ == "__main__":

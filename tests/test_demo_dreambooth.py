@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from bundled.demo_dreambooth import RUNS, class_scenes, instance_images, instance_scenes, make_parser, run_values, shares
+from bundled.demo_dreambooth import (
+    RUNS,
+    TABLE_HEAD,
+    Scores,
+    class_scenes,
+    instance_images,
+    instance_scenes,
+    make_parser,
+    run_values,
+    shares,
+    table_row,
+)
 from bundled.detect import detect
 from bundled.shapes import SHAPES
 
@@ -39,6 +50,18 @@ def test_class_scenes_like_the_instances_take_each_instance_context_in_turn():
 def test_shares_count_the_detected_shapes_most_frequent_first():
     assert shares(["star", "circle", "star", "heart"]) == {"star": 0.5, "circle": 0.25, "heart": 0.25}
     assert np.isclose(sum(shares(["a", "b", "b"]).values()), 1.0)
+
+
+def test_the_table_reports_hearts_circles_and_squares_in_its_own_columns():
+    scores = Scores(zwx_drawn={"heart": 0.7, "square": 0.3}, zwx_color=1.0, zwx_position=0.96,
+                    circle_drawn={"circle": 0.88, "star": 0.12}, square_drawn={"heart": 0.4, "square": 0.6})
+    assert (scores.heart, scores.circle, scores.square) == (0.7, 0.88, 0.6)
+    row = table_row("dreambooth", "yes", 3000, 9.5, scores)
+    assert row == "| dreambooth | yes | 3000 | 9.5 | 70% | 100% | 96% | 88% | 60% |"
+    header, rule = TABLE_HEAD.splitlines()
+    assert header.split("|")[-2].strip() == "square → square"
+    assert len(header.split("|")) == len(rule.split("|")) == len(row.split("|"))
+    assert Scores({}, 0.0, 0.0, {}, {}).square == 0.0  # nothing drawn: no share
 
 
 def test_each_run_uses_its_own_recipe_unless_a_flag_overrides_it():
