@@ -8,11 +8,18 @@
 2. Train each method (full DreamBooth and LoRA with and without prior preservation, textual
    inversion) for at most ``--minutes`` and its step count on the CPU, each in its own data folder
    (so an embedding named ``zwx`` never leaks into another method's prompts), through Easel's
-   training job. Prior preservation's class ``a shape`` is given as its members: one class prompt
-   per class image, ``a <colour> <circle|square|triangle|star> <place>, <colour> background``
-   (a class prompt of several lines), rendered by the shapes world with those captions (the default,
+   training job. Prior preservation's class ``a shape`` is given as its members, in the instance
+   images' own scenes: each instance caption with ``zwx shape`` replaced by each trained shape in turn
+   (``a red circle on the left, blue background``, ``a red square ...``: the DreamBooth paper's class
+   prompt, the instance prompt without its identifier, for a class given by its members; a class
+   prompt of several lines). ``--no-class-like-instances``: random colours, places and sizes instead.
+   The class images are rendered by the shapes world with those captions (the default,
    ``--class-images rendered``, a folder given as ``class_dir``: real pictures of the class, as kohya's
    regularisation images) or drawn by the base model (``--class-images generated``, the DreamBooth way).
+   In the instances' own scenes the class images differ from the instance images only by the shape
+   and its word, so only ``zwx`` can tell the heart apart; with random scenes the model also learns
+   the heart from the five scenes' colours and places, and elsewhere the zwx prompts fall back to the
+   class's square.
    DreamBooth with prior preservation also trains the text encoder and drops a tenth of the class
    images' prompts (``class_caption_dropout``; see ``RUNS``).
 3. Measure with the detector (``bundled.detect``) over ``--n`` seeded random prompts:
@@ -26,8 +33,8 @@
 The run's options can be changed for experiments: ``--sampler`` and ``--cfg-scale`` (of the measured
 images and the generated class images; default DPM++ 2M at CFG 3), ``--learning-rate``,
 ``--prior-loss-weight``, ``--snr-gamma``, ``--noise-offset``, ``--caption-dropout``, ``--ema-decay``,
-``--[no-]train-text-encoder``, ``--class-caption-dropout``, ``--lora-targets``, ``--class-like-instances``
-(class images in the instance images' colours, places and size, as each trained shape), ``--control`` (train on
+``--[no-]train-text-encoder``, ``--class-caption-dropout``, ``--lora-targets``, ``--no-class-like-instances``
+(class images at random colours, places and sizes), ``--control`` (train on
 rendered pictures of the trained shapes instead of hearts: the training's own drift), ``--checkpoint``
 (another base) and ``--keep`` (keep each run's folder and model).
 
@@ -284,8 +291,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-class-images", type=int, default=40)
     ap.add_argument("--class-images", choices=["generated", "rendered"], default="rendered",
                     help="prior preservation's class images: drawn by the base model, or rendered shapes (class_dir)")
-    ap.add_argument("--class-like-instances", action="store_true",
-                    help="class images in the instance images' colours, places and size, as each trained shape")
+    ap.add_argument("--class-like-instances", action=argparse.BooleanOptionalAction, default=True,
+                    help="class images in the instance images' colours, places and size, as each trained shape "
+                         "(--no-class-like-instances: at random colours, places and sizes)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sampling-steps", type=int, default=20, help="sampling steps of the measured images")
@@ -347,7 +355,7 @@ def main() -> None:
     print(f"\n{args.n} prompts each; {args.sampler}, {args.sampling_steps} steps, CFG {args.cfg_scale:g}; "
           f"training batch {args.batch_size}, "
           f"at most {args.minutes:g} min per run; captions {'on' if args.captions else 'off'}; "
-          f"class images {args.class_images}{' like the instances' if args.class_like_instances else ''}; "
+          f"class images {args.class_images}{' like the instances' if args.class_like_instances else ' at random'}; "
           f"prior loss weight {args.prior_loss_weight:g}; learning rate {args.learning_rate or 'each method its own'}; "
           f"Min-SNR gamma {args.snr_gamma or 'off'}; noise offset {args.noise_offset:g}; "
           f"caption dropout {args.caption_dropout:g} (class images: {_own(args.class_caption_dropout)}); "

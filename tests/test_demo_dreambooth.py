@@ -74,6 +74,13 @@ def test_each_run_uses_its_own_recipe_unless_a_flag_overrides_it():
     assert own["train_text_encoder"] is True and own["class_caption_dropout"] == 0.1
     assert own["learning_rate"] == prior_fields["learning_rate"] and own["class_cfg_scale"] == 3.0
     assert len(own["class_prompt"].splitlines()) == args.num_class_images
+    # by default the class prompts are the instance captions with each trained shape for "zwx shape"
+    instance_captions = instance_images()[1]
+    for i, line in enumerate(own["class_prompt"].splitlines()):
+        shape = SHAPES[i % len(SHAPES)]
+        assert line == instance_captions[(i // len(SHAPES)) % len(instance_captions)].replace("zwx shape", shape)
+    random_scenes = run_values("dreambooth", True, prior_fields, make_parser().parse_args(["--no-class-like-instances"]))
+    assert random_scenes["class_prompt"] == "\n".join(text for _, text in class_scenes(args.num_class_images))
     flags = make_parser().parse_args(["--no-train-text-encoder", "--class-caption-dropout", "0", "--learning-rate", "3e-5",
                                       "--steps", "7", "--cfg-scale", "6"])
     given = run_values("dreambooth", True, prior_fields, flags)
