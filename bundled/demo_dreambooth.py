@@ -245,9 +245,11 @@ class Lab:
 
     def scores(self, n: int, method: str | None, steps: int, sampler: str = SAMPLER, cfg: float = CFG) -> Scores:
         """Detector rates of the zwx, circle and square prompts on this folder's model."""
-        zwx = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 1, f"{TOKEN} shape"))]
-        circles = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 2, "circle"))]
-        squares = [self._detect(p, seed, method, steps, sampler, cfg) for seed, p in enumerate(prompts(n, 3, "square"))]
+        def detected(prompt_seed: int, shape_word: str) -> list:
+            items = prompts(n, prompt_seed, shape_word)
+            return [self._detect(item, seed, method, steps, sampler, cfg) for seed, item in enumerate(items)]
+
+        zwx, circles, squares = detected(1, f"{TOKEN} shape"), detected(2, "circle"), detected(3, "square")
         return Scores(
             zwx_drawn=shares([d.shape for d, _, _ in zwx]),
             zwx_color=np.mean([d.color == c for d, c, _ in zwx]),
