@@ -21,7 +21,7 @@ CONFIGS_DIR = ROOT / "configs"
 class Settings(BaseModel):
     """Everything that can be configured. Field names follow A1111's option names where one exists."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     data_dir: Path = ROOT
     ckpt_dirs: list[Path] = Field(default_factory=list, description="extra folders scanned for checkpoints (--ckpt-dir)")
@@ -50,6 +50,11 @@ class Settings(BaseModel):
     max_queue: int = Field(64, ge=1, le=10_000)
     max_side: int = Field(2048, ge=64, le=8192)
     max_batch_images: int = Field(64, ge=1)
+    max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, le=16384 * 16384,
+                                  description="largest input image (width x height) a client may send; checked"
+                                              " from the header before decoding")
+    max_queue_mb: int = Field(2048, ge=16, description="memory the queued jobs' inputs may hold together (MiB);"
+                                                       " a request beyond it is answered 429")
 
     def path(self, relative: str | Path) -> Path:
         """A path inside the data directory (absolute paths are kept)."""
