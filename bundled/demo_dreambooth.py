@@ -215,6 +215,7 @@ class Lab:
     """One data folder with the bundled checkpoint, its services and a training on it."""
 
     def __init__(self, label: str, checkpoint: Path = CHECKPOINT) -> None:
+        from modules.access import ClientAccess
         from modules.config import load_settings
         from modules.services import build_services
 
@@ -222,7 +223,7 @@ class Lab:
         checkpoint = checkpoint.resolve()
         settings = load_settings(self.folder, {"ckpt_dirs": [checkpoint.parent], "sd_model_checkpoint": checkpoint.name,
                                                "show_progress_every_n_steps": 0})
-        self.services = build_services(settings)
+        self.services = build_services(settings, access=ClientAccess(allow_server_paths=True))  # the operator's own run
 
     def train(self, method: str, prior: bool, fields: dict, args: argparse.Namespace) -> tuple[int, float]:
         """Train; returns (steps, minutes)."""

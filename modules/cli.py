@@ -149,22 +149,36 @@ def serve_parser() -> argparse.ArgumentParser:
     ap.add_argument("--share", action="store_true", help="open a public gradio.live link")
     ap.add_argument("--api", action="store_true", help="serve the HTTP API (/sdapi/v1) next to the UI")
     ap.add_argument("--nowebui", action="store_true", help="serve the HTTP API only (no UI)")
-    ap.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] required to open the UI")
+    ap.add_argument("--gradio-auth", default=None, help="user:pass[,user2:pass2] required to open the UI;"
+                         " alone, it protects the API too (HTTP Basic)")
     ap.add_argument("--gradio-auth-path", type=Path, default=None, help="file of user:pass entries (lines or commas)")
     ap.add_argument("--theme", choices=["light", "dark"], default=None,
                     help="open the UI in light or dark mode (default: the browser's choice)")
     ap.add_argument("--api-auth", default=None,
-                    help="user:pass[,user2:pass2] (HTTP Basic) required by every /sdapi and /easel route")
+                    help="user:pass[,user2:pass2] (HTTP Basic) required by every /sdapi, /easel and /controlnet route;"
+                         " alone, it protects the web UI too")
     ap.add_argument("--ckpt", default=None, help="checkpoint to select at start (name, title or short hash)")
+    ap.add_argument("--share-insecure", action="store_true",
+                    help="allow --share without any credentials (anyone with the link can use everything)")
+    ap.add_argument("--allow-server-paths", action="store_true",
+                    help="let clients name folders on this machine in requests (training's instance_dir, class_dir)")
     add_settings_flags(ap)
     return ap
 
 
 def parse_auth(text: str) -> list[tuple[str, str]]:
     """The UI's ``--gradio-auth`` entries, parsed like ``--api-auth``'s."""
-    from modules.api.guard import parse_credentials
+    from modules.auth import parse_credentials
 
     return parse_credentials(text, "--gradio-auth")
+
+
+def auth_policy(args: argparse.Namespace):
+    """The one AuthPolicy of --gradio-auth / --gradio-auth-path / --api-auth."""
+    from modules.auth import AuthPolicy
+
+    gradio_text = ",".join(t for t in (args.gradio_auth, args.gradio_auth_path and args.gradio_auth_path.read_text()) if t)
+    return AuthPolicy.from_flags(gradio_text or None, args.api_auth)
 
 
 def run_serve(argv: list[str]) -> int:
@@ -172,26 +186,30 @@ def run_serve(argv: list[str]) -> int:
     settings = settings_from_args(args)
     if args.ckpt:
         settings = settings.model_copy(update={"sd_model_checkpoint": args.ckpt})
-    auth_text = ",".join(t for t in (args.gradio_auth, args.gradio_auth_path and args.gradio_auth_path.read_text()) if t)
-    auth = parse_auth(auth_text) if auth_text else None
-    from modules.api.guard import parse_credentials
-
-    api_auth = parse_credentials(args.api_auth) if args.api_auth is not None else None
+    policy = auth_policy(args)
+    refusal = policy.share_refusal(args.share and not args.nowebui, args.share_insecure)
+    if refusal:
+        raise ValueError(refusal)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
+    for line in policy.start_warnings(exposed=args.listen, share=args.share and not args.nowebui,
+                                      webui=not args.nowebui, api=args.api or args.nowebui):
+        print(line, file=sys.stderr)
+    from modules.access import ClientAccess
     from modules.services import build_services
 
-    services = build_services(settings)
+    services = build_services(settings, access=ClientAccess(allow_server_paths=args.allow_server_paths))
     try:
         if args.ckpt:
             services.checkpoints.get(args.ckpt)  # an unknown --ckpt fails now, naming what exists
         if args.nowebui:
             from webui.server import serve_api_only
 
-            serve_api_only(services, host, args.port, api_auth)
+            serve_api_only(services, host, args.port, list(policy.api) or None)
         else:
             from webui.server import serve
 
-            serve(services, host, args.port, args.share, args.api, auth, theme=args.theme, api_auth=api_auth)
+            serve(services, host, args.port, args.share, args.api, list(policy.gradio_auth) or None, theme=args.theme,
+                  api_auth=list(policy.api_auth) or None)
         return 0
     finally:
         services.close()

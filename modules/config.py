@@ -79,7 +79,13 @@ class Settings(BaseModel):
 
 
 class SettingsError(ValueError):
-    """A setting has a bad value; the message names the setting and what is allowed."""
+    """A setting has a bad value; the message names the setting and what is allowed.
+
+    ``field`` is the setting's name when one setting is at fault (None: several, or the file)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _describe(err: ValidationError) -> str:

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from modules.access import ClientAccess
 from modules.infotext import parse_infotext
 from modules.jobs import CancelToken, JobCancelled, ProgressSink
 from modules.lora import lora_layers
@@ -64,6 +65,7 @@ def test_no_images_and_too_few_are_errors_before_the_job(services):
 
 
 def test_unreadable_images_are_skipped_with_a_warning(services, tmp_path):
+    services.access = ClientAccess(allow_server_paths=True)  # as the train command line
     folder = tmp_path / "instances"
     folder.mkdir()
     for i, image in enumerate(images(3)):
@@ -77,6 +79,43 @@ def test_unreadable_images_are_skipped_with_a_warning(services, tmp_path):
     assert "instance image #1 skipped" in text
     with pytest.raises(RequestError, match="instance_dir: folder .* not found"):
         training.build_request(services, FAST, folder=str(tmp_path / "nope"))
+
+
+def test_server_folders_and_paths_are_refused_from_clients_by_default(services, tmp_path):
+    """Without --allow-server-paths a client names no server folder, and text is never a file path;
+    the refusal is the same whether the folder exists or not."""
+    folder = tmp_path / "instances"
+    folder.mkdir()
+    paths = []
+    for i, image in enumerate(images(3)):
+        image.save(folder / f"{i}.png")
+        paths.append(str(folder / f"{i}.png"))
+    messages = []
+    for missing in (folder, tmp_path / "nope"):
+        with pytest.raises(RequestError) as err:
+            training.build_request(services, FAST, folder=str(missing))
+        messages.append(str(err.value))
+        with pytest.raises(RequestError) as err:
+            training.build_request(services, {**FAST, "with_prior_preservation": True, "class_dir": str(missing)},
+                                   uploads=images())
+        messages.append(str(err.value))
+    assert messages[0] == messages[2] and messages[1] == messages[3]
+    assert "--allow-server-paths" in messages[0] and messages[0].startswith("instance_dir:")
+    assert messages[1].startswith("class_dir:")
+    # path strings in the uploads are image data, not files: none opens
+    with pytest.raises(RequestError, match="instance_images: 0 readable images"):
+        training.build_request(services, FAST, uploads=paths)
+
+
+def test_a_fifo_in_an_allowed_folder_is_skipped_not_opened(services, tmp_path):
+    services.access = ClientAccess(allow_server_paths=True)
+    folder = tmp_path / "instances"
+    folder.mkdir()
+    for i, image in enumerate(images(3)):
+        image.save(folder / f"{i}.png")
+    os.mkfifo(folder / "pipe.png")
+    request = training.build_request(services, FAST, folder=str(folder))  # would block reading the FIFO
+    assert len(request.instance_images) == 3
 
 
 @pytest.mark.parametrize("values, message", [

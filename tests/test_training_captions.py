@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from modules.access import ClientAccess
 from modules.schemas import RequestError, Txt2ImgRequest
 from modules.training import data as training_data
 from modules.training import job as training
@@ -158,6 +159,7 @@ def test_train_tab_pairs_uploaded_txt_files_with_their_images(services, tmp_path
 
 def test_class_images_from_a_folder_are_trained_with_their_captions_and_none_are_generated(services, tmp_path,
                                                                                          monkeypatch):
+    services.access = ClientAccess(allow_server_paths=True)
     folder = image_folder(tmp_path / "classes", "c", {0: "a red circle", 2: "a blue square"})
     values = {**FAST, "method": "lora", "with_prior_preservation": True, "class_dir": str(folder), "class_prompt": "",
               "token": "zwx", "num_class_images": 2, "batch_size": 2, "steps": 4}
@@ -175,6 +177,7 @@ def test_class_images_from_a_folder_are_trained_with_their_captions_and_none_are
 
 
 def test_class_dir_mistakes(services, tmp_path):
+    services.access = ClientAccess(allow_server_paths=True)
     values = {**FAST, "with_prior_preservation": True, "class_dir": str(tmp_path / "nope")}
     with pytest.raises(RequestError, match="class_dir: folder .* not found"):
         training.build_request(services, values, uploads=images())

@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 
+from modules.auth import AuthPolicy
+from modules.images import limit_decoded_pixels
 from webui.app import create_ui
 
 logger = logging.getLogger(__name__)
@@ -64,13 +66,18 @@ def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bo
           auth: list[tuple[str, str]] | None = None, quiet: bool = False, theme: str | None = None,
           api_auth: list[tuple[str, str]] | None = None) -> Server:
     """Build the UI on ``services`` and launch it in the background; returns the running server.
-    ``theme`` ("light" or "dark") opens the page in that mode; None follows the browser."""
+
+    ``auth`` (--gradio-auth) and ``api_auth`` (--api-auth) make one ``AuthPolicy``: either alone
+    protects the UI, every Gradio endpoint and the API alike. ``theme`` ("light" or "dark") opens
+    the page in that mode; None follows the browser."""
+    policy = AuthPolicy(tuple(auth or ()), tuple(api_auth or ()))
     head = theme_head(theme)
+    limit_decoded_pixels(services.settings.max_input_pixels)  # Gradio decodes the UI's uploads itself
     demo = create_ui(services)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=None)
-    app_kwargs = {"lifespan": api_lifespan(services, api_auth)} if api else None
+    app_kwargs = {"lifespan": api_lifespan(services, list(policy.api) or None)} if api else None
     app, local_url, share_url = demo.launch(
-        server_name=host, server_port=port, share=share, prevent_thread_lock=True, auth=auth or None,
+        server_name=host, server_port=port, share=share, prevent_thread_lock=True, auth=list(policy.ui) or None,
         show_error=True, quiet=quiet, footer_links=["api", "gradio"] if api else ["gradio"], head=head,
         app_kwargs=app_kwargs,
     )
@@ -94,8 +101,6 @@ def serve(services, host: str, port: int, share: bool, api: bool,
           api_auth: list[tuple[str, str]] | None = None) -> None:
     """Start the UI (and the API with ``api``, behind ``api_auth`` when given) and block until interrupted."""
     server = start(services, host, port, share, api, auth, theme=theme, api_auth=api_auth)
-    if host == "0.0.0.0" and not auth:
-        print("warning: --listen without --gradio-auth: anyone on your network can use this UI")
     try:
         server.demo.block_thread()
     finally:
@@ -108,6 +113,4 @@ def serve_api_only(services, host: str, port: int, api_auth: list[tuple[str, str
 
     from modules.api import create_app
 
-    if host == "0.0.0.0" and not api_auth:
-        print("warning: --listen without --api-auth: anyone on your network can use this API")
     uvicorn.run(create_app(services, api_auth), host=host, port=port)

@@ -11,8 +11,8 @@ from typing import Any
 import gradio as gr
 
 from modules import samplers
-from modules.config import Settings, SettingsError, make_settings, save_settings
-from modules.images import check_pattern
+from modules.config import Settings, SettingsError, save_settings
+from modules.settings_update import validate_change
 from webui.widgets import Fields, named_values
 
 PREFIX = "settings"
@@ -68,24 +68,21 @@ def create_ui(services) -> SettingsTab:
     return SettingsTab(fields, save, result, error)
 
 
-def validate(current: Settings, values: dict[str, Any]) -> Settings:
-    """The new settings, or SettingsError naming every bad value (nothing is changed)."""
+def validate(services, values: dict[str, Any]) -> Settings:
+    """The new settings, or SettingsError naming the bad value (nothing is changed).
+
+    The checks are the API's too (``modules.settings_update.validate_change``); an emptied box is
+    refused here, since the form always sends every field."""
     missing = [name for name, value in values.items() if value is None or value == ""]
     if missing:
-        raise SettingsError(f"invalid settings: {', '.join(missing)}: a value is required")
-    new = make_settings(**{**current.model_dump(), **values})
-    try:
-        check_pattern(new.samples_filename_pattern)
-        samplers.get_sampler(new.default_sampler)
-    except ValueError as err:
-        raise SettingsError(f"invalid settings: {err}") from None
-    return new
+        raise SettingsError(f"invalid settings: {', '.join(missing)}: a value is required", field=missing[0])
+    return validate_change(services.settings, values, services.access)
 
 
 def apply(services, values: dict[str, Any]) -> str:
     """Validate, save config.json, hand the settings to the services; returns a summary line."""
     current = services.settings
-    new = validate(current, values)
+    new = validate(services, values)
     save_settings(new)
     services.update_settings(new)
     changed = [name for name in values if getattr(new, name) != getattr(current, name)]
@@ -108,4 +105,4 @@ def bind_events(tab: SettingsTab, services) -> None:
         return {tab.error: gr.update(value="", visible=False),
                 tab.result: f"<p class='easel-ok'>{html.escape(summary)}</p>"}
 
-    tab.save.click(on_save, inputs=set(tab.fields.values()), outputs=[tab.error, tab.result])
+    tab.save.click(on_save, inputs=set(tab.fields.values()), outputs=[tab.error, tab.result], api_name="settings_apply")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -196,7 +197,8 @@ def start_training(services, values: dict[str, Any], files: list[str] | None, re
     """Build, check and submit the request; errors are shown, never raised."""
     try:
         fields = {**request_values(values), "resume": resume}
-        request = training.build_request(services, fields, uploads=list(files or []), folder=fields.get("instance_dir"))
+        uploads = [Path(f) for f in files or []]  # Gradio's own copies of the uploads
+        request = training.build_request(services, fields, uploads=uploads, folder=fields.get("instance_dir"))
         job = training.submit(services, request)
     except Exception as err:  # RequestError, CheckpointError, QueueFull, ...
         gr.Warning(str(err))

@@ -1,6 +1,8 @@
 """Building the FastAPI app: routes, error handlers, and the services they are bound to."""
 
 from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
 
 from modules.services import VERSION, Services
 
@@ -51,8 +53,22 @@ def add_api(app: FastAPI, services: Services, api_auth: list[tuple[str, str]] | 
     app.state.services = services
     install_error_handlers(app)
     app.include_router(create_api(services))
+    add_docs(app)
     app.add_middleware(ApiGuard, credentials=api_auth, max_body_bytes=max_body_bytes)
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """Serve ``/docs`` (Swagger UI) and ``/openapi.json`` on an app that has none, as Gradio's app
+    (its docs are off): the README points API users there whether or not the UI is served."""
+    if app.docs_url is not None:
+        return
+    if app.openapi_url is None:
+        app.openapi_url = "/openapi.json"
+        app.add_route(app.openapi_url, lambda request: JSONResponse(app.openapi()), include_in_schema=False)
+    openapi_url = app.openapi_url
+    app.add_route("/docs", lambda request: get_swagger_ui_html(openapi_url=openapi_url, title="Easel API"),
+                  include_in_schema=False)
 
 
 def create_app(services: Services, api_auth: list[tuple[str, str]] | None = None,

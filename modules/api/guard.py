@@ -1,4 +1,7 @@
-"""The gate in front of every API route: HTTP Basic credentials (``--api-auth``) and a body size limit.
+"""The gate in front of every API route: HTTP Basic credentials and a body size limit.
+
+The credentials are ``AuthPolicy.api`` (``modules.auth``): ``--api-auth``, or ``--gradio-auth``
+when only that was given.
 
 ``ApiGuard`` is a plain ASGI middleware. It looks only at paths under ``/sdapi/``, ``/easel/`` and ``/controlnet/``
 (the web UI mounted on the same app keeps its own ``--gradio-auth`` and upload rules) and, in
@@ -15,12 +18,13 @@ goes on serving.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from modules.auth import basic_credentials, credentials_match, parse_credentials
+
+__all__ = ["ApiGuard", "basic_credentials", "credentials_match", "parse_credentials", "send_error"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,51 +35,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 API_PREFIXES = ("/sdapi/", "/easel/", "/controlnet/")
 MAX_BODY_BYTES = 50 * 1024 * 1024  # 50 MiB: a few large base64 images with room to spare
 REALM = "Easel API"
-
-
-def parse_credentials(text: str, flag: str = "--api-auth") -> list[tuple[str, str]]:
-    """``"u:p,u2:p2"`` (commas or newlines) -> ``[("u", "p"), ("u2", "p2")]``; a bad entry raises
-    ValueError naming ``flag`` (also used for the UI's --gradio-auth)."""
-    pairs = []
-    for entry in text.replace("\n", ",").split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        user, sep, password = entry.partition(":")
-        if not sep or not user or not password:
-            raise ValueError(f"{flag} entry {entry!r} is not user:password (both non-empty)")
-        pairs.append((user, password))
-    if not pairs:
-        raise ValueError(f"{flag} needs at least one user:password entry")
-    return pairs
-
-
-def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """The (user, password) of an ``Authorization: Basic ...`` header; None if absent or unreadable."""
-    if not header:
-        return None
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
-
-
-def credentials_match(given: tuple[str, str] | None, allowed: list[tuple[str, str]]) -> bool:
-    """True when ``given`` is one of ``allowed``; every entry is compared in constant time."""
-    if given is None:
-        return False
-    user, password = given[0].encode(), given[1].encode()
-    found = False
-    for allowed_user, allowed_password in allowed:
-        same_user = secrets.compare_digest(user, allowed_user.encode())
-        same_password = secrets.compare_digest(password, allowed_password.encode())
-        found |= same_user and same_password
-    return found
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -114,7 +73,8 @@ class ApiGuard:
             return
         if self.credentials and not credentials_match(basic_credentials(_header(scope, b"authorization")), self.credentials):
             await send_error(send, 401, "NotAuthenticated",
-                             "this API needs HTTP Basic credentials (--api-auth): send an Authorization: Basic header",
+                             "this API needs HTTP Basic credentials (--api-auth, or --gradio-auth when only that is set):"
+                             " send an Authorization: Basic header",
                              {"WWW-Authenticate": f'Basic realm="{REALM}"'})
             return
         length = _header(scope, b"content-length")

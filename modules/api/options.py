@@ -6,23 +6,22 @@ sha256. Writing validates everything first; one bad value fails the whole update
 named) and nothing is saved. A valid update is written to ``config.json``, replaces the services'
 settings, and a new ``sd_model_checkpoint`` queues a model switch behind the jobs already queued.
 
-Some options cannot be changed over HTTP: the data and checkpoint folders, and output folders
-outside the data folder (no path from a client reaches the filesystem unchecked).
+The checks are ``modules.settings_update.validate_change``, shared with the Settings tab: the data
+and checkpoint folders cannot be changed over HTTP, folders must stay inside the data folder,
+numbers must be finite, and nothing is saved that would stop the next start.
 """
 
+import math
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from pydantic import ValidationError
-
 from modules.checkpoints import CheckpointError
-from modules.config import Settings, save_settings
+from modules.config import Settings, SettingsError, save_settings
 from modules.services import Services
+from modules.settings_update import validate_change
 
 from .convert import field_error
 
-READ_ONLY = ("data_dir", "ckpt_dirs")
 # A1111 options without an Easel setting: reported with this value; any other value is refused.
 FIXED_OPTIONS: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png", "enable_pnginfo": True}
 
@@ -54,19 +53,9 @@ def read_options(services: Services) -> dict[str, Any]:
     return options
 
 
-def _is_inside(path_text: str, data_dir: Path) -> bool:
-    """True when an output folder stays inside the data folder (relative, no '..', no drive)."""
-    for pure in (PurePosixPath(path_text), PureWindowsPath(path_text)):
-        if pure.is_absolute() or pure.drive or ".." in pure.parts:
-            return False
-    resolved = (data_dir / path_text).resolve()
-    return resolved == data_dir.resolve() or data_dir.resolve() in resolved.parents
-
-
 def plan_update(services: Services, values: dict[str, Any]) -> OptionsUpdate:
-    """Validate ``values`` against the settings; raise a 422 naming the first bad option."""
+    """Validate ``values`` as a whole (``modules.settings_update``); raise a 422 naming the first bad option."""
     settings = services.settings
-    current = settings.model_dump(mode="json")
     changes: dict[str, Any] = {}
     ignored: list[str] = []
     checkpoint = None
@@ -79,9 +68,6 @@ def plan_update(services: Services, values: dict[str, Any]) -> OptionsUpdate:
             except CheckpointError as err:
                 raise field_error((key,), str(err), value) from None
             changes[key] = checkpoint
-        elif key in READ_ONLY:
-            if value != current[key]:
-                raise field_error((key,), "cannot be changed over HTTP; set it on the command line or in config.json", value)
         elif key in FIXED_OPTIONS and key not in Settings.model_fields:
             if value != FIXED_OPTIONS[key]:
                 raise field_error((key,), f"is fixed at {FIXED_OPTIONS[key]!r} in Easel", value)
@@ -94,17 +80,16 @@ def plan_update(services: Services, values: dict[str, Any]) -> OptionsUpdate:
         elif key == "sd_checkpoint_hash":
             ignored.append(key)  # derived from sd_model_checkpoint
         elif key in Settings.model_fields:
-            if key.startswith("outdir_") and isinstance(value, str) and not _is_inside(value, settings.data_dir):
-                raise field_error((key,), "must be a folder inside the data folder (relative, without '..')", value)
             changes[key] = value
         else:
             ignored.append(key)
-    data = settings.model_dump()
-    data.update(changes)
     try:
-        new_settings = Settings.model_validate(data)
-    except ValidationError as err:
-        raise field_error(tuple(err.errors()[0]["loc"]), err.errors()[0]["msg"], err.errors()[0].get("input")) from None
+        new_settings = validate_change(settings, changes, services.access)
+    except SettingsError as err:
+        field = err.field or "options"
+        value = changes.get(field)
+        shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)  # JSON has no NaN
+        raise field_error((field,), str(err).removeprefix(f"{field}: "), shown) from None
     if checkpoint is not None and checkpoint == services.selected_checkpoint:
         checkpoint = None  # already selected: nothing to switch
     return OptionsUpdate(new_settings, sorted(changes), ignored, checkpoint)

@@ -69,6 +69,7 @@ def _images(paths: list[str]) -> tuple[list[Path], str | None]:
 
 
 def run_train(argv: list[str]) -> int:
+    from modules.access import ClientAccess
     from modules.cli import settings_from_args
     from modules.jobs import JobCancelled
     from modules.services import build_services
@@ -77,7 +78,8 @@ def run_train(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     values = {name: value for name, value in vars(args).items() if name in TrainOptions.model_fields and value is not None}
     files, folder = _images(args.images)
-    services = build_services(settings_from_args(args))
+    # The operator runs this command: folders on this machine are theirs to name.
+    services = build_services(settings_from_args(args), access=ClientAccess(allow_server_paths=True))
     try:
         request = training.build_request(services, values, uploads=files, folder=folder)
         for warning in request.warnings:

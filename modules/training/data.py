@@ -44,7 +44,7 @@ class InstanceImages:
 
 def load_instance_images(uploads: list[Any] | None = None, folder: str | Path | None = None,
                          captions: list[str] | None = None) -> InstanceImages:
-    """The images from uploads (PIL images, bytes, base64 text or file paths) and a folder, with
+    """The images from uploads (PIL images, bytes, base64 text or ``Path`` objects) and a folder, with
     their captions: ``captions[i]`` for upload ``i``, else ``NAME.txt`` beside (or uploaded with) a file.
 
     Unreadable items are skipped with a warning; a folder that does not exist is a RequestError.
@@ -113,7 +113,9 @@ def _read_caption(path: Path | None) -> str | None:
 
 
 def _looks_like_path(item: str | Path) -> bool:
-    return isinstance(item, Path) or (len(item) < 4096 and ("/" in item or "\\" in item) and Path(item).exists())
+    """Only ``Path`` objects are files (handed in by the UI's uploads and the command line); text is
+    always image data, so a client's string never opens a file on the server."""
+    return isinstance(item, Path)
 
 
 def _short(err: BaseException) -> str:
@@ -126,6 +128,8 @@ def _read(item: Any) -> Image.Image:
         item.load()
         return item
     if _is_path(item):
+        if not Path(item).is_file():  # a FIFO or device would block the reader
+            raise ValueError("not a regular file")
         with Image.open(item) as image:
             image.load()
             return image.copy()

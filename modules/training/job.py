@@ -216,13 +216,15 @@ def build_request(services: Any, values: dict[str, Any], uploads: list[Any] | No
     from modules.model_loading import make_tokenizer
 
     folder = folder or values.get("instance_dir")
+    if folder:
+        folder = services.access.server_folder("instance_dir", str(folder))
     found = data.load_instance_images(uploads, folder, values.get("instance_captions"))
     warnings, images = found.warnings, found.images
     fields = {**values, "instance_dir": str(folder) if folder else None, "instance_images": images,
               "instance_captions": found.captions}
     request = parse_train_request(fields)
     if request.class_dir and request.with_prior_preservation:
-        request = _with_class_images(request, warnings)
+        request = _with_class_images(request, services.access.server_folder("class_dir", request.class_dir), warnings)
     elif request.class_dir:
         warnings.append("class_dir is used only with prior preservation: its images are ignored")
     info = services.checkpoints.get(request.sd_model_checkpoint or services.selected_checkpoint)
@@ -245,9 +247,8 @@ def build_request(services: Any, values: dict[str, Any], uploads: list[Any] | No
     return request.model_copy(update={"sd_model_checkpoint": info.name, "warnings": warnings})
 
 
-def _with_class_images(request: TrainRequest, warnings: list[str]) -> TrainRequest:
-    """The request with the class images of ``class_dir`` (at most num_class_images) and their captions."""
-    folder = Path(request.class_dir).expanduser()
+def _with_class_images(request: TrainRequest, folder: Path, warnings: list[str]) -> TrainRequest:
+    """The request with the class images of ``class_dir`` (``folder``: at most num_class_images) and their captions."""
     if not folder.is_dir():
         raise RequestError(f"class_dir: folder {str(folder)!r} not found (give a folder of class images on the server, "
                            "or none to generate them with the base model)")
