@@ -17,6 +17,7 @@ from PIL import Image
 
 from modules import cli
 from modules.api import create_app
+from modules.api.guard import MAX_BODY_BYTES
 from modules.auth import AuthPolicy
 from modules.config import load_settings
 from modules.services import build_services
@@ -232,6 +233,10 @@ def test_auth_matrix(services, case):
                 assert user.get(f"/gradio_api/file={path}").status_code == 200
             with gradio_client(base, None) as anon:
                 assert anon.get(f"/gradio_api/file={path}").status_code in (401, 403)
+        # uploads are bounded like API bodies
+        with gradio_client(base, ui_user) as user:
+            big = user.post("/gradio_api/upload", files={"files": ("big.png", b"\0" * (MAX_BODY_BYTES + 1), "image/png")})
+            assert big.status_code in (400, 413), big.status_code
         # the API's docs are served with the UI too (they hold no data)
         assert httpx.get(f"{base}/docs", timeout=60).status_code == 200
 

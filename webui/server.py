@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from modules.api.guard import MAX_BODY_BYTES
 from modules.auth import AuthPolicy
 from modules.images import limit_decoded_pixels
 from webui.app import create_ui
@@ -79,7 +80,7 @@ def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bo
     app, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=True, auth=list(policy.ui) or None,
         show_error=True, quiet=quiet, footer_links=["api", "gradio"] if api else ["gradio"], head=head,
-        app_kwargs=app_kwargs,
+        app_kwargs=app_kwargs, max_file_size=MAX_BODY_BYTES,  # the API's body limit for the UI's uploads too
     )
     return Server(demo, local_url, share_url)
 
