@@ -29,6 +29,7 @@ Outcome of a job:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -195,7 +196,8 @@ class JobState(StrEnum):
 
 @dataclass(eq=False)
 class Job:
-    """One unit of device work. The queue changes its state; clients read it and ``wait()``."""
+    """One unit of device work. The queue changes its state; clients read it and ``wait()`` (in a
+    thread) or ``await wait_async()`` (in an event loop, e.g. an ``async def`` HTTP route)."""
 
     kind: str
     request: Any
@@ -210,6 +212,8 @@ class Job:
     progress: ProgressSink = field(default_factory=ProgressSink, repr=False)
     _exception: BaseException | None = field(default=None, init=False, repr=False)
     _finished_event: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _on_finish: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
+    _on_finish_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def is_finished(self) -> bool:
@@ -233,6 +237,44 @@ class Job:
             raise self._exception
         raise RuntimeError(f"job {self.id} ({self.kind}) failed: {self.error}")
 
+    async def wait_async(self, timeout: float | None = None) -> Any:
+        """``wait()`` for asyncio code: await the end of the job without blocking the event loop or
+        holding a thread, then return the result or raise exactly as ``wait()`` does.
+
+        The worker thread wakes the awaiting loop with ``loop.call_soon_threadsafe`` when the job
+        ends. A cancelled await (the client went away) leaves the job itself running.
+        """
+        if not self.is_finished:
+            loop = asyncio.get_running_loop()
+            ended: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                if not ended.done():
+                    ended.set_result(None)
+
+            def from_worker() -> None:
+                try:
+                    loop.call_soon_threadsafe(wake)
+                except RuntimeError:  # the loop was closed meanwhile: nobody is awaiting any more
+                    pass
+
+            self._call_when_finished(from_worker)
+            try:
+                await asyncio.wait_for(ended, timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"job {self.id} ({self.kind}) is still {self.state.value} after waiting {timeout} s"
+                ) from None
+        return self.wait(0)
+
+    def _call_when_finished(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the job has ended: now if it has, else from the thread that ends it."""
+        with self._on_finish_lock:
+            if not self._finished_event.is_set():
+                self._on_finish.append(callback)
+                return
+        callback()
+
     def _finish(self, state: JobState, result: Any = None, exception: BaseException | None = None) -> None:
         """Record the final state and wake the waiters; the queue calls this under its lock."""
         self.result = result
@@ -240,7 +282,11 @@ class Job:
         self.error = one_line_error(exception) if exception is not None else None
         self.state = state
         self.finished = time.time()
-        self._finished_event.set()
+        with self._on_finish_lock:
+            self._finished_event.set()
+            callbacks, self._on_finish = self._on_finish, []
+        for callback in callbacks:
+            callback()
 
 
 def one_line_error(exc: BaseException) -> str:
