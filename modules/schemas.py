@@ -8,6 +8,7 @@ field named.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,45 @@ MAX_SEED = 2**32 - 1
 
 class RequestError(ValueError):
     """A request cannot be run as given; the message says which field and what would be right."""
+
+
+def non_finite_at(value: Any, where: str = "") -> str | None:
+    """Where the first NaN or +-Infinity sits in a JSON-like ``value`` (``"[2]"``, ``".cfg"``, ``""``
+    for ``value`` itself), or None when every number in it is finite. Other objects are not searched."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        items = ((f".{key}", item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for step, item in items:
+        found = non_finite_at(item, where + step)
+        if found is not None:
+            return found
+    return None
+
+
+class RequestModel(BaseModel):
+    """Base of every request model: numbers must be finite.
+
+    Python's json (so FastAPI) reads ``NaN``, ``Infinity`` and ``1e999`` as floats, and pydantic
+    takes them for a ``float`` field unless ``allow_inf_nan=False``. Here they fail validation with
+    the field named (a 422 over HTTP), also inside free-form fields (``override_settings``,
+    ``script_args``, ...). Subclasses set the rest of their ``model_config``; this part is merged in.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _finite_inside(cls, v: Any) -> Any:
+        where = non_finite_at(v) if isinstance(v, (dict, list, tuple)) else None
+        if where is not None:
+            raise ValueError(f"holds a number that is not finite at {where or 'its top'}: NaN and Infinity are not"
+                             " accepted, send a finite number")
+        return v
 
 
 def describe_validation_error(err: ValidationError) -> str:
@@ -52,7 +92,7 @@ def _index_or_name(v: Any, names: tuple[str, ...], field_name: str) -> int:
     raise ValueError(f"must be one of {list(names)} or 0..{len(names) - 1} (got {v!r})")
 
 
-class ControlNetUnit(BaseModel):
+class ControlNetUnit(RequestModel):
     """One ControlNet unit, with the field names of sd-webui-controlnet's API.
 
     ``image`` is a PIL image (the HTTP API decodes base64 first), or None to use the request's
@@ -97,7 +137,7 @@ class ControlNetUnit(BaseModel):
         return v
 
 
-class GenerationRequest(BaseModel):
+class GenerationRequest(RequestModel):
     """Fields shared by every generation mode (A1111's StableDiffusionProcessing)."""
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
@@ -235,7 +275,7 @@ class OutpaintRequest(Img2ImgRequest):
         return v
 
 
-class ExtrasRequest(BaseModel):
+class ExtrasRequest(RequestModel):
     """A1111's extra-single-image: upscale one image (no diffusion; runs on no model)."""
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)

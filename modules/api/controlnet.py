@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modules.controlnet import preprocessors
 from modules.controlnet.preprocessors import DetectRequest
 from modules.images import encode_image_base64
-from modules.schemas import MAX_CONTROLNET_UNITS
+from modules.schemas import MAX_CONTROLNET_UNITS, RequestModel
 from modules.services import Services
 
 from .convert import decode_field, field_error
@@ -28,7 +28,7 @@ BODY_FIELDS = {"module": "controlnet_module", "resolution": "controlnet_processo
                "threshold_a": "controlnet_threshold_a", "threshold_b": "controlnet_threshold_b"}
 
 
-class DetectBody(BaseModel):
+class DetectBody(RequestModel):
     """sd-webui-controlnet's detect body (``controlnet_masks`` and ``low_vram`` are accepted and unused)."""
 
     model_config = ConfigDict(extra="ignore")

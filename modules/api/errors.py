@@ -1,12 +1,16 @@
 """Exceptions to HTTP answers: bad input is a 4xx with a message, never a 500.
 
 Every error body has ``detail`` (the message) and ``error`` (the exception's type name); a 422
-keeps FastAPI's shape, where ``detail`` is a list whose ``loc`` names the field.
+keeps FastAPI's shape, where ``detail`` is a list whose ``loc`` names the field (a NaN or Infinity
+the client sent comes back as the string "NaN", "Infinity" or "-Infinity": JSON has no such numbers).
 """
 
 import math
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from modules.checkpoints import CheckpointError
@@ -48,10 +52,27 @@ def status_handler(status_code: int):
     return handler
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/Infinity float replaced by its name ("NaN", "Infinity", "-Infinity"),
+    so that strict JSON can carry it (Starlette refuses non-finite floats, which made a 500 of a 422)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map the core's exceptions to status codes on ``app``."""
     for exc_class, status_code in STATUS_CODES:
         app.add_exception_handler(exc_class, status_handler(status_code))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own 422 shape, with inputs that strict JSON can carry."""
+        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:

@@ -27,12 +27,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modules.schemas import ExtrasRequest, Img2ImgRequest, OutpaintRequest, Txt2ImgRequest
+from modules.schemas import ExtrasRequest, Img2ImgRequest, OutpaintRequest, RequestModel, Txt2ImgRequest
 
 IMAGE_DESCRIPTION = "base64 image data, raw or as a data:image/...;base64, URL"
 
 
-class ScriptFields(BaseModel):
+class ScriptFields(RequestModel):
     """A1111's script fields: ``script_name`` one of GET /sdapi/v1/scripts, with A1111's positional args."""
 
     script_name: str | None = Field(None, description="A1111 script title from GET /sdapi/v1/scripts (case-insensitive)")
@@ -95,7 +95,7 @@ class ExtrasResponse(BaseModel):
     html_info: str = Field("", description="a short description of what was done")
 
 
-class PngInfoBody(BaseModel):
+class PngInfoBody(RequestModel):
     image: str = Field(description=IMAGE_DESCRIPTION)
 
 

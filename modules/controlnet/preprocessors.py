@@ -31,9 +31,9 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, ConfigDict, Field
 
-from modules.schemas import RequestError
+from modules.schemas import RequestError, RequestModel
 
 DEFAULT_RESOLUTION = 512
 MAX_RESOLUTION = 4096
@@ -224,7 +224,7 @@ def preprocess(module: str, image: Image.Image, resolution: int = -1, threshold_
     return Image.fromarray(np.ascontiguousarray(_run_simple(p, arr)))
 
 
-class DetectRequest(BaseModel):
+class DetectRequest(RequestModel):
     """A ``controlnet_detect`` job: preprocess ``images`` with one module (the preview of a control map).
 
     Parameters as in a ControlNet unit (-1: the module's default); ``images`` may also be given as

@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from modules.schemas import RequestError
+from modules.schemas import RequestError, RequestModel
 
 METHODS = ("dreambooth", "lora", "textual_inversion")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "polynomial", "cosine")
@@ -38,7 +38,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
 
-class TrainOptions(BaseModel):
+class TrainOptions(RequestModel):
     """Everything but the images. Defaults: LoRA rank 4, the method's usual learning rate, 64 px
     sample images every ``sample_every`` steps (0: only at the end), a resumable state every
     ``save_every`` steps (0: only when cancelled)."""
