@@ -137,7 +137,9 @@ def run_generate(argv: list[str]) -> int:
         result = services.submit("txt2img", request).wait()
         for path in result.paths:
             print(path)
-        return 0
+        for message in result.save_errors:  # disk full, folder not writable: the images are lost here
+            print(f"error: {message}", file=sys.stderr)
+        return 2 if result.save_errors else 0
     finally:
         services.close()
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import errno
 import io
+import logging
 import math
 import os
 import re
@@ -24,6 +26,8 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from modules.infotext import parse_infotext
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PATTERN = "[number]-[seed]"
 PATTERN_TOKENS = ("number", "seed", "date", "datetime", "width", "height", "prompt_words")
@@ -98,12 +102,42 @@ def _timestamp(date: dt.date | None) -> dt.datetime:
 # Saving
 
 
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".png.tmp"  # a PNG being written: hidden, renamed into place when complete
+STALE_TEMP_AGE_S = 60.0  # a temporary PNG older than this was left by a crash (a save takes well under a second)
+# why a folder cannot take a file, by errno, as the user should read it
+_SAVE_PROBLEMS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "the folder is not writable (permission denied)",
+    errno.EPERM: "the folder is not writable (operation not permitted)",
+}
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    _SAVE_PROBLEMS[errno.EDQUOT] = "the disk quota is used up"
+
+
+class ImageSaveError(OSError):
+    """An image could not be written to ``folder`` (disk full, quota, read-only, no permission, ...).
+
+    The image itself is fine: callers keep it and report this message. ``errno`` is the cause's.
+    """
+
+    def __init__(self, folder: Path, cause: OSError) -> None:
+        problem = _SAVE_PROBLEMS.get(cause.errno or 0) or (cause.strerror or str(cause) or type(cause).__name__)
+        super().__init__(cause.errno, problem, str(folder))
+        self.folder = Path(folder)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"could not save the image in {self.folder}: {self.problem}; free some space or make the folder writable"
+
+
 class ImageSaver:
     """Saves images A1111-style; one instance shared by all callers keeps file numbers unique.
 
     The lock covers only choosing the number and the final ``os.replace`` (PNG encoding happens
     before it), so concurrent saves stay fast. Saves through different ImageSaver objects (or
-    processes) into the same folder are not serialised; share one instance.
+    processes) into the same folder are not serialised; share one instance. A save that fails
+    for lack of room or rights raises :class:`ImageSaveError` and leaves no temporary file.
     """
 
     def __init__(self) -> None:
@@ -140,15 +174,18 @@ class ImageSaver:
         }
         if "[prompt_words]" in pattern:
             values["prompt_words"] = prompt_words(parse_infotext(infotext)["Prompt"])
-        folder.mkdir(parents=True, exist_ok=True)
-        temp = _write_temp_png(image, folder, infotext)
         try:
-            with self._lock:
-                final = _free_path(folder, pattern, values)
-                os.replace(temp, final)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+            folder.mkdir(parents=True, exist_ok=True)
+            temp = _write_temp_png(image, folder, infotext)
+            try:
+                with self._lock:
+                    final = _free_path(folder, pattern, values)
+                    os.replace(temp, final)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+        except OSError as err:
+            raise ImageSaveError(folder, err) from err
         return final
 
 
@@ -196,7 +233,7 @@ def _png_ready(image: Image.Image) -> Image.Image:
 
 def _write_temp_png(image: Image.Image, folder: Path, infotext: str | None) -> Path:
     """Write a complete PNG to a hidden temporary file in ``folder`` (flushed to disk)."""
-    fd, name = tempfile.mkstemp(prefix=".", suffix=".png.tmp", dir=folder)
+    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
     temp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -207,6 +244,58 @@ def _write_temp_png(image: Image.Image, folder: Path, infotext: str | None) -> P
         temp.unlink(missing_ok=True)
         raise
     return temp
+
+
+def remove_stale_temp_files(folders: list[Path], older_than_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the hidden ``.*.png.tmp`` files that crashed saves left in ``folders`` and their date
+    subfolders (one level down, as ``save_image`` lays them out); return the paths deleted.
+
+    Only files older than ``older_than_s`` seconds go: a save running now (another process sharing
+    the folder) keeps its file. Folders that do not exist are skipped; a file that cannot be
+    deleted is logged and left.
+    """
+    cutoff = dt.datetime.now().timestamp() - older_than_s
+    removed: list[Path] = []
+    for folder in folders:
+        for directory in [Path(folder), *_subfolders(Path(folder))]:
+            for path in _stale_temps(directory, cutoff):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    logger.warning("could not delete the stale temporary file %s: %s", path, err)
+                    continue
+                removed.append(path)
+    if removed:
+        logger.info("deleted %d temporary PNG file(s) left by interrupted saves", len(removed))
+    return removed
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:  # missing or unreadable: nothing to clean
+        return []
+
+
+def _stale_temps(folder: Path, cutoff: float) -> list[Path]:
+    """The temporary PNGs in ``folder`` last written before ``cutoff`` (a POSIX time)."""
+    found: list[Path] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX)):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        found.append(Path(entry.path))
+                except OSError:  # gone meanwhile
+                    continue
+    except OSError:
+        return []
+    return found
 
 
 def _png_info(infotext: str | None) -> PngInfo | None:

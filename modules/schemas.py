@@ -323,6 +323,9 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)
     skipped: int = 0
     comments: list[str] = field(default_factory=list)  # notes for the user, e.g. "Mask resized ..."
+    # why images could not be saved (ImageSaveError messages: disk full, folder not writable); the
+    # images are in ``images`` all the same and the job is done, not failed
+    save_errors: list[str] = field(default_factory=list)
 
     def info(self) -> dict[str, Any]:
         """The ``info`` object of A1111's API response (serialised to JSON by the API)."""

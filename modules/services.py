@@ -21,7 +21,7 @@ from modules.controlnet import detect as controlnet_detect
 from modules.controlnet import runtime as controlnet_runtime
 from modules.controlnet.models import ControlNetInfo, LoadedControlNet, find_controlnet, scan_controlnets
 from modules.extra_networks import ExtraNetworks, build_extra_networks
-from modules.images import ImageSaver
+from modules.images import ImageSaver, remove_stale_temp_files
 from modules.jobs import Job, JobQueue
 from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, native_size_hint
 from modules.model_manager import CacheSettings, ModelManager
@@ -225,8 +225,14 @@ def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, key:
     return model
 
 
+def output_folders(settings: Settings) -> list[Path]:
+    """The folders generated images are saved in (every ``outdir_*`` setting)."""
+    return [settings.path(getattr(settings, name)) for name in type(settings).model_fields if name.startswith("outdir_")]
+
+
 def build_services(settings: Settings, start: bool = True) -> Services:
     runtime = make_runtime(settings)
+    remove_stale_temp_files(output_folders(settings))  # left by saves that a crash or power cut interrupted
     hashes = HashCache(settings.cache_dir / "hashes.json")
     registry = CheckpointRegistry(settings.checkpoint_dirs, hashes)
 

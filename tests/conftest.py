@@ -16,6 +16,7 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest and leaves a core
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavy test (several seconds to minutes); deselect with -m 'not slow'")
     config.addinivalue_line("markers", "browser: drives the web UI in Chromium via Playwright; deselect with -m 'not browser'")
+    config.addinivalue_line("markers", "soak: bounded load test on a real server (under a minute); deselect with -m 'not soak'")
 
 
 @pytest.fixture(scope="session")

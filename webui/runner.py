@@ -151,7 +151,20 @@ def finish_updates(panel: OutputPanel, jobs: list[Job], show: Callable[[list[Gen
             panel.selected: 0,
             panel.infotext: shown.infotexts[0] if shown.infotexts else "",
         })
+        not_saved = not_saved_warning(results)
+        if not_saved:
+            gr.Warning(not_saved)
+            done[panel.error] = gr.update(value=not_saved, visible=True)
     return done
+
+
+def not_saved_warning(results: list[GenerationResult]) -> str:
+    """One line when some images could not be saved (they are shown all the same); "" when all were."""
+    problems = list(dict.fromkeys(m for r in results for m in getattr(r, "save_errors", [])))
+    if not problems:
+        return ""
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"The images are shown but were not saved: {problems[0]}{more}"
 
 
 def interrupt(services, job_ids: list[str]) -> None:

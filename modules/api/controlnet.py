@@ -10,10 +10,12 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from modules.controlnet import preprocessors
 from modules.controlnet.preprocessors import DetectRequest
 from modules.images import encode_image_base64
+from modules.jobs import Job
 from modules.schemas import MAX_CONTROLNET_UNITS, RequestModel
 from modules.services import Services
 
@@ -86,12 +88,16 @@ def create_controlnet_router(services: Services) -> APIRouter:
         return {"control_net_unit_count": MAX_CONTROLNET_UNITS}
 
     @router.post("/detect", response_model=DetectResponse)
-    def detect(body: DetectBody) -> DetectResponse:
-        """Run a preprocessor on each image; the maps come back as base64 PNGs, in order."""
-        job = services.submit("controlnet_detect", detect_request(body, services.runtime.device))
-        maps = wait_for(job)
+    async def detect(body: DetectBody) -> DetectResponse:
+        """Run a preprocessor on each image; the maps come back as base64 PNGs, in order.
+
+        The images are decoded and the maps encoded in the thread pool; the wait holds no thread."""
+        maps = await wait_for(await run_in_threadpool(submit_detect, body))
         if maps is None:
             return DetectResponse(images=[], info="Interrupted")
-        return DetectResponse(images=[encode_image_base64(m) for m in maps])
+        return DetectResponse(images=await run_in_threadpool(lambda: [encode_image_base64(m) for m in maps]))
+
+    def submit_detect(body: DetectBody) -> Job:
+        return services.submit("controlnet_detect", detect_request(body, services.runtime.device))
 
     return router

@@ -3,6 +3,10 @@
 Every error body has ``detail`` (the message) and ``error`` (the exception's type name); a 422
 keeps FastAPI's shape, where ``detail`` is a list whose ``loc`` names the field (a NaN or Infinity
 the client sent comes back as the string "NaN", "Infinity" or "-Infinity": JSON has no such numbers).
+
+A generation whose images could not be saved (disk full, folder not writable) is not an error of
+the job: the answer is 507 Insufficient Storage with the usual body (images and info) plus
+``detail`` and ``error`` (``not_saved_response``).
 """
 
 import math
@@ -12,12 +16,17 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from modules.checkpoints import CheckpointError
 from modules.jobs import JobCancelled, QueueFull, one_line_error
 from modules.schemas import RequestError
 
 QUEUE_FULL_RETRY_AFTER_S = 5
+NOT_SAVED_STATUS = 507  # Insufficient Storage (RFC 4918): the images came out but could not be stored
+NOT_SAVED_RESPONSES: dict[int | str, dict[str, Any]] = {NOT_SAVED_STATUS: {
+    "description": "the images were made but could not be saved (disk full, folder not writable): the body is "
+                   "the usual answer, images included, plus `detail` (why and where) and `error`"}}
 
 
 def error_body(exc: BaseException, message: str | None = None) -> dict[str, str]:
@@ -62,6 +71,14 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
     return value
+
+
+def not_saved_response(answer: BaseModel, save_errors: list[str]) -> JSONResponse:
+    """507 with ``answer`` (the route's usual body: images, info, ...) plus ``detail`` naming why and
+    where the images could not be saved, and ``error`` = "ImageSaveError"."""
+    body = answer.model_dump(mode="json")
+    body.update(detail="; ".join(dict.fromkeys(save_errors)), error="ImageSaveError")
+    return JSONResponse(body, status_code=NOT_SAVED_STATUS)
 
 
 def install_error_handlers(app: FastAPI) -> None:

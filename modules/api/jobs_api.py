@@ -2,12 +2,16 @@
 
 The request bodies are the core requests with Easel's own defaults (``width``/``height`` None =
 the model's native size, 20 steps, images saved), images as base64 text. A full queue answers
-429 with ``Retry-After``.
+429 with ``Retry-After``. A finished job whose images could not be saved (disk full, folder not
+writable) answers its status with 507: the body is the usual status, result included, plus
+``detail`` and ``error``.
 """
 
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from modules.images import encode_image_base64
 from modules.jobs import Job, JobState
@@ -24,7 +28,7 @@ from .convert import (
     field_error,
     info_dict,
 )
-from .errors import JobNotFound
+from .errors import NOT_SAVED_RESPONSES, JobNotFound, not_saved_response
 from .models import JobCancelResponse, JobCreated, JobProgress, JobResult, JobStatus, JobSubmission
 
 PREFIX = "/easel/v1"
@@ -111,10 +115,15 @@ def create_jobs_router(services: Services) -> APIRouter:
         jobs = ([current] if current is not None else []) + services.queue.pending()
         return [JobCreated(id=j.id, kind=j.kind, state=j.state.value, position=position_of(services, j)) for j in jobs]
 
-    @router.get("/jobs/{job_id}", response_model=JobStatus)
-    async def get_job(job_id: str, preview: bool = Query(True, description="include the live preview")) -> JobStatus:
-        """State, queue position, progress, live preview, error, and the result once done."""
-        return job_status(services, find_job(services, job_id), preview)
+    @router.get("/jobs/{job_id}", response_model=JobStatus, responses=NOT_SAVED_RESPONSES)
+    async def get_job(job_id: str, preview: bool = Query(True, description="include the live preview")
+                      ) -> JobStatus | JSONResponse:
+        """State, queue position, progress, live preview, error, and the result once done (images are
+        encoded in the thread pool: the event loop stays free)."""
+        job = find_job(services, job_id)
+        status = await run_in_threadpool(job_status, services, job, preview)
+        save_errors = getattr(job.result, "save_errors", None) if job.state is JobState.done else None
+        return not_saved_response(status, save_errors) if save_errors else status
 
     @router.delete("/jobs/{job_id}", response_model=JobCancelResponse)
     async def cancel_job(job_id: str) -> JobCancelResponse:

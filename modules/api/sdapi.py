@@ -1,16 +1,20 @@
 """The ``/sdapi/v1`` routes: AUTOMATIC1111's HTTP API, served from Easel's job queue.
 
-Generation routes submit a job and wait for it; they are plain ``def`` routes, so FastAPI runs
-them in its thread pool and the server keeps answering (progress, interrupt, the job API) while
-they wait. Routes that only read state are ``async def``: they take no thread-pool slot and stay
-fast even when every slot waits on a long job.
+Generation routes are ``async def``: they decode their input images and submit the job in the
+thread pool (``run_in_threadpool``), then await the job on the event loop without holding a thread
+(``Job.wait_async``), then encode the results in the thread pool again. So 50 waiting requests take
+no thread, and the plain ``def`` routes (options, png-info, ...) still find one at once. Routes that
+only read state are ``async def`` too. A generation whose images could not be saved answers 507
+with its images (``errors.not_saved_response``).
 """
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter, Body, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from modules import devices, samplers, upscalers
 from modules.checkpoints import CheckpointError
@@ -36,7 +40,7 @@ from .convert import (
     info_json,
     parameters_of,
 )
-from .errors import JobFailed
+from .errors import NOT_SAVED_RESPONSES, JobFailed, not_saved_response
 from .models import (
     EmbeddingsResponse,
     ExtrasBody,
@@ -57,10 +61,19 @@ PREFIX = "/sdapi/v1"
 TAG = "sdapi (AUTOMATIC1111 compatible)"
 
 
-def wait_for(job: Job) -> Any:
-    """The job's result; None if it was interrupted. Bad input stays 4xx; anything else is a JobFailed (500)."""
+class Submitted(NamedTuple):
+    """What a generation route queued: the core request, its jobs, and the X/Y/Z plot plan (None: one job)."""
+
+    core: Any
+    jobs: list[Job]
+    grid: Any = None  # webui.runner.Batch of an "x/y/z plot" request
+
+
+async def wait_for(job: Job) -> Any:
+    """The job's result, awaited without holding a thread; None if it was interrupted. Bad input stays
+    4xx; anything else is a JobFailed (500)."""
     try:
-        return job.wait()
+        return await job.wait_async()
     except JobCancelled:
         return None
     except (RequestError, CheckpointError):
@@ -75,22 +88,26 @@ def interrupted_response(job: Job, parameters: dict[str, Any]) -> GenerationResp
     return GenerationResponse(images=[], parameters=parameters, info=json.dumps(info))
 
 
-def generation_response(job: Job, core: Any, body: Any) -> GenerationResponse:
-    """Wait for a generation job and shape A1111's answer."""
-    parameters = parameters_of(body)
-    result: GenerationResult | None = wait_for(job)
+async def respond(services: Services, submitted: Submitted, body: Any) -> GenerationResponse | JSONResponse:
+    """Await what a generation route submitted and shape A1111's answer (507 if images could not be saved)."""
+    if submitted.grid is not None:
+        return await grid_response(services, submitted, body)
+    job = submitted.jobs[0]
+    result: GenerationResult | None = await wait_for(job)
     if result is None:
-        return interrupted_response(job, parameters)
+        return interrupted_response(job, parameters_of(body))
+    answer = await run_in_threadpool(generation_answer, job, result, submitted.core, body)
+    return not_saved_response(answer, result.save_errors) if result.save_errors else answer
+
+
+def generation_answer(job: Job, result: GenerationResult, core: Any, body: Any) -> GenerationResponse:
+    """A1111's answer for a finished generation (the images encoded: run it in a worker thread)."""
     images = encode_images(result) if body.send_images else []
-    return GenerationResponse(images=images, parameters=parameters, info=info_json(result, core, job.started))
+    return GenerationResponse(images=images, parameters=parameters_of(body), info=info_json(result, core, job.started))
 
 
-def grid_response(services: Services, kind: str, core: Any, body: Any) -> GenerationResponse:
-    """Run an "x/y/z plot" request: one job per cell, planned by the web UI's X/Y plot, then A1111's answer.
-
-    Images: the labelled grid first (when every cell made an image), then every cell's images,
-    as A1111 does with "Include Sub Images". An interrupted cell cancels the rest of the grid.
-    """
+def submit_grid(services: Services, kind: str, core: Any, body: Any) -> Submitted:
+    """Plan and queue an "x/y/z plot" request: one job per cell, planned by the web UI's X/Y plot."""
     from webui.runner import submit_all
 
     batch = scripts.plan_xyz(kind, core, list(body.script_args), services)
@@ -98,15 +115,32 @@ def grid_response(services: Services, kind: str, core: Any, body: Any) -> Genera
     for request in requests:
         check_sampler(request, services.settings)
     check_limits(requests, services.settings)
-    jobs = submit_all(services, batch.requests)
+    return Submitted(core, submit_all(services, batch.requests), batch)
+
+
+async def grid_response(services: Services, submitted: Submitted, body: Any) -> GenerationResponse | JSONResponse:
+    """Await an "x/y/z plot" request's cells and shape A1111's answer.
+
+    Images: the labelled grid first (when every cell made an image), then every cell's images,
+    as A1111 does with "Include Sub Images". An interrupted cell cancels the rest of the grid.
+    """
+    jobs = submitted.jobs
     results = []
     for job in jobs:
-        result = wait_for(job)
+        result = await wait_for(job)
         if result is None:
             for rest in jobs:
                 services.queue.cancel(rest.id)
             return interrupted_response(job, parameters_of(body))
         results.append(result)
+    answer = await run_in_threadpool(grid_answer, submitted, results, body)
+    save_errors = [message for r in results for message in r.save_errors]
+    return not_saved_response(answer, save_errors) if save_errors else answer
+
+
+def grid_answer(submitted: Submitted, results: list[GenerationResult], body: Any) -> GenerationResponse:
+    """The X/Y/Z plot's grid and A1111's answer (images encoded: run it in a worker thread)."""
+    batch, core, jobs = submitted.grid, submitted.core, submitted.jobs
     shown = batch.show(results)
     cell_images = sum(len(r.images) for r in results)
     has_grid = len(shown.images) > cell_images
@@ -203,30 +237,38 @@ def create_sdapi_router(services: Services) -> APIRouter:
     """Every ``/sdapi/v1`` route, bound to ``services``."""
     router = APIRouter(prefix=PREFIX, tags=[TAG])
 
-    @router.post("/txt2img", response_model=GenerationResponse)
-    def txt2img(body: Txt2ImgBody) -> GenerationResponse:
+    @router.post("/txt2img", response_model=GenerationResponse, responses=NOT_SAVED_RESPONSES)
+    async def txt2img(body: Txt2ImgBody) -> GenerationResponse | JSONResponse:
         """Text to image; waits in the queue like every job. ``info`` is a JSON string.
 
         ``script_name`` "x/y/z plot" with A1111's ``script_args`` makes a grid (see /sdapi/v1/scripts).
         ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``: ControlNet units, as sd-webui-controlnet takes them.
         """
+        return await respond(services, await run_in_threadpool(submit_txt2img, body), body)
+
+    def submit_txt2img(body: Txt2ImgBody) -> Submitted:
+        """Check a txt2img body and queue its job(s); decodes ControlNet images (run it in a worker thread)."""
         script = scripts.script_of(body, "txt2img")
         units = controlnet_units_of(body)
         core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units})
         check_sampler(core, services.settings)
         if script == scripts.XYZ_PLOT:
-            return grid_response(services, "txt2img", core, body)
+            return submit_grid(services, "txt2img", core, body)
         check_limits([core], services.settings)
-        return generation_response(services.submit("txt2img", core), core, body)
+        return Submitted(core, [services.submit("txt2img", core)])
 
-    @router.post("/img2img", response_model=GenerationResponse)
-    def img2img(body: Img2ImgBody) -> GenerationResponse:
+    @router.post("/img2img", response_model=GenerationResponse, responses=NOT_SAVED_RESPONSES)
+    async def img2img(body: Img2ImgBody) -> GenerationResponse | JSONResponse:
         """Image to image; with ``mask`` it is inpainting (mask_blur, inpainting_fill, inpaint_full_res, ...).
 
         ``script_name`` "outpainting mk2" or "x/y/z plot" with A1111's ``script_args`` runs that script.
         ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``: ControlNet units; a unit without an image uses
         the init image.
         """
+        return await respond(services, await run_in_threadpool(submit_img2img, body), body)
+
+    def submit_img2img(body: Img2ImgBody) -> Submitted:
+        """Check an img2img body, decode its images and queue its job(s) (run it in a worker thread)."""
         script = scripts.script_of(body, "img2img")
         if not body.init_images:
             raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
@@ -236,26 +278,35 @@ def create_sdapi_router(services: Services) -> APIRouter:
             core = scripts.build_outpaint(body, images, services.settings).model_copy(update={"controlnet_units": units})
             check_sampler(core, services.settings)
             check_limits([core], services.settings)
-            return generation_response(services.submit("outpaint", core), core, body)
+            return Submitted(core, [services.submit("outpaint", core)])
         mask = decode_field(body.mask, ("mask",)) if body.mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings,
                                   {"init_images": images, "mask": mask, "controlnet_units": units})
         check_sampler(core, services.settings)
         if script == scripts.XYZ_PLOT:
-            return grid_response(services, "img2img", core, body)
+            return submit_grid(services, "img2img", core, body)
         check_limits([core], services.settings)
-        return generation_response(services.submit("img2img", core), core, body)
+        return Submitted(core, [services.submit("img2img", core)])
 
-    @router.post("/extra-single-image", response_model=ExtrasResponse)
-    def extra_single_image(body: ExtrasBody) -> ExtrasResponse:
+    @router.post("/extra-single-image", response_model=ExtrasResponse, responses=NOT_SAVED_RESPONSES)
+    async def extra_single_image(body: ExtrasBody) -> ExtrasResponse | JSONResponse:
         """Upscale one image with upscaler_1 (and upscaler_2 blended by extras_upscaler_2_visibility)."""
+        result = await wait_for(await run_in_threadpool(submit_extras, body))
+        if result is None:
+            return ExtrasResponse(image=None, html_info="interrupted")
+        answer = await run_in_threadpool(extras_answer, result, body)
+        save_errors = result.save_errors if isinstance(result, GenerationResult) else []
+        return not_saved_response(answer, save_errors) if save_errors else answer
+
+    def submit_extras(body: ExtrasBody) -> Job:
+        """Check an extras body, decode its image and queue the job (run it in a worker thread)."""
         check_no_scripts(body)
         image = decode_field(body.image, ("image",))
         core = build_core_request(ExtrasRequest, body, services.settings, {"image": image})
-        job = services.submit("extras", core)
-        result = wait_for(job)
-        if result is None:
-            return ExtrasResponse(image=None, html_info="interrupted")
+        return services.submit("extras", core)
+
+    def extras_answer(result: Any, body: ExtrasBody) -> ExtrasResponse:
+        """A1111's extras answer (the image encoded: run it in a worker thread)."""
         out = result.images[0] if isinstance(result, GenerationResult) else result
         text = result.infotexts[0] if isinstance(result, GenerationResult) and result.infotexts else ""
         if not body.show_extras_results:

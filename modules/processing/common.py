@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,9 +12,12 @@ from typing import Any
 import torch
 
 from modules import infotext, samplers, seeds
+from modules.images import ImageSaveError
 from modules.jobs import JobCancelled
 from modules.processing.context import RunContext
 from modules.schemas import GenerationRequest, RequestError
+
+logger = logging.getLogger(__name__)
 
 
 class SkipIteration(Exception):
@@ -246,14 +250,28 @@ def add_batch(
 
 def save_if_asked(result, req, ctx: RunContext, image, seed: int, text: str, outdir: str, pattern: str | None = None) -> None:
     """Save ``image`` into the folder the setting ``outdir`` names and record its path, when the request
-    asks to save and the context has a saver; ``pattern`` defaults to ``samples_filename_pattern``."""
+    asks to save and the context has a saver; ``pattern`` defaults to ``samples_filename_pattern``.
+
+    A save that fails for lack of room or rights (disk full, read-only, no permission) does not fail
+    the job: the image stays in the result and the reason, naming the folder and the setting, goes
+    to ``result.save_errors`` (once per reason) for the caller to show.
+    """
     if not req.save_images or ctx.saver is None:
         return
     s = ctx.settings
     if pattern is None:
         pattern = s.samples_filename_pattern
-    result.paths.append(ctx.saver.save_image(
-        image, s.path(outdir), seed, text, pattern=pattern, use_date_subdir=s.save_to_dirs))
+    try:
+        path = ctx.saver.save_image(image, s.path(outdir), seed, text, pattern=pattern, use_date_subdir=s.save_to_dirs)
+    except ImageSaveError as err:
+        setting = next((name for name in type(s).model_fields if name.startswith("outdir_") and getattr(s, name) == outdir),
+                       None)
+        message = f"{err}, or choose another folder (setting {setting})" if setting else str(err)
+        if message not in result.save_errors:
+            logger.warning("%s", message)
+            result.save_errors.append(message)
+        return
+    result.paths.append(path)
 
 
 def require_sd_unet(ctx: RunContext, what: str) -> None:
