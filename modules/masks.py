@@ -34,18 +34,22 @@ def to_rgb(image: object, field: str, background: str = "#ffffff") -> Image.Imag
 
 def resize_image(image: Image.Image, width: int, height: int, resize_mode: int) -> Image.Image:
     """Resize to width x height: 0/3 stretch, 1 crop the overflow (centred), 2 fit and fill the
-    bands by stretching the image's edge rows/columns (centred)."""
+    bands by stretching the image's edge rows/columns (centred).
+
+    Mode 1 resizes only the part that is kept (the centred box with the target's aspect ratio), so
+    nothing larger than the target is made, whatever the image's aspect ratio."""
     if resize_mode in (0, 3):
         return image.copy() if image.size == (width, height) else image.resize((width, height), LANCZOS)
     ratio, src_ratio = width / height, image.width / image.height
     if resize_mode == 1:  # cover the target, crop what sticks out
-        cover = ratio > src_ratio
-        w = width if cover else image.width * height // image.height
-        h = image.height * width // image.width if cover else height
-    elif resize_mode == 2:  # fit inside the target, fill the bands
+        scale = max(width / image.width, height / image.height)
+        box_w, box_h = width / scale, height / scale
+        left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
+        return image.resize((width, height), LANCZOS, box=(left, top, left + box_w, top + box_h))
+    if resize_mode == 2:  # fit inside the target, fill the bands
         fit = ratio < src_ratio
-        w = width if fit else image.width * height // image.height
-        h = image.height * width // image.width if fit else height
+        w = width if fit else max(1, image.width * height // image.height)
+        h = max(1, image.height * width // image.width) if fit else height
     else:
         raise RequestError(f"resize_mode: {resize_mode} is not one of 0-3")
     resized = image.resize((w, h), LANCZOS)

@@ -117,9 +117,14 @@ def upscale_image(image: Image.Image, upscaler: Upscaler, width: int, height: in
 
 
 def _model_upscale_until(image: Image.Image, upscaler: Upscaler, width: int, height: int) -> Image.Image:
+    """Model passes until the image covers width x height. A pass runs only while no side is past the
+    target, so no pass makes more than the model's factor times the target on a side (an image far
+    from the target's aspect ratio would otherwise grow without bound); Lanczos does the rest."""
     model = load_model(upscaler.path)
     for _ in range(4):  # a 4x model reaches any sane target in at most a few passes
-        if image.width >= width and image.height >= height:
+        covered = image.width >= width and image.height >= height
+        past = image.width > width or image.height > height
+        if covered or past:
             break
         image = run_model(model, image)
     return image
