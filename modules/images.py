@@ -363,10 +363,38 @@ def _user_comment(text: str) -> bytes:
 # Base64 transport
 
 
-def decode_image(data: bytes | str) -> Image.Image:
+BYTES_PER_PIXEL = 4  # what PIL holds per decoded pixel of an RGB/RGBA image (and what we count for any mode)
+
+
+class ImageTooLarge(ValueError):
+    """An input image's header says it decodes to more pixels than allowed; nothing was decoded.
+
+    ``width``/``height`` are from the header; ``max_pixels`` is the limit it was checked against.
+    """
+
+    def __init__(self, message: str, width: int = 0, height: int = 0, max_pixels: int = 0) -> None:
+        super().__init__(message)
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+
+
+def limit_decoded_pixels(max_pixels: int) -> None:
+    """Set PIL's own decompression-bomb limit from the ``max_input_pixels`` setting.
+
+    A backstop for images decoded outside ``decode_image`` (Gradio's uploads in the web UI): PIL
+    warns above ``Image.MAX_IMAGE_PIXELS`` and refuses (``DecompressionBombError``) above twice it.
+    It is PIL's process-wide value: call this once, in the composition root, when serving.
+    """
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def decode_image(data: bytes | str, max_pixels: int | None = None) -> Image.Image:
     """Decode raw image bytes, base64 text, or a ``data:image/...;base64,`` URL into a loaded image.
 
-    Anything that is not a readable image raises ValueError (never another exception type).
+    The header is read first: an image of more than ``max_pixels`` pixels (width x height) raises
+    :class:`ImageTooLarge` before any pixel is decoded (None: no limit but PIL's own). Anything
+    that is not a readable image raises ValueError (never another exception type).
     """
     if isinstance(data, str):
         raw = _decode_base64(data)
@@ -377,14 +405,29 @@ def decode_image(data: bytes | str) -> Image.Image:
             f"decode_image: a {type(data).__name__} is not a readable image; pass image bytes or base64 text"
         )
     try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
+        image = Image.open(io.BytesIO(raw))  # lazy: reads the header only
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"decode_image: the image is too large to decode ({err})") from None
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        raise ValueError(
-            f"decode_image: the input is not a readable image ({type(err).__name__}: {err}); expected"
-            " PNG/JPEG/WebP bytes, base64 text or a data:image/...;base64, URL"
-        ) from err
+        raise _unreadable(err) from err
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(
+            f"decode_image: the image is {width}x{height} = {width * height} pixels; at most {max_pixels} pixels"
+            " are accepted: send a smaller image", width, height, max_pixels,
+        )
+    try:
+        image.load()
+    except Exception as err:
+        raise _unreadable(err) from err
     return image
+
+
+def _unreadable(err: Exception) -> ValueError:
+    return ValueError(
+        f"decode_image: the input is not a readable image ({type(err).__name__}: {err}); expected"
+        " PNG/JPEG/WebP bytes, base64 text or a data:image/...;base64, URL"
+    )
 
 
 def _decode_base64(text: str) -> bytes:

@@ -25,6 +25,14 @@ Outcome of a job:
 - the run raises :class:`JobCancelled` → ``cancelled``;
 - the run raises anything else → ``failed``, ``job.error`` is a one-line
   message, and the worker goes on with the next job.
+
+Memory: the queue is bounded in jobs (``max_queued``) and, with a ``size_of``
+estimate (bytes a request or result holds, e.g. its decoded images), in bytes:
+the waiting jobs' requests together stay within ``max_queued_bytes``. A
+finished job keeps only ``release(request)`` (its inputs dropped) and no
+preview; the kept finished jobs' results together stay within
+``max_finished_bytes`` (the oldest are forgotten first; the newest is always
+kept, so its poller can read it).
 """
 
 from __future__ import annotations
@@ -50,7 +58,13 @@ class JobCancelled(Exception):
 
 
 class QueueFull(RuntimeError):
-    """Raised by ``JobQueue.submit`` when the queue already holds ``max_queued`` waiting jobs."""
+    """Raised by ``JobQueue.submit`` when the queue already holds ``max_queued`` waiting jobs, or
+    ``max_queued_bytes`` would be passed: a retry later may succeed."""
+
+
+class JobTooLarge(ValueError):
+    """Raised by ``JobQueue.submit`` for a job whose request alone holds more than ``max_queued_bytes``:
+    it could never be queued, so a retry cannot help."""
 
 
 class CancelToken:
@@ -161,6 +175,11 @@ class ProgressSink:
                 self._preview = preview
             self._textinfo = textinfo
 
+    def drop_preview(self) -> None:
+        """Forget the last preview (the queue calls this when the job ends: only running jobs show one)."""
+        with self._lock:
+            self._preview = None
+
     def snapshot(self) -> Progress:
         """The progress now, with the ETA in seconds (None until a step is done)."""
         with self._lock:
@@ -210,6 +229,8 @@ class Job:
     error: str | None = None
     token: CancelToken = field(default_factory=CancelToken, repr=False)
     progress: ProgressSink = field(default_factory=ProgressSink, repr=False)
+    request_bytes: int = 0  # the queue's size_of(request) at submission
+    result_bytes: int = 0  # the queue's size_of(result) once finished
     _exception: BaseException | None = field(default=None, init=False, repr=False)
     _finished_event: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _on_finish: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
@@ -289,6 +310,10 @@ class Job:
             callback()
 
 
+def _mib(size: int | None) -> str:
+    return f"{(size or 0) / (1024 * 1024):.1f} MiB"
+
+
 def one_line_error(exc: BaseException) -> str:
     """``"TypeName: message"`` on one line, for ``Job.error`` and API responses."""
     message = " ".join(str(exc).split())
@@ -299,19 +324,40 @@ class JobQueue:
     """A FIFO queue of jobs run one at a time by one daemon worker thread.
 
     Jobs may be submitted before ``start()``; they wait until the worker
-    runs. The ``max_queued`` limit counts waiting jobs, not the running one.
-    Finished jobs stay reachable through ``get()`` until ``keep_finished``
-    newer ones have finished.
+    runs. The ``max_queued`` and ``max_queued_bytes`` limits count waiting
+    jobs, not the running one (bytes as ``size_of`` estimates them; None: no
+    byte limit). Finished jobs stay reachable through ``get()`` until
+    ``keep_finished`` newer ones have finished, or until newer results fill
+    ``max_finished_bytes``; they keep ``release(request)``, not the request.
     """
 
-    def __init__(self, run: Callable[[Job], Any], max_queued: int = 64, keep_finished: int = 256) -> None:
+    def __init__(
+        self,
+        run: Callable[[Job], Any],
+        max_queued: int = 64,
+        keep_finished: int = 256,
+        *,
+        max_queued_bytes: int | None = None,
+        max_finished_bytes: int | None = None,
+        size_of: Callable[[Any], int] = lambda value: 0,
+        release: Callable[[Any], Any] = lambda request: request,
+    ) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
         if keep_finished < 0:
             raise ValueError(f"keep_finished must be 0 or more, got {keep_finished}")
+        for name, limit in (("max_queued_bytes", max_queued_bytes), ("max_finished_bytes", max_finished_bytes)):
+            if limit is not None and limit < 0:
+                raise ValueError(f"{name} must be 0 or more (None: no limit), got {limit}")
         self._run = run
         self._max_queued = max_queued
         self._keep_finished = keep_finished
+        self._max_queued_bytes = max_queued_bytes
+        self._max_finished_bytes = max_finished_bytes
+        self._size_of = size_of
+        self._release = release
+        self._queued_bytes = 0
+        self._finished_bytes = 0
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._current: Job | None = None
@@ -345,7 +391,7 @@ class JobQueue:
             if self._current is not None:
                 self._current.token.cancel()
             while self._queue:
-                self._cancel_queued_locked(self._queue.popleft())
+                self._cancel_queued_locked(self._dequeue_locked())
             self._cond.notify_all()
             worker = self._worker
         if worker is not None and worker is not threading.current_thread():
@@ -356,7 +402,13 @@ class JobQueue:
     # ----- submitting and waiting -----
 
     def submit(self, kind: str, request: Any) -> Job:
-        """Add a job at the end of the line and return it at once."""
+        """Add a job at the end of the line and return it at once.
+
+        Raises :class:`QueueFull` when the queue holds ``max_queued`` waiting jobs or this job would
+        take the waiting jobs past ``max_queued_bytes``, and :class:`JobTooLarge` when the job alone
+        is past it.
+        """
+        size = self._size_of(request)
         with self._cond:
             if not self._accepting:
                 raise RuntimeError("the job queue is stopped; call start() before submitting jobs")
@@ -365,8 +417,19 @@ class JobQueue:
                     f"the job queue already holds {len(self._queue)} waiting jobs (max_queued={self._max_queued}); "
                     "wait for some to finish or cancel one"
                 )
-            job = Job(kind=kind, request=request)
+            limit = self._max_queued_bytes
+            if limit is not None and size > limit:
+                raise JobTooLarge(f"the job's inputs take {_mib(size)} in memory, more than the whole queue may hold"
+                                  f" ({_mib(limit)}, setting max_queue_mb): send fewer or smaller images")
+            if limit is not None and self._queued_bytes + size > limit:
+                raise QueueFull(
+                    f"the waiting jobs' inputs take {_mib(self._queued_bytes)} in memory and this job's"
+                    f" {_mib(size)} more, over the queue's {_mib(limit)} (setting max_queue_mb);"
+                    " wait for some to finish or cancel one"
+                )
+            job = Job(kind=kind, request=request, request_bytes=size)
             self._queue.append(job)
+            self._queued_bytes += size
             self._cond.notify_all()
             return job
 
@@ -415,6 +478,16 @@ class JobQueue:
         with self._cond:
             return len(self._queue) + (1 if self._current is not None else 0)
 
+    def queued_bytes(self) -> int:
+        """What the waiting jobs' requests hold together, as ``size_of`` estimates it."""
+        with self._cond:
+            return self._queued_bytes
+
+    def finished_bytes(self) -> int:
+        """What the kept finished jobs' results hold together, as ``size_of`` estimates it."""
+        with self._cond:
+            return self._finished_bytes
+
     # ----- cancelling -----
 
     def cancel(self, job_id: str) -> bool:
@@ -429,6 +502,7 @@ class JobQueue:
                 return True
             if job.state is JobState.queued:
                 self._queue.remove(job)
+                self._queued_bytes -= job.request_bytes
                 self._cancel_queued_locked(job)
                 return True
             return False
@@ -456,22 +530,48 @@ class JobQueue:
         for job in self._queue:
             if job.id == job_id:
                 return job
+        budget = f" and their results within {_mib(self._max_finished_bytes)}" if self._max_finished_bytes is not None else ""
         raise KeyError(
             f"no job with id {job_id!r}: it was never submitted, or it finished long enough ago "
-            f"to be dropped (only the last {self._keep_finished} finished jobs are kept)"
+            f"to be dropped (only the last {self._keep_finished} finished jobs{budget} are kept)"
         )
+
+    def _dequeue_locked(self) -> Job:
+        """Take the next waiting job off the line; the caller holds the lock."""
+        job = self._queue.popleft()
+        self._queued_bytes -= job.request_bytes
+        return job
 
     def _cancel_queued_locked(self, job: Job) -> None:
         """Mark a job that never ran as cancelled; the caller holds the lock and has dequeued it."""
         job.token.cancel()
+        self._drop_inputs_locked(job)
         job._finish(JobState.cancelled)
         self._remember_locked(job)
 
+    def _drop_inputs_locked(self, job: Job) -> None:
+        """Before a job is marked finished: keep ``release(request)`` instead of its request, and no preview."""
+        job.progress.drop_preview()
+        try:
+            job.request = self._release(job.request)
+        except Exception:  # noqa: BLE001 - a finished job must never kill the worker
+            logger.exception("job %s (%s): could not drop its inputs; the request is kept", job.id, job.kind)
+
     def _remember_locked(self, job: Job) -> None:
-        """Keep a finished job for polling, dropping the oldest beyond ``keep_finished``."""
+        """Keep a finished job for polling; drop the oldest beyond ``keep_finished`` jobs or
+        ``max_finished_bytes`` of results (the newest job is always kept)."""
+        try:
+            job.result_bytes = self._size_of(job.result) if job.result is not None else 0
+        except Exception:  # noqa: BLE001 - a finished job must never kill the worker
+            logger.exception("job %s (%s): could not size its result; counted as 0 bytes", job.id, job.kind)
         self._finished[job.id] = job
-        while len(self._finished) > self._keep_finished:
-            self._finished.popitem(last=False)
+        self._finished_bytes += job.result_bytes
+        limit = self._max_finished_bytes
+        while len(self._finished) > self._keep_finished or (
+            limit is not None and self._finished_bytes > limit and len(self._finished) > 1
+        ):
+            _, old = self._finished.popitem(last=False)
+            self._finished_bytes -= old.result_bytes
 
     def _next_job(self) -> Job | None:
         """Block until a job is queued and make it current; None when the queue is stopping."""
@@ -480,7 +580,7 @@ class JobQueue:
                 self._cond.wait()
             if self._stopping:
                 return None
-            job = self._queue.popleft()
+            job = self._dequeue_locked()
             job.state = JobState.running
             job.started = time.time()
             job.progress.start()
@@ -495,6 +595,7 @@ class JobQueue:
                 return
             state, result, exception = self._run_one(job)
             with self._cond:
+                self._drop_inputs_locked(job)
                 job._finish(state, result, exception)
                 self._current = None
                 self._remember_locked(job)

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modules.images import BYTES_PER_PIXEL
 
 MAX_SEED = 2**32 - 1
 
@@ -148,8 +151,8 @@ class GenerationRequest(RequestModel):
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = random")
     subseed: int = Field(-1, ge=-1, le=MAX_SEED, description="variation seed, -1 = random")
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
-    seed_resize_from_h: int = Field(-1, ge=-1)
-    seed_resize_from_w: int = Field(-1, ge=-1)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=8192, description="the noise as if made at this height; -1/0 = off")
+    seed_resize_from_w: int = Field(-1, ge=-1, le=8192, description="the noise as if made at this width; -1/0 = off")
     sampler_name: str | None = Field(None, description="None: the default sampler from the settings")
     sampler_index: str | None = Field(None, description="old name of sampler_name, still accepted")
     scheduler: str | None = Field(None, description="schedule type: Automatic, Uniform, Karras, ...")
@@ -347,3 +350,44 @@ class GenerationResult:
             "infotexts": self.infotexts,
             "comments": self.comments,
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory a request or result holds (the job queue's byte budget, setting max_queue_mb)
+
+# request fields that hold input images: img2img/inpaint/outpaint, extras, ControlNet units (and
+# their ``image``), ControlNet detect, training
+INPUT_IMAGE_FIELDS = ("init_images", "mask", "image", "images", "controlnet_units", "instance_images", "class_images")
+
+
+def image_bytes(value: Any) -> int:
+    """Bytes the decoded PIL images in ``value`` take, 4 a pixel (width x height x 4): an image, a
+    list of them, a request's input image fields (ControlNet units' too) or a result's images.
+    Anything else counts 0."""
+    if isinstance(value, Image.Image):
+        return value.width * value.height * BYTES_PER_PIXEL
+    if isinstance(value, (list, tuple)):
+        return sum(image_bytes(item) for item in value)
+    if isinstance(value, GenerationResult):
+        return image_bytes(value.images)
+    if isinstance(value, BaseModel):
+        return sum(image_bytes(getattr(value, name, None)) for name in INPUT_IMAGE_FIELDS)
+    return 0
+
+
+def without_input_images(request: Any) -> Any:
+    """A copy of ``request`` without its input images (lists emptied, single images None, ControlNet
+    units' images None); the other fields stay, for pollers of the finished job (``info``, a
+    training job's ``monitor``). Anything that is not a request comes back as it is."""
+    if not isinstance(request, BaseModel):
+        return request
+    update: dict[str, Any] = {}
+    for name in INPUT_IMAGE_FIELDS:
+        value = getattr(request, name, None)
+        if not image_bytes(value):
+            continue
+        if name == "controlnet_units":
+            update[name] = [without_input_images(unit) for unit in value]
+        else:
+            update[name] = [] if isinstance(value, list) else None
+    return request.model_copy(update=update) if update else request

@@ -27,7 +27,7 @@ from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, n
 from modules.model_manager import CacheSettings, ModelManager
 from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
-from modules.schemas import GenerationRequest, RequestError
+from modules.schemas import GenerationRequest, RequestError, image_bytes, without_input_images
 from modules.training import job as training_job
 
 VERSION = "easel-0.1"
@@ -271,7 +271,9 @@ def build_services(settings: Settings, start: bool = True) -> Services:
         discard=lambda m: devices.empty_cache(runtime.device),
     )
     holder: dict[str, Services] = {}
-    queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue)
+    queue_bytes = settings.max_queue_mb * 1024 * 1024  # waiting jobs' input images; kept results, the same
+    queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
+                     max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
     services = Services(settings, runtime, registry, models, ImageSaver(), queue, build_extra_networks(settings, hashes))
     holder["s"] = services
     if start:

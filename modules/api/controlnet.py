@@ -19,7 +19,7 @@ from modules.jobs import Job
 from modules.schemas import MAX_CONTROLNET_UNITS, RequestModel
 from modules.services import Services
 
-from .convert import decode_field, field_error
+from .convert import InputBudget, decode_field, field_error
 from .sdapi import wait_for
 
 PREFIX = "/controlnet"
@@ -49,8 +49,9 @@ class DetectResponse(BaseModel):
     info: str = "Success"
 
 
-def detect_request(body: DetectBody, device: str) -> DetectRequest:
-    """The job request for a detect body; raises 422 naming the body field that is wrong."""
+def detect_request(body: DetectBody, device: str, budget: InputBudget) -> DetectRequest:
+    """The job request for a detect body, images decoded within ``budget``; raises 422 naming the body field
+    that is wrong (413 for an image too large)."""
     try:
         params = preprocessors.check_params(body.controlnet_module, body.controlnet_processor_res,
                                             body.controlnet_threshold_a, body.controlnet_threshold_b)
@@ -59,7 +60,8 @@ def detect_request(body: DetectBody, device: str) -> DetectRequest:
         raise field_error((name,), str(err).split(": ", 1)[-1], getattr(body, name, None)) from None
     if not body.controlnet_input_images:
         raise field_error(("controlnet_input_images",), "no image given: send at least one base64 image")
-    images = [decode_field(text, ("controlnet_input_images", i)) for i, text in enumerate(body.controlnet_input_images)]
+    images = [decode_field(text, ("controlnet_input_images", i), budget)
+              for i, text in enumerate(body.controlnet_input_images)]
     return DetectRequest(module=params.module.name, images=images, processor_res=body.controlnet_processor_res,
                          threshold_a=body.controlnet_threshold_a, threshold_b=body.controlnet_threshold_b, device=device)
 
@@ -98,6 +100,7 @@ def create_controlnet_router(services: Services) -> APIRouter:
         return DetectResponse(images=await run_in_threadpool(lambda: [encode_image_base64(m) for m in maps]))
 
     def submit_detect(body: DetectBody) -> Job:
-        return services.submit("controlnet_detect", detect_request(body, services.runtime.device))
+        request = detect_request(body, services.runtime.device, InputBudget.of(services.settings))
+        return services.submit("controlnet_detect", request)
 
     return router

@@ -7,6 +7,7 @@ but cannot run as asked (an unknown sampler, say).
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from modules import samplers
 from modules.config import Settings
-from modules.images import decode_image, encode_image_base64
+from modules.images import BYTES_PER_PIXEL, ImageTooLarge, decode_image, encode_image_base64
 from modules.schemas import MAX_CONTROLNET_UNITS, ControlNetUnit, GenerationRequest, GenerationResult, RequestError
 
 # A1111 options that a request's override_settings may set, and the request field each becomes.
@@ -29,14 +30,66 @@ def field_error(loc: tuple[Any, ...], message: str, value: Any = None) -> Reques
     return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message, "input": value}])
 
 
-def decode_field(text: str | None, loc: tuple[Any, ...]) -> Image.Image:
-    """Decode one base64 image field; a missing or unreadable image is a 422 naming the field."""
+MIB = 1024 * 1024
+
+
+@dataclass
+class InputBudget:
+    """What the input images of one HTTP request may decode to, checked from each header before decoding.
+
+    Each image: at most ``max_pixels`` (setting max_input_pixels). All of them together: at most
+    ``max_bytes`` decoded (setting max_queue_mb, all the queue holds; a request beyond it could
+    never be queued). Build one per HTTP request with ``InputBudget.of(settings)``.
+    """
+
+    max_pixels: int
+    max_bytes: int
+    used_bytes: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> "InputBudget":
+        return cls(max_pixels=settings.max_input_pixels, max_bytes=settings.max_queue_mb * MIB)
+
+    def pixels_left(self) -> int:
+        """The most pixels the next image may have."""
+        return min(self.max_pixels, max(0, self.max_bytes - self.used_bytes) // BYTES_PER_PIXEL)
+
+    def too_large(self, err: ImageTooLarge, field: str) -> ImageTooLarge:
+        """The 413 error for an image refused by its header, naming ``field`` and the limit it broke."""
+        pixels = err.width * err.height
+        if not pixels or pixels > self.max_pixels:
+            size = f"{err.width}x{err.height} = {pixels} pixels" if pixels else str(err).removeprefix("decode_image: ")
+            message = (f"{field}: the image is {size}; at most {self.max_pixels} pixels (width x height) per image"
+                       " (setting max_input_pixels): send a smaller image")
+        else:
+            message = (f"{field}: the image is {err.width}x{err.height}, {pixels * BYTES_PER_PIXEL // MIB} MiB decoded;"
+                       f" with the request's earlier images ({self.used_bytes // MIB} MiB) that is over the"
+                       f" {self.max_bytes // MIB} MiB one request's images may hold together (setting max_queue_mb):"
+                       " send fewer or smaller images")
+        return ImageTooLarge(message, err.width, err.height, err.max_pixels)
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    """A field's place as text: ``("init_images", 0)`` -> ``init_images.0``."""
+    return ".".join(str(part) for part in loc)
+
+
+def decode_field(text: str | None, loc: tuple[Any, ...], budget: InputBudget) -> Image.Image:
+    """Decode one base64 image field within ``budget``.
+
+    A missing or unreadable image is a 422 naming the field; one over the budget (read from its
+    header, before decoding) is ``ImageTooLarge`` (413) naming the field and the setting.
+    """
     if not text:
         raise field_error(loc, "an image is required: base64 PNG/JPEG/WebP data or a data:image/...;base64, URL")
     try:
-        return decode_image(text)
+        image = decode_image(text, max_pixels=budget.pixels_left())
+    except ImageTooLarge as err:
+        raise budget.too_large(err, dotted(loc)) from None
     except ValueError as err:
         raise field_error(loc, str(err).removeprefix("decode_image: "), text[:64]) from None
+    budget.used_bytes += image.width * image.height * BYTES_PER_PIXEL
+    return image
 
 
 def check_no_scripts(body: BaseModel) -> None:
@@ -89,7 +142,7 @@ def check_limits(requests: list[Any], settings: Settings) -> None:
     counts them all together.
     """
     for request in requests:
-        for name in ("width", "height"):
+        for name in ("width", "height", "seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(request, name, None)
             if value is not None and value > settings.max_side:
                 raise RequestError(f"{name}: {value} is larger than the limit of {settings.max_side} pixels"
@@ -208,7 +261,7 @@ def parameters_of(body: BaseModel, hide_images: bool = True) -> dict[str, Any]:
 MASK_EMPTY_BELOW, MASK_FULL_ABOVE = 5, 250
 
 
-def controlnet_units_of(body: BaseModel, where: tuple[Any, ...] = ()) -> list[ControlNetUnit]:
+def controlnet_units_of(body: BaseModel, budget: InputBudget, where: tuple[Any, ...] = ()) -> list[ControlNetUnit]:
     """The body's ControlNet units, images decoded: from ``alwayson_scripts.controlnet.args`` (the
     extension's unit objects) or from Easel's own ``controlnet_units``, not both.
 
@@ -217,13 +270,13 @@ def controlnet_units_of(body: BaseModel, where: tuple[Any, ...] = ()) -> list[Co
     mask that holds a drawing (a scribble on the extension's canvas) is the map itself, with the
     preprocessor "none", as the extension does. Units given as positional lists (the extension's
     oldest form) and bad fields are 422s naming ``alwayson_scripts.controlnet.args.N.field``
-    (under ``where``, the body's place in the HTTP body).
+    (under ``where``, the body's place in the HTTP body). Images are decoded within ``budget``.
     """
     scripts = getattr(body, "alwayson_scripts", None) or {}
     key = next((name for name in scripts if str(name).lower() == CONTROLNET_SCRIPT), None)
     own = list(getattr(body, "controlnet_units", None) or [])
     if key is None:
-        return [_decoded_unit(u.model_dump(), (*where, "controlnet_units", i)) for i, u in enumerate(own)]
+        return [_decoded_unit(u.model_dump(), (*where, "controlnet_units", i), budget) for i, u in enumerate(own)]
     if own:
         raise field_error((*where, "controlnet_units"),
                           "give ControlNet units either here or in alwayson_scripts.controlnet, not both")
@@ -240,11 +293,11 @@ def controlnet_units_of(body: BaseModel, where: tuple[Any, ...] = ()) -> list[Co
         if not isinstance(arg, dict):
             raise field_error((*loc, i), "a unit is an object with the extension's field names (enabled, module, model,"
                               " weight, image, ...); units as positional lists are not accepted", arg)
-        units.append(_decoded_unit(arg, (*loc, i)))
+        units.append(_decoded_unit(arg, (*loc, i), budget))
     return units
 
 
-def _decoded_unit(fields: dict[str, Any], loc: tuple[Any, ...]) -> ControlNetUnit:
+def _decoded_unit(fields: dict[str, Any], loc: tuple[Any, ...], budget: InputBudget) -> ControlNetUnit:
     """One unit from its JSON fields, its image decoded; 422 naming ``loc.field`` when something is wrong."""
     data = dict(fields)
     if not data.get("image") and data.get("input_image"):
@@ -261,12 +314,12 @@ def _decoded_unit(fields: dict[str, Any], loc: tuple[Any, ...]) -> ControlNetUni
     elif not image:
         data["image"] = None
     elif isinstance(image, str):
-        data["image"] = decode_field(image, where)
+        data["image"] = decode_field(image, where, budget)
     else:
         raise field_error(where, "must be base64 image data, a data:image/...;base64, URL or"
                           ' {"image": ..., "mask": ...}', str(image)[:64])
     if isinstance(mask, str) and mask:
-        drawn = decode_field(mask, (*loc, "mask")).convert("L")
+        drawn = decode_field(mask, (*loc, "mask"), budget).convert("L")
         low, high = drawn.getextrema()
         if not (high <= MASK_EMPTY_BELOW or low >= MASK_FULL_ABOVE):
             data["image"], data["module"] = drawn.convert("RGB"), "none"

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from modules.checkpoints import CheckpointError
-from modules.jobs import JobCancelled, QueueFull, one_line_error
+from modules.images import ImageTooLarge
+from modules.jobs import JobCancelled, JobTooLarge, QueueFull, one_line_error
 from modules.schemas import RequestError
 
 QUEUE_FULL_RETRY_AFTER_S = 5
@@ -47,6 +48,8 @@ STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
     (RequestError, 400),
     (CheckpointError, 404),
     (JobNotFound, 404),
+    (ImageTooLarge, 413),  # an input image over max_input_pixels (or the request's share of max_queue_mb)
+    (JobTooLarge, 413),  # a job whose inputs alone are over max_queue_mb (a retry cannot help)
     (JobCancelled, 409),
     (JobFailed, 500),
 )

@@ -19,6 +19,7 @@ from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, Out
 from modules.services import Services
 
 from .convert import (
+    InputBudget,
     build_core_request,
     check_limits,
     check_sampler,
@@ -38,17 +39,18 @@ CORE_TYPES: dict[str, type] = {
 }
 
 
-def decoded_images(kind: str, request: Any) -> dict[str, Any]:
-    """The request's base64 image fields (ControlNet units' too) decoded; a bad one is a 422 naming ``request.<field>``."""
-    units = {"controlnet_units": controlnet_units_of(request, ("request",))} if kind != "extras" else {}
+def decoded_images(kind: str, request: Any, budget: InputBudget) -> dict[str, Any]:
+    """The request's base64 image fields (ControlNet units' too) decoded within ``budget``; a bad one is a
+    422 naming ``request.<field>``, one too large a 413."""
+    units = {"controlnet_units": controlnet_units_of(request, budget, ("request",))} if kind != "extras" else {}
     if kind in ("img2img", "outpaint"):
         if not request.init_images:
             raise field_error(("request", "init_images"), "at least one image is required (base64 or a data: URL)")
-        images = [decode_field(text, ("request", "init_images", i)) for i, text in enumerate(request.init_images)]
-        mask = decode_field(request.mask, ("request", "mask")) if kind == "img2img" and request.mask else None
+        images = [decode_field(text, ("request", "init_images", i), budget) for i, text in enumerate(request.init_images)]
+        mask = decode_field(request.mask, ("request", "mask"), budget) if kind == "img2img" and request.mask else None
         return {"init_images": images, "mask": mask, **units}
     if kind == "extras":
-        return {"image": decode_field(request.image, ("request", "image"))}
+        return {"image": decode_field(request.image, ("request", "image"), budget)}
     return units
 
 
@@ -100,7 +102,8 @@ def create_jobs_router(services: Services) -> APIRouter:
         """Queue a job and return its id at once (202). 429 with Retry-After when the queue is full."""
         kind = submission.type
         core = build_core_request(CORE_TYPES[kind], submission.request, services.settings,
-                                  decoded_images(kind, submission.request), where=("request",))
+                                  decoded_images(kind, submission.request, InputBudget.of(services.settings)),
+                                  where=("request",))
         if kind != "extras":
             check_sampler(core, services.settings)
             check_limits([core], services.settings)

@@ -28,6 +28,7 @@ from modules.styles import STYLES_FILE, load_styles
 from . import networks_api, scripts
 from . import options as options_api
 from .convert import (
+    InputBudget,
     build_core_request,
     check_limits,
     check_no_scripts,
@@ -249,7 +250,7 @@ def create_sdapi_router(services: Services) -> APIRouter:
     def submit_txt2img(body: Txt2ImgBody) -> Submitted:
         """Check a txt2img body and queue its job(s); decodes ControlNet images (run it in a worker thread)."""
         script = scripts.script_of(body, "txt2img")
-        units = controlnet_units_of(body)
+        units = controlnet_units_of(body, InputBudget.of(services.settings))
         core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units})
         check_sampler(core, services.settings)
         if script == scripts.XYZ_PLOT:
@@ -272,14 +273,15 @@ def create_sdapi_router(services: Services) -> APIRouter:
         script = scripts.script_of(body, "img2img")
         if not body.init_images:
             raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
-        images = [decode_field(text, ("init_images", i)) for i, text in enumerate(body.init_images)]
-        units = controlnet_units_of(body)
+        budget = InputBudget.of(services.settings)
+        images = [decode_field(text, ("init_images", i), budget) for i, text in enumerate(body.init_images)]
+        units = controlnet_units_of(body, budget)
         if script == scripts.OUTPAINTING:
             core = scripts.build_outpaint(body, images, services.settings).model_copy(update={"controlnet_units": units})
             check_sampler(core, services.settings)
             check_limits([core], services.settings)
             return Submitted(core, [services.submit("outpaint", core)])
-        mask = decode_field(body.mask, ("mask",)) if body.mask else None
+        mask = decode_field(body.mask, ("mask",), budget) if body.mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings,
                                   {"init_images": images, "mask": mask, "controlnet_units": units})
         check_sampler(core, services.settings)
@@ -301,7 +303,7 @@ def create_sdapi_router(services: Services) -> APIRouter:
     def submit_extras(body: ExtrasBody) -> Job:
         """Check an extras body, decode its image and queue the job (run it in a worker thread)."""
         check_no_scripts(body)
-        image = decode_field(body.image, ("image",))
+        image = decode_field(body.image, ("image",), InputBudget.of(services.settings))
         core = build_core_request(ExtrasRequest, body, services.settings, {"image": image})
         return services.submit("extras", core)
 
@@ -316,7 +318,7 @@ def create_sdapi_router(services: Services) -> APIRouter:
     @router.post("/png-info", response_model=PngInfoResponse)
     def png_info(body: PngInfoBody) -> PngInfoResponse:
         """The generation parameters stored in an image (PNG text chunk or EXIF UserComment)."""
-        image = decode_field(body.image.strip(), ("image",))
+        image = decode_field(body.image.strip(), ("image",), InputBudget.of(services.settings))
         text = read_infotext(image) or ""
         items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str) and k != "parameters"}
         return PngInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
