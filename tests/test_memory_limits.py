@@ -397,6 +397,23 @@ def test_model_upscaler_passes_stop_once_a_side_is_past_the_target(monkeypatch):
     assert sizes == [(400, 320), (1600, 1280)]  # near the target's aspect ratio: passes as before
 
 
+def test_a_preprocessor_refuses_a_thin_image_before_resizing_it(monkeypatch):
+    from modules.controlnet import preprocessors
+
+    resize = preprocessors.cv2.resize
+
+    def checked(image: Any, size: tuple[int, int], *args: Any, **kwargs: Any) -> Any:
+        assert size[0] * size[1] <= 4096 * 4096, f"a resize to {size[0]}x{size[1]}"
+        return resize(image, size, *args, **kwargs)
+
+    monkeypatch.setattr(preprocessors.cv2, "resize", checked)
+    thin = Image.new("RGB", (100_000, 8))  # short side to 512: 6400000x512, 9.8 GB
+    with pytest.raises(preprocessors.PreprocessorError, match="would be 6400000x512") as err:
+        preprocessors.preprocess("canny", thin, 512)
+    assert err.value.field == "image"
+    assert preprocessors.preprocess("canny", Image.new("RGB", (1024, 8)), 64).size == (8192, 64)  # 0.5M pixels: fine
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. seed_resize_from_w/h are bounded
 

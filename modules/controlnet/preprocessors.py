@@ -160,12 +160,19 @@ def pixel_perfect_resolution(image_size: tuple[int, int], target_w: int, target_
 
 
 def resize_short_side(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Resize (H, W, C) uint8 so its short side is ``resolution`` (the other side rounded), as the extension."""
+    """Resize (H, W, C) uint8 so its short side is ``resolution`` (the other side rounded), as the extension.
+
+    A map of more than MAX_RESOLUTION x MAX_RESOLUTION pixels (only a far-from-square image makes
+    one: 100000x8 at 512 would be 6400000x512) is a PreprocessorError before anything is made."""
     h, w = image.shape[:2]
     k = resolution / min(h, w)
     size = (int(np.round(w * k)), int(np.round(h * k)))
     if size == (w, h):
         return image
+    if size[0] * size[1] > MAX_RESOLUTION * MAX_RESOLUTION:
+        raise PreprocessorError("image", f"image: {w}x{h} scaled so its short side is {resolution} would be"
+                                f" {size[0]}x{size[1]}, more than {MAX_RESOLUTION}x{MAX_RESOLUTION} pixels:"
+                                " crop the image closer to square or lower the preprocessor resolution")
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
 
 
