@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modules import devices
+from modules.access import ClientAccess
 from modules.checkpoints import CheckpointError, CheckpointRegistry, HashCache, scan_vaes
 from modules.config import Settings
 from modules.controlnet import detect as controlnet_detect
@@ -71,6 +72,7 @@ class Services:
     saver: ImageSaver
     queue: JobQueue
     networks: ExtraNetworks  # LoRA files and embeddings for prompts
+    access: ClientAccess = field(default_factory=ClientAccess)  # what clients may touch on disk (operator's flags)
     _selected: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -230,7 +232,7 @@ def output_folders(settings: Settings) -> list[Path]:
     return [settings.path(getattr(settings, name)) for name in type(settings).model_fields if name.startswith("outdir_")]
 
 
-def build_services(settings: Settings, start: bool = True) -> Services:
+def build_services(settings: Settings, start: bool = True, access: ClientAccess | None = None) -> Services:
     runtime = make_runtime(settings)
     remove_stale_temp_files(output_folders(settings))  # left by saves that a crash or power cut interrupted
     hashes = HashCache(settings.cache_dir / "hashes.json")
@@ -274,7 +276,8 @@ def build_services(settings: Settings, start: bool = True) -> Services:
     queue_bytes = settings.max_queue_mb * 1024 * 1024  # waiting jobs' input images; kept results, the same
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
                      max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
-    services = Services(settings, runtime, registry, models, ImageSaver(), queue, build_extra_networks(settings, hashes))
+    services = Services(settings, runtime, registry, models, ImageSaver(), queue, build_extra_networks(settings, hashes),
+                        access or ClientAccess())
     holder["s"] = services
     if start:
         queue.start()
