@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from modules.config import ROOT, SettingsError, load_settings
@@ -183,8 +184,14 @@ def auth_policy(args: argparse.Namespace):
     return AuthPolicy.from_flags(gradio_text or None, args.api_auth)
 
 
-def run_serve(argv: list[str]) -> int:
+ServeUI = Callable[..., None]  # webui.server.serve, handed in by app.py (the core never imports the UI)
+
+
+def run_serve(argv: list[str], serve_ui: ServeUI | None = None) -> int:
+    """Serve the web UI through ``serve_ui`` (with the API on ``--api``), or the API alone (``--nowebui``)."""
     args = serve_parser().parse_args(argv)
+    if not args.nowebui and serve_ui is None:
+        raise ValueError("this entry point has no web UI: start Easel with ./launch.sh (app.py), or pass --nowebui")
     settings = settings_from_args(args)
     if args.ckpt:
         settings = settings.model_copy(update={"sd_model_checkpoint": args.ckpt})
@@ -204,20 +211,19 @@ def run_serve(argv: list[str]) -> int:
         if args.ckpt:
             services.checkpoints.get(args.ckpt)  # an unknown --ckpt fails now, naming what exists
         if args.nowebui:
-            from webui.server import serve_api_only
+            from modules.api import app as api_app
 
-            serve_api_only(services, host, args.port, list(policy.api) or None)
+            api_app.serve_api(services, host, args.port, list(policy.api) or None)
         else:
-            from webui.server import serve
-
-            serve(services, host, args.port, args.share, args.api, list(policy.gradio_auth) or None, theme=args.theme,
-                  api_auth=list(policy.api_auth) or None)
+            serve_ui(services, host, args.port, args.share, args.api, list(policy.gradio_auth) or None,
+                     theme=args.theme, api_auth=list(policy.api_auth) or None)
         return 0
     finally:
         services.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, serve_ui: ServeUI | None = None) -> int:
+    """The command line: ``generate``, ``train``, or serving (the UI through ``serve_ui``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from modules.checkpoints import CheckpointError
 
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             from modules.training.cli import run_train
 
             return run_train(argv[1:])
-        return run_serve(argv)
+        return run_serve(argv, serve_ui)
     except (RequestError, SettingsError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

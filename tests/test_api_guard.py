@@ -137,7 +137,7 @@ def test_cli_passes_api_auth_to_the_api_server(data_dir, monkeypatch):
     def fake_serve_api_only(services, host, port, api_auth=None):
         seen.update(host=host, port=port, api_auth=api_auth)
 
-    monkeypatch.setattr("webui.server.serve_api_only", fake_serve_api_only)
+    monkeypatch.setattr("modules.api.app.serve_api", fake_serve_api_only)
     code = cli.main(["--nowebui", "--port", "7999", "--api-auth", "alice:s3cret,bob:x", "--data-dir", str(data_dir)])
     assert code == 0
     assert seen == {"host": "127.0.0.1", "port": 7999, "api_auth": [("alice", "s3cret"), ("bob", "x")]}

@@ -257,14 +257,17 @@ def test_settings_tab_refuses_outside_folders_through_gradio(services):
 # start-up: share links and warnings
 
 
-def test_share_without_credentials_is_refused_unless_insecure(data_dir, monkeypatch, capsys):
+def test_share_without_credentials_is_refused_unless_insecure(data_dir, capsys):
     started = []
-    monkeypatch.setattr("webui.server.serve", lambda *a, **k: started.append(k))
-    assert cli.main(["--share", "--data-dir", str(data_dir)]) == 2
+
+    def serve_ui(*args, **kwargs):
+        started.append(kwargs)
+
+    assert cli.main(["--share", "--data-dir", str(data_dir)], serve_ui) == 2
     assert "--share-insecure" in capsys.readouterr().err and not started
-    assert cli.main(["--share", "--share-insecure", "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["--share", "--share-insecure", "--data-dir", str(data_dir)], serve_ui) == 0
     assert "WARNING: no credentials: anyone on the internet" in capsys.readouterr().err
-    assert cli.main(["--share", "--gradio-auth", "alice:s3cret", "--api", "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["--share", "--gradio-auth", "alice:s3cret", "--api", "--data-dir", str(data_dir)], serve_ui) == 0
     err = capsys.readouterr().err
     assert "WARNING" not in err and "the HTTP API requires the --gradio-auth credentials too" in err
     assert len(started) == 2
@@ -276,3 +279,13 @@ def test_listen_without_credentials_names_the_ui_and_the_api():
     assert AuthPolicy(api_auth=(BOB,)).start_warnings(exposed=True, share=False, webui=True, api=True) == [
         "note: --api-auth without --gradio-auth: the web UI asks for the --api-auth credentials too"]
     assert AuthPolicy(api_auth=(BOB,)).ui == (BOB,) and AuthPolicy(gradio_auth=(ALICE,)).api == (ALICE,)
+
+
+def test_training_images_over_the_pixel_budget_are_skipped_before_decoding(services):
+    from modules.training import job as training
+    from tests.test_training import FAST, images
+
+    services.update_settings(services.settings.model_copy(update={"max_input_pixels": 64 * 64}))
+    request = training.build_request(services, FAST, uploads=[png_b64((100, 100)), *images(3)])
+    assert len(request.instance_images) == 3
+    assert any("100x100" in w and "at most 4096 pixels" in w for w in request.warnings), request.warnings

@@ -10,35 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import gradio as gr
 
+from modules.batches import Batch, Shown, shown_from_results, submit_all
 from modules.jobs import Job, JobCancelled, JobState
 from modules.schemas import GenerationResult
 from webui.widgets import OutputPanel, progress_html
 
 POLL_SECONDS = 0.2
-
-
-@dataclass
-class Shown:
-    """What the gallery shows after a run: images with one infotext and one seed each."""
-
-    images: list[Any]
-    infotexts: list[str]
-    seeds: list[int]
-
-
-def shown_from_results(results: list[GenerationResult]) -> Shown:
-    """All images of all results, in order."""
-    shown = Shown([], [], [])
-    for result in results:
-        shown.images.extend(result.images)
-        shown.infotexts.extend(result.infotexts)
-        shown.seeds.extend(result.seeds)
-    return shown
+__all__ = ["Batch", "Shown", "shown_from_results", "stream_jobs", "submit_all"]  # the batch types live in the core
 
 
 def error_updates(panel: OutputPanel, message: str) -> dict:
@@ -52,27 +33,6 @@ def error_updates(panel: OutputPanel, message: str) -> dict:
         panel.progress: progress_html(None, None),
         panel.preview: gr.update(visible=False),
     }
-
-
-@dataclass
-class Batch:
-    """The jobs one Generate press submits, and how their results are shown."""
-
-    requests: list[tuple[str, Any]]  # (job kind, typed request)
-    show: Callable[[list[GenerationResult]], Shown] = shown_from_results
-
-
-def submit_all(services, requests: list[tuple[str, Any]]) -> list[Job]:
-    """Submit every (kind, request); if one is refused, cancel those already queued and re-raise."""
-    jobs: list[Job] = []
-    try:
-        for kind, request in requests:
-            jobs.append(services.submit(kind, request))
-    except Exception:
-        for job in jobs:
-            services.queue.cancel(job.id)
-        raise
-    return jobs
 
 
 def _position(services, job: Job) -> int:

@@ -106,12 +106,3 @@ def serve(services, host: str, port: int, share: bool, api: bool,
         server.demo.block_thread()
     finally:
         server.close()
-
-
-def serve_api_only(services, host: str, port: int, api_auth: list[tuple[str, str]] | None = None) -> None:
-    """A1111's --nowebui: the HTTP API alone, on uvicorn (``api_auth``: HTTP Basic credentials, or None)."""
-    import uvicorn
-
-    from modules.api import create_app
-
-    uvicorn.run(create_app(services, api_auth), host=host, port=port)

@@ -80,3 +80,13 @@ def create_app(services: Services, api_auth: list[tuple[str, str]] | None = None
     """
     app = FastAPI(title="Easel API", version=VERSION, description=DESCRIPTION, docs_url="/docs")
     return add_api(app, services, api_auth, max_body_bytes)
+
+
+def serve_api(services: Services, host: str, port: int, api_auth: list[tuple[str, str]] | None = None) -> None:
+    """A1111's --nowebui: the HTTP API alone, on uvicorn (``api_auth``: HTTP Basic credentials, or None)."""
+    import uvicorn
+
+    from modules.images import limit_decoded_pixels
+
+    limit_decoded_pixels(services.settings.max_input_pixels)  # PIL's own limit, behind decode_image's
+    uvicorn.run(create_app(services, api_auth), host=host, port=port)

@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from modules.schemas import OUTPAINT_DIRECTIONS
+from modules import xyplot
+from modules.schemas import OUTPAINT_DIRECTIONS, RequestError
 
 from .convert import build_core_request, check_no_alwayson, field_error
 
@@ -158,14 +159,11 @@ def xyz_script(kind: str, args: list[Any]) -> dict[str, str]:
 
 
 def plan_xyz(kind: str, base: Any, args: list[Any], services) -> Any:
-    """The grid's jobs and how to show them (a ``webui.runner.Batch``), from the web UI's X/Y plot.
+    """The grid's jobs and how to show them (a ``modules.batches.Batch``), from the web UI's X/Y plot.
 
     A bad axis value is a 400 naming it (XYPlotError is a RequestError); more than
     ``MAX_GRID_CELLS`` cells is a 400 too.
     """
-    from modules.schemas import RequestError
-    from webui import xyplot  # imported here: it brings gradio, needed only when a grid is asked for
-
     batch = xyplot.plan_batch(kind, base, xyz_script(kind, args), services)
     if len(batch.requests) > MAX_GRID_CELLS:
         raise RequestError(f"x/y/z plot: {len(batch.requests)} cells; at most {MAX_GRID_CELLS} per request")

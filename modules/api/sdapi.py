@@ -67,7 +67,7 @@ class Submitted(NamedTuple):
 
     core: Any
     jobs: list[Job]
-    grid: Any = None  # webui.runner.Batch of an "x/y/z plot" request
+    grid: Any = None  # modules.batches.Batch of an "x/y/z plot" request
 
 
 async def wait_for(job: Job) -> Any:
@@ -109,7 +109,7 @@ def generation_answer(job: Job, result: GenerationResult, core: Any, body: Any) 
 
 def submit_grid(services: Services, kind: str, core: Any, body: Any) -> Submitted:
     """Plan and queue an "x/y/z plot" request: one job per cell, planned by the web UI's X/Y plot."""
-    from webui.runner import submit_all
+    from modules.batches import submit_all
 
     batch = scripts.plan_xyz(kind, core, list(body.script_args), services)
     requests = [request for _, request in batch.requests]
