@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from modules.images import decode_image
+from modules.images import ImageTooLarge, decode_image
 from modules.schemas import RequestError
 
 CLASS_BATCH = 4  # class images generated per txt2img job
@@ -43,11 +43,12 @@ class InstanceImages:
 
 
 def load_instance_images(uploads: list[Any] | None = None, folder: str | Path | None = None,
-                         captions: list[str] | None = None) -> InstanceImages:
+                         captions: list[str] | None = None, max_pixels: int | None = None) -> InstanceImages:
     """The images from uploads (PIL images, bytes, base64 text or ``Path`` objects) and a folder, with
     their captions: ``captions[i]`` for upload ``i``, else ``NAME.txt`` beside (or uploaded with) a file.
 
-    Unreadable items are skipped with a warning; a folder that does not exist is a RequestError.
+    Unreadable items, and images over ``max_pixels`` pixels (read from the header, before
+    decoding), are skipped with a warning; a folder that does not exist is a RequestError.
     """
     uploads = list(uploads or [])
     if captions and len(captions) > len(uploads):
@@ -64,7 +65,7 @@ def load_instance_images(uploads: list[Any] | None = None, folder: str | Path | 
         is_path = _is_path(item)
         label = Path(item).name if is_path else f"#{index + 1}"
         try:
-            found.images.append(_read(item))
+            found.images.append(_read(item, max_pixels))
         except (ValueError, OSError) as err:
             found.warnings.append(f"instance image {label} skipped: not a readable image ({_short(err)})")
             continue
@@ -84,7 +85,7 @@ def load_instance_images(uploads: list[Any] | None = None, folder: str | Path | 
                     found.warnings.append(f"{path.name} skipped: a caption file without an image {path.stem}.*")
                 continue
             try:
-                found.images.append(_read(path))
+                found.images.append(_read(path, max_pixels))
             except (ValueError, OSError) as err:
                 found.warnings.append(f"{path.name} skipped: not a readable image ({_short(err)})")
                 continue
@@ -122,8 +123,9 @@ def _short(err: BaseException) -> str:
     return " ".join(str(err).split())[:120]
 
 
-def _read(item: Any) -> Image.Image:
-    """A loaded PIL image from a PIL image, bytes, base64 text or a path."""
+def _read(item: Any, max_pixels: int | None = None) -> Image.Image:
+    """A loaded PIL image from a PIL image, bytes, base64 text or a ``Path``; ValueError for one
+    that is unreadable or (from its header) over ``max_pixels`` pixels."""
     if isinstance(item, Image.Image):
         item.load()
         return item
@@ -131,9 +133,11 @@ def _read(item: Any) -> Image.Image:
         if not Path(item).is_file():  # a FIFO or device would block the reader
             raise ValueError("not a regular file")
         with Image.open(item) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageTooLarge(f"{image.width}x{image.height} pixels; at most {max_pixels} (max_input_pixels)")
             image.load()
             return image.copy()
-    return decode_image(item)
+    return decode_image(item, max_pixels)
 
 
 def prepare_image(image: Image.Image, resolution: int) -> Image.Image:

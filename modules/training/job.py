@@ -218,13 +218,15 @@ def build_request(services: Any, values: dict[str, Any], uploads: list[Any] | No
     folder = folder or values.get("instance_dir")
     if folder:
         folder = services.access.server_folder("instance_dir", str(folder))
-    found = data.load_instance_images(uploads, folder, values.get("instance_captions"))
+    max_pixels = services.settings.max_input_pixels
+    found = data.load_instance_images(uploads, folder, values.get("instance_captions"), max_pixels)
     warnings, images = found.warnings, found.images
     fields = {**values, "instance_dir": str(folder) if folder else None, "instance_images": images,
               "instance_captions": found.captions}
     request = parse_train_request(fields)
     if request.class_dir and request.with_prior_preservation:
-        request = _with_class_images(request, services.access.server_folder("class_dir", request.class_dir), warnings)
+        folder_path = services.access.server_folder("class_dir", request.class_dir)
+        request = _with_class_images(request, folder_path, warnings, max_pixels)
     elif request.class_dir:
         warnings.append("class_dir is used only with prior preservation: its images are ignored")
     info = services.checkpoints.get(request.sd_model_checkpoint or services.selected_checkpoint)
@@ -247,12 +249,12 @@ def build_request(services: Any, values: dict[str, Any], uploads: list[Any] | No
     return request.model_copy(update={"sd_model_checkpoint": info.name, "warnings": warnings})
 
 
-def _with_class_images(request: TrainRequest, folder: Path, warnings: list[str]) -> TrainRequest:
+def _with_class_images(request: TrainRequest, folder: Path, warnings: list[str], max_pixels: int) -> TrainRequest:
     """The request with the class images of ``class_dir`` (``folder``: at most num_class_images) and their captions."""
     if not folder.is_dir():
         raise RequestError(f"class_dir: folder {str(folder)!r} not found (give a folder of class images on the server, "
                            "or none to generate them with the base model)")
-    found = data.load_instance_images(folder=folder)
+    found = data.load_instance_images(folder=folder, max_pixels=max_pixels)
     if not found.images:
         raise RequestError(f"class_dir: no readable images in {str(folder)!r}")
     warnings += [f"class image {w}" for w in found.warnings]
