@@ -190,9 +190,9 @@ ServeUI = Callable[..., None]  # webui.server.serve, handed in by app.py (the co
 def run_serve(argv: list[str], serve_ui: ServeUI | None = None) -> int:
     """Serve the web UI through ``serve_ui`` (with the API on ``--api``), or the API alone (``--nowebui``)."""
     args = serve_parser().parse_args(argv)
+    settings = settings_from_args(args)
     if not args.nowebui and serve_ui is None:
         raise ValueError("this entry point has no web UI: start Easel with ./launch.sh (app.py), or pass --nowebui")
-    settings = settings_from_args(args)
     if args.ckpt:
         settings = settings.model_copy(update={"sd_model_checkpoint": args.ckpt})
     policy = auth_policy(args)

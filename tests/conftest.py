@@ -19,6 +19,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "soak: bounded load test on a real server (under a minute); deselect with -m 'not soak'")
 
 
+@pytest.fixture(autouse=True)
+def _pil_pixel_limit():
+    """Serving sets PIL's process-wide decompression-bomb limit (webui.server.start); put it back
+    after each test, so no test sees another's server's limit."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """models/Stable-diffusion with two single files (seeds 0 and 1) and one diffusers folder."""

@@ -438,3 +438,13 @@ def test_result_and_request_sizes_are_estimated_at_four_bytes_a_pixel():
                               sampler_name="", scheduler="")
     assert image_bytes(result) == 3 * 400
     assert image_bytes([Image.new("L", (3, 3))]) == 36
+
+
+def test_a_bomb_past_pils_own_limit_is_refused_alike(monkeypatch):
+    """With PIL's process-wide limit set when serving, a huge header trips PIL first: still ImageTooLarge."""
+    from modules.images import limit_decoded_pixels
+
+    limit_decoded_pixels(4096 * 4096)  # the conftest fixture restores PIL's value afterwards
+    with pytest.raises(ImageTooLarge, match="more than 33554432 pixels") as err:
+        decode_image(bomb_png(), max_pixels=4096 * 4096)
+    assert err.value.max_pixels == 4096 * 4096
