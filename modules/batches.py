@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from modules.jobs import Job
 from modules.schemas import GenerationResult
 
 
@@ -36,16 +35,3 @@ class Batch:
 
     requests: list[tuple[str, Any]]  # (job kind, typed request)
     show: Callable[[list[GenerationResult]], Shown] = shown_from_results
-
-
-def submit_all(services, requests: list[tuple[str, Any]]) -> list[Job]:
-    """Submit every (kind, request); if one is refused, cancel those already queued and re-raise."""
-    jobs: list[Job] = []
-    try:
-        for kind, request in requests:
-            jobs.append(services.submit(kind, request))
-    except Exception:
-        for job in jobs:
-            services.queue.cancel(job.id)
-        raise
-    return jobs

@@ -28,6 +28,7 @@ from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, n
 from modules.model_manager import CacheSettings, ModelManager
 from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
+from modules.request_checks import GENERATION_KINDS, check_generation
 from modules.schemas import GenerationRequest, RequestError, image_bytes, without_input_images
 from modules.training import job as training_job
 
@@ -154,9 +155,15 @@ class Services:
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, kind: str, request: GenerationRequest) -> Job:
-        """Queue a generation; the model it runs on is fixed now, at submission."""
+        """Check and queue a job; a generation's model is fixed now, at submission.
+
+        The one place every client's request passes before the queue: a generation that fails
+        ``check_generation`` (sampler, size, batch and step limits) is a RequestError naming why.
+        """
         if kind not in RUNNERS:
             raise RequestError(f"unknown job kind {kind!r}; known: {', '.join(sorted(RUNNERS))}")
+        if kind in GENERATION_KINDS:
+            check_generation([request], self.settings)
         if kind in MODEL_FREE:
             return self.queue.submit(kind, request)
         name = request.sd_model_checkpoint or request.override_settings.get("sd_model_checkpoint")
@@ -164,6 +171,20 @@ class Services:
         vae = self.resolve_vae(request.sd_vae or request.override_settings.get("sd_vae"))
         request = request.model_copy(update={"sd_model_checkpoint": name, "sd_vae": vae})
         return self.queue.submit(kind, request)
+
+    def submit_all(self, requests: list[tuple[str, Any]]) -> list[Job]:
+        """Check the (kind, request) pairs together (an X/Y grid's step total counts them all), then
+        submit each; if one is refused, those already queued are cancelled and the error re-raised."""
+        check_generation([request for kind, request in requests if kind in GENERATION_KINDS], self.settings)
+        jobs: list[Job] = []
+        try:
+            for kind, request in requests:
+                jobs.append(self.submit(kind, request))
+        except Exception:
+            for job in jobs:
+                self.queue.cancel(job.id)
+            raise
+        return jobs
 
     def run_job(self, job: Job) -> Any:
         """The worker routine: runs one job on the device."""

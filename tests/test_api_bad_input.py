@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modules.api import create_app
-from modules.api.convert import MAX_IMAGE_STEPS
 from modules.config import load_settings
+from modules.request_checks import MAX_IMAGE_STEPS
 from modules.services import build_services
 from tests.test_api import T2I, client, make_data_dir, png_b64, shared  # noqa: F401 - fixtures
 

@@ -21,12 +21,13 @@ from PIL import Image
 from modules import masks, upscalers
 from modules.api import create_app
 from modules.api.controlnet import DetectBody, detect_request
-from modules.api.convert import InputBudget, check_limits
+from modules.api.convert import InputBudget
 from modules.config import load_settings, make_settings
 from modules.images import ImageTooLarge, decode_image, limit_decoded_pixels
 from modules.jobs import Job, JobQueue, JobState, JobTooLarge, QueueFull
 from modules.processing import extras
 from modules.processing.context import RunContext
+from modules.request_checks import check_limits
 from modules.schemas import (
     ControlNetUnit,
     ExtrasRequest,

@@ -289,3 +289,20 @@ def test_training_images_over_the_pixel_budget_are_skipped_before_decoding(servi
     request = training.build_request(services, FAST, uploads=[png_b64((100, 100)), *images(3)])
     assert len(request.instance_images) == 3
     assert any("100x100" in w and "at most 4096 pixels" in w for w in request.warnings), request.warnings
+
+
+def test_every_client_gets_the_same_request_checks_before_the_queue(services):
+    """Services.submit is the one place: the web UI's path (submit_all) is limited as the API is."""
+    from modules.request_checks import MAX_IMAGE_STEPS
+    from modules.schemas import RequestError, Txt2ImgRequest
+
+    limit = services.settings.max_side
+    with pytest.raises(RequestError, match=f"width: {limit + 64} is larger than the limit of {limit}"):
+        services.submit("txt2img", Txt2ImgRequest(width=limit + 64, height=64, steps=1))
+    with pytest.raises(RequestError, match="sampler_name"):
+        services.submit("txt2img", Txt2ImgRequest(width=64, height=64, steps=1, sampler_name="Nope"))
+    cell = Txt2ImgRequest(width=64, height=64, steps=100, batch_size=4)  # 400 steps a cell
+    cells = MAX_IMAGE_STEPS // 400 + 1
+    with pytest.raises(RequestError, match=f"over {cells} grid cells"):
+        services.submit_all([("txt2img", cell)] * cells)
+    assert services.queue.job_count() == 0  # nothing was queued

@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 
 import gradio as gr
 
-from modules.batches import Batch, Shown, shown_from_results, submit_all
+from modules.batches import Batch, Shown, shown_from_results
 from modules.jobs import Job, JobCancelled, JobState
 from modules.schemas import GenerationResult
 from webui.widgets import OutputPanel, progress_html
 
 POLL_SECONDS = 0.2
-__all__ = ["Batch", "Shown", "shown_from_results", "stream_jobs", "submit_all"]  # the batch types live in the core
+__all__ = ["Batch", "Shown", "shown_from_results", "stream_jobs"]  # the batch types live in the core
 
 
 def error_updates(panel: OutputPanel, message: str) -> dict:
@@ -51,7 +51,7 @@ def stream_jobs(
     """Build the batch, submit it, and stream the panel's updates until all its jobs end."""
     try:
         batch = make_batch()
-        jobs = submit_all(services, batch.requests)
+        jobs = services.submit_all(batch.requests)
     except Exception as err:  # RequestError, CheckpointError, QueueFull, ...: all shown, none raised
         yield error_updates(panel, str(err))
         return

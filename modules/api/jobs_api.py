@@ -21,8 +21,6 @@ from modules.services import Services
 from .convert import (
     InputBudget,
     build_core_request,
-    check_limits,
-    check_sampler,
     controlnet_units_of,
     decode_field,
     encode_images,
@@ -104,9 +102,6 @@ def create_jobs_router(services: Services) -> APIRouter:
         core = build_core_request(CORE_TYPES[kind], submission.request, services.settings,
                                   decoded_images(kind, submission.request, InputBudget.of(services.settings)),
                                   where=("request",))
-        if kind != "extras":
-            check_sampler(core, services.settings)
-            check_limits([core], services.settings)
         job = services.submit(kind, core)
         response.headers["Location"] = f"{PREFIX}/jobs/{job.id}"
         return JobCreated(id=job.id, kind=job.kind, state=job.state.value, position=position_of(services, job))

@@ -30,9 +30,7 @@ from . import options as options_api
 from .convert import (
     InputBudget,
     build_core_request,
-    check_limits,
     check_no_scripts,
-    check_sampler,
     controlnet_units_of,
     decode_field,
     encode_images,
@@ -109,14 +107,8 @@ def generation_answer(job: Job, result: GenerationResult, core: Any, body: Any) 
 
 def submit_grid(services: Services, kind: str, core: Any, body: Any) -> Submitted:
     """Plan and queue an "x/y/z plot" request: one job per cell, planned by the web UI's X/Y plot."""
-    from modules.batches import submit_all
-
     batch = scripts.plan_xyz(kind, core, list(body.script_args), services)
-    requests = [request for _, request in batch.requests]
-    for request in requests:
-        check_sampler(request, services.settings)
-    check_limits(requests, services.settings)
-    return Submitted(core, submit_all(services, batch.requests), batch)
+    return Submitted(core, services.submit_all(batch.requests), batch)
 
 
 async def grid_response(services: Services, submitted: Submitted, body: Any) -> GenerationResponse | JSONResponse:
@@ -252,10 +244,8 @@ def create_sdapi_router(services: Services) -> APIRouter:
         script = scripts.script_of(body, "txt2img")
         units = controlnet_units_of(body, InputBudget.of(services.settings))
         core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units})
-        check_sampler(core, services.settings)
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "txt2img", core, body)
-        check_limits([core], services.settings)
         return Submitted(core, [services.submit("txt2img", core)])
 
     @router.post("/img2img", response_model=GenerationResponse, responses=NOT_SAVED_RESPONSES)
@@ -278,16 +268,12 @@ def create_sdapi_router(services: Services) -> APIRouter:
         units = controlnet_units_of(body, budget)
         if script == scripts.OUTPAINTING:
             core = scripts.build_outpaint(body, images, services.settings).model_copy(update={"controlnet_units": units})
-            check_sampler(core, services.settings)
-            check_limits([core], services.settings)
             return Submitted(core, [services.submit("outpaint", core)])
         mask = decode_field(body.mask, ("mask",), budget) if body.mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings,
                                   {"init_images": images, "mask": mask, "controlnet_units": units})
-        check_sampler(core, services.settings)
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "img2img", core, body)
-        check_limits([core], services.settings)
         return Submitted(core, [services.submit("img2img", core)])
 
     @router.post("/extra-single-image", response_model=ExtrasResponse, responses=NOT_SAVED_RESPONSES)
