@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from modules.config import Settings
+from modules.controlnet.models import ControlNetInfo, LoadedControlNet
+from modules.extra_networks import JobNetworks
+from modules.images import ImageSaver
 from modules.jobs import CancelToken, ProgressSink
 from modules.model_loading import LoadedModel
+
+
+class ControlNetSource(Protocol):
+    """Where ControlNet units find their models (``Services``)."""
+
+    def controlnet_infos(self) -> list[ControlNetInfo]:
+        """The installed ControlNets."""
+
+    def use_controlnet(self, title: str, field: str = ...) -> AbstractContextManager[LoadedControlNet]:
+        """The ControlNet ``title`` names, locked on the compute device for the block."""
 
 
 @dataclass
 class RunContext:
     model: LoadedModel | None  # None for jobs that use no model (extras)
     settings: Settings
-    saver: Any  # modules.images.ImageSaver, or None to never save
+    saver: ImageSaver | None  # None: never save
     token: CancelToken = field(default_factory=CancelToken)
     progress: ProgressSink = field(default_factory=ProgressSink)
     version: str = "easel"
-    # where ControlNet units find their models: controlnet_infos() and use_controlnet(title), a
-    # context manager yielding the model locked on the device (Services; None: no ControlNets)
-    controlnets: Any = None
-    # the job's LoRAs and embeddings (modules.extra_networks.JobNetworks; None: prompts used as written)
-    networks: Any = None
+    controlnets: ControlNetSource | None = None  # None: no ControlNets
+    networks: JobNetworks | None = None  # the job's LoRAs and embeddings; None: prompts used as written
