@@ -23,6 +23,8 @@ from modules.controlnet import runtime as controlnet_runtime
 from modules.controlnet.models import ControlNetInfo, LoadedControlNet, find_controlnet, scan_controlnets
 from modules.extra_networks import ExtraNetworks, build_extra_networks
 from modules.images import ImageSaver, remove_stale_temp_files
+from modules.install_jobs import Installer
+from modules.installer import target_from_settings
 from modules.jobs import Job, JobQueue
 from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, native_size_hint
 from modules.model_manager import CacheSettings, ModelManager
@@ -74,6 +76,7 @@ class Services:
     queue: JobQueue
     networks: ExtraNetworks  # LoRA files and embeddings for prompts
     access: ClientAccess = field(default_factory=ClientAccess)  # what clients may touch on disk (operator's flags)
+    installer: Installer | None = None  # model installs: a download worker beside the queue (modules.install_jobs)
     _selected: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -204,6 +207,8 @@ class Services:
         return result
 
     def close(self) -> None:
+        if self.installer is not None:
+            self.installer.close()
         self.queue.stop()
         self.models.clear()
 
@@ -253,7 +258,9 @@ def output_folders(settings: Settings) -> list[Path]:
     return [settings.path(getattr(settings, name)) for name in type(settings).model_fields if name.startswith("outdir_")]
 
 
-def build_services(settings: Settings, start: bool = True, access: ClientAccess | None = None) -> Services:
+def build_services(settings: Settings, start: bool = True, access: ClientAccess | None = None,
+                   allow_downloads: bool = False) -> Services:
+    """Every service for ``settings``; ``allow_downloads`` is the operator's --allow-downloads (model installs)."""
     runtime = make_runtime(settings)
     remove_stale_temp_files(output_folders(settings))  # left by saves that a crash or power cut interrupted
     hashes = HashCache(settings.cache_dir / "hashes.json")
@@ -297,8 +304,11 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     queue_bytes = settings.max_queue_mb * 1024 * 1024  # waiting jobs' input images; kept results, the same
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
                      max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
+    access = access or ClientAccess()
     services = Services(settings, runtime, registry, models, ImageSaver(), queue, build_extra_networks(settings, hashes),
-                        access or ClientAccess())
+                        access)
+    target = target_from_settings(settings, allow_downloads, access.allow_server_paths)
+    services.installer = Installer(target, on_installed=lambda _: training_job.refresh_lists(services))
     holder["s"] = services
     if start:
         queue.start()

@@ -10,6 +10,7 @@ from .controlnet import create_controlnet_router
 from .errors import install_error_handlers
 from .guard import MAX_BODY_BYTES, ApiGuard
 from .jobs_api import create_jobs_router
+from .models_api import create_models_router
 from .sdapi import create_sdapi_router
 from .train_api import create_train_router
 
@@ -40,6 +41,7 @@ def create_api(services: Services) -> APIRouter:
     router.include_router(create_jobs_router(services))
     router.include_router(create_controlnet_router(services))
     router.include_router(create_train_router(services))
+    router.include_router(create_models_router(services))
     return router
 
 

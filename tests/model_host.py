@@ -1,0 +1,88 @@
+"""A local server that answers like the Hugging Face hub and like a plain file host, for install tests.
+
+- ``HEAD/GET /{owner}/{name}/resolve/{revision}/{file}``: the hub's resolve route, with the headers
+  ``huggingface_hub.get_hf_file_metadata`` reads (``X-Repo-Commit``, ``X-Linked-Etag`` = the
+  sha256 of an LFS file, ``X-Linked-Size``, ``ETag``) and HTTP Range;
+- ``GET /api/models/{owner}/{name}/tree/{revision}``: the file list ``HfApi.list_repo_files`` reads;
+- ``GET /files/{key}``: a plain host; the file name only in ``Content-Disposition`` (as Civitai's
+  ``/api/download/models/123``), with Range.
+
+``host.drop_first`` makes each response that starts at byte 0 close the connection after half the
+body (a dropped connection); ``host.ranges`` records the Range headers the server saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class ModelHost:
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo id -> {path: bytes}
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # key -> (file name, bytes)
+    drop_first: bool = False
+    ranges: list[str] = field(default_factory=list)
+
+
+def body_response(request: Request, data: bytes, headers: dict[str, str], host: ModelHost) -> Response:
+    """``data`` with Range support; with ``host.drop_first``, a response from byte 0 stops halfway."""
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    start = 0
+    status = 200
+    if request.headers.get("range"):
+        host.ranges.append(request.headers["range"])
+        start = int(request.headers["range"].removeprefix("bytes=").split("-")[0])
+        if start >= len(data):
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+    headers["Content-Length"] = str(len(data) - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    body = data[start:]
+    drop = host.drop_first and start == 0
+
+    def chunks():
+        half = len(body) // 2
+        yield body[:half]
+        if drop:
+            raise ConnectionResetError("dropped on purpose")
+        yield body[half:]
+
+    return StreamingResponse(chunks(), status_code=status, headers=headers, media_type="application/octet-stream")
+
+
+def create_host_app(host: ModelHost) -> FastAPI:
+    app = FastAPI()
+
+    @app.api_route("/{owner}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+    def resolve(owner: str, name: str, revision: str, path: str, request: Request) -> Response:
+        data = host.repos.get(f"{owner}/{name}", {}).get(path)
+        if data is None:
+            raise HTTPException(404, headers={"X-Error-Code": "EntryNotFound"})
+        sha = hashlib.sha256(data).hexdigest()
+        headers = {"X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
+                   "ETag": f'"{sha}"'}
+        return body_response(request, data, headers, host)
+
+    @app.get("/api/models/{owner}/{name}/tree/{revision}")
+    def tree(owner: str, name: str, revision: str) -> list[dict]:
+        files = host.repos.get(f"{owner}/{name}")
+        if files is None:
+            raise HTTPException(404, headers={"X-Error-Code": "RepoNotFound"})
+        return [{"type": "file", "path": p, "size": len(d), "oid": hashlib.sha1(d).hexdigest()} for p, d in files.items()]
+
+    @app.get("/files/{key}")
+    def plain(key: str, request: Request) -> Response:
+        if key not in host.files:
+            raise HTTPException(404)
+        name, data = host.files[key]
+        return body_response(request, data, {"Content-Disposition": f'attachment; filename="{name}"'}, host)
+
+    return app
