@@ -2,6 +2,7 @@
 # Easel launcher: creates .venv if missing, installs what requirements*.txt pin, then runs.
 #   ./launch.sh                 start Easel (see README)
 #   ./launch.sh generate ...    headless txt2img (./launch.sh generate --help)
+#   ./launch.sh install SOURCE  install a model from a HF repo id, URL or file (./launch.sh install --help)
 #   ./launch.sh test [ARGS]     install the test dependencies too and run the whole test suite
 # Environment: EASEL_VENV (default .venv), EASEL_TORCH_INDEX (a pip index URL for torch, e.g.
 # https://download.pytorch.org/whl/cpu on a CPU machine whose default torch wheel is the CUDA one).
@@ -58,7 +59,12 @@ install_requirements() {
   echo "$sum" > "$stamp"
 }
 
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DIFFUSERS_NO_ADVISORY_WARNINGS=1
+export TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DIFFUSERS_NO_ADVISORY_WARNINGS=1
+# Nothing is fetched from the network, unless the operator allows model downloads (Models tab, API, `install`).
+case " $* " in
+  *" --allow-downloads "*) export HF_HUB_OFFLINE=0 ;;
+  *) export HF_HUB_OFFLINE=1 ;;
+esac
 
 install_browser() {
   # Browser tests drive Debian's chromium through Playwright (never `playwright install`).

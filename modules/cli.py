@@ -165,6 +165,8 @@ def serve_parser() -> argparse.ArgumentParser:
                     help="allow --share without any credentials (anyone with the link can use everything)")
     ap.add_argument("--allow-server-paths", action="store_true",
                     help="let clients name folders on this machine in requests (training's instance_dir, class_dir)")
+    ap.add_argument("--allow-downloads", action="store_true",
+                    help="let the Models tab and /easel/v1/models/install download models (off: nothing is fetched)")
     add_settings_flags(ap)
     return ap
 
@@ -206,7 +208,8 @@ def run_serve(argv: list[str], serve_ui: ServeUI | None = None) -> int:
     from modules.access import ClientAccess
     from modules.services import build_services
 
-    services = build_services(settings, access=ClientAccess(allow_server_paths=args.allow_server_paths))
+    services = build_services(settings, access=ClientAccess(allow_server_paths=args.allow_server_paths),
+                              allow_downloads=args.allow_downloads)
     try:
         if args.ckpt:
             services.checkpoints.get(args.ckpt)  # an unknown --ckpt fails now, naming what exists
@@ -223,13 +226,17 @@ def run_serve(argv: list[str], serve_ui: ServeUI | None = None) -> int:
 
 
 def main(argv: list[str] | None = None, serve_ui: ServeUI | None = None) -> int:
-    """The command line: ``generate``, ``train``, or serving (the UI through ``serve_ui``)."""
+    """The command line: ``generate``, ``train``, ``install``, or serving (the UI through ``serve_ui``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from modules.checkpoints import CheckpointError
 
     try:
         if argv and argv[0] == "generate":
             return run_generate(argv[1:])
+        if argv and argv[0] == "install":  # a model from a repo id, URL or file (modules/install_cli.py)
+            from modules.install_cli import run_install
+
+            return run_install(argv[1:])
         if argv and argv[0] == "train":  # DreamBooth / LoRA / textual inversion (modules/training/cli.py)
             from modules.training.cli import run_train
 
