@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
-from webui import controlnet, extras, img2img, inpaint, outpaint, pnginfo, settings, train, txt2img
+from webui import controlnet, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
 from webui.tab import GenerationTab
 from webui.widgets import SYMBOL_REFRESH
 
@@ -145,6 +145,8 @@ def create_ui(services) -> gr.Blocks:
             train.add_tab(services)  # the Train tab (DreamBooth, LoRA, textual inversion), bound
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.create_ui(services)
+            with gr.Tab("Models", id="models", elem_id="tab_models"):
+                mdl = models.create_ui(services)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 sett = settings.create_ui(services)
         txt2img.bind_events(t2i, services)
@@ -155,6 +157,7 @@ def create_ui(services) -> gr.Blocks:
         controlnet.bind_events(cn, services)
         pnginfo.bind_events(png, services)
         settings.bind_events(sett, services)
+        models.bind_events(mdl, services)
         bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png, cn)
     return demo
 
