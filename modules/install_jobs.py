@@ -27,7 +27,10 @@ from modules.installer import (
     InstallRequest,
     InstallTarget,
     Progress,
+    check_downloads_allowed,
+    check_public_url,
     install,
+    local_path,
     parse_source,
 )
 
@@ -66,22 +69,21 @@ class Installer:
     """Queues installs on one download thread; ``on_installed`` refreshes the model lists."""
 
     def __init__(self, target: InstallTarget, on_installed: Callable[[Installed], None] = lambda _: None,
-                 client_factory: Callable[[], Any] | None = None, workers: int = 1) -> None:
+                 workers: int = 1) -> None:
         self.target = target
         self._on_installed = on_installed
-        self._client_factory = client_factory
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="easel-install")
         self._jobs: OrderedDict[str, InstallJob] = OrderedDict()
         self._lock = threading.Lock()
 
     def submit(self, request: InstallRequest, from_client: bool = True) -> InstallJob:
         """Queue an install; a source that cannot work (bad text, downloads off) fails now, as an InstallError."""
-        from modules.installer import check_downloads_allowed, local_path
-
         source = parse_source(request.source, request.file, request.revision, self.target.endpoint)
         check_downloads_allowed(source, self.target)
         if source.kind == "path":
             local_path(source, self.target, from_client)
+        if source.kind == "url" and from_client:
+            check_public_url(source.text, self.target)
         job = InstallJob(request)
         with self._lock:
             self._jobs[job.id] = job
@@ -115,9 +117,8 @@ class Installer:
         if job.cancel_event.is_set():
             return
         job.state = "running"
-        client = self._client_factory() if self._client_factory else None
         try:
-            job.result = install(job.request, self.target, job.progress, job.cancel_event.is_set, from_client, client)
+            job.result = install(job.request, self.target, job.progress, job.cancel_event.is_set, from_client)
             self._on_installed(job.result)
             self._end(job, "done", None)
         except InstallCancelled:
@@ -126,9 +127,6 @@ class Installer:
             self._end(job, "failed", str(err))
         except Exception as err:  # a bug or an OS error: the job fails, the worker lives on
             self._end(job, "failed", f"{type(err).__name__}: {err}")
-        finally:
-            if client is not None:
-                client.close()
 
     def _end(self, job: InstallJob, state: str, error: str | None) -> None:
         job.state, job.error, job.finished = state, error, time.time()

@@ -25,10 +25,12 @@ destination, and name a server path only when the operator allowed it (``--allow
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,7 @@ class InstallTarget:
     max_bytes: int = 40 * GiB  # largest file accepted
     reserve_bytes: int = 1 * GiB  # free disk left after the download
     endpoint: str | None = None  # hub endpoint (None: huggingface_hub's, from HF_ENDPOINT)
+    allow_private_hosts: bool = False  # let clients make the server fetch from its own network (tests)
 
     @property
     def downloads_dir(self) -> Path:
@@ -228,6 +231,32 @@ def check_downloads_allowed(source: Source, target: InstallTarget) -> None:
                                "environment; start Easel through ./launch.sh --allow-downloads, or unset HF_HUB_OFFLINE")
 
 
+def host_addresses(host: str) -> list[str]:
+    """The IP addresses ``host`` resolves to (none when it does not resolve)."""
+    try:
+        return [info[4][0] for info in socket.getaddrinfo(host, None)]
+    except (socket.gaierror, UnicodeError):
+        return []
+
+
+def check_public_url(url: str, target: InstallTarget) -> None:
+    """A client's URL (and every redirect) must lead to a public address, so that an install cannot
+    probe this machine or its private network; the hub endpoint the operator set is always allowed."""
+    if target.allow_private_hosts:
+        return
+    from huggingface_hub import constants
+
+    host = urlparse(url).hostname or ""
+    if host == urlparse(target.endpoint or constants.ENDPOINT).hostname:
+        return
+    for text in host_addresses(host):
+        address = ipaddress.ip_address(text.split("%")[0])
+        if not address.is_global or address.is_multicast:
+            raise InstallError(f"source: {host} is an address of this machine or a private network ({text}); "
+                               "installs from clients fetch only from public hosts (the operator can run "
+                               "./launch.sh install on the server)")
+
+
 def local_path(source: Source, target: InstallTarget, from_client: bool) -> Path:
     """The local file a path source names; clients may name one only with --allow-server-paths."""
     if from_client and not target.allow_server_paths:
@@ -299,6 +328,8 @@ def resolve_hub(source: Source, target: InstallTarget) -> Resolved:
         raise InstallError(f"{source.file!r} not found in {source.text}") from None
     except HfHubHTTPError as err:
         raise InstallError(f"the hub refused {source.text}: {str(err).splitlines()[0]}") from None
+    except OSError as err:  # httpx's network errors too (no connection, timeout)
+        raise InstallError(f"cannot reach the hub for {source.text}: {type(err).__name__}: {err}") from None
     sha = meta.etag if meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) else None  # LFS files: the sha256
     headers = build_hf_headers() if same_host(meta.location, url) else {}
     key = f"hub:{source.text}@{meta.commit_hash or source.revision or 'main'}/{filename}"
@@ -389,6 +420,7 @@ def download(resolved: Resolved, part: Path, target: InstallTarget, client: Any,
             if attempt == RETRIES:
                 raise InstallError(f"the download failed {RETRIES + 1} times ({type(err).__name__}: {err}); "
                                    "try again to resume it") from None
+    raise InstallError(f"{resolved.name}: the server kept answering with no usable bytes; try again later")
 
 
 def fetch_once(resolved: Resolved, part: Path, have: int, target: InstallTarget, client: Any, progress: Progress,
@@ -457,8 +489,11 @@ def read_safetensors_header(path: Path, name: str) -> dict[str, Any]:
             header = json.loads(f.read(size))
         if not isinstance(header, dict):
             raise ValueError("the header is not an object")
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+        if 8 + size + max(ends, default=0) != path.stat().st_size:
+            raise ValueError("its tensors do not fill the file: truncated or damaged")
         return header
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         raise InstallError(f"{name} is not a .safetensors file ({err}); it may be an HTML page or a "
                            "different format with the wrong name") from None
 
@@ -537,7 +572,8 @@ def install(request: InstallRequest, target: InstallTarget, progress: Progress |
         check_name(name, request.allow_pickle)
         return finish_local(path, name, request, target, progress)
     own = client is None
-    client = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30, read=60))
+    hooks = {"request": [lambda r: check_public_url(str(r.url), target)]} if from_client else {}
+    client = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30, read=60), event_hooks=hooks)
     try:
         progress.stage = "resolving"
         resolved = resolve_hub(source, target) if source.kind == "hub" else resolve_url(source, client)

@@ -78,6 +78,8 @@ def online(monkeypatch):
 
 
 def make_target(data_dir: Path, host=None, allow_downloads: bool = True, **kw) -> InstallTarget:
+    """Installs into ``data_dir``; the local host counts as public here unless ``allow_private_hosts=False``."""
+    kw.setdefault("allow_private_hosts", True)
     return InstallTarget(data_dir, {k: data_dir / v for k, v in TYPES.items()}, allow_downloads,
                          endpoint=host.base if host else None, **kw)
 
@@ -226,6 +228,20 @@ def test_local_path_needs_server_paths_for_clients(tmp_path):
         install(InstallRequest(source=str(src)), make_target(data, allow_downloads=False))
     result = install(InstallRequest(source=str(src)), make_target(data, allow_downloads=False), from_client=False)
     assert result.path == data / "models/Lora/style.safetensors" and src.exists()
+
+
+def test_clients_cannot_make_the_server_fetch_from_its_own_network(tmp_path, host, monkeypatch):
+    import modules.installer as installer
+
+    target = make_target(tmp_path, allow_private_hosts=False)
+    for url in (f"{host.base}/files/123", "http://169.254.169.254/latest/meta-data", "http://[::1]:1/x.safetensors"):
+        with pytest.raises(InstallError, match="private network"):
+            install(InstallRequest(source=url), target)
+    monkeypatch.setattr(installer, "host_addresses", lambda host: ["10.0.0.5"])  # a name that resolves inside
+    with pytest.raises(InstallError, match="private network"):
+        install(InstallRequest(source="https://models.example/x.safetensors"), target)
+    # the operator (CLI) may fetch from anywhere
+    assert install(InstallRequest(source=f"{host.base}/files/123"), target, from_client=False).type == "lora"
 
 
 # --------------------------------------------------------------------------- the download worker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,6 +33,7 @@ def make_services(data_dir, allow_downloads: bool = True):
 @pytest.fixture
 def online_services(data_dir):
     s = make_services(data_dir)
+    s.installer.target = replace(s.installer.target, allow_private_hosts=True)  # the test host is 127.0.0.1
     yield s
     s.close()
 
@@ -99,3 +101,12 @@ def test_installs_need_the_api_credentials(online_services, host):
     auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
     r = client.post("/easel/v1/models/install", json={"source": f"{host.base}/files/7"}, headers=auth)
     assert r.status_code == 202
+
+
+def test_clients_cannot_install_from_the_servers_network(data_dir, host):
+    services = make_services(data_dir)
+    try:
+        r = TestClient(create_app(services)).post("/easel/v1/models/install", json={"source": f"{host.base}/files/7"})
+        assert r.status_code == 400 and "private network" in r.json()["detail"]
+    finally:
+        services.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from modules.config import load_settings
@@ -16,6 +18,7 @@ from webui import models
 @pytest.fixture
 def online_services(data_dir):
     s = build_services(load_settings(data_dir, {"show_progress_every_n_steps": 0}), allow_downloads=True)
+    s.installer.target = replace(s.installer.target, allow_private_hosts=True)  # the test host is 127.0.0.1
     yield s
     s.close()
 
