@@ -581,6 +581,10 @@ def install(request: InstallRequest, target: InstallTarget, progress: Progress |
         expected = request.sha256 or resolved.sha256
         if request.sha256 and resolved.sha256 and request.sha256 != resolved.sha256:
             raise InstallError(f"sha256: you gave {request.sha256}, the hub says {resolved.sha256} for {resolved.name}")
+        found = existing_copy(target, resolved.name, resolved.size, expected)
+        if found is not None:
+            progress.stage = "done"
+            return found
         part = part_path(target, resolved)
         try:
             download(resolved, part, target, client, progress, cancelled)
@@ -591,6 +595,17 @@ def install(request: InstallRequest, target: InstallTarget, progress: Progress |
     finally:
         if own:
             client.close()
+
+
+def existing_copy(target: InstallTarget, name: str, size: int | None, sha: str | None) -> Installed | None:
+    """The installed file of this name, size and sha256, if one is there (then nothing is downloaded)."""
+    if sha is None or size is None:
+        return None
+    for kind, folder in target.folders.items():
+        path = folder / name
+        if path.is_file() and path.stat().st_size == size and file_sha256(path) == sha:
+            return Installed(kind, name, path, size, sha, "already installed (same sha256): nothing downloaded")
+    return None
 
 
 def finish_local(path: Path, name: str, request: InstallRequest, target: InstallTarget, progress: Progress) -> Installed:

@@ -125,6 +125,14 @@ def test_install_by_repo_id(tmp_path, host, online, checkpoint_bytes):
     assert leftovers(tmp_path) == ["models/Stable-diffusion/tiny-sd.safetensors"]
 
 
+def test_installed_file_is_not_downloaded_again(tmp_path, host, online):
+    target = make_target(tmp_path, host)
+    install(InstallRequest(source="tiny-org/tiny-sd"), target)
+    host.drop_first = True  # a download would show up as a dropped first response and a Range
+    again = install(InstallRequest(source="tiny-org/tiny-sd"), target)
+    assert "nothing downloaded" in again.note and host.ranges == []
+
+
 def test_repo_with_several_files_asks_for_one(tmp_path, host, online):
     with pytest.raises(InstallError, match="several model files.*a.safetensors, b.safetensors"):
         install(InstallRequest(source="tiny-org/two-files"), make_target(tmp_path, host))
