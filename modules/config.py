@@ -45,6 +45,11 @@ class Settings(BaseModel):
     vae_tiling: bool = False
     vae_slicing: bool = False
     show_progress_every_n_steps: int = Field(5, ge=0, description="live preview interval, 0 = off")
+    # A1111 options the HTTP API honours (clients set them through POST /sdapi/v1/options)
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="the API's clip_skip when a request gives none")
+    samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field("png", description="format of the API's images")
+    enable_pnginfo: bool = Field(True, description="the API's images carry their infotext")
+    eta_noise_seed_delta: int = Field(0, ge=0, le=2**32 - 1, description="A1111's ENSD: stored and reported")
     default_sampler: str = "DPM++ 2M"  # with the Automatic schedule: Karras, as A1111 since 1.6
     default_steps: int = Field(20, ge=1, le=150)
     max_queue: int = Field(64, ge=1, le=10_000)

@@ -150,7 +150,7 @@ def test_unknown_sampler_is_400_listing_valid_names(client):
 
 @pytest.mark.parametrize(
     ("patch", "field"),
-    [({"steps": "many"}, "steps"), ({"width": 33}, "width"), ({"cfg_scale": [1]}, "cfg_scale"),
+    [({"steps": "many"}, "steps"), ({"width": 4}, "width"), ({"cfg_scale": [1]}, "cfg_scale"),
      ({"seed": "x"}, "seed"), ({"batch_size": 0}, "batch_size"), ({"override_settings": 3}, "override_settings")],
 )
 def test_wrongly_typed_field_is_422_naming_it(client, patch, field):
@@ -191,9 +191,6 @@ def test_override_settings_checkpoint_and_clip_skip(client):
 
 
 def test_bad_override_values_are_named(client):
-    r = client.post("/sdapi/v1/txt2img", json={**T2I, "override_settings": {"sd_model_checkpoint": "nope"}})
-    assert r.status_code == 404
-    assert "nope" in r.json()["detail"] and "tiny-a.safetensors" in r.json()["detail"]
     r = client.post("/sdapi/v1/txt2img", json={**T2I, "override_settings": {"CLIP_stop_at_last_layers": 99}})
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["body", "override_settings", "CLIP_stop_at_last_layers"]
@@ -380,7 +377,9 @@ def test_options_round_trip_and_persistence(services):
         r = client.post("/sdapi/v1/options", json={"samples_save": False, "default_steps": 30,
                                                    "outdir_txt2img_samples": "outputs/mine", "some_a1111_option": 1})
         assert r.status_code == 200, r.text
-        assert r.json()["ignored"] == ["some_a1111_option"] and r.json()["model_switch_job"] is None
+        assert r.json() is None  # A1111 answers null
+        assert r.headers["Easel-Ignored-Options"] == "some_a1111_option"
+        assert "Easel-Model-Switch-Job" not in r.headers
         saved = json.loads(services.settings.config_file.read_text())
         assert saved["samples_save"] is False and saved["default_steps"] == 30
         assert saved["outdir_txt2img_samples"] == "outputs/mine"
@@ -399,7 +398,8 @@ def test_options_round_trip_and_persistence(services):
      ({"samples_save": False, "outdir_img2img_samples": "../../elsewhere"}, "outdir_img2img_samples"),
      ({"samples_save": False, "sd_model_checkpoint": "no-such-model"}, "sd_model_checkpoint"),
      ({"samples_save": False, "data_dir": "/tmp"}, "data_dir"),
-     ({"samples_save": False, "CLIP_stop_at_last_layers": 2}, "CLIP_stop_at_last_layers")],
+     ({"samples_save": False, "CLIP_stop_at_last_layers": 0}, "CLIP_stop_at_last_layers"),
+     ({"samples_save": False, "samples_format": "gif"}, "samples_format")],
 )
 def test_bad_option_is_422_and_nothing_is_saved(services, values, field):
     with TestClient(create_app(services)) as client:
@@ -417,7 +417,8 @@ def test_model_switch_via_options_is_queued_behind_earlier_jobs(paused):
     assert first.status_code == 202
     r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-b.safetensors [ignored]"})
     assert r.status_code == 200, r.text
-    switch_id = r.json()["model_switch_job"]
+    assert r.json() is None
+    switch_id = r.headers["Easel-Model-Switch-Job"]
     assert switch_id is not None
     second = client.post("/easel/v1/jobs", json={"type": "txt2img", "request": {**T2I, "steps": 1}})
     assert [j["id"] for j in client.get("/easel/v1/jobs").json()] == [first.json()["id"], switch_id, second.json()["id"]]

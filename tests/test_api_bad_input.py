@@ -29,7 +29,8 @@ CASES = [
     ("POST", "/sdapi/v1/txt2img", {**T2I, "steps": 100, "enable_hr": True, "batch_size": 16}, 400),
     ("POST", "/sdapi/v1/txt2img", {**T2I, "prompt": "x" * 30_000}, 422),
     ("POST", "/sdapi/v1/txt2img", {**T2I, "sampler_name": "Warp Drive"}, 400),
-    ("POST", "/sdapi/v1/txt2img", {**T2I, "override_settings": {"sd_model_checkpoint": "no-such-model"}}, 404),
+    ("POST", "/sdapi/v1/interrogate", {"image": IMG}, 404),  # no interrogator installed (an unknown override
+    # checkpoint is no longer bad input: A1111 ignores it, see test_api_a1111_clients)
     ("POST", "/sdapi/v1/txt2img", {**T2I, "alwayson_scripts": {"controlnet": {}}}, 422),
     ("POST", "/sdapi/v1/img2img", {**T2I}, 422),  # no init_images
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": "not a list"}, 422),
@@ -38,14 +39,15 @@ CASES = [
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "mask": NOT_AN_IMAGE}, 422),
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "width": 8192, "height": 8192}, 400),
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "sampler_name": "nope"}, 400),
-    ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "override_settings": {"sd_model_checkpoint": "x"}}, 404),
+    ("POST", "/sdapi/v1/extra-batch-images", {"imageList": [{"data": NOT_AN_IMAGE, "name": "x"}]}, 422),
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "denoising_strength": 7}, 422),
     ("POST", "/sdapi/v1/extra-single-image", {}, 422),
     ("POST", "/sdapi/v1/extra-single-image", {"image": 5}, 422),
     ("POST", "/sdapi/v1/extra-single-image", {"image": NOT_AN_IMAGE}, 422),
     ("POST", "/sdapi/v1/extra-single-image", {"image": IMG, "upscaling_resize": 100}, 422),
     ("POST", "/sdapi/v1/extra-single-image", {"image": IMG, "upscaler_1": "Nonexistent"}, 400),
-    ("POST", "/sdapi/v1/extra-single-image", {"image": png_b64(size=(1024, 1024)), "upscaling_resize": 8}, 400),
+    ("POST", "/sdapi/v1/extra-single-image", {"image": png_b64(size=(1024, 1024)), "upscaler_1": "Lanczos",
+                                              "upscaling_resize": 8}, 400),
     ("POST", "/sdapi/v1/png-info", {}, 422),
     ("POST", "/sdapi/v1/png-info", {"image": ["x"]}, 422),
     ("POST", "/sdapi/v1/png-info", {"image": "%%%"}, 422),

@@ -47,7 +47,7 @@ def test_fifty_mixed_requests_across_two_checkpoints(server):
         switch = httpx.post(f"{base}/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-b.safetensors"}, timeout=60)
         second = [pool.submit(call, i) for i in range(25, 50)]
         outcomes = [f.result() for f in first + second]
-    assert switch.status_code == 200 and switch.json()["model_switch_job"]
+    assert switch.status_code == 200 and switch.headers["Easel-Model-Switch-Job"]
     assert len(outcomes) == 50
     for i, model, response in outcomes:
         assert response.status_code == 200, (i, response.text)

@@ -66,6 +66,26 @@ def detect_request(body: DetectBody, device: str, budget: InputBudget) -> Detect
                          threshold_a=body.controlnet_threshold_a, threshold_b=body.controlnet_threshold_b, device=device)
 
 
+# sd-webui-controlnet's control types and the word that picks their preprocessors and models
+CONTROL_TYPES = {"Canny": ("canny",), "Depth": ("depth",), "NormalMap": ("normal",), "OpenPose": ("openpose",),
+                 "MLSD": ("mlsd",), "Lineart": ("lineart",), "SoftEdge": ("softedge", "hed", "pidi"),
+                 "Scribble/Sketch": ("scribble", "sketch"), "Segmentation": ("seg",), "Shuffle": ("shuffle",),
+                 "Tile/Blur": ("tile", "blur"), "Inpaint": ("inpaint",), "Reference": ("reference",)}
+
+
+def control_type_table(modules: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
+    """``/controlnet/control_types``: "All", then each type with the modules and models whose names match it."""
+    table = {"All": {"module_list": modules, "model_list": ["None", *models], "default_option": "none",
+                     "default_model": "None"}}
+    for label, words in CONTROL_TYPES.items():
+        picked = [m for m in modules if any(w in m.lower() for w in words)]
+        picked_models = [m for m in models if any(w in m.lower() for w in words)]
+        table[label] = {"module_list": ["none", *picked], "model_list": ["None", *picked_models],
+                        "default_option": picked[0] if picked else "none",
+                        "default_model": picked_models[0] if picked_models else "None"}
+    return table
+
+
 def create_controlnet_router(services: Services) -> APIRouter:
     """The /controlnet routes, bound to ``services``."""
     router = APIRouter(prefix=PREFIX, tags=[TAG])
@@ -84,6 +104,12 @@ def create_controlnet_router(services: Services) -> APIRouter:
         """Preprocessor names (or UI aliases) and their sliders (``module_detail``)."""
         return {"module_list": preprocessors.list_modules(alias_names),
                 "module_detail": preprocessors.modules_detail(alias_names)}
+
+    @router.get("/control_types")
+    def control_types() -> dict[str, dict[str, dict[str, Any]]]:
+        """The extension's control types: for each, the preprocessors and installed models it filters to."""
+        models = [info.name for info in services.controlnet_infos()]
+        return {"control_types": control_type_table(preprocessors.list_modules(), models)}
 
     @router.get("/settings")
     async def settings() -> dict[str, int]:

@@ -100,7 +100,7 @@ def check_no_scripts(body: BaseModel) -> None:
 
 
 def check_no_alwayson(body: BaseModel) -> None:
-    """Always-on scripts other than ControlNet (on txt2img/img2img bodies) and face restoration are a 422."""
+    """Always-on scripts other than ControlNet (on txt2img/img2img bodies) are a 422."""
     scripts = getattr(body, "alwayson_scripts", None) or {}
     generation = "controlnet_units" in type(body).model_fields
     unknown = [name for name in scripts if not (generation and str(name).lower() == CONTROLNET_SCRIPT)]
@@ -108,9 +108,6 @@ def check_no_alwayson(body: BaseModel) -> None:
         names = ", ".join(map(str, unknown))
         have = f"this route has {CONTROLNET_SCRIPT!r} only" if generation else "this route has none"
         raise field_error(("alwayson_scripts",), f"always-on script(s) {names} not found; {have}")
-    for name in ("gfpgan_visibility", "codeformer_visibility"):
-        if getattr(body, name, 0):
-            raise field_error((name,), "face restoration is not available in Easel; use 0")
 
 
 def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Settings,
@@ -118,7 +115,8 @@ def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Set
     """The core request for an API body: same fields, A1111 override_settings applied, images decoded.
 
     ``images`` maps image fields to decoded PIL images. A request saves only when it asks to and
-    the ``samples_save`` setting (or override) allows it, as in A1111. ``where`` is the body's
+    the ``samples_save`` setting (or override) allows it, as in A1111; without ``clip_skip`` (field or
+    ``CLIP_stop_at_last_layers`` override) it is the setting ``CLIP_stop_at_last_layers``. ``where`` is the body's
     place in the HTTP body, for the field names of errors.
     """
     data = body.model_dump(include=set(core_cls.model_fields) - {"mode"})
@@ -134,6 +132,8 @@ def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Set
             from_overrides[name] = option
     if "save_images" in data:
         data["save_images"] = bool(data["save_images"]) and bool(overrides.get("samples_save", settings.samples_save))
+    if "clip_skip" in data and "clip_skip" not in body.model_fields_set and "clip_skip" not in from_overrides:
+        data["clip_skip"] = settings.CLIP_stop_at_last_layers  # A1111's option, when the request gives none
     data.update(images or {})
     try:
         return core_cls.model_validate(data)
@@ -147,14 +147,39 @@ def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Set
         raise RequestValidationError(errors) from None
 
 
-def encode_images(result: GenerationResult) -> list[str]:
-    """The result's images as base64 PNGs, each carrying its infotext."""
+RESPONSE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}  # A1111's samples_format
+
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    """How the ``/sdapi/v1`` answers encode images: A1111's ``samples_format`` (png, jpg, webp) and
+    ``enable_pnginfo`` (the infotext in the PNG chunk or the EXIF UserComment), from the settings or
+    the request's ``override_settings``."""
+
+    format: str = "PNG"
+    infotext: bool = True
+
+    @classmethod
+    def of(cls, settings: Settings, overrides: dict[str, Any] | None = None) -> "ImageEncoding":
+        overrides = overrides or {}
+        name = str(overrides.get("samples_format", settings.samples_format)).lower()
+        return cls(RESPONSE_FORMATS.get(name, "PNG"), bool(overrides.get("enable_pnginfo", settings.enable_pnginfo)))
+
+    def encode(self, image: Image.Image, infotext: str | None = None) -> str:
+        return encode_image_base64(image, self.format, infotext if self.infotext else "")
+
+
+def encode_images(result: GenerationResult, encoding: ImageEncoding | None = None) -> list[str]:
+    """The result's images as base64 (PNG unless ``encoding`` says otherwise), each carrying its infotext."""
+    encoding = encoding or ImageEncoding()
     texts = list(result.infotexts) + [None] * (len(result.images) - len(result.infotexts))
-    return [encode_image_base64(image, infotext=text) for image, text in zip(result.images, texts, strict=False)]
+    return [encoding.encode(image, text) for image, text in zip(result.images, texts, strict=False)]
 
 
-def info_dict(result: GenerationResult, request: Any, job_timestamp: float | None = None) -> dict[str, Any]:
-    """A1111's ``info`` object: the result's own fields plus the request values A1111 reports."""
+def info_dict(result: GenerationResult, request: Any, job_timestamp: float | None = None,
+              warnings: list[str] | None = None) -> dict[str, Any]:
+    """A1111's ``info`` object: the result's own fields plus the request values A1111 reports, and
+    ``warnings``: what Easel changed in the request to run it as A1111 would (``modules.api.lenient``)."""
     denoising = getattr(request, "denoising_strength", None)
     if getattr(request, "mode", "") == "txt2img" and not getattr(request, "enable_hr", False):
         denoising = None  # only the hires pass of txt2img denoises an image
@@ -181,12 +206,14 @@ def info_dict(result: GenerationResult, request: Any, job_timestamp: float | Non
         "paths": [str(p) for p in result.paths],
     }
     info.update(result.info())
+    info["warnings"] = list(warnings or [])
     return info
 
 
-def info_json(result: GenerationResult, request: Any, job_timestamp: float | None = None) -> str:
+def info_json(result: GenerationResult, request: Any, job_timestamp: float | None = None,
+              warnings: list[str] | None = None) -> str:
     """``info_dict`` as the JSON string A1111's responses carry."""
-    return json.dumps(info_dict(result, request, job_timestamp), default=str)
+    return json.dumps(info_dict(result, request, job_timestamp, warnings), default=str)
 
 
 def parameters_of(body: BaseModel, hide_images: bool = True) -> dict[str, Any]:
@@ -253,8 +280,9 @@ def controlnet_units_of(body: BaseModel, budget: InputBudget, where: tuple[Any, 
 
 
 def _decoded_unit(fields: dict[str, Any], loc: tuple[Any, ...], budget: InputBudget) -> ControlNetUnit:
-    """One unit from its JSON fields, its image decoded; 422 naming ``loc.field`` when something is wrong."""
-    data = dict(fields)
+    """One unit from its JSON fields, its image decoded; 422 naming ``loc.field`` when something is wrong.
+    A field sent as null takes its default, as in A1111's API."""
+    data = {name: value for name, value in fields.items() if value is not None}
     if not data.get("image") and data.get("input_image"):
         data["image"] = data["input_image"]
     image = data.get("image")

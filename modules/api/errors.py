@@ -38,6 +38,10 @@ class JobNotFound(LookupError):
     """No job with the requested id (never submitted, or forgotten long ago)."""
 
 
+class ModelNotInstalled(LookupError):
+    """A route needs a model that is not installed (the message names it and what would be needed)."""
+
+
 class JobFailed(RuntimeError):
     """A job failed on the worker for a reason that is not the request's fault."""
 
@@ -48,6 +52,7 @@ STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
     (RequestError, 400),
     (CheckpointError, 404),
     (JobNotFound, 404),
+    (ModelNotInstalled, 404),
     (ImageTooLarge, 413),  # an input image over max_input_pixels (or the request's share of max_queue_mb)
     (JobTooLarge, 413),  # a job whose inputs alone are over max_queue_mb (a retry cannot help)
     (JobCancelled, 409),

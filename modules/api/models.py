@@ -4,12 +4,16 @@ The ``/sdapi/v1`` request bodies subclass the core requests (``modules.schemas``
 every core field, validator and limit, and change only what A1111's API does differently:
 
 - ``width``/``height`` default to 512 and ``steps`` to 50 (A1111's API defaults; the core's own
-  defaults are the model's native size and 20 steps);
+  defaults are the model's native size and 20 steps); txt2img's ``denoising_strength`` is 0.75;
+- ``width``/``height`` need not be multiples of 8 (floored to one, ``modules.api.lenient``);
+- ``null`` in any field means its default (``NullMeansDefault``);
 - ``save_images`` defaults to False (A1111's API does not save unless asked);
 - images travel as base64 text (raw, or ``data:image/...;base64,`` URLs);
+- ``infotext`` fills the fields the body does not set (``modules.api.lenient.apply_infotext``);
 - ``override_settings`` apply to that request only: ``sd_model_checkpoint`` (the job runs on that
-  model), ``CLIP_stop_at_last_layers`` (becomes ``clip_skip``) and ``samples_save``; other options
-  are ignored. So ``override_settings_restore_afterwards=False`` does not make them stick as in A1111;
+  model), ``sd_vae``, ``CLIP_stop_at_last_layers`` (becomes ``clip_skip``), ``samples_save``,
+  ``samples_format`` and ``enable_pnginfo``; other options are ignored. So
+  ``override_settings_restore_afterwards=False`` does not make them stick as in A1111;
 - ``script_name``/``script_args``: the scripts of ``GET /sdapi/v1/scripts`` ("outpainting mk2" on
   img2img, "x/y/z plot" on both) with A1111's positional args; any other name is a 422 listing
   them. ``alwayson_scripts`` takes ``controlnet`` only (sd-webui-controlnet's ``{"args": [unit, ...]}``).
@@ -19,15 +23,18 @@ is the settings' ``default_sampler`` (A1111 falls back to ``sampler_index``'s de
 
 Unknown fields are ignored, as A1111 does; wrongly typed or out-of-range fields get a 422 whose
 ``detail[].loc`` names the field. The ``/easel/v1`` job API takes the core requests unchanged.
+Every difference from A1111 that remains is listed in ``docs/api.md``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modules.schemas import ExtrasRequest, Img2ImgRequest, OutpaintRequest, RequestModel, Txt2ImgRequest
+
+from .lenient import NullMeansDefault
 
 IMAGE_DESCRIPTION = "base64 image data, raw or as a data:image/...;base64, URL"
 
@@ -40,44 +47,89 @@ class ScriptFields(RequestModel):
     alwayson_scripts: dict[str, Any] = Field(
         default_factory=dict, description='A1111 always-on scripts: only {"controlnet": {"args": [unit, ...]}}')
     force_task_id: str | None = Field(None, description="accepted and ignored")
-    infotext: str | None = Field(None, description="accepted and ignored")
+    infotext: str | None = Field(None, description="an A1111 infotext: fills the fields this body does not set")
 
 
-class Txt2ImgBody(Txt2ImgRequest, ScriptFields):
+SIZE_DESCRIPTION = "any size from 8; not a multiple of 8: floored to one (the size drawn is info.width/height)"
+
+
+class Txt2ImgBody(NullMeansDefault, Txt2ImgRequest, ScriptFields):
     """POST /sdapi/v1/txt2img: A1111's StableDiffusionProcessingTxt2Img fields and API defaults."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"prompt": "a red apple", "steps": 20}})
 
-    width: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
-    height: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
+    width: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
+    height: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     steps: int = Field(50, ge=1, le=150)
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="strength of the hires pass (A1111: 0.75)")
     save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
 
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int | None) -> int | None:
+        return v  # A1111 floors to the latent grid: modules.api.lenient.latent_grid_sizes
 
-class Img2ImgBody(Img2ImgRequest, ScriptFields):
+
+class Img2ImgBody(NullMeansDefault, Img2ImgRequest, ScriptFields):
     """POST /sdapi/v1/img2img: A1111's StableDiffusionProcessingImg2Img fields; ``mask`` makes it inpainting."""
 
     model_config = ConfigDict(extra="ignore")
 
     init_images: list[str] | None = Field(None, description=f"the images to start from: {IMAGE_DESCRIPTION}")
     mask: str | None = Field(None, description=f"inpainting mask, white = repaint: {IMAGE_DESCRIPTION}")
-    width: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
-    height: int | None = Field(512, ge=8, le=8192, description="multiple of 8")
+    width: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
+    height: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     steps: int = Field(50, ge=1, le=150)
     save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
 
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int | None) -> int | None:
+        return v  # A1111 floors to the latent grid: modules.api.lenient.latent_grid_sizes
 
-class ExtrasBody(ExtrasRequest):
-    """POST /sdapi/v1/extra-single-image: upscale one image."""
+
+class ExtrasBody(NullMeansDefault, ExtrasRequest):
+    """POST /sdapi/v1/extra-single-image: upscale one image. ``upscaler_1`` "None" returns it unchanged (A1111)."""
 
     model_config = ConfigDict(extra="ignore")
 
     image: str = Field("", description=f"the image to upscale: {IMAGE_DESCRIPTION}")
     save_images: bool = Field(False, description="save to the extras outputs folder (A1111's API: no)")
-    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0, description="face restoration: not available in Easel (must be 0)")
-    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0, description="face restoration: not available in Easel (must be 0)")
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0, description="accepted; no face restorer is installed in"
+                                                                      " Easel: the image is not restored (html_info says so)")
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0, description="accepted; no face restorer is installed in"
+                                                                          " Easel: the image is not restored (html_info says so)")
     codeformer_weight: float = Field(0.0, ge=0.0, le=1.0, description="accepted and ignored")
     upscale_first: bool = Field(False, description="accepted and ignored (no face restoration)")
+
+
+class FileData(RequestModel):
+    """One image of extra-batch-images (A1111's FileData)."""
+
+    data: str = Field(description=IMAGE_DESCRIPTION)
+    name: str = Field("", description="file name, for the client's own use")
+
+
+class ExtrasBatchBody(ExtrasBody):
+    """POST /sdapi/v1/extra-batch-images: the extras upscale for each image of ``imageList``."""
+
+    imageList: list[FileData] = Field(default_factory=list, description="the images to upscale")  # noqa: N815 - A1111's name
+
+
+class ExtrasBatchResponse(BaseModel):
+    """A1111's ExtrasBatchImagesResponse."""
+
+    images: list[str] = Field(description="the upscaled images, base64 PNG, in imageList's order")
+    html_info: str = Field("", description="a short description of what was done")
+
+
+class InterrogateBody(NullMeansDefault, RequestModel):
+    image: str = Field("", description=IMAGE_DESCRIPTION)
+    model: str = Field("clip", description='A1111\'s "clip" or "deepdanbooru"')
+
+
+class InterrogateResponse(BaseModel):
+    caption: str | None = None
 
 
 class GenerationResponse(BaseModel):
@@ -124,10 +176,103 @@ class SDModelItem(BaseModel):
     config: str | None
 
 
-class OptionsUpdateResponse(BaseModel):
-    updated: list[str] = Field(description="the options that were saved")
-    ignored: list[str] = Field(description="unknown option names, ignored as A1111 does")
-    model_switch_job: str | None = Field(None, description="id of the queued model switch, if sd_model_checkpoint changed")
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class UpscalerItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class SDVaeItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    filename: str
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class ScriptArg(BaseModel):
+    label: str | None = None
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[str] | None = None
+
+
+class ScriptInfo(BaseModel):
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[ScriptArg] = Field(default_factory=list)
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: int
+    enabled: bool
+
+
+class OptionsResponse(BaseModel):
+    """GET /sdapi/v1/options: every Easel setting and A1111's common options (the ones clients read most below)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = Field(None, description="the selected checkpoint's A1111 title")
+    sd_checkpoint_hash: str | None = Field(None, description="its sha256")
+    sd_vae: str = Field("Automatic", description='a file of models/VAE, "Automatic" or "None"')
+    CLIP_stop_at_last_layers: int = Field(1, description="clip skip of requests that give none")
+    samples_format: str = Field("png", description="png, jpg or webp: the format of the API's images")
+    samples_save: bool = True
+    enable_pnginfo: bool = True
+    eta_noise_seed_delta: int = 0
+    show_progress_every_n_steps: int = 5
 
 
 class MemoryResponse(BaseModel):

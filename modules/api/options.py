@@ -1,10 +1,12 @@
 """``/sdapi/v1/options``: Easel's settings under A1111's option names, read and written.
 
-Reading gives every setting (paths as text) plus a few A1111 options clients rely on:
-``sd_model_checkpoint`` is the selected checkpoint's A1111 title, ``sd_checkpoint_hash`` its
-sha256. Writing validates everything first; one bad value fails the whole update (422, the option
-named) and nothing is saved. A valid update is written to ``config.json``, replaces the services'
-settings, and a new ``sd_model_checkpoint`` queues a model switch behind the jobs already queued.
+Reading gives every setting (paths as text) plus A1111's common options: ``sd_model_checkpoint``
+is the selected checkpoint's A1111 title, ``sd_checkpoint_hash`` its sha256; the options Easel has
+no use for (``A1111_OPTIONS``) come with A1111's defaults. Writing validates everything first; one
+bad value fails the whole update (422, the option named) and nothing is saved. A valid update is
+written to ``config.json``, replaces the services' settings, and a new ``sd_model_checkpoint``
+queues a model switch behind the jobs already queued. The answer is ``null`` as in A1111; the
+``Easel-Model-Switch-Job`` and ``Easel-Ignored-Options`` headers say what was queued and ignored.
 
 The checks are ``modules.settings_update.validate_change``, shared with the Settings tab: the data
 and checkpoint folders cannot be changed over HTTP, folders must stay inside the data folder,
@@ -22,8 +24,27 @@ from modules.settings_update import validate_change
 
 from .convert import field_error
 
-# A1111 options without an Easel setting: reported with this value; any other value is refused.
-FIXED_OPTIONS: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "samples_format": "png", "enable_pnginfo": True}
+# A1111's common options that Easel has no setting for, with A1111's defaults: reported by GET so
+# clients find the keys they read; a POST of them is accepted and ignored (listed as ignored).
+A1111_OPTIONS: dict[str, Any] = {
+    "sd_checkpoint_cache": 0, "sd_vae_checkpoint_cache": 0, "sd_vae_overrides_per_model_preferences": True,
+    "sd_unet": "Automatic", "sd_hypernetwork": "None", "sd_lora": "None", "sd_checkpoints_keep_in_cpu": True,
+    "outdir_samples": "", "outdir_grids": "", "outdir_txt2img_grids": "outputs/txt2img-grids",
+    "outdir_img2img_grids": "outputs/img2img-grids", "outdir_save": "log/images",
+    "directories_filename_pattern": "[date]", "save_images_add_number": True, "grid_save": True,
+    "grid_format": "png", "jpeg_quality": 80, "webp_lossless": False, "export_for_4chan": True,
+    "return_grid": True, "return_mask": False, "return_mask_composite": False, "do_not_show_images": False,
+    "face_restoration": False, "face_restoration_model": "CodeFormer", "code_former_weight": 0.5,
+    "upscaler_for_img2img": None, "img2img_color_correction": False, "img2img_fix_steps": False,
+    "img2img_background_color": "#ffffff", "initial_noise_multiplier": 1.0, "eta_ddim": 0.0, "eta_ancestral": 1.0,
+    "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0, "k_sched_type": "Automatic", "sigma_min": 0.0,
+    "sigma_max": 0.0, "rho": 0.0, "always_discard_next_to_last_sigma": False, "enable_emphasis": True,
+    "use_old_emphasis_implementation": False, "comma_padding_backtrack": 20, "upcast_attn": False,
+    "randn_source": "GPU", "live_previews_enable": True, "show_progressbar": True, "show_progress_type": "Approx NN",
+    "live_preview_content": "Prompt", "add_model_hash_to_info": True, "add_model_name_to_info": True,
+    "add_version_to_infotext": True, "hires_fix_use_firstpass_conds": False, "interrogate_keep_models_in_memory": False,
+    "quicksettings_list": ["sd_model_checkpoint"], "sdxl_crop_top": 0, "sdxl_crop_left": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,7 @@ class OptionsUpdate:
 def read_options(services: Services) -> dict[str, Any]:
     """Every option, A1111 names, JSON-ready."""
     settings = services.settings
-    options = {k: v for k, v in FIXED_OPTIONS.items() if k not in Settings.model_fields}
+    options = {k: v for k, v in A1111_OPTIONS.items() if k not in Settings.model_fields}
     options.update(settings.model_dump(mode="json"))
     options["data_dir"] = str(settings.data_dir)
     try:
@@ -68,9 +89,6 @@ def plan_update(services: Services, values: dict[str, Any]) -> OptionsUpdate:
             except CheckpointError as err:
                 raise field_error((key,), str(err), value) from None
             changes[key] = checkpoint
-        elif key in FIXED_OPTIONS and key not in Settings.model_fields:
-            if value != FIXED_OPTIONS[key]:
-                raise field_error((key,), f"is fixed at {FIXED_OPTIONS[key]!r} in Easel", value)
         elif key == "sd_vae":
             try:
                 services.resolve_vae(value if isinstance(value, str) else repr(value))

@@ -11,8 +11,9 @@ with its images (``errors.not_saved_response``).
 import json
 import time
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -28,6 +29,7 @@ from modules.styles import STYLES_FILE, load_styles
 from . import networks_api, scripts
 from . import options as options_api
 from .convert import (
+    ImageEncoding,
     InputBudget,
     build_core_request,
     check_no_scripts,
@@ -39,21 +41,37 @@ from .convert import (
     info_json,
     parameters_of,
 )
-from .errors import NOT_SAVED_RESPONSES, JobFailed, not_saved_response
+from .errors import NOT_SAVED_RESPONSES, JobFailed, ModelNotInstalled, not_saved_response
+from .lenient import extras_leniency, make_lenient
 from .models import (
     EmbeddingsResponse,
+    ExtensionItem,
+    ExtrasBatchBody,
+    ExtrasBatchResponse,
     ExtrasBody,
     ExtrasResponse,
+    FaceRestorerItem,
     GenerationResponse,
+    HypernetworkItem,
     Img2ImgBody,
+    InterrogateBody,
+    InterrogateResponse,
+    LatentUpscalerModeItem,
     MemoryResponse,
-    OptionsUpdateResponse,
+    OptionsResponse,
     PngInfoBody,
     PngInfoResponse,
     ProgressResponse,
+    PromptStyleItem,
+    RealesrganItem,
+    SamplerItem,
+    SchedulerItem,
+    ScriptInfo,
     ScriptsList,
     SDModelItem,
+    SDVaeItem,
     Txt2ImgBody,
+    UpscalerItem,
 )
 
 PREFIX = "/sdapi/v1"
@@ -61,11 +79,15 @@ TAG = "sdapi (AUTOMATIC1111 compatible)"
 
 
 class Submitted(NamedTuple):
-    """What a generation route queued: the core request, its jobs, and the X/Y/Z plot plan (None: one job)."""
+    """What a generation route queued: the core request, its jobs, the X/Y/Z plot plan (None: one job),
+    the body as run (infotext applied, see ``lenient``) and what A1111's leniency changed."""
 
     core: Any
     jobs: list[Job]
     grid: Any = None  # modules.batches.Batch of an "x/y/z plot" request
+    body: Any = None  # None: the body as sent
+    warnings: tuple[str, ...] = ()
+    encoding: ImageEncoding = ImageEncoding()
 
 
 async def wait_for(job: Job) -> Any:
@@ -89,26 +111,29 @@ def interrupted_response(job: Job, parameters: dict[str, Any]) -> GenerationResp
 
 async def respond(services: Services, submitted: Submitted, body: Any) -> GenerationResponse | JSONResponse:
     """Await what a generation route submitted and shape A1111's answer (507 if images could not be saved)."""
+    body = submitted.body if submitted.body is not None else body
     if submitted.grid is not None:
         return await grid_response(services, submitted, body)
     job = submitted.jobs[0]
     result: GenerationResult | None = await wait_for(job)
     if result is None:
         return interrupted_response(job, parameters_of(body))
-    answer = await run_in_threadpool(generation_answer, job, result, submitted.core, body)
+    answer = await run_in_threadpool(generation_answer, job, result, submitted, body)
     return not_saved_response(answer, result.save_errors) if result.save_errors else answer
 
 
-def generation_answer(job: Job, result: GenerationResult, core: Any, body: Any) -> GenerationResponse:
+def generation_answer(job: Job, result: GenerationResult, submitted: Submitted, body: Any) -> GenerationResponse:
     """A1111's answer for a finished generation (the images encoded: run it in a worker thread)."""
-    images = encode_images(result) if body.send_images else []
-    return GenerationResponse(images=images, parameters=parameters_of(body), info=info_json(result, core, job.started))
+    images = encode_images(result, submitted.encoding) if body.send_images else []
+    info = info_json(result, submitted.core, job.started, list(submitted.warnings))
+    return GenerationResponse(images=images, parameters=parameters_of(body), info=info)
 
 
-def submit_grid(services: Services, kind: str, core: Any, body: Any) -> Submitted:
+def submit_grid(services: Services, kind: str, core: Any, body: Any, warnings: list[str]) -> Submitted:
     """Plan and queue an "x/y/z plot" request: one job per cell, planned by the web UI's X/Y plot."""
     batch = scripts.plan_xyz(kind, core, list(body.script_args), services)
-    return Submitted(core, services.submit_all(batch.requests), batch)
+    return Submitted(core, services.submit_all(batch.requests), batch, body, tuple(warnings),
+                     ImageEncoding.of(services.settings, body.override_settings))
 
 
 async def grid_response(services: Services, submitted: Submitted, body: Any) -> GenerationResponse | JSONResponse:
@@ -137,15 +162,29 @@ def grid_answer(submitted: Submitted, results: list[GenerationResult], body: Any
     shown = batch.show(results)
     cell_images = sum(len(r.images) for r in results)
     has_grid = len(shown.images) > cell_images
-    info = info_dict(results[0], core, jobs[0].started)
+    info = info_dict(results[0], core, jobs[0].started, list(submitted.warnings))
     info.update({
         "all_prompts": ([results[0].prompts[0]] if has_grid else []) + [p for r in results for p in r.prompts],
         "all_seeds": shown.seeds, "infotexts": shown.infotexts, "index_of_first_image": 1 if has_grid else 0,
         "paths": [str(p) for r in results for p in r.paths],
     })
-    images = [encode_image_base64(im, infotext=text) for im, text in zip(shown.images, shown.infotexts, strict=False)]
+    images = [submitted.encoding.encode(im, text) for im, text in zip(shown.images, shown.infotexts, strict=False)]
     return GenerationResponse(images=images if body.send_images else [], parameters=parameters_of(body),
                               info=json.dumps(info, default=str))
+
+
+# A1111's interrogation models and the files they load (modules/interrogate.py, modules/deepbooru.py)
+INTERROGATORS = {"clip": "models/BLIP/model_base_caption_capfilt_large.pth (with CLIP ViT-L/14)",
+                 "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.pt"}
+
+
+def interrogate_message(model: str) -> str:
+    """Why /interrogate cannot answer: Easel ships no interrogator, and which file A1111 would load."""
+    wanted = INTERROGATORS.get(model.lower())
+    if wanted is None:
+        return f"interrogate: model {model!r} not found; A1111's models are {', '.join(INTERROGATORS)}"
+    return (f"interrogate: model {model!r} is not installed: Easel has no interrogator. A1111's {model!r} loads"
+            f" {wanted}; Easel does not run it yet, so captions are not available from this server")
 
 
 def memory_stats(services: Services) -> dict[str, Any]:
@@ -242,11 +281,14 @@ def create_sdapi_router(services: Services) -> APIRouter:
     def submit_txt2img(body: Txt2ImgBody) -> Submitted:
         """Check a txt2img body and queue its job(s); decodes ControlNet images (run it in a worker thread)."""
         script = scripts.script_of(body, "txt2img")
+        lenient = make_lenient(body, services)
+        body = lenient.body
         units = controlnet_units_of(body, InputBudget.of(services.settings))
-        core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units})
+        core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units, **lenient.sizes})
         if script == scripts.XYZ_PLOT:
-            return submit_grid(services, "txt2img", core, body)
-        return Submitted(core, [services.submit("txt2img", core)])
+            return submit_grid(services, "txt2img", core, body, lenient.warnings)
+        return Submitted(core, [services.submit("txt2img", core)], None, body, tuple(lenient.warnings),
+                         ImageEncoding.of(services.settings, body.override_settings))
 
     @router.post("/img2img", response_model=GenerationResponse, responses=NOT_SAVED_RESPONSES)
     async def img2img(body: Img2ImgBody) -> GenerationResponse | JSONResponse:
@@ -261,6 +303,8 @@ def create_sdapi_router(services: Services) -> APIRouter:
     def submit_img2img(body: Img2ImgBody) -> Submitted:
         """Check an img2img body, decode its images and queue its job(s) (run it in a worker thread)."""
         script = scripts.script_of(body, "img2img")
+        lenient = make_lenient(body, services)
+        body = lenient.body
         if not body.init_images:
             raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
         budget = InputBudget.of(services.settings)
@@ -268,38 +312,82 @@ def create_sdapi_router(services: Services) -> APIRouter:
         units = controlnet_units_of(body, budget)
         if script == scripts.OUTPAINTING:
             core = scripts.build_outpaint(body, images, services.settings).model_copy(update={"controlnet_units": units})
-            return Submitted(core, [services.submit("outpaint", core)])
+            return Submitted(core, [services.submit("outpaint", core)], None, body, tuple(lenient.warnings),
+                             ImageEncoding.of(services.settings, body.override_settings))
         mask = decode_field(body.mask, ("mask",), budget) if body.mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings,
-                                  {"init_images": images, "mask": mask, "controlnet_units": units})
+                                  {"init_images": images, "mask": mask, "controlnet_units": units, **lenient.sizes})
         if script == scripts.XYZ_PLOT:
-            return submit_grid(services, "img2img", core, body)
-        return Submitted(core, [services.submit("img2img", core)])
+            return submit_grid(services, "img2img", core, body, lenient.warnings)
+        return Submitted(core, [services.submit("img2img", core)], None, body, tuple(lenient.warnings),
+                         ImageEncoding.of(services.settings, body.override_settings))
 
     @router.post("/extra-single-image", response_model=ExtrasResponse, responses=NOT_SAVED_RESPONSES)
     async def extra_single_image(body: ExtrasBody) -> ExtrasResponse | JSONResponse:
-        """Upscale one image with upscaler_1 (and upscaler_2 blended by extras_upscaler_2_visibility)."""
-        result = await wait_for(await run_in_threadpool(submit_extras, body))
+        """Upscale one image with upscaler_1 (and upscaler_2 blended by extras_upscaler_2_visibility);
+        upscaler_1 "None" returns it unchanged, as A1111 does."""
+        job, warnings = await run_in_threadpool(submit_extras, body, body.image, ("image",),
+                                                InputBudget.of(services.settings))
+        result = await wait_for(job)
         if result is None:
             return ExtrasResponse(image=None, html_info="interrupted")
-        answer = await run_in_threadpool(extras_answer, result, body)
+        answer = await run_in_threadpool(extras_answer, result, body, warnings)
         save_errors = result.save_errors if isinstance(result, GenerationResult) else []
         return not_saved_response(answer, save_errors) if save_errors else answer
 
-    def submit_extras(body: ExtrasBody) -> Job:
-        """Check an extras body, decode its image and queue the job (run it in a worker thread)."""
-        check_no_scripts(body)
-        image = decode_field(body.image, ("image",), InputBudget.of(services.settings))
-        core = build_core_request(ExtrasRequest, body, services.settings, {"image": image})
-        return services.submit("extras", core)
+    @router.post("/extra-batch-images", response_model=ExtrasBatchResponse, responses=NOT_SAVED_RESPONSES)
+    async def extra_batch_images(body: ExtrasBatchBody) -> ExtrasBatchResponse | JSONResponse:
+        """The extras upscale for each image of ``imageList`` (one job each, in order)."""
+        submitted = await run_in_threadpool(submit_extras_batch, body)
+        images, texts, save_errors = [], [], []
+        for job, _ in submitted:
+            result = await wait_for(job)
+            if result is None:
+                for rest, _ in submitted:
+                    services.queue.cancel(rest.id)
+                return ExtrasBatchResponse(images=images, html_info="interrupted")
+            answer = await run_in_threadpool(extras_answer, result, body, submitted[0][1])
+            images.append(answer.image)
+            texts.append(answer.html_info)
+            save_errors.extend(result.save_errors if isinstance(result, GenerationResult) else [])
+        html = texts[0] if texts else ""
+        answer = ExtrasBatchResponse(images=[i for i in images if i] if body.show_extras_results else [], html_info=html)
+        return not_saved_response(answer, save_errors) if save_errors else answer
 
-    def extras_answer(result: Any, body: ExtrasBody) -> ExtrasResponse:
-        """A1111's extras answer (the image encoded: run it in a worker thread)."""
+    def submit_extras(body: ExtrasBody, image_text: str, loc: tuple[Any, ...], budget: InputBudget,
+                      ) -> tuple[Job, list[str]]:
+        """Check an extras body, decode one image and queue its job (run it in a worker thread)."""
+        check_no_scripts(body)
+        image = decode_field(image_text, loc, budget)
+        updates, warnings = extras_leniency(body)
+        core = build_core_request(ExtrasRequest, body, services.settings, {"image": image, **updates})
+        return services.submit("extras", core), warnings
+
+    def submit_extras_batch(body: ExtrasBatchBody) -> list[tuple[Job, list[str]]]:
+        """Queue one extras job per image; if one is refused, those queued are cancelled (worker thread)."""
+        limit = services.settings.max_batch_images
+        if len(body.imageList) > limit:
+            raise field_error(("imageList",), f"{len(body.imageList)} images; at most {limit} per request"
+                              " (setting max_batch_images)", len(body.imageList))
+        budget = InputBudget.of(services.settings)
+        submitted: list[tuple[Job, list[str]]] = []
+        try:
+            for i, item in enumerate(body.imageList):
+                submitted.append(submit_extras(body, item.data, ("imageList", i, "data"), budget))
+        except Exception:
+            for job, _ in submitted:
+                services.queue.cancel(job.id)
+            raise
+        return submitted
+
+    def extras_answer(result: Any, body: ExtrasBody, warnings: list[str]) -> ExtrasResponse:
+        """A1111's extras answer (the image encoded: run it in a worker thread); warnings end html_info."""
         out = result.images[0] if isinstance(result, GenerationResult) else result
         text = result.infotexts[0] if isinstance(result, GenerationResult) and result.infotexts else ""
+        html_info = "\n".join([text, *warnings]) if text else "\n".join(warnings)
         if not body.show_extras_results:
-            return ExtrasResponse(image=None, html_info=text)
-        return ExtrasResponse(image=encode_image_base64(out), html_info=text)
+            return ExtrasResponse(image=None, html_info=html_info)
+        return ExtrasResponse(image=ImageEncoding.of(services.settings).encode(out, text or None), html_info=html_info)
 
     @router.post("/png-info", response_model=PngInfoResponse)
     def png_info(body: PngInfoBody) -> PngInfoResponse:
@@ -326,19 +414,28 @@ def create_sdapi_router(services: Services) -> APIRouter:
         services.queue.skip()
         return {}
 
-    @router.get("/options")
+    @router.get("/options", response_model=OptionsResponse)
     def get_options() -> dict[str, Any]:
-        """Every setting under A1111's option names; sd_model_checkpoint is the selected checkpoint's title."""
+        """Every setting under A1111's option names, and A1111's common options with their defaults;
+        sd_model_checkpoint is the selected checkpoint's title."""
         return options_api.read_options(services)
 
-    @router.post("/options", response_model=OptionsUpdateResponse)
+    @router.post("/options", response_model=None, responses={200: {"description": "null, as A1111 answers", "headers": {
+        "Easel-Model-Switch-Job": {"description": "id of the queued model switch (sd_model_checkpoint changed)"},
+        "Easel-Ignored-Options": {"description": "option names Easel has no use for, percent-encoded, comma-separated"}}}})
     def set_options(
+        response: Response,
         values: dict[str, Any] = Body(..., examples=[{"sd_model_checkpoint": "model.safetensors"}]),
-    ) -> OptionsUpdateResponse:
-        """Validate, save to config.json and apply. A new sd_model_checkpoint is queued behind earlier jobs."""
+    ) -> None:
+        """Validate, save to config.json and apply; answers null as A1111. A new sd_model_checkpoint is queued
+        behind earlier jobs (its job id in the ``Easel-Model-Switch-Job`` header)."""
         update = options_api.plan_update(services, values)
         job_id = options_api.apply_update(services, update)
-        return OptionsUpdateResponse(updated=update.updated, ignored=update.ignored, model_switch_job=job_id)
+        if job_id is not None:
+            response.headers["Easel-Model-Switch-Job"] = job_id
+        if update.ignored:  # client-chosen names: percent-encoded, so a header holds only safe ASCII
+            response.headers["Easel-Ignored-Options"] = ",".join(quote(name, safe="") for name in update.ignored)
+        return None
 
     @router.get("/cmd-flags")
     def get_cmd_flags() -> dict[str, Any]:
@@ -355,15 +452,15 @@ def create_sdapi_router(services: Services) -> APIRouter:
         services.checkpoints.refresh()
         return {}
 
-    @router.get("/samplers")
+    @router.get("/samplers", response_model=list[SamplerItem])
     async def get_samplers() -> list[dict[str, Any]]:
         return samplers.sampler_list()
 
-    @router.get("/schedulers")
+    @router.get("/schedulers", response_model=list[SchedulerItem])
     async def get_schedulers() -> list[dict[str, Any]]:
         return samplers.scheduler_list()
 
-    @router.get("/upscalers")
+    @router.get("/upscalers", response_model=list[UpscalerItem])
     def get_upscalers() -> list[dict[str, Any]]:
         """Pixel and model upscalers (the latent ones are under /latent-upscale-modes)."""
         return [
@@ -372,17 +469,17 @@ def create_sdapi_router(services: Services) -> APIRouter:
             for u in upscalers.list_upscalers(services.settings.models_dir, include_latent=False)
         ]
 
-    @router.get("/latent-upscale-modes")
+    @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     async def get_latent_upscale_modes() -> list[dict[str, str]]:
         return [{"name": name} for name in upscalers.LATENT_MODES]
 
-    @router.get("/sd-vae")
+    @router.get("/sd-vae", response_model=list[SDVaeItem])
     def get_sd_vae() -> list[dict[str, str]]:
         """The VAE files of models/VAE (A1111's shape)."""
         folder = services.settings.models_dir / "VAE"
         return [{"model_name": name, "filename": str(folder / name)} for name in services.vae_files()]
 
-    @router.get("/prompt-styles")
+    @router.get("/prompt-styles", response_model=list[PromptStyleItem])
     def get_prompt_styles() -> list[dict[str, str]]:
         """The styles of styles.csv in the data folder."""
         styles = load_styles(services.settings.path(STYLES_FILE))
@@ -413,5 +510,59 @@ def create_sdapi_router(services: Services) -> APIRouter:
     @router.get("/memory", response_model=MemoryResponse)
     def get_memory() -> MemoryResponse:
         return MemoryResponse(**memory_stats(services))
+
+    @router.get("/script-info", response_model=list[ScriptInfo])
+    async def get_script_info() -> list[ScriptInfo]:
+        """The scripts of /sdapi/v1/scripts in A1111's shape (their positional args are described there)."""
+        return [ScriptInfo(name=name, is_alwayson=False, is_img2img=kind == "img2img", args=[])
+                for kind, names in scripts.SCRIPTS.items() for name in names]
+
+    @router.get("/hypernetworks", response_model=list[HypernetworkItem])
+    async def get_hypernetworks() -> list[HypernetworkItem]:
+        """Easel has no hypernetworks: always empty (A1111's shape)."""
+        return []
+
+    @router.get("/face-restorers", response_model=list[FaceRestorerItem])
+    async def get_face_restorers() -> list[FaceRestorerItem]:
+        """Easel has no face restorer: always empty (A1111's shape)."""
+        return []
+
+    @router.get("/realesrgan-models", response_model=list[RealesrganItem])
+    async def get_realesrgan_models() -> list[RealesrganItem]:
+        """Easel has no RealESRGAN list of its own (model upscalers of models/ESRGAN are under /upscalers): empty."""
+        return []
+
+    @router.get("/extensions", response_model=list[ExtensionItem])
+    async def get_extensions() -> list[ExtensionItem]:
+        """Easel installs no A1111 extensions (ControlNet is built in): always empty."""
+        return []
+
+    @router.post("/interrogate", response_model=InterrogateResponse,
+                 responses={404: {"description": "no interrogation model is installed"}})
+    def interrogate(body: InterrogateBody) -> InterrogateResponse:
+        """A1111's caption of an image. Easel ships no interrogator: a 404 that says so, after the image is checked."""
+        decode_field(body.image, ("image",), InputBudget.of(services.settings))
+        raise ModelNotInstalled(interrogate_message(body.model))
+
+    @router.post("/unload-checkpoint")
+    def unload_checkpoint() -> dict:
+        """Drop the checkpoints no running job uses from memory; the next job loads its own again."""
+        services.models.clear()
+        return {}
+
+    @router.post("/reload-checkpoint")
+    async def reload_checkpoint() -> dict:
+        """Accepted: the next job loads the checkpoint it needs."""
+        return {}
+
+    @router.post("/refresh-embeddings")
+    async def refresh_embeddings() -> dict:
+        """Accepted: the embeddings folder is read when a job or /embeddings needs it."""
+        return {}
+
+    @router.post("/refresh-vae")
+    async def refresh_vae() -> dict:
+        """Accepted: models/VAE is read at every /sd-vae call and every job."""
+        return {}
 
     return router

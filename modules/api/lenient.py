@@ -1,0 +1,166 @@
+"""A1111's leniency for ``/sdapi/v1`` bodies: what A1111 accepts and quietly fixes, Easel accepts
+too, and says what it changed in the answer (``info.warnings`` of txt2img/img2img, ``html_info``
+of extras). Strict checks stay for what A1111 refuses too (wrong types, unknown samplers, limits).
+
+- ``null`` in a field means that field's default (``NullMeansDefault``, a base of every body);
+- ``infotext``: fills the fields the body did not set, as A1111's ``apply_infotext`` (explicit
+  fields win; ``Model``, ``VAE`` and ``Clip skip`` go to ``override_settings`` when not there);
+- ``styles`` not in ``styles.csv`` are left out;
+- ``override_settings.sd_model_checkpoint`` or ``sd_vae`` that is not installed is left out (the
+  job runs on the selected checkpoint / VAE);
+- ``width``/``height`` not a multiple of 8 are floored to the latent grid (A1111 makes a
+  ``size // 8`` latent), at least 8: ``info.width``/``info.height`` give the size drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError, model_validator
+
+from modules.checkpoints import CheckpointError
+from modules.infotext import infotext_to_fields, parse_infotext
+from modules.schemas import RequestError
+from modules.services import Services
+from modules.styles import STYLES_FILE, load_styles
+
+LATENT_GRID = 8
+# infotext values that are A1111 options: they go to override_settings (option name) unless set there
+INFOTEXT_OPTIONS = {"sd_model_checkpoint": "sd_model_checkpoint", "sd_vae": "sd_vae",
+                    "clip_skip": "CLIP_stop_at_last_layers"}
+
+
+class NullMeansDefault(BaseModel):
+    """A body base: a field sent as ``null`` takes its default, as in A1111's API (every field Optional)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+@dataclass
+class Lenient:
+    """A generation body made runnable the way A1111 would run it."""
+
+    body: Any  # the body with infotext applied, unknown styles and overrides left out
+    sizes: dict[str, int] = field(default_factory=dict)  # width/height floored to the latent grid
+    warnings: list[str] = field(default_factory=list)
+
+
+def make_lenient(body: Any, services: Services) -> Lenient:
+    """Every A1111 leniency for a txt2img/img2img body, in A1111's order (infotext first)."""
+    warnings: list[str] = []
+    body = apply_infotext(body, warnings)
+    body = drop_unknown_styles(body, services, warnings)
+    body = drop_unknown_overrides(body, services, warnings)
+    return Lenient(body, latent_grid_sizes(body, warnings), warnings)
+
+
+def apply_infotext(body: Any, warnings: list[str]) -> Any:
+    """The body with ``infotext``'s parameters in the fields it did not set (A1111's apply_infotext).
+
+    Values that do not fit a field (wrong type, out of range) are left out with a warning.
+    """
+    text = getattr(body, "infotext", None)
+    if not text:
+        return body
+    parsed = infotext_to_fields(parse_infotext(text))
+    unparsed = parsed.pop("_unparsed")
+    parsed.pop("controlnet_units", None)  # units need images: not taken from text
+    parsed.pop("sd_model_hash", None)
+    explicit = set(body.model_fields_set)
+    overrides = dict(body.override_settings or {})
+    for name, option in INFOTEXT_OPTIONS.items():
+        value = parsed.pop(name, None)
+        if value is not None and option not in overrides and name not in explicit:
+            overrides[option] = value
+    fill = {name: value for name, value in parsed.items() if name in type(body).model_fields and name not in explicit}
+    if unparsed:
+        warnings.append(f"infotext: {', '.join(unparsed)} could not be read; left out")
+    data = {**body.model_dump(exclude_unset=True), **fill, "override_settings": overrides}
+    try:
+        return type(body).model_validate(data)
+    except ValidationError as err:
+        bad = {str(e["loc"][0]) for e in err.errors() if e["loc"] and str(e["loc"][0]) in fill}
+        if not bad:
+            raise
+        warnings.append(f"infotext: {', '.join(sorted(bad))} did not fit the request; left out")
+        return type(body).model_validate({key: value for key, value in data.items() if key not in bad})
+
+
+def drop_unknown_styles(body: Any, services: Services, warnings: list[str]) -> Any:
+    """The body without the styles ``styles.csv`` does not have (A1111 ignores them)."""
+    if not body.styles:
+        return body
+    known = load_styles(services.settings.path(STYLES_FILE))
+    unknown = [name for name in body.styles if name not in known]
+    if not unknown:
+        return body
+    have = ", ".join(sorted(known)) or "none (no styles.csv)"
+    warnings.append(f"styles: {', '.join(map(repr, unknown))} not found in {STYLES_FILE}; ignored (known: {have})")
+    return body.model_copy(update={"styles": [name for name in body.styles if name in known]})
+
+
+def drop_unknown_overrides(body: Any, services: Services, warnings: list[str]) -> Any:
+    """The body without a ``null``, an uninstalled ``sd_model_checkpoint`` or an unknown ``sd_vae`` in
+    ``override_settings`` (A1111 goes on with the loaded ones). Checkpoints are scanned again first,
+    as A1111 does, so a file copied in since the last scan is found."""
+    overrides = {key: value for key, value in (body.override_settings or {}).items() if value is not None}
+    checkpoint = overrides.get("sd_model_checkpoint")
+    if isinstance(checkpoint, str) and not _checkpoint_known(services, checkpoint):
+        del overrides["sd_model_checkpoint"]
+        warnings.append(f"override_settings.sd_model_checkpoint: {checkpoint!r} is not installed; ignored, the"
+                        " selected checkpoint was used (see /sdapi/v1/sd-models)")
+    vae = overrides.get("sd_vae")
+    if isinstance(vae, str):
+        try:
+            services.resolve_vae(vae)
+        except RequestError:
+            del overrides["sd_vae"]
+            warnings.append(f"override_settings.sd_vae: {vae!r} is not in models/VAE; ignored (see /sdapi/v1/sd-vae)")
+    if overrides == body.override_settings:
+        return body
+    return body.model_copy(update={"override_settings": overrides})
+
+
+def _checkpoint_known(services: Services, query: str) -> bool:
+    for attempt in range(2):
+        try:
+            services.checkpoints.get(query)
+            return True
+        except CheckpointError:
+            if attempt == 0:
+                services.checkpoints.refresh()
+    return False
+
+
+def latent_grid_sizes(body: Any, warnings: list[str]) -> dict[str, int]:
+    """``width``/``height`` floored to a multiple of 8 where they are not one (the size drawn)."""
+    sizes: dict[str, int] = {}
+    for name in ("width", "height"):
+        value = getattr(body, name, None)
+        if value is not None and value % LATENT_GRID:
+            sizes[name] = max(LATENT_GRID, value // LATENT_GRID * LATENT_GRID)
+            warnings.append(f"{name}: {value} is not a multiple of {LATENT_GRID}; drawn at {sizes[name]}"
+                            f" (the latent is {name} // {LATENT_GRID}, as in A1111)")
+    return sizes
+
+
+def extras_leniency(body: Any) -> tuple[dict[str, Any], list[str]]:
+    """Changes to an extras body's core request, and the warnings that say so (A1111's postprocessing):
+    ``upscaler_1`` "None" leaves the image as it is (no resize, no second upscaler); face restoration
+    asked for is noted, not done (Easel has no face restorer)."""
+    updates: dict[str, Any] = {}
+    warnings: list[str] = []
+    if str(body.upscaler_1).strip().lower() in ("", "none"):
+        updates = {"resize_mode": 0, "upscaling_resize": 1.0, "extras_upscaler_2_visibility": 0.0}
+        if body.upscaling_resize != 1.0 or body.resize_mode != 0:
+            warnings.append('upscaler_1 is "None": the image is returned at its own size, as A1111 does')
+    for name in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(body, name, 0):
+            warnings.append(f"{name}: no face restorer is installed in Easel; the faces were not restored")
+    return updates, warnings
