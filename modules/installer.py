@@ -17,6 +17,9 @@
    LoRA, VAE, ControlNet, embedding): the contents choose the folder, not the name or ``type``;
 7. the file is renamed into that folder (never over another file) and the lists are refreshed.
 
+A repo id without a file takes the repo's one top-level ``.safetensors``; a diffusers pipeline repo
+with none is installed whole as a folder (``modules.install_folders``); several files: name one.
+
 Downloads are off unless the operator started Easel with ``--allow-downloads`` (launch.sh sets
 ``HF_HUB_OFFLINE=1`` otherwise); local paths install without it. Clients (UI, API) never name a
 destination, and name a server path only when the operator allowed it (``--allow-server-paths``).
@@ -31,8 +34,9 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
@@ -63,6 +67,10 @@ DOWNLOADS_OFF = ("downloads are off: Easel was started without --allow-downloads
 
 class InstallError(RequestError):
     """A model cannot be installed; the message says what was wrong and what would work."""
+
+
+class DownloadFailed(InstallError):
+    """The connection failed again and again; what was fetched is kept, so a new try resumes."""
 
 
 class InstallCancelled(InstallError):
@@ -310,16 +318,13 @@ def name_from_disposition(header: str | None) -> str | None:
 # --------------------------------------------------------------------------- resolving
 
 
-def resolve_hub(source: Source, target: InstallTarget) -> Resolved:
-    """URL, size and sha256 of one file in a hub repo, through huggingface_hub."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+@contextmanager
+def hub_errors(source: Source) -> Iterator[None]:
+    """huggingface_hub's errors as InstallErrors that say what to do."""
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-    from huggingface_hub.utils import build_hf_headers
 
     try:
-        filename = source.file or pick_repo_file(source, target)
-        url = hf_hub_url(source.text, filename, revision=source.revision, endpoint=target.endpoint)
-        meta = get_hf_file_metadata(url, endpoint=target.endpoint)
+        yield
     except RepositoryNotFoundError:
         raise InstallError(f"repo {source.text!r} not found on the hub (or it is private: set HF_TOKEN)") from None
     except RevisionNotFoundError:
@@ -330,6 +335,18 @@ def resolve_hub(source: Source, target: InstallTarget) -> Resolved:
         raise InstallError(f"the hub refused {source.text}: {str(err).splitlines()[0]}") from None
     except OSError as err:  # httpx's network errors too (no connection, timeout)
         raise InstallError(f"cannot reach the hub for {source.text}: {type(err).__name__}: {err}") from None
+
+
+def resolve_hub(source: Source, target: InstallTarget, path: str | None = None) -> Resolved:
+    """URL, size and sha256 of one file in a hub repo (``path``, else ``source.file``), through huggingface_hub."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    filename = path or source.file
+    assert filename, "a hub file to resolve"
+    with hub_errors(source):
+        url = hf_hub_url(source.text, filename, revision=source.revision, endpoint=target.endpoint)
+        meta = get_hf_file_metadata(url, endpoint=target.endpoint)
     sha = meta.etag if meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) else None  # LFS files: the sha256
     headers = build_hf_headers() if same_host(meta.location, url) else {}
     key = f"hub:{source.text}@{meta.commit_hash or source.revision or 'main'}/{filename}"
@@ -340,18 +357,34 @@ def same_host(a: str, b: str) -> bool:
     return urlparse(a).netloc == urlparse(b).netloc
 
 
-def pick_repo_file(source: Source, target: InstallTarget) -> str:
-    """The one model file at the top of a repo (a repo with several asks for ``file``)."""
-    from huggingface_hub import HfApi
+@dataclass(frozen=True)
+class RepoEntry:
+    """One file of a hub repo: its path, size and (LFS files) sha256."""
 
-    files = HfApi(endpoint=target.endpoint).list_repo_files(source.text, revision=source.revision)
-    top = [f for f in files if "/" not in f]
+    path: str
+    size: int
+    sha256: str | None
+
+
+def repo_listing(source: Source, target: InstallTarget) -> list[RepoEntry]:
+    """Every file of the repo at the revision, through huggingface_hub."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    with hub_errors(source):
+        tree = HfApi(endpoint=target.endpoint).list_repo_tree(source.text, recursive=True, revision=source.revision)
+        return [RepoEntry(f.path, f.size, f.lfs.sha256 if f.lfs else None) for f in tree if isinstance(f, RepoFile)]
+
+
+def choose_repo_file(source: Source, listing: list[RepoEntry]) -> str | None:
+    """The one model file at the top of a repo; None for a diffusers folder without one (installed
+    whole, see ``modules.install_folders``); a repo with several asks for ``file``."""
+    top = [e.path for e in listing if "/" not in e.path]
     safe = [f for f in top if f.lower().endswith(SAFE_SUFFIX)]
     if len(safe) == 1:
         return safe[0]
     if not safe and "model_index.json" in top:
-        raise InstallError(f"{source.text} is a diffusers folder; installing whole folders is not supported yet: "
-                           "name a single-file checkpoint (owner/name/FILE.safetensors)")
+        return None
     choices = safe or [f for f in top if f.lower().endswith(PICKLE_SUFFIXES)]
     if not choices:
         raise InstallError(f"{source.text} has no model file at its top level; name one: owner/name/path/FILE.safetensors")
@@ -418,7 +451,7 @@ def download(resolved: Resolved, part: Path, target: InstallTarget, client: Any,
                 return
         except (httpx.TransportError, httpx.RemoteProtocolError) as err:
             if attempt == RETRIES:
-                raise InstallError(f"the download failed {RETRIES + 1} times ({type(err).__name__}: {err}); "
+                raise DownloadFailed(f"the download failed {RETRIES + 1} times ({type(err).__name__}: {err}); "
                                    "try again to resume it") from None
     raise InstallError(f"{resolved.name}: the server kept answering with no usable bytes; try again later")
 
@@ -576,6 +609,14 @@ def install(request: InstallRequest, target: InstallTarget, progress: Progress |
     client = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30, read=60), event_hooks=hooks)
     try:
         progress.stage = "resolving"
+        if source.kind == "hub" and not source.file:
+            listing = repo_listing(source, target)
+            filename = choose_repo_file(source, listing)
+            if filename is None:
+                from modules.install_folders import install_diffusers_repo
+
+                return install_diffusers_repo(source, listing, request, target, client, progress, cancelled)
+            source = replace(source, file=filename)
         resolved = resolve_hub(source, target) if source.kind == "hub" else resolve_url(source, client)
         check_name(resolved.name, request.allow_pickle)
         expected = request.sha256 or resolved.sha256
@@ -644,30 +685,52 @@ def finish(part: Path, name: str, expected_sha: str | None, request: InstallRequ
 # --------------------------------------------------------------------------- installed models
 
 
+def diffusers_folders(folder: Path) -> list[Path]:
+    """Diffusers model folders below ``folder``: a pipeline's ``model_index.json``, a ControlNet's ``config.json``."""
+    marks = [*folder.rglob("model_index.json"), *folder.rglob("config.json")]
+    roots = {p.parent for p in marks if p.name == "model_index.json" or is_controlnet_config(p)}
+    return sorted(r for r in roots if not any(other in r.parents for other in roots))
+
+
+def is_controlnet_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("_class_name") == "ControlNetModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def list_installed(target: InstallTarget, sha256: Callable[[Path], str] | None = None) -> list[dict[str, Any]]:
-    """Every model file in the model folders: type, name, size and (with ``sha256``) hash."""
+    """Every model in the model folders: type, name, size and (with ``sha256``, single files) hash.
+    A diffusers folder is one entry (its name is the folder's, its size the sum of its files)."""
     rows = []
     suffixes = (SAFE_SUFFIX, *PICKLE_SUFFIXES)
     for kind, folder in target.folders.items():
         if not folder.is_dir():
             continue
+        dirs = diffusers_folders(folder) if kind in ("checkpoint", "controlnet") else []
+        for d in dirs:
+            size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+            rows.append({"type": kind, "name": d.relative_to(folder).as_posix(), "size": size, "sha256": None})
         for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.suffix.lower() in suffixes and "annotators" not in path.relative_to(folder).parts:
+            inside = path.relative_to(folder).parts
+            if (path.is_file() and path.suffix.lower() in suffixes and "annotators" not in inside
+                    and not any(d in path.parents for d in dirs)):
                 rows.append({"type": kind, "name": path.relative_to(folder).as_posix(), "size": path.stat().st_size,
                              "sha256": sha256(path) if sha256 else None})
-    return rows
+    return sorted(rows, key=lambda r: (MODEL_TYPES.index(r["type"]), r["name"].lower()))
 
 
 def delete_installed(target: InstallTarget, kind: str, name: str) -> Path:
-    """Delete one model file by type and name (its path below the type's folder); nothing outside it."""
+    """Delete one model (a file, or a diffusers folder) by type and name as ``list_installed`` gives
+    them; nothing outside the type's folder, nothing that is not a listed model."""
     if kind not in target.folders:
         raise InstallError(f"type: {kind!r} is not one of {', '.join(MODEL_TYPES)}")
     folder = target.folders[kind]
     from modules.access import is_inside
 
-    if not is_inside(folder, name) or not (folder / name).is_file():
-        raise InstallError(f"{name!r} is not a {kind} file in {folder.name}")
+    listed = {row["name"] for row in list_installed(target) if row["type"] == kind}
+    if not is_inside(folder, name) or name not in listed:
+        raise InstallError(f"{name!r} is not a {kind} in {folder.name}")
     path = folder / name
-    path.unlink()
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
     return path
-

@@ -27,6 +27,7 @@ class ModelHost:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo id -> {path: bytes}
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # key -> (file name, bytes)
     drop_first: bool = False
+    wrong_sha: set[str] = field(default_factory=set)  # repo paths whose X-Linked-Etag lies
     ranges: list[str] = field(default_factory=list)
 
 
@@ -58,6 +59,14 @@ def body_response(request: Request, data: bytes, headers: dict[str, str], host: 
     return StreamingResponse(chunks(), status_code=status, headers=headers, media_type="application/octet-stream")
 
 
+def tree_entry(path: str, data: bytes) -> dict:
+    """A file as the hub's tree API lists it; weights are LFS files, with their sha256."""
+    entry = {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+    if path.endswith((".safetensors", ".bin", ".ckpt", ".pt")):
+        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+    return entry
+
+
 def create_host_app(host: ModelHost) -> FastAPI:
     app = FastAPI()
 
@@ -66,7 +75,7 @@ def create_host_app(host: ModelHost) -> FastAPI:
         data = host.repos.get(f"{owner}/{name}", {}).get(path)
         if data is None:
             raise HTTPException(404, headers={"X-Error-Code": "EntryNotFound"})
-        sha = hashlib.sha256(data).hexdigest()
+        sha = hashlib.sha256(data + (b"!" if path in host.wrong_sha else b"")).hexdigest()
         headers = {"X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
                    "ETag": f'"{sha}"'}
         return body_response(request, data, headers, host)
@@ -76,7 +85,7 @@ def create_host_app(host: ModelHost) -> FastAPI:
         files = host.repos.get(f"{owner}/{name}")
         if files is None:
             raise HTTPException(404, headers={"X-Error-Code": "RepoNotFound"})
-        return [{"type": "file", "path": p, "size": len(d), "oid": hashlib.sha1(d).hexdigest()} for p, d in files.items()]
+        return [tree_entry(p, d) for p, d in files.items()]
 
     @app.get("/files/{key}")
     def plain(key: str, request: Request) -> Response:
