@@ -408,7 +408,7 @@ def decode_image(data: bytes | str, max_pixels: int | None = None) -> Image.Imag
         image = Image.open(io.BytesIO(raw))  # lazy: reads the header only
     except Image.DecompressionBombError:  # PIL's own limit (limit_decoded_pixels) fired first, on the header
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageTooLarge(f"decode_image: the image is more than {limit} pixels (read from its header)",
+        raise ImageTooLarge(f"decode_image: more than {limit} pixels (read from its header)",
                             max_pixels=max_pixels or limit) from None
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
         raise _unreadable(err) from err

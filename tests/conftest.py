@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.tiny_models import write_diffusers_folder, write_single_file
 
@@ -19,15 +20,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "soak: bounded load test on a real server (under a minute); deselect with -m 'not soak'")
 
 
+_PIL_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own default, before any server set it
+
+
 @pytest.fixture(autouse=True)
 def _pil_pixel_limit():
-    """Serving sets PIL's process-wide decompression-bomb limit (webui.server.start); put it back
-    after each test, so no test sees another's server's limit."""
-    from PIL import Image
-
-    saved = Image.MAX_IMAGE_PIXELS
+    """Serving sets PIL's process-wide decompression-bomb limit (webui.server.start), also from
+    module-scoped server fixtures: every test starts from PIL's default and leaves it so."""
+    Image.MAX_IMAGE_PIXELS = _PIL_MAX_IMAGE_PIXELS
     yield
-    Image.MAX_IMAGE_PIXELS = saved
+    Image.MAX_IMAGE_PIXELS = _PIL_MAX_IMAGE_PIXELS
 
 
 @pytest.fixture(scope="session")
