@@ -78,8 +78,8 @@ class PartProgress:
 def components(model_index: dict[str, Any]) -> list[str]:
     """The folders ``model_index.json`` names (entries ``[library, class]`` that are not null)."""
     return [name for name, value in model_index.items()
-            if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] and value[1]
-            and name not in SKIPPED_COMPONENTS]
+            if re.fullmatch(r"[A-Za-z0-9][\w-]*", name) and isinstance(value, list) and len(value) == 2
+            and value[0] and value[1] and name not in SKIPPED_COMPONENTS]  # plain folder names only: no "..", no "/"
 
 
 def select_files(listing: list[RepoEntry], folders: list[str]) -> list[tuple[RepoEntry, str]]:

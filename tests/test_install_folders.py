@@ -58,7 +58,7 @@ def test_selects_configs_and_safetensors_of_named_components():
                       "tokenizer/merges.txt", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
                       "text_encoder/model.safetensors.index.json", "text_encoder/model-00001-of-00002.safetensors"}
     assert components({"_class_name": "X", "unet": ["diffusers", "U"], "safety_checker": ["a", "b"],
-                       "feature_extractor": [None, None]}) == ["unet"]
+                       "feature_extractor": [None, None], "..": ["a", "b"], "a/b": ["a", "b"]}) == ["unet"]
     with pytest.raises(InstallError, match="only pickle"):
         select_files([RepoEntry("unet/diffusion_pytorch_model.bin", 1, None)], ["unet"])
 
