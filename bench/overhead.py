@@ -1,4 +1,5 @@
-"""App overhead: Easel's txt2img (through the job queue) vs a bare diffusers pipeline call.
+"""App overhead: Easel's txt2img (through the job queue and Easel's own sampling core,
+``modules.processing.sampling``) vs a bare diffusers ``StableDiffusionPipeline`` call.
 
 Same components, prompt, sampler, steps, size and seed; runs are interleaved so both see the
 same machine load. Prints the median seconds of each and their ratio (target: at most 1.03).

@@ -1,4 +1,7 @@
-"""Steps shared by the generation modes: planning a batch, prompts, the sampling loop, infotext."""
+"""Steps shared by the generation modes: planning a batch, prompts, the per-step hook, VAE, infotext.
+
+The sampling itself is ``processing.sampling`` (one core for every mode).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from modules import infotext, samplers, seeds
 from modules.images import ImageSaveError
 from modules.jobs import JobCancelled
+from modules.processing import sampling
 from modules.processing.context import RunContext
 from modules.schemas import GenerationRequest, RequestError
 
@@ -80,14 +84,18 @@ def initial_noise(
     return seeds.create_noise(shape, batch_seeds, batch_subseeds, req.subseed_strength, resize_from)
 
 
-def encode_prompts(ctx: RunContext, prompt: str, negative: str, clip_skip: int) -> dict[str, Any]:
-    """Keyword arguments for the pipeline call: A1111-weighted embeddings (SD 1.x / 2.x)."""
+def encode_prompts(ctx: RunContext, prompt: str, negative: str, clip_skip: int) -> sampling.Conditioning:
+    """The prompts' conditioning: A1111-weighted embeddings (SD 1.x / 2.x); SDXL's two encoders
+    through the pipeline's own ``encode_prompt`` (no A1111 weighting yet)."""
     pipe = ctx.model.pipe
     embeddings = None
     if ctx.networks is not None:  # <lora:...> tags out of the text, those LoRAs on (modules/extra_networks.py)
         prompt, negative, embeddings = ctx.networks.prepare(prompt, negative)
-    if ctx.model.is_sdxl:  # SDXL: the pipeline's own encoder (no A1111 weighting yet)
-        return {"prompt": prompt, "negative_prompt": negative, "clip_skip": clip_skip - 1 or None}
+    if ctx.model.is_sdxl:
+        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+            prompt, device=pipe._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+            negative_prompt=negative, clip_skip=clip_skip - 1 or None)
+        return sampling.Conditioning(cond, uncond, pooled, uncond_pooled)
     from modules import prompts
 
     try:
@@ -97,30 +105,33 @@ def encode_prompts(ctx: RunContext, prompt: str, negative: str, clip_skip: int) 
         )
     except prompts.PromptTooLong as err:
         raise RequestError(f"prompt: {err}") from None
-    return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+    return sampling.Conditioning(cond, uncond)
 
 
-def step_callback(ctx: RunContext, done_before: int, steps: int, total: int, preview_every: int):
-    """The pipeline's per-step hook: cancel, skip, progress and the occasional preview.
+def step_hook(
+    ctx: RunContext, pipe, done_before: int, steps: int, total: int, strength: float = 1.0
+) -> sampling.StepCallback:
+    """The core's per-call hook for a pass of ``steps`` at ``strength``: cancel, skip, progress
+    and, every ``show_progress_every_n_steps`` calls, a preview.
 
-    Progress counts the user's sampling steps; second-order samplers (Heun, DPM2) evaluate
+    Progress counts the user's sampling steps that run; second-order samplers (Heun, DPM2) evaluate
     the model about twice per step, so their model calls are scaled down to steps.
     """
+    skipped = steps - sampling.steps_that_run(steps, strength)
+    preview_every = ctx.settings.show_progress_every_n_steps
 
-    def callback(pipe, i: int, t, tensors: dict) -> dict:
-        calls = max(1, len(pipe.scheduler.timesteps))
-        step = min(steps, -(-(i + 1) * steps // calls))
+    def on_step(index: int, calls: int, latents: torch.Tensor) -> None:
+        step = min(steps, -(-(index + 1) * steps // max(1, calls)))
         if ctx.token.cancelled:
             raise JobCancelled("interrupted")
         if ctx.token.skipped:
             raise SkipIteration()
         preview = None
-        if preview_every and (i + 1) % preview_every == 0 and "latents" in tensors:
-            preview = decode_preview(pipe, tensors["latents"])
-        ctx.progress.update(done_before + step, total, preview=preview)
-        return {}
+        if preview_every and (index + 1) % preview_every == 0:
+            preview = decode_preview(pipe, latents)
+        ctx.progress.update(done_before - skipped + step, total, preview=preview)
 
-    return callback
+    return on_step
 
 
 @torch.no_grad()
@@ -133,17 +144,6 @@ def decode_preview(pipe, latents: torch.Tensor):
     img = vae.decode(lat).sample[0].float().clamp(-1, 1)
     arr = ((img + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr)
-
-
-@contextmanager
-def sampler_installed(pipe, scheduler) -> Iterator[None]:
-    """Run with ``scheduler`` on the pipeline, then put the model's own scheduler back."""
-    own = pipe.scheduler
-    pipe.scheduler = scheduler
-    try:
-        yield
-    finally:
-        pipe.scheduler = own
 
 
 def scheduler_for(ctx: RunContext, plan: BatchPlan, seed: int | None = None):
@@ -306,116 +306,19 @@ def encode_images(pipe, images: list) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor) -> list:
+def decode_latents(pipe, latents: torch.Tensor, upcast: bool = False) -> list:
+    """Latents to PIL images. ``upcast`` (SDXL, as its pipeline does): a float16 VAE whose config
+    says ``force_upcast`` decodes in float32 (SDXL's VAE overflows in float16), then goes back."""
     vae = pipe.vae
     f = 2 ** (len(vae.config.block_out_channels) - 1)
-    with vae_tiling_for(pipe, latents.shape[-1] * f, latents.shape[-2] * f):
-        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    own_dtype = vae.dtype
+    widen = upcast and own_dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if widen:
+        vae.to(dtype=torch.float32)
+    try:
+        with vae_tiling_for(pipe, latents.shape[-1] * f, latents.shape[-2] * f):
+            pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    finally:
+        if widen:
+            vae.to(dtype=own_dtype)
     return pipe.image_processor.postprocess(pixels, output_type="pil")
-
-
-def img2img_callback(ctx: RunContext, done_before: int, steps: int, strength: float, total: int):
-    """``step_callback`` for ``denoise``: progress counts only the steps that run."""
-    skipped = steps - denoise_steps(steps, strength)
-    return step_callback(ctx, done_before - skipped, steps, total, ctx.settings.show_progress_every_n_steps)
-
-
-def denoise_steps(steps: int, strength: float) -> int:
-    """How many of ``steps`` an img2img pass runs at ``strength`` (0: none, the input is kept)."""
-    return min(int(steps * strength), steps)
-
-
-def unet_residuals(residuals) -> dict[str, Any]:
-    """The UNet's keyword arguments for ControlNet residuals ``(down, mid)``; none for None."""
-    if residuals is None:
-        return {}
-    down, mid = residuals
-    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-
-
-def _step_kwargs(scheduler, generators: list) -> dict[str, Any]:
-    import inspect
-
-    accepted = inspect.signature(scheduler.step).parameters
-    return {"generator": generators} if "generator" in accepted else {}
-
-
-@dataclass
-class Conditioning:
-    """Encoded prompts for classifier-free guidance (each (1, tokens, dim))."""
-
-    cond: torch.Tensor
-    uncond: torch.Tensor
-
-    @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> Conditioning:
-        return cls(kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"])
-
-
-@torch.no_grad()
-def denoise(
-    ctx: RunContext,
-    pipe,
-    conditioning: Conditioning,
-    init_latents: torch.Tensor | None,
-    noise: torch.Tensor,
-    steps: int,
-    strength: float,
-    cfg_scale: float,
-    generators: list,
-    callback,
-    blend_mask: torch.Tensor | None = None,
-    inpaint_extra: torch.Tensor | None = None,
-    control=None,
-) -> torch.Tensor:
-    """The img2img sampling loop on the installed scheduler; returns the final latents.
-
-    ``strength`` picks where on the schedule to start (diffusers' and A1111's rule: the last
-    ``int(steps * strength)`` steps run); the init latents get the seeded ``noise`` at that level.
-    ``blend_mask`` (1 = repaint, latent size): after every step the area outside it is reset to the
-    init latents noised to the current level (inpainting with an ordinary checkpoint).
-    ``inpaint_extra``: the 5 extra input channels (mask, masked-image latents) of a 9-channel
-    inpainting UNet. ``callback`` (``step_callback``) gets each step's index in the full
-    schedule, so build it with ``img2img_callback``. ``control`` (a ``modules.controlnet.apply.Control``)
-    gives the ControlNet residuals added to each UNet call, from the latent input (the 4 channels,
-    without an inpainting UNet's extra ones), the step's index among the steps that run, and their count.
-    """
-    scheduler = pipe.scheduler
-    device, dtype = pipe._execution_device, pipe.unet.dtype
-    scheduler.set_timesteps(steps, device=device)
-    run = denoise_steps(steps, strength)
-    start = (steps - run) * scheduler.order
-    timesteps = scheduler.timesteps[start:]
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    noise = noise.to(device, dtype)
-    batch = noise.shape[0]
-    if init_latents is not None:
-        init_latents = init_latents.to(device, dtype)
-    if init_latents is None or run == steps:
-        latents = noise * scheduler.init_noise_sigma
-    else:
-        latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(batch))
-    guided = cfg_scale > 1.0
-    cond = conditioning.cond.to(device, dtype).repeat(batch, 1, 1)
-    embeds = torch.cat([conditioning.uncond.to(device, dtype).repeat(batch, 1, 1), cond]) if guided else cond
-    extra = _step_kwargs(scheduler, generators)
-    for i, t in enumerate(timesteps):
-        model_in = torch.cat([latents] * 2) if guided else latents
-        model_in = scheduler.scale_model_input(model_in, t)
-        residuals = control(model_in, t, embeds, i, len(timesteps), guided) if control is not None else None
-        if inpaint_extra is not None:
-            model_in = torch.cat([model_in, torch.cat([inpaint_extra] * 2) if guided else inpaint_extra], dim=1)
-        pred = pipe.unet(model_in, t, encoder_hidden_states=embeds, **unet_residuals(residuals)).sample
-        if guided:
-            uncond_pred, cond_pred = pred.chunk(2)
-            pred = uncond_pred + cfg_scale * (cond_pred - uncond_pred)
-        latents = scheduler.step(pred, t, latents, **extra).prev_sample
-        if blend_mask is not None and init_latents is not None:
-            if i + 1 < len(timesteps):
-                keep = scheduler.add_noise(init_latents, noise, timesteps[i + 1 : i + 2].repeat(batch))
-            else:
-                keep = init_latents
-            latents = blend_mask * latents + (1 - blend_mask) * keep
-        callback(pipe, start + i, t, {"latents": latents})  # the index in the full schedule
-    return latents

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from modules import samplers, seeds, upscalers
-from modules.processing import common
+from modules.processing import common, sampling
 from modules.processing.context import RunContext
 from modules.schemas import RequestError, Txt2ImgRequest
 
@@ -64,7 +64,7 @@ def plan_hires(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan) -> 
 
 def pass_steps(req: Txt2ImgRequest, hp: HiresPlan) -> int:
     """Steps the second pass actually runs."""
-    return common.denoise_steps(hp.steps, req.denoising_strength)
+    return sampling.steps_that_run(hp.steps, req.denoising_strength)
 
 
 def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
@@ -88,14 +88,13 @@ def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
     return out
 
 
-def conditioning(req: Txt2ImgRequest, ctx: RunContext, first: dict[str, Any]) -> common.Conditioning:
-    """The second pass's prompts: hr_prompt / hr_negative_prompt where given."""
+def conditioning(req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning) -> sampling.Conditioning:
+    """The second pass's prompts: hr_prompt / hr_negative_prompt where given, else the first pass's."""
     if not req.hr_prompt and not req.hr_negative_prompt:
-        return common.Conditioning.from_kwargs(first)
+        return first
     with torch.no_grad():
         prompt, negative = req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
-        kwargs = common.encode_prompts(ctx, prompt, negative, req.clip_skip)
-    return common.Conditioning.from_kwargs(kwargs)
+        return common.encode_prompts(ctx, prompt, negative, req.clip_skip)
 
 
 def second_pass(
@@ -104,7 +103,7 @@ def second_pass(
     plan: common.BatchPlan,
     hp: HiresPlan,
     latents: torch.Tensor,
-    cond: common.Conditioning,
+    cond: sampling.Conditioning,
     batch_seeds: list[int],
     batch_subseeds: list[int],
     done_before: int,
@@ -130,10 +129,19 @@ def second_pass(
     if nothing_to_denoise:
         return common.decode_latents(pipe, init)
     noise = seeds.create_noise((latents.shape[1], lh, lw), batch_seeds, batch_subseeds, req.subseed_strength)
-    generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-    callback = common.img2img_callback(ctx, done_before, hp.steps, req.denoising_strength, total)
-    scheduler = samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler, seed=batch_seeds[0])
-    with common.sampler_installed(pipe, scheduler):
-        out = common.denoise(ctx, pipe, cond, init, noise, hp.steps, req.denoising_strength, req.cfg_scale, generators, callback,
-                             control=control)
-    return common.decode_latents(pipe, out)
+    out = sampling.sample(sampling.SamplingInput(
+        unet=pipe.unet,
+        scheduler=samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler, seed=batch_seeds[0]),
+        device=pipe._execution_device,
+        conditioning=cond,
+        noise=noise,
+        steps=hp.steps,
+        cfg_scale=req.cfg_scale,
+        strength=req.denoising_strength,
+        init_latents=init,
+        control=control,
+        size_condition=(hp.height, hp.width) if ctx.model.is_sdxl else None,
+        generators=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+        on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
+    ))
+    return common.decode_latents(pipe, out, upcast=ctx.model.is_sdxl)

@@ -29,7 +29,7 @@ from PIL import Image
 
 from modules import masks
 from modules.controlnet import apply as controlnet
-from modules.processing import common
+from modules.processing import common, sampling
 from modules.processing.context import RunContext
 from modules.schemas import INPAINTING_FILLS, GenerationResult, Img2ImgRequest, RequestError
 
@@ -169,9 +169,8 @@ def generate(
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
     extra_params = {**extra_params, **controlnet.infotext_params(units)}
     with torch.no_grad():
-        conditioning = common.Conditioning.from_kwargs(
-            common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip))
-    run_steps = common.denoise_steps(req.steps, req.denoising_strength)
+        conditioning = common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip)
+    run_steps = sampling.steps_that_run(req.steps, req.denoising_strength)
     total = run_steps * req.n_iter
     ctx.progress.update(0, total)
     result = common.new_result(ctx, plan)
@@ -189,9 +188,8 @@ def generate(
                 finals = [p.finish(p.image.copy()) for p in batch]
             else:
                 try:
-                    with common.sampler_installed(pipe, common.scheduler_for(ctx, plan, batch_seeds[0])):
-                        finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
-                                                n * run_steps, total, (lw, lh), nine, encoded, control)
+                    finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
+                                            n * run_steps, total, (lw, lh), nine, encoded, control)
                 except common.SkipIteration:
                     ctx.token.clear_skip()
                     result.skipped += 1
@@ -237,9 +235,20 @@ def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch
     extra = None
     if nine:
         extra = torch.cat([inpaint_channels(pipe, p.image, p.mask, (lh, lw)) for p in batch]).to(device, dtype)
-    generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-    callback = common.img2img_callback(ctx, done, req.steps, req.denoising_strength, total)
-    latents = common.denoise(
-        ctx, pipe, conditioning, init, noise, req.steps, req.denoising_strength, req.cfg_scale, generators, callback,
-        blend_mask=None if nine else blend, inpaint_extra=extra, control=control)
+    latents = sampling.sample(sampling.SamplingInput(
+        unet=pipe.unet,
+        scheduler=common.scheduler_for(ctx, plan, batch_seeds[0]),
+        device=device,
+        conditioning=conditioning,
+        noise=noise,
+        steps=req.steps,
+        cfg_scale=req.cfg_scale,
+        strength=req.denoising_strength,
+        init_latents=init,
+        mask=None if nine else blend,
+        inpaint_channels=extra,
+        control=control,
+        generators=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+        on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
+    ))
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

@@ -1,20 +1,19 @@
 """Sample images during training: the user's prompts drawn with the weights being trained.
 
 The same pieces as generation: A1111 prompt encoding (``modules.prompts``, with the embedding
-being trained standing in for its name), the img2img core's sampling loop from pure noise
-(``processing.common.denoise``, Euler a, CFG 7) and the shared VAE decode.
+being trained standing in for its name), the one sampling core (``processing.sampling.sample``)
+from pure noise with the UNet being trained (Euler a, CFG 7) and the shared VAE decode.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from PIL import Image
 
 from modules import prompts, samplers
-from modules.processing import common
+from modules.processing import common, sampling
 
 SAMPLER = "Euler a"
 CFG_SCALE = 7.0
@@ -25,8 +24,6 @@ def sample_images(pipe: Any, method: Any, texts: list[str], seed: int, steps: in
     """One image per prompt (seed ``seed`` for each), drawn with the method's current weights."""
     unet, text_encoder, embeddings = method.sample_parts()
     device = next(unet.parameters()).device
-    view = SimpleNamespace(unet=unet, vae=pipe.vae, image_processor=pipe.image_processor, _execution_device=device,
-                           scheduler=None)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     channels = pipe.vae.config.latent_channels
     method.train_mode(False)
@@ -35,12 +32,19 @@ def sample_images(pipe: Any, method: Any, texts: list[str], seed: int, steps: in
         for text in texts:
             cond, uncond = prompts.encode_prompt_pair(pipe.tokenizer, text_encoder, text, "", device=text_encoder.device,
                                                       embeddings=embeddings)
-            view.scheduler = samplers.make_scheduler(pipe.scheduler.config, SAMPLER)
             generator = torch.Generator().manual_seed(seed)
             noise = torch.randn((1, channels, resolution // factor, resolution // factor), generator=generator)
-            latents = common.denoise(None, view, common.Conditioning(cond, uncond), None, noise, steps, 1.0, CFG_SCALE,
-                                     [generator], lambda *args: None)
-            images.extend(common.decode_latents(view, latents))
+            latents = sampling.sample(sampling.SamplingInput(
+                unet=unet,
+                scheduler=samplers.make_scheduler(pipe.scheduler.config, SAMPLER),
+                device=device,
+                conditioning=sampling.Conditioning(cond, uncond),
+                noise=noise,
+                steps=steps,
+                cfg_scale=CFG_SCALE,
+                generators=[generator],
+            ))
+            images.extend(common.decode_latents(pipe, latents))
     finally:
         method.train_mode(True)
     return images
