@@ -213,16 +213,21 @@ def parse_source(text: str, file: str | None = None, revision: str | None = None
     return Source("hub", repo, file or in_repo, revision or rev or None)
 
 
-def hub_url_parts(url: str, endpoint: str | None) -> tuple[str, str, str] | None:
-    """(repo id, revision, file) of a hub ``/owner/name/resolve/revision/file`` URL on the endpoint; else None."""
+def hub_url_parts(url: str, endpoint: str | None) -> tuple[str, str | None, str | None] | None:
+    """(repo id, revision, file) of a URL on the hub endpoint: a file's ``/owner/name/resolve|blob/REV/FILE``,
+    or a repo page ``/owner/name`` (``/tree/REV``); None for any other URL."""
     from huggingface_hub import constants
 
     base = urlparse(endpoint or constants.ENDPOINT)
     parsed = urlparse(url)
     if (parsed.scheme, parsed.netloc) != (base.scheme, base.netloc):
         return None
-    m = re.match(r"^/([^/]+/[^/]+)/(?:resolve|blob)/([^/]+)/(.+)$", unquote(parsed.path))
-    return (m.group(1), m.group(2), m.group(3)) if m else None
+    path = unquote(parsed.path)
+    m = re.match(r"^/([^/]+/[^/]+)/(?:resolve|blob)/([^/]+)/(.+)$", path)
+    if m:
+        return m.group(1), m.group(2), m.group(3)
+    m = re.match(r"^/([^/]+/[^/]+?)(?:/tree/([^/]+))?/?$", path)
+    return (m.group(1), m.group(2), None) if m and not path.startswith("/api/") else None
 
 
 def check_downloads_allowed(source: Source, target: InstallTarget) -> None:

@@ -99,6 +99,9 @@ def test_parse_source_kinds():
     assert parse_source("https://civitai.com/api/download/models/123").kind == "url"
     hub = parse_source("https://huggingface.co/o/n/resolve/v1/sub/x.safetensors", endpoint="https://huggingface.co")
     assert (hub.kind, hub.text, hub.file, hub.revision) == ("hub", "o/n", "sub/x.safetensors", "v1")
+    page = parse_source("https://huggingface.co/o/n/tree/dev", endpoint="https://huggingface.co")
+    assert (page.kind, page.text, page.file, page.revision) == ("hub", "o/n", None, "dev")
+    assert parse_source("https://huggingface.co/o/n", endpoint="https://huggingface.co").text == "o/n"
     assert parse_source("./models/x.safetensors").kind == "path"
     assert parse_source("/tmp/x.safetensors").kind == "path"
     with pytest.raises(InstallError, match="not a repo id"):
