@@ -367,3 +367,64 @@ def test_ignored_option_names_reach_the_header_percent_encoded(fresh):
     assert r.status_code == 200 and r.json() is None
     assert r.headers["Easel-Ignored-Options"] == "%C4%80B%0D%0ASet-Cookie%3A%20x,plain"
     assert "Set-Cookie" not in r.headers
+
+
+# ---------------------------------------------------------------------------------------------
+# contract: every field of A1111's request models is in Easel's (kept as data: A1111 1.10's
+# StableDiffusionProcessingTxt2Img/Img2Img API models and its extras requests, modules/api/models.py)
+
+A1111_PROCESSING = {
+    "prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
+    "seed_resize_from_w", "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width",
+    "height", "restore_faces", "tiling", "do_not_save_samples", "do_not_save_grid", "eta", "denoising_strength",
+    "s_min_uncond", "s_churn", "s_tmax", "s_tmin", "s_noise", "override_settings",
+    "override_settings_restore_afterwards", "refiner_checkpoint", "refiner_switch_at", "disable_extra_networks",
+    "firstpass_image", "comments", "sampler_index", "script_name", "script_args", "send_images", "save_images",
+    "alwayson_scripts", "force_task_id", "infotext",
+}
+A1111_FIELDS = {
+    "Txt2ImgBody": A1111_PROCESSING | {
+        "enable_hr", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
+        "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+        "hr_negative_prompt"},
+    "Img2ImgBody": A1111_PROCESSING | {
+        "init_images", "resize_mode", "image_cfg_scale", "mask", "mask_blur_x", "mask_blur_y", "mask_blur",
+        "mask_round", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert",
+        "initial_noise_multiplier", "latent_mask", "include_init_images"},
+    "ExtrasBody": {
+        "resize_mode", "show_extras_results", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight",
+        "upscaling_resize", "upscaling_resize_w", "upscaling_resize_h", "upscaling_crop", "upscaler_1", "upscaler_2",
+        "extras_upscaler_2_visibility", "upscale_first", "image"},
+    "ExtrasBatchBody": {
+        "resize_mode", "show_extras_results", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight",
+        "upscaling_resize", "upscaling_resize_w", "upscaling_resize_h", "upscaling_crop", "upscaler_1", "upscaler_2",
+        "extras_upscaler_2_visibility", "upscale_first", "imageList"},
+    "PngInfoBody": {"image"},
+    "InterrogateBody": {"image", "model"},
+}
+
+
+def test_openapi_request_models_have_every_a1111_field(live):
+    _, base = live
+    components = requests.get(f"{base}/openapi.json", timeout=30).json()["components"]["schemas"]
+    for model, fields in A1111_FIELDS.items():
+        missing = fields - set(components[model]["properties"])
+        assert not missing, f"{model} lacks A1111's {sorted(missing)}"
+
+
+def test_fields_easel_does_not_implement_are_named_in_warnings(live):
+    _, base = live
+    body = {"prompt": "x", "steps": 1, "width": 32, "height": 32, "tiling": True, "eta": 0.5, "restore_faces": False,
+            "do_not_save_samples": True, "s_noise": 1.0, "comments": None}
+    r = post(f"{base}/sdapi/v1/txt2img", body)
+    assert r.status_code == 200, r.text
+    warnings = json.loads(r.json()["info"])["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["tiling", "eta", "s_noise"]
+    assert "tiling: True was ignored: seamless tiling is not implemented in Easel" in warnings
+    init = encode_image_base64(Image.new("RGB", (32, 32)))
+    r = post(f"{base}/sdapi/v1/img2img", {"init_images": [init], "steps": 1, "mask_blur": 8, "mask_blur_x": 8,
+                                          "mask_blur_y": 2, "image_cfg_scale": 1.5, "firstpass_image": init})
+    assert r.status_code == 200, r.text
+    warnings = json.loads(r.json()["info"])["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["firstpass_image", "image_cfg_scale", "mask_blur_y"]
+    assert r.json()["parameters"]["firstpass_image"] is None  # images are not echoed

@@ -220,7 +220,7 @@ def parameters_of(body: BaseModel, hide_images: bool = True) -> dict[str, Any]:
     """A1111's ``parameters``: the request as understood; input images (ControlNet units' too) left out unless asked for."""
     params = body.model_dump(mode="json")
     if hide_images and not params.get("include_init_images"):
-        for name in ("init_images", "mask", "image"):
+        for name in ("init_images", "mask", "image", "firstpass_image", "latent_mask"):
             if name in params:
                 params[name] = None
         units = [*params.get("controlnet_units", [])]

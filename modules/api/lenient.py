@@ -51,10 +51,28 @@ class Lenient:
     warnings: list[str] = field(default_factory=list)
 
 
+# A1111 fields the bodies accept but Easel does not implement, and why (a value other than the
+# default is named in info.warnings)
+IGNORED_FIELDS = {
+    "restore_faces": "no face restorer is installed", "tiling": "seamless tiling is not implemented",
+    "eta": "not implemented", "s_min_uncond": "not implemented", "s_churn": "not implemented",
+    "s_tmax": "not implemented", "s_tmin": "not implemented", "s_noise": "not implemented",
+    "refiner_checkpoint": "the refiner is not implemented", "refiner_switch_at": "the refiner is not implemented",
+    "disable_extra_networks": "not implemented", "firstpass_image": "not implemented",
+    "firstphase_width": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
+    "firstphase_height": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
+    "hr_checkpoint_name": "the hires pass runs on the request's checkpoint",
+    "image_cfg_scale": "instruct-pix2pix models are not supported", "mask_round": "not implemented",
+    "mask_blur_x": "mask_blur blurs both ways", "mask_blur_y": "mask_blur blurs both ways",
+    "initial_noise_multiplier": "not implemented", "latent_mask": "not implemented",
+}
+
+
 def make_lenient(body: Any, services: Services) -> Lenient:
     """Every A1111 leniency for a txt2img/img2img body, in A1111's order (infotext first)."""
     warnings: list[str] = []
     body = apply_infotext(body, warnings)
+    warnings.extend(ignored_field_warnings(body))
     body = drop_unknown_styles(body, services, warnings)
     body = drop_unknown_overrides(body, services, warnings)
     return Lenient(body, latent_grid_sizes(body, warnings), warnings)
@@ -90,6 +108,22 @@ def apply_infotext(body: Any, warnings: list[str]) -> Any:
             raise
         warnings.append(f"infotext: {', '.join(sorted(bad))} did not fit the request; left out")
         return type(body).model_validate({key: value for key, value in data.items() if key not in bad})
+
+
+def ignored_field_warnings(body: Any) -> list[str]:
+    """A warning for each field the body set that Easel does not implement, unless it has no effect
+    (its default, off, or ``mask_blur_x``/``_y`` equal to ``mask_blur``)."""
+    warnings = []
+    for name, reason in IGNORED_FIELDS.items():
+        if name not in body.model_fields_set or name not in type(body).model_fields:
+            continue
+        value = getattr(body, name)
+        unchanged = value is None or value is False or value == type(body).model_fields[name].default
+        same_blur = name in ("mask_blur_x", "mask_blur_y") and value == getattr(body, "mask_blur", None)
+        if unchanged or same_blur:
+            continue
+        warnings.append(f"{name}: {value!r} was ignored: {reason} in Easel")
+    return warnings
 
 
 def drop_unknown_styles(body: Any, services: Services, warnings: list[str]) -> Any:

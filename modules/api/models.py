@@ -50,10 +50,49 @@ class ScriptFields(RequestModel):
     infotext: str | None = Field(None, description="an A1111 infotext: fills the fields this body does not set")
 
 
+NOT_IMPLEMENTED = "accepted for A1111's clients; not implemented in Easel (another value adds a warning to info)"
+
+
+class AcceptedFields(RequestModel):
+    """A1111 processing fields Easel takes but does not use (``lenient.IGNORED_FIELDS`` says why); a value
+    other than the default is named in ``info.warnings``."""
+
+    restore_faces: bool | None = Field(None, description=f"{NOT_IMPLEMENTED}: no face restorer is installed")
+    tiling: bool | None = Field(None, description=NOT_IMPLEMENTED)
+    do_not_save_samples: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
+    do_not_save_grid: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
+    eta: float | None = Field(None, description=NOT_IMPLEMENTED)
+    s_min_uncond: float | None = Field(None, description=NOT_IMPLEMENTED)
+    s_churn: float | None = Field(None, description=NOT_IMPLEMENTED)
+    s_tmax: float | None = Field(None, description=NOT_IMPLEMENTED)
+    s_tmin: float | None = Field(None, description=NOT_IMPLEMENTED)
+    s_noise: float | None = Field(None, description=NOT_IMPLEMENTED)
+    refiner_checkpoint: str | None = Field(None, description=NOT_IMPLEMENTED)
+    refiner_switch_at: float | None = Field(None, description=NOT_IMPLEMENTED)
+    disable_extra_networks: bool = Field(False, description=NOT_IMPLEMENTED)
+    firstpass_image: str | None = Field(None, description=NOT_IMPLEMENTED)
+    comments: dict[str, Any] | None = Field(None, description="accepted and ignored")
+
+
+class Txt2ImgAcceptedFields(AcceptedFields):
+    firstphase_width: int = Field(0, description=f"{NOT_IMPLEMENTED} (A1111's old hires fix)")
+    firstphase_height: int = Field(0, description=f"{NOT_IMPLEMENTED} (A1111's old hires fix)")
+    hr_checkpoint_name: str | None = Field(None, description=NOT_IMPLEMENTED)
+
+
+class Img2ImgAcceptedFields(AcceptedFields):
+    image_cfg_scale: float | None = Field(None, description=f"{NOT_IMPLEMENTED} (instruct-pix2pix models)")
+    mask_blur_x: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
+    mask_blur_y: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
+    mask_round: bool = Field(True, description=NOT_IMPLEMENTED)
+    initial_noise_multiplier: float | None = Field(None, description=NOT_IMPLEMENTED)
+    latent_mask: str | None = Field(None, description=NOT_IMPLEMENTED)
+
+
 SIZE_DESCRIPTION = "any size from 8; not a multiple of 8: floored to one (the size drawn is info.width/height)"
 
 
-class Txt2ImgBody(NullMeansDefault, Txt2ImgRequest, ScriptFields):
+class Txt2ImgBody(NullMeansDefault, Txt2ImgRequest, ScriptFields, Txt2ImgAcceptedFields):
     """POST /sdapi/v1/txt2img: A1111's StableDiffusionProcessingTxt2Img fields and API defaults."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"prompt": "a red apple", "steps": 20}})
@@ -70,7 +109,7 @@ class Txt2ImgBody(NullMeansDefault, Txt2ImgRequest, ScriptFields):
         return v  # A1111 floors to the latent grid: modules.api.lenient.latent_grid_sizes
 
 
-class Img2ImgBody(NullMeansDefault, Img2ImgRequest, ScriptFields):
+class Img2ImgBody(NullMeansDefault, Img2ImgRequest, ScriptFields, Img2ImgAcceptedFields):
     """POST /sdapi/v1/img2img: A1111's StableDiffusionProcessingImg2Img fields; ``mask`` makes it inpainting."""
 
     model_config = ConfigDict(extra="ignore")
