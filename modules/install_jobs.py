@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modules.installer import (
@@ -42,6 +43,7 @@ class InstallJob:
     """One install: its request, live progress and outcome."""
 
     request: InstallRequest
+    data_dir: Path | None = None  # results show paths relative to it
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: str = "queued"  # queued | running | done | failed | cancelled
     progress: Progress = field(default_factory=Progress)
@@ -59,7 +61,7 @@ class InstallJob:
         return {"id": self.id, "source": self.request.source, "state": self.state, "stage": p.stage,
                 "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
                 "progress": round(fraction, 4) if fraction is not None else None,
-                "result": self.result.as_dict() if self.result else None, "error": self.error}
+                "result": self.result.as_dict(self.data_dir) if self.result else None, "error": self.error}
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done_event.wait(timeout)
@@ -84,7 +86,7 @@ class Installer:
             local_path(source, self.target, from_client)
         if source.kind == "url" and from_client:
             check_public_url(source.text, self.target)
-        job = InstallJob(request)
+        job = InstallJob(request, self.target.data_dir)
         with self._lock:
             self._jobs[job.id] = job
             self._forget_old()

@@ -163,8 +163,12 @@ class Installed:
     sha256: str
     note: str = ""  # e.g. "you asked for a LoRA; its contents are a checkpoint"
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "name": self.name, "path": str(self.path), "size": self.size,
+    def as_dict(self, data_dir: Path | None = None) -> dict[str, Any]:
+        """For clients: ``path`` relative to ``data_dir`` (the server's own folders are not shown)."""
+        path = self.path
+        if data_dir is not None:
+            path = path.relative_to(data_dir) if data_dir in path.parents else Path(path.parent.name) / path.name
+        return {"type": self.type, "name": self.name, "path": path.as_posix(), "size": self.size,
                 "sha256": self.sha256, "note": self.note}
 
 

@@ -55,6 +55,7 @@ def test_install_follow_list_delete(online_services, host, data_dir):
     done = wait_install(client, r.json()["id"])
     assert done["state"] == "done", done
     assert done["result"]["type"] == "lora" and done["progress"] == 1.0
+    assert done["result"]["path"] == "models/Lora/api-lora.safetensors"  # the server's folders are not shown
     assert (data_dir / "models/Lora/api-lora.safetensors").is_file()
     assert "api-lora" in [f.name for f in online_services.networks.loras.list()]  # listed without a restart
 
