@@ -13,8 +13,9 @@ NOTHING_Z = [0, "", []]
 
 
 def test_scripts_lists_what_runs(client):  # noqa: F811
+    builtins = ["controlnet", "extra options", "refiner", "sampler", "seed"]
     assert client.get("/sdapi/v1/scripts").json() == {
-        "txt2img": ["x/y/z plot"], "img2img": ["outpainting mk2", "x/y/z plot"]}
+        "txt2img": ["x/y/z plot", *builtins], "img2img": ["outpainting mk2", "x/y/z plot", *builtins, "soft inpainting"]}
 
 
 @pytest.mark.parametrize(("route", "name"), [("txt2img", "outpainting mk2"), ("txt2img", "Loopback"),

@@ -99,14 +99,30 @@ def check_no_scripts(body: BaseModel) -> None:
     check_no_alwayson(body)
 
 
+# A1111's built-in always-on scripts by tab (lower-case titles), accepted in ``alwayson_scripts``: its API
+# skips the setup of Seed, Sampler and Refiner (UI only: the request's fields decide), Extra options and
+# Soft Inpainting are not implemented (``lenient.builtin_script_warnings`` says so in info.warnings).
+BUILTIN_ALWAYSON = {"txt2img": ("extra options", "refiner", "sampler", "seed"),
+                    "img2img": ("extra options", "refiner", "sampler", "seed", "soft inpainting")}
+
+
+def generation_kind(body: BaseModel) -> str | None:
+    """"txt2img" or "img2img" for a generation body, None for other bodies."""
+    fields = type(body).model_fields
+    if "controlnet_units" not in fields:
+        return None
+    return "img2img" if "init_images" in fields else "txt2img"
+
+
 def check_no_alwayson(body: BaseModel) -> None:
-    """Always-on scripts other than ControlNet (on txt2img/img2img bodies) are a 422."""
+    """Always-on scripts other than ControlNet and A1111's built-ins (on txt2img/img2img bodies) are a 422."""
     scripts = getattr(body, "alwayson_scripts", None) or {}
-    generation = "controlnet_units" in type(body).model_fields
-    unknown = [name for name in scripts if not (generation and str(name).lower() == CONTROLNET_SCRIPT)]
+    kind = generation_kind(body)
+    known = (CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind]) if kind else ()
+    unknown = [name for name in scripts if str(name).strip().lower() not in known]
     if unknown:
         names = ", ".join(map(str, unknown))
-        have = f"this route has {CONTROLNET_SCRIPT!r} only" if generation else "this route has none"
+        have = f"this route has {', '.join(map(repr, known))}" if kind else "this route has none"
         raise field_error(("alwayson_scripts",), f"always-on script(s) {names} not found; {have}")
 
 

@@ -73,6 +73,7 @@ def make_lenient(body: Any, services: Services) -> Lenient:
     warnings: list[str] = []
     body = apply_infotext(body, warnings)
     warnings.extend(ignored_field_warnings(body))
+    warnings.extend(builtin_script_warnings(body))
     body = drop_unknown_styles(body, services, warnings)
     body = drop_unknown_overrides(body, services, warnings)
     return Lenient(body, latent_grid_sizes(body, warnings), warnings)
@@ -123,6 +124,25 @@ def ignored_field_warnings(body: Any) -> list[str]:
         if unchanged or same_blur:
             continue
         warnings.append(f"{name}: {value!r} was ignored: {reason} in Easel")
+    return warnings
+
+
+def builtin_script_warnings(body: Any) -> list[str]:
+    """A warning for each A1111 built-in always-on script whose args would do something in A1111's UI
+    or are not implemented here (``convert.BUILTIN_ALWAYSON``)."""
+    warnings = []
+    for key, script in (body.alwayson_scripts or {}).items():
+        name = str(key).strip().lower()
+        args = script.get("args") if isinstance(script, dict) else None
+        if not isinstance(args, list) or not args:
+            continue
+        if name in ("seed", "sampler", "refiner"):
+            warnings.append(f"alwayson_scripts.{key}: args ignored; A1111's API runs this script in its UI only,"
+                            " the request's own fields decide")
+        elif name == "extra options":
+            warnings.append(f"alwayson_scripts.{key}: args ignored; set options with override_settings")
+        elif name == "soft inpainting" and args[0]:
+            warnings.append(f"alwayson_scripts.{key}: not implemented in Easel; the mask is applied as usual")
     return warnings
 
 

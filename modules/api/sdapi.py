@@ -29,6 +29,8 @@ from modules.styles import STYLES_FILE, load_styles
 from . import networks_api, scripts
 from . import options as options_api
 from .convert import (
+    BUILTIN_ALWAYSON,
+    CONTROLNET_SCRIPT,
     ImageEncoding,
     InputBudget,
     build_core_request,
@@ -504,8 +506,10 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     @router.get("/scripts", response_model=ScriptsList)
     async def get_scripts() -> ScriptsList:
-        """The A1111 scripts this server runs (``script_name`` on txt2img/img2img; lower-case titles)."""
-        return ScriptsList(txt2img=list(scripts.SCRIPTS["txt2img"]), img2img=list(scripts.SCRIPTS["img2img"]))
+        """The A1111 scripts this server takes, lower-case titles: the selectable ones (``script_name``),
+        then the always-on ones (``alwayson_scripts``: ControlNet and A1111's built-ins), as A1111 lists them."""
+        return ScriptsList(**{kind: [*scripts.SCRIPTS[kind], CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind]]
+                              for kind in ("txt2img", "img2img")})
 
     @router.get("/memory", response_model=MemoryResponse)
     def get_memory() -> MemoryResponse:
@@ -514,8 +518,11 @@ def create_sdapi_router(services: Services) -> APIRouter:
     @router.get("/script-info", response_model=list[ScriptInfo])
     async def get_script_info() -> list[ScriptInfo]:
         """The scripts of /sdapi/v1/scripts in A1111's shape (their positional args are described there)."""
-        return [ScriptInfo(name=name, is_alwayson=False, is_img2img=kind == "img2img", args=[])
-                for kind, names in scripts.SCRIPTS.items() for name in names]
+        selectable = [ScriptInfo(name=name, is_alwayson=False, is_img2img=kind == "img2img", args=[])
+                      for kind, names in scripts.SCRIPTS.items() for name in names]
+        alwayson = [ScriptInfo(name=name, is_alwayson=True, is_img2img=kind == "img2img", args=[])
+                    for kind, names in BUILTIN_ALWAYSON.items() for name in (CONTROLNET_SCRIPT, *names)]
+        return selectable + alwayson
 
     @router.get("/hypernetworks", response_model=list[HypernetworkItem])
     async def get_hypernetworks() -> list[HypernetworkItem]:
