@@ -4,8 +4,8 @@
   ``huggingface_hub.get_hf_file_metadata`` reads (``X-Repo-Commit``, ``X-Linked-Etag`` = the
   sha256 of an LFS file, ``X-Linked-Size``, ``ETag``) and HTTP Range;
 - ``GET /api/models/{owner}/{name}/tree/{revision}``: the file list ``HfApi.list_repo_files`` reads;
-- ``GET /files/{key}``: a plain host; the file name only in ``Content-Disposition`` (as Civitai's
-  ``/api/download/models/123``), with Range.
+- ``GET /files/{key}`` and ``/api/download/models/{key}``: a plain host; the file name only in
+  ``Content-Disposition`` (as Civitai's ``/api/download/models/123``), with Range.
 
 ``host.drop_first`` makes each response that starts at byte 0 close the connection after half the
 body (a dropped connection); ``host.ranges`` records the Range headers the server saw.
@@ -29,6 +29,7 @@ class ModelHost:
     drop_first: bool = False
     wrong_sha: set[str] = field(default_factory=set)  # repo paths whose X-Linked-Etag lies
     ranges: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # Authorization headers the resolve route saw
 
 
 def body_response(request: Request, data: bytes, headers: dict[str, str], host: ModelHost) -> Response:
@@ -73,6 +74,8 @@ def create_host_app(host: ModelHost) -> FastAPI:
     @app.api_route("/{owner}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
     def resolve(owner: str, name: str, revision: str, path: str, request: Request) -> Response:
         data = host.repos.get(f"{owner}/{name}", {}).get(path)
+        if request.headers.get("authorization"):
+            host.tokens.append(request.headers["authorization"])
         if data is None:
             raise HTTPException(404, headers={"X-Error-Code": "EntryNotFound"})
         sha = hashlib.sha256(data + (b"!" if path in host.wrong_sha else b"")).hexdigest()
@@ -88,6 +91,7 @@ def create_host_app(host: ModelHost) -> FastAPI:
         return [tree_entry(p, d) for p, d in files.items()]
 
     @app.get("/files/{key}")
+    @app.get("/api/download/models/{key}")  # Civitai's shape
     def plain(key: str, request: Request) -> Response:
         if key not in host.files:
             raise HTTPException(404)

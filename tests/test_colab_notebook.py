@@ -29,6 +29,7 @@ def stub_google_colab(folder: Path) -> Path:
     (folder / "google" / "__init__.py").write_text("")
     (package / "__init__.py").write_text("")
     (package / "drive.py").write_text("import os\n\ndef mount(path):\n    os.makedirs(path, exist_ok=True)\n")
+    (package / "userdata.py").write_text("def get(name):\n    return 'hf_test_token'\n")
     return folder
 
 
@@ -41,9 +42,10 @@ def test_notebook_clones_installs_and_reaches_the_launch_cell(tmp_path, monkeypa
     assert "launch.sh --share" in nb.cells[code[-1]].source
     host = ModelHost()
     host.files["1"] = ("colab-lora.safetensors", lora_bytes(5))
+    host.repos["someone/style"] = {"style.safetensors": lora_bytes(6)}
     with served(create_host_app(host)) as port:
         overrides = {"REPO_URL": ROOT.as_uri(), "BRANCH": head.stdout.strip(), "EASEL_DIR": str(tmp_path / "easel"),
-                     "MODELS": [f"http://127.0.0.1:{port}/files/1"], "USE_DRIVE": True,
+                     "MODELS": [f"http://127.0.0.1:{port}/api/download/models/1", "someone/style"], "USE_DRIVE": True,
                      "DRIVE_MODELS_DIR": str(tmp_path / "drive")}
         settings_cell = code[0]
         nb.cells.insert(settings_cell + 1, nbformat.v4.new_code_cell(
@@ -53,6 +55,8 @@ def test_notebook_clones_installs_and_reaches_the_launch_cell(tmp_path, monkeypa
         monkeypatch.setenv("PYTHONPATH", str(stub_google_colab(tmp_path / "stubs")))
         monkeypatch.setenv("EASEL_VENV", str(Path(sys.executable).parent.parent))  # this venv: no new install
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # the hub, here
+        monkeypatch.delenv("HF_TOKEN", raising=False)
         client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                          resources={"metadata": {"path": str(tmp_path)}})
         client.execute()
@@ -60,5 +64,7 @@ def test_notebook_clones_installs_and_reaches_the_launch_cell(tmp_path, monkeypa
     installed = tmp_path / "easel" / "models" / "Lora" / "colab-lora.safetensors"
     assert installed.read_bytes() == host.files["1"][1], outputs
     assert "installed lora colab-lora.safetensors" in outputs
+    assert (tmp_path / "easel" / "models" / "Lora" / "style.safetensors").is_file(), outputs
+    assert host.tokens and set(host.tokens) == {"Bearer hf_test_token"}  # the Colab secret reached the hub
     assert (tmp_path / "drive").is_dir()
     assert os.path.isfile(tmp_path / "easel" / "launch.sh")
