@@ -140,12 +140,22 @@ def test_sampler_index_is_accepted(client):
     assert "Sampler: Euler," in info["infotexts"][0]
 
 
-def test_unknown_sampler_is_400_listing_valid_names(client):
-    r = client.post("/sdapi/v1/txt2img", json={**T2I, "sampler_name": "Warp Drive"})
-    assert r.status_code == 400
-    body = r.json()
-    assert body["error"] == "RequestError"
-    assert "Warp Drive" in body["detail"] and "Euler a" in body["detail"] and "DPM++ 2M" in body["detail"]
+def test_unknown_sampler_falls_back_to_the_default_with_a_warning(client):
+    # A1111 1.10's API: an unknown sampler is the default one, an unknown schedule type Automatic
+    r = client.post("/sdapi/v1/txt2img", json={**T2I, "steps": 1, "sampler_name": "Warp Drive", "scheduler": "Wobbly"})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["sampler_name"] == "DPM++ 2M" and "Schedule type: Automatic" in info["infotexts"][0]
+    assert info["warnings"][0].startswith("sampler_name: 'Warp Drive' is not a sampler; the default, 'DPM++ 2M'")
+    assert info["warnings"][1].startswith("scheduler: 'Wobbly' is unknown")
+    r = client.post("/sdapi/v1/txt2img", json={**T2I, "steps": 1, "sampler_name": "DPM++ 2M Karras",
+                                                "scheduler": "Exponential"})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert "Schedule type: Karras" in info["infotexts"][0] and info["warnings"][0].startswith("scheduler: 'Exponential'")
+    # the job API keeps the core's strict check
+    r = client.post("/easel/v1/jobs", json={"type": "txt2img", "request": {"sampler_name": "Warp Drive"}})
+    assert r.status_code == 400 and "Euler a" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ CASES = [
     ("POST", "/sdapi/v1/txt2img", {**T2I, "steps": 150, "batch_size": 32}, 400),  # over MAX_IMAGE_STEPS
     ("POST", "/sdapi/v1/txt2img", {**T2I, "steps": 100, "enable_hr": True, "batch_size": 16}, 400),
     ("POST", "/sdapi/v1/txt2img", {**T2I, "prompt": "x" * 30_000}, 422),
-    ("POST", "/sdapi/v1/txt2img", {**T2I, "sampler_name": "Warp Drive"}, 400),
+    ("POST", "/sdapi/v1/txt2img", {**T2I, "sampler_name": 5}, 422),  # an unknown name falls back, as in A1111
     ("POST", "/sdapi/v1/interrogate", {"image": IMG}, 404),  # no interrogator installed (an unknown override
     # checkpoint is no longer bad input: A1111 ignores it, see test_api_a1111_clients)
     ("POST", "/sdapi/v1/txt2img", {**T2I, "alwayson_scripts": {"controlnet": {}}}, 422),
@@ -38,7 +38,7 @@ CASES = [
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [NOT_AN_IMAGE]}, 422),
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "mask": NOT_AN_IMAGE}, 422),
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "width": 8192, "height": 8192}, 400),
-    ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "sampler_name": "nope"}, 400),
+    ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "sampler_name": ["nope"]}, 422),
     ("POST", "/sdapi/v1/extra-batch-images", {"imageList": [{"data": NOT_AN_IMAGE, "name": "x"}]}, 422),
     ("POST", "/sdapi/v1/img2img", {**T2I, "init_images": [IMG], "denoising_strength": 7}, 422),
     ("POST", "/sdapi/v1/extra-single-image", {}, 422),

@@ -8,6 +8,7 @@ of extras). Strict checks stay for what A1111 refuses too (wrong types, unknown 
 - ``styles`` not in ``styles.csv`` are left out;
 - ``override_settings.sd_model_checkpoint`` or ``sd_vae`` that is not installed is left out (the
   job runs on the selected checkpoint / VAE);
+- an unknown sampler is the default sampler, an unknown or unsupported schedule type Automatic;
 - ``width``/``height`` not a multiple of 8 are floored to the latent grid (A1111 makes a
   ``size // 8`` latent), at least 8: ``info.width``/``info.height`` give the size drawn.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, model_validator
 
+from modules import samplers
 from modules.checkpoints import CheckpointError
 from modules.infotext import infotext_to_fields, parse_infotext
 from modules.schemas import RequestError
@@ -76,6 +78,7 @@ def make_lenient(body: Any, services: Services) -> Lenient:
     warnings.extend(builtin_script_warnings(body))
     body = drop_unknown_styles(body, services, warnings)
     body = drop_unknown_overrides(body, services, warnings)
+    body = sampler_fallback(body, services.settings.default_sampler, warnings)
     return Lenient(body, latent_grid_sizes(body, warnings), warnings)
 
 
@@ -190,6 +193,38 @@ def _checkpoint_known(services: Services, query: str) -> bool:
             if attempt == 0:
                 services.checkpoints.refresh()
     return False
+
+
+def _resolves(sampler: str, scheduler: str | None) -> bool:
+    try:
+        samplers.resolve(sampler, scheduler)
+    except ValueError:
+        return False
+    return True
+
+
+def sampler_fallback(body: Any, default_sampler: str, warnings: list[str]) -> Any:
+    """The body with an unknown sampler replaced by the default and an unknown or unsupported schedule
+    type by Automatic, as A1111 1.10's API does (``get_sampler_and_scheduler``); the hires pass's too."""
+    updates: dict[str, Any] = {}
+    for sampler_field, scheduler_field, fallback in (("sampler_name", "scheduler", default_sampler),
+                                                     ("hr_sampler_name", "hr_scheduler", None)):
+        if sampler_field not in type(body).model_fields:
+            continue
+        name = getattr(body, sampler_field) or (body.sampler_index if sampler_field == "sampler_name" else None)
+        if name and not _resolves(name, None):
+            shown = f"the default, {fallback!r}" if fallback else "the first pass's"
+            warnings.append(f"{sampler_field}: {name!r} is not a sampler; {shown} was used (see /sdapi/v1/samplers)")
+            updates[sampler_field] = None
+            if sampler_field == "sampler_name":
+                updates["sampler_index"] = None
+            name = fallback
+        scheduler = getattr(body, scheduler_field)
+        if name and scheduler and not _resolves(name, scheduler):
+            warnings.append(f"{scheduler_field}: {scheduler!r} is unknown or does not go with {name!r}; Automatic"
+                            " was used (see /sdapi/v1/schedulers)")
+            updates[scheduler_field] = None
+    return body.model_copy(update=updates) if updates else body
 
 
 def latent_grid_sizes(body: Any, warnings: list[str]) -> dict[str, int]:
