@@ -39,6 +39,10 @@ def test_progress_lines():
     assert "easel-error" in failed and "&lt;x&gt;" in failed
 
 
+def test_human_sizes():
+    assert [models.human_size(n) for n in (1452, 27288414, 6938078334)] == ["1.4 KiB", "26.0 MiB", "6.46 GiB"]
+
+
 def test_notice_when_downloads_are_off(services, online_services):
     assert "--allow-downloads" in models.downloads_notice(services)
     assert models.downloads_notice(online_services) == ""

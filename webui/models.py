@@ -19,7 +19,7 @@ from modules.training.job import refresh_lists
 
 PREFIX = "models"
 AUTOMATIC = "Automatic (from the contents)"
-COLUMNS = ["type", "name", "size (MiB)", "short hash"]
+COLUMNS = ["type", "name", "size", "short hash"]
 
 
 @dataclass
@@ -131,9 +131,16 @@ def cancel_install(services, job_id: str | None) -> str:
     return "Cancelling…"
 
 
+def human_size(size: int) -> str:
+    """``1.4 KiB``, ``26.0 MiB``, ``6.46 GiB``."""
+    if size >= 2**30:
+        return f"{size / 2**30:.2f} GiB"
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
 def installed_rows(services, hashes: bool) -> list[list[Any]]:
     digest = services.checkpoints.file_short_hash if hashes else None
-    return [[r["type"], r["name"], round(r["size"] / 2**20, 1), r["sha256"] or ""]
+    return [[r["type"], r["name"], human_size(r["size"]), r["sha256"] or ""]
             for r in list_installed(services.installer.target, digest)]
 
 
