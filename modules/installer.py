@@ -11,7 +11,8 @@
    a download is ever executed;
 4. ``download``: into ``models/.downloads/`` (a temporary ``.part`` file named from the source, so
    a new try resumes with an HTTP ``Range``), after checking the size limit and the free disk;
-   a dropped connection resumes where it stopped;
+   a dropped connection resumes where it stopped (one left untouched for a week is removed at the
+   next install);
 5. the sha256 is checked (the hub's, or the one the user gave): a mismatch deletes the file;
 6. ``detect_kind`` reads the tensors' names and shapes with the existing detectors (checkpoints,
    LoRA, VAE, ControlNet, embedding): the contents choose the folder, not the name or ``type``;
@@ -34,6 +35,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -59,6 +61,7 @@ SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 DOWNLOADS_DIR = ".downloads"  # inside models/: the .part files of unfinished downloads
 RETRIES = 5  # a dropped connection is resumed this many times before the install fails
+STALE_PART_DAYS = 7  # unfinished downloads untouched this long are removed (at the next install)
 GiB = 1 << 30
 DOWNLOADS_OFF = ("downloads are off: Easel was started without --allow-downloads (launch.sh sets HF_HUB_OFFLINE=1, "
                  "so nothing is fetched from the network). Restart with `./launch.sh --allow-downloads` (or run "
@@ -423,6 +426,18 @@ def resolve_url(source: Source, client: Any) -> Resolved:
 # --------------------------------------------------------------------------- downloading
 
 
+def remove_stale_parts(target: InstallTarget, days: float = STALE_PART_DAYS) -> list[Path]:
+    """Unfinished downloads (``.part`` files, pipeline folders) not touched for ``days``: removed."""
+    folder = target.downloads_dir
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - days * 86400
+    stale = [p for p in folder.iterdir() if p.stat().st_mtime < cutoff and p.name.endswith((".part", ".folder"))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return stale
+
+
 def part_path(target: InstallTarget, resolved: Resolved) -> Path:
     """The temporary file of a download, named from its source so that a new try resumes it."""
     digest = hashlib.sha256(resolved.key.encode()).hexdigest()[:16]
@@ -608,6 +623,7 @@ def install(request: InstallRequest, target: InstallTarget, progress: Progress |
     progress = progress or Progress()
     source = parse_source(request.source, request.file, request.revision, target.endpoint)
     check_downloads_allowed(source, target)
+    remove_stale_parts(target)
     if source.kind == "path":
         path = local_path(source, target, from_client)
         name = safe_file_name(path.name)

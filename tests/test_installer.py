@@ -161,6 +161,21 @@ def test_resume_after_dropped_connection(tmp_path, host):
     assert host.ranges == [f"bytes={len(data) // 2}-"]  # the rest only, from where the connection dropped
 
 
+def test_old_unfinished_downloads_are_removed_at_the_next_install(tmp_path, host):
+    import os
+    import time
+
+    target = make_target(tmp_path)
+    old, fresh = target.downloads_dir / "abc-old.safetensors.part", target.downloads_dir / "def-new.safetensors.part"
+    target.downloads_dir.mkdir(parents=True)
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    install(InstallRequest(source=f"{host.base}/files/123"), target)
+    assert not old.exists() and fresh.exists()  # a recent one may still be resumed
+
+
 def test_sha256_mismatch_refused_and_nothing_left(tmp_path, host):
     with pytest.raises(InstallError, match="sha256 mismatch"):
         install(InstallRequest(source=f"{host.base}/files/123", sha256="0" * 64), make_target(tmp_path))
