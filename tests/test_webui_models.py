@@ -57,6 +57,8 @@ def test_install_streams_then_lists_and_deletes(online_services, data_dir):
     assert steps[-1][0] is None and "Installed lora" in steps[-1][1]
     assert "lora: ui-lora.safetensors" in models.model_choices(online_services)
     rows = models.installed_rows(online_services, hashes=True)
+    recent = models.recent_installs_html(online_services)
+    assert "Recent installs (1)" in recent and "/files/1" in recent and "Installed lora" in recent
     [row] = [r for r in rows if r[:2] == ["lora", "ui-lora.safetensors"]]
     assert len(row[3]) == 10
     assert ["checkpoint", "tiny-folder"] in [r[:2] for r in rows]  # a diffusers folder is one row (no file hash)

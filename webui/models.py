@@ -31,6 +31,7 @@ class ModelsTab:
     install: gr.Button
     cancel: gr.Button
     status: gr.HTML
+    recent: gr.HTML
     job_id: gr.State
     table: gr.Dataframe
     hashes: gr.Checkbox
@@ -67,6 +68,7 @@ def create_ui(services) -> ModelsTab:
         install = gr.Button("Install", variant="primary", elem_id=f"{PREFIX}_install")
         cancel = gr.Button("Cancel", elem_id=f"{PREFIX}_cancel")
     status = gr.HTML(elem_id=f"{PREFIX}_status", elem_classes=["easel-progress"])
+    recent = gr.HTML(recent_installs_html(services), elem_id=f"{PREFIX}_recent")
     job_id = gr.State(None)
     gr.Markdown("### Installed models")
     with gr.Row():
@@ -82,8 +84,8 @@ def create_ui(services) -> ModelsTab:
         confirm = gr.Button("Yes, delete the file", variant="stop", elem_id=f"{PREFIX}_confirm")
         keep = gr.Button("No, keep it", elem_id=f"{PREFIX}_keep")
     delete_status = gr.HTML(elem_id=f"{PREFIX}_delete_status")
-    return ModelsTab(source, model_type, sha256, allow_pickle, install, cancel, status, job_id, table, hashes, refresh,
-                     choice, delete, confirm_row, confirm, keep, delete_status)
+    return ModelsTab(source, model_type, sha256, allow_pickle, install, cancel, status, recent, job_id, table, hashes,
+                     refresh, choice, delete, confirm_row, confirm, keep, delete_status)
 
 
 # --------------------------------------------------------------------------- what the events do
@@ -122,6 +124,16 @@ def run_install(services, source: str, model_type: str, sha256: str, allow_pickl
     while not job.wait(poll_seconds):
         yield job.id, progress_html(job.snapshot())
     yield None, progress_html(job.snapshot())
+
+
+def recent_installs_html(services, count: int = 5) -> str:
+    """The latest installs (from this tab, another browser tab or the API), newest first."""
+    jobs = services.installer.jobs()[-count:][::-1]
+    if not jobs:
+        return ""
+    rows = "".join(f"<li><code>{html.escape(job.request.source)}</code>: {progress_html(job.snapshot())}</li>"
+                   for job in jobs)
+    return f"<details><summary>Recent installs ({len(jobs)})</summary><ul>{rows}</ul></details>"
 
 
 def cancel_install(services, job_id: str | None) -> str:
@@ -168,6 +180,9 @@ def bind_events(tab: ModelsTab, services) -> None:
     def refreshed(hashes: bool):
         return installed_rows(services, hashes), gr.update(choices=model_choices(services), value=None)
 
+    def refreshed_all(hashes: bool):
+        return *refreshed(hashes), recent_installs_html(services)
+
     def on_install(source, model_type, sha256, allow_pickle, hashes):
         for job_id, line in run_install(services, source, model_type, sha256, allow_pickle):
             yield job_id, line, gr.update(), gr.update()
@@ -176,7 +191,7 @@ def bind_events(tab: ModelsTab, services) -> None:
     tab.install.click(on_install, inputs=[tab.source, tab.model_type, tab.sha256, tab.allow_pickle, tab.hashes],
                       outputs=[tab.job_id, tab.status, tab.table, tab.choice], concurrency_limit=None)
     tab.cancel.click(lambda job_id: cancel_install(services, job_id), inputs=[tab.job_id], outputs=[tab.status])
-    tab.refresh.click(refreshed, inputs=[tab.hashes], outputs=[tab.table, tab.choice])
+    tab.refresh.click(refreshed_all, inputs=[tab.hashes], outputs=[tab.table, tab.choice, tab.recent])
     tab.hashes.change(refreshed, inputs=[tab.hashes], outputs=[tab.table, tab.choice])
     tab.delete.click(lambda choice: gr.update(visible=bool(choice)), inputs=[tab.choice], outputs=[tab.confirm_row])
     tab.keep.click(lambda: gr.update(visible=False), outputs=[tab.confirm_row])
