@@ -185,11 +185,11 @@ def bind_events(tab: ModelsTab, services) -> None:
 
     def on_install(source, model_type, sha256, allow_pickle, hashes):
         for job_id, line in run_install(services, source, model_type, sha256, allow_pickle):
-            yield job_id, line, gr.update(), gr.update()
-        yield (None, gr.update(), *refreshed(hashes))
+            yield job_id, line, gr.update(), gr.update(), gr.update()
+        yield None, gr.update(), *refreshed_all(hashes)
 
     tab.install.click(on_install, inputs=[tab.source, tab.model_type, tab.sha256, tab.allow_pickle, tab.hashes],
-                      outputs=[tab.job_id, tab.status, tab.table, tab.choice], concurrency_limit=None)
+                      outputs=[tab.job_id, tab.status, tab.table, tab.choice, tab.recent], concurrency_limit=None)
     tab.cancel.click(lambda job_id: cancel_install(services, job_id), inputs=[tab.job_id], outputs=[tab.status])
     tab.refresh.click(refreshed_all, inputs=[tab.hashes], outputs=[tab.table, tab.choice, tab.recent])
     tab.hashes.change(refreshed, inputs=[tab.hashes], outputs=[tab.table, tab.choice])
