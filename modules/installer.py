@@ -59,6 +59,7 @@ ModelType = Literal["checkpoint", "lora", "vae", "controlnet", "embedding"]
 MODEL_TYPES: tuple[str, ...] = ("checkpoint", "lora", "vae", "controlnet", "embedding")
 SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+GENERIC_STEMS = ("diffusion_pytorch_model", "model", "pytorch_lora_weights", "learned_embeds", "pytorch_model")
 DOWNLOADS_DIR = ".downloads"  # inside models/: the .part files of unfinished downloads
 RETRIES = 5  # a dropped connection is resumed this many times before the install fails
 STALE_PART_DAYS = 7  # unfinished downloads untouched this long are removed (at the next install)
@@ -362,7 +363,16 @@ def resolve_hub(source: Source, target: InstallTarget, path: str | None = None) 
     sha = meta.etag if meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) else None  # LFS files: the sha256
     headers = build_hf_headers() if same_host(meta.location, url) else {}
     key = f"hub:{source.text}@{meta.commit_hash or source.revision or 'main'}/{filename}"
-    return Resolved(meta.location, safe_file_name(filename), meta.size, sha, headers, key)
+    return Resolved(meta.location, local_hub_name(source.text, filename), meta.size, sha, headers, key)
+
+
+def local_hub_name(repo: str, filename: str) -> str:
+    """The file's name, or the repo's for diffusers' generic names (``diffusion_pytorch_model``,
+    ``pytorch_lora_weights``, ...), so ``<lora:NAME>`` and the lists show what it is."""
+    path = Path(filename)
+    if path.stem.lower() in GENERIC_STEMS:
+        return safe_file_name(repo.split("/")[-1] + path.suffix)
+    return safe_file_name(path.name)
 
 
 def same_host(a: str, b: str) -> bool:

@@ -60,6 +60,7 @@ def host(checkpoint_bytes):
     h = ModelHost()
     h.repos["tiny-org/tiny-sd"] = {"tiny-sd.safetensors": checkpoint_bytes, "README.md": b"# tiny"}
     h.repos["tiny-org/two-files"] = {"a.safetensors": lora_bytes(1), "b.safetensors": lora_bytes(2)}
+    h.repos["tiny-org/pixel-style"] = {"pytorch_lora_weights.safetensors": lora_bytes(3), "README.md": b"#"}
     h.files["123"] = ("tiny-lora.safetensors", lora_bytes())
     h.files["ti"] = ("tiny-ti.pt", embedding_pt_bytes())
     h.files["evil"] = ("evil.pt", evil_pt_bytes())
@@ -134,6 +135,11 @@ def test_installed_file_is_not_downloaded_again(tmp_path, host, online):
     host.drop_first = True  # a download would show up as a dropped first response and a Range
     again = install(InstallRequest(source="tiny-org/tiny-sd"), target)
     assert "nothing downloaded" in again.note and host.ranges == []
+
+
+def test_generic_diffusers_file_names_take_the_repo_name(tmp_path, host, online):
+    result = install(InstallRequest(source="tiny-org/pixel-style"), make_target(tmp_path, host))
+    assert result.path == tmp_path / "models/Lora/pixel-style.safetensors"  # <lora:pixel-style>
 
 
 def test_repo_with_several_files_asks_for_one(tmp_path, host, online):
