@@ -458,3 +458,30 @@ def test_builtin_alwayson_scripts_are_accepted(live):
     assert "ADetailer not found" in r.json()["detail"][0]["msg"] and "'seed'" in r.json()["detail"][0]["msg"]
     r = post(f"{base}/sdapi/v1/txt2img", {**body, "alwayson_scripts": {"Soft Inpainting": {"args": []}}})
     assert r.status_code == 422  # an img2img script
+
+
+# ---------------------------------------------------------------------------------------------
+# openOutpaint: its start-up probes, then a dream (txt2img) and an img2img with a mask, with its
+# own stableDiffusionData defaults (nulls, sampler_index "DDIM", hr_upscaler "None", mask "")
+
+
+def test_openoutpaint_sequence(live):
+    _, base = live
+    assert requests.get(f"{base}/sdapi/v1/options", timeout=30).json().get("use_scale_latent_for_hires_fix") is None
+    for route in ("prompt-styles", "samplers", "upscalers", "sd-models", "progress", "scripts"):
+        assert requests.get(f"{base}/sdapi/v1/{route}", timeout=30).status_code == 200, route
+    data = {"prompt": "a boat", "negative_prompt": "", "seed": 11, "cfg_scale": None, "sampler_index": "DDIM",
+            "steps": 2, "denoising_strength": 1, "mask_blur": 0, "batch_size": None, "width": 64, "height": 64,
+            "n_iter": None, "mask": "", "init_images": [], "inpaint_full_res": False, "inpainting_fill": 1,
+            "outpainting_fill": 2, "enable_hr": False, "restore_faces": False, "hr_scale": 2.0, "hr_upscaler": "None",
+            "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0, "hr_square_aspect": False, "styles": []}
+    r = post(f"{base}/sdapi/v1/txt2img", data)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["sampler_name"] == "DDIM" and info["all_seeds"] == [11] and info["cfg_scale"] == 7.0
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    r = post(f"{base}/sdapi/v1/img2img", {**data, "init_images": [r.json()["images"][0]],
+                                          "mask": encode_image_base64(mask.convert("RGB"))})
+    assert r.status_code == 200, r.text
+    assert image_of(r.json()["images"][0]).size == (64, 64)

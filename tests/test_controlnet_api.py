@@ -91,6 +91,13 @@ def test_legacy_input_image_and_key_case(client):
     legacy = {k: v for k, v in UNIT.items() if k != "image"} | {"input_image": MAP}
     assert np.array_equal(first_image(client.post("/sdapi/v1/txt2img", json=with_units(legacy))), reference)
     assert np.array_equal(first_image(client.post("/sdapi/v1/txt2img", json=with_units(UNIT, key="ControlNet"))), reference)
+    # the extension's other old keys (guidance = guidance_end, lowvram = low_vram) and nulls (= defaults)
+    old_keys = {**UNIT, "guidance": 0.5, "lowvram": True, "threshold_a": None, "pixel_perfect": None}
+    r = client.post("/sdapi/v1/txt2img", json=with_units(old_keys))
+    assert r.status_code == 200, r.text
+    same = client.post("/sdapi/v1/txt2img", json=with_units({**UNIT, "guidance_end": 0.5, "low_vram": True}))
+    assert np.array_equal(first_image(r), first_image(same))
+    assert not np.array_equal(first_image(r), reference)
 
 
 def test_a_drawn_mask_is_the_map(client):

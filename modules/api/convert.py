@@ -295,12 +295,15 @@ def controlnet_units_of(body: BaseModel, budget: InputBudget, where: tuple[Any, 
     return units
 
 
+# sd-webui-controlnet's old unit keys, read as the new ones (its to_processing_unit's ext_compat_keys)
+UNIT_COMPAT_KEYS = {"input_image": "image", "guidance": "guidance_end", "lowvram": "low_vram"}
+
+
 def _decoded_unit(fields: dict[str, Any], loc: tuple[Any, ...], budget: InputBudget) -> ControlNetUnit:
     """One unit from its JSON fields, its image decoded; 422 naming ``loc.field`` when something is wrong.
-    A field sent as null takes its default, as in A1111's API."""
-    data = {name: value for name, value in fields.items() if value is not None}
-    if not data.get("image") and data.get("input_image"):
-        data["image"] = data["input_image"]
+    A field sent as null takes its default, as in A1111's API; the extension's old key names
+    (``UNIT_COMPAT_KEYS``) are read as the new ones, the later of two for one field winning, as there."""
+    data = {UNIT_COMPAT_KEYS.get(name, name): value for name, value in fields.items() if value is not None}
     image = data.get("image")
     mask = data.get("mask")
     if isinstance(image, dict):
