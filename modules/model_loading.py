@@ -299,11 +299,15 @@ def native_size_hint(info: CheckpointInfo) -> int:
 
 
 def load_vae_file(path: Path, vae) -> None:
-    """Replace a pipeline VAE's weights with a standalone VAE file (``models/VAE``)."""
+    """Replace a pipeline VAE's weights with a standalone VAE file (``models/VAE``): the original
+    (LDM) layout, as A1111 users download it, or diffusers' (``encoder.down_blocks.*``, e.g. the
+    ``diffusion_pytorch_model.safetensors`` of a VAE repo on the hub)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     state = read_state_dict(path)
-    is_ldm = any(k.startswith(("encoder.", "first_stage_model.", "vae.")) and "conv_in" in k for k in state)
+    is_diffusers = any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state)
+    is_ldm = not is_diffusers and any(
+        k.startswith(("encoder.", "first_stage_model.", "vae.")) and "conv_in" in k for k in state)
     converted = convert_ldm_vae_checkpoint(state, vae.config) if is_ldm else state
     missing = set(vae.state_dict()) - set(converted)
     if missing:
