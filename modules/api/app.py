@@ -22,6 +22,8 @@ Easel's HTTP API.
 * **/easel/v1/jobs**: submit a job and get its id at once (202), poll it, cancel it.
 * **/easel/v1/train**: start a DreamBooth / LoRA / textual-inversion training (202), poll its loss and
   samples, cancel it (the same request resumes it).
+* **/easel/v1/models**: install a model from a Hugging Face repo id or a URL (202; follow it with GET,
+  cancel with DELETE; needs the server started with `--allow-downloads`), list and delete installed models.
 * **/controlnet**: sd-webui-controlnet's routes: `model_list`, `module_list`, `version`, `settings`
   and `detect` (run a preprocessor; the control maps come back as base64 PNGs).
 
