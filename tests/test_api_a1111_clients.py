@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import shutil
+import time
 
 import pytest
 import requests
@@ -485,3 +486,46 @@ def test_openoutpaint_sequence(live):
                                           "mask": encode_image_base64(mask.convert("RGB"))})
     assert r.status_code == 200, r.text
     assert image_of(r.json()["images"][0]).size == (64, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# SillyTavern (src/endpoints/stable-diffusion.js): ping, lists, get/set model (polling progress until
+# idle), then generate: txt2img with its whole body, which also carries its own url and auth fields
+
+
+def test_sillytavern_sequence(fresh):
+    _, base = fresh
+    get = lambda route: requests.get(f"{base}/sdapi/v1/{route}", timeout=30)  # noqa: E731
+    assert get("options").status_code == 200  # ping
+    upscalers = [x["name"] for x in get("upscalers").json()]
+    latent = [x["name"] for x in get("latent-upscale-modes").json()]
+    assert upscalers[0] == "None" and "Latent" in latent  # it splices the latent ones in after "None"
+    assert isinstance([x["model_name"] for x in get("sd-vae").json()], list)
+    assert "Euler a" in [x["name"] for x in get("samplers").json()]
+    assert "karras" in [x["name"] for x in get("schedulers").json()]
+    titles = [x["title"] for x in get("sd-models").json()]
+    assert get("options").json()["sd_model_checkpoint"] in titles  # get-model
+    b_title = next(t for t in titles if t.startswith("tiny-b.safetensors"))
+    assert post(f"{base}/sdapi/v1/options", {"sd_model_checkpoint": b_title}).status_code == 200  # set-model
+    for _ in range(100):  # it polls until progress 0 and job_count 0
+        progress = get("progress").json()
+        if progress["progress"] == 0.0 and progress["state"]["job_count"] == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the model switch never finished")
+    assert "forge_preset" not in get("options").json()  # so it drops override_settings.forge_additional_modules
+    body = {"url": base, "auth": "", "prompt": "a cat", "negative_prompt": "lowres", "sampler_name": "DPM++ 2M",
+            "scheduler": "karras", "steps": 2, "cfg_scale": 7, "width": 40, "height": 40, "restore_faces": False,
+            "enable_hr": False, "hr_upscaler": "Latent", "hr_scale": 2, "hr_additional_modules": [],
+            "denoising_strength": 0.7, "hr_second_pass_steps": 0, "seed": 12, "clip_skip": 2,
+            "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_vae": "Automatic"},
+            "override_settings_restore_afterwards": True, "save_images": True, "send_images": True,
+            "do_not_save_grid": False, "do_not_save_samples": False}
+    r = post(f"{base}/sdapi/v1/txt2img", body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert image_of(answer["images"][0]).size == (40, 40)
+    info = json.loads(answer["info"])
+    assert info["sd_model_name"] == "tiny-b" and info["all_seeds"] == [12] and info["clip_skip"] == 2
+    assert info["warnings"] == [] and len(info["paths"]) == 1  # it asked to save
