@@ -59,6 +59,9 @@ def test_open_webui_sequence_100x100(live):
     options = requests.get(f"{base}/sdapi/v1/options", timeout=30).json()
     titles = [m["title"] for m in requests.get(f"{base}/sdapi/v1/sd-models", timeout=30).json()]
     assert options["sd_model_checkpoint"] in titles
+    # set_image_model: an admin's model (a title from sd-models) goes to options
+    r = post(f"{base}/sdapi/v1/options", {"sd_model_checkpoint": options["sd_model_checkpoint"]})
+    assert r.status_code == 200 and r.json() is None
     r = post(f"{base}/sdapi/v1/txt2img", {"prompt": "a red circle", "batch_size": 1, "width": 100, "height": 100,
                                           "steps": 2, "negative_prompt": "blurry", "seed": 3})
     assert r.status_code == 200, r.text
