@@ -442,7 +442,7 @@ def remove_stale_parts(target: InstallTarget, days: float = STALE_PART_DAYS) -> 
     if not folder.is_dir():
         return []
     cutoff = time.time() - days * 86400
-    stale = [p for p in folder.iterdir() if p.stat().st_mtime < cutoff and p.name.endswith((".part", ".folder"))]
+    stale = [p for p in folder.iterdir() if p.stat().st_mtime < cutoff and p.name.endswith((".part", ".folder", ".lock"))]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return stale
@@ -452,6 +452,29 @@ def part_path(target: InstallTarget, resolved: Resolved) -> Path:
     """The temporary file of a download, named from its source so that a new try resumes it."""
     digest = hashlib.sha256(resolved.key.encode()).hexdigest()[:16]
     return target.downloads_dir / f"{digest}-{resolved.name}.part"
+
+
+@contextmanager
+def part_lock(part: Path) -> Iterator[None]:
+    """Hold ``part`` for one install: another (the CLI while the server fetches the same file) is
+    refused instead of writing into it too. Without ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    part.parent.mkdir(parents=True, exist_ok=True)
+    lock = part.with_name(part.name + ".lock")
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InstallError(f"{part.name.split('-', 1)[-1].removesuffix('.part')} is being downloaded by "
+                               "another install right now; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def check_space(folder: Path, size: int | None, already: int, target: InstallTarget) -> None:
@@ -662,12 +685,13 @@ def install(request: InstallRequest, target: InstallTarget, progress: Progress |
             progress.stage = "done"
             return found
         part = part_path(target, resolved)
-        try:
-            download(resolved, part, target, client, progress, cancelled)
-            return finish(part, resolved.name, expected, request, target, progress)
-        except InstallCancelled:
-            part.unlink(missing_ok=True)
-            raise
+        with part_lock(part):
+            try:
+                download(resolved, part, target, client, progress, cancelled)
+                return finish(part, resolved.name, expected, request, target, progress)
+            except InstallCancelled:
+                part.unlink(missing_ok=True)
+                raise
     finally:
         if own:
             client.close()

@@ -182,6 +182,18 @@ def test_old_unfinished_downloads_are_removed_at_the_next_install(tmp_path, host
     assert not old.exists() and fresh.exists()  # a recent one may still be resumed
 
 
+def test_a_file_being_downloaded_is_not_fetched_twice(tmp_path, host):
+    from modules.installer import Resolved, part_lock, part_path
+
+    target = make_target(tmp_path)
+    part = part_path(target, Resolved("", "tiny-lora.safetensors", None, None, {}, f"url:{host.base}/files/123"))
+    with part_lock(part):
+        with pytest.raises(InstallError, match="being downloaded by another install"):
+            install(InstallRequest(source=f"{host.base}/files/123"), target)
+    assert install(InstallRequest(source=f"{host.base}/files/123"), target).type == "lora"
+    assert leftovers(tmp_path) == ["models/Lora/tiny-lora.safetensors"]
+
+
 def test_sha256_mismatch_refused_and_nothing_left(tmp_path, host):
     with pytest.raises(InstallError, match="sha256 mismatch"):
         install(InstallRequest(source=f"{host.base}/files/123", sha256="0" * 64), make_target(tmp_path))
