@@ -2,7 +2,7 @@
 
 ``ExtraNetworks`` holds the LoRA and embedding libraries (one per ``Services``). The worker runs
 each job inside ``ExtraNetworks.for_job(model)``; its ``JobNetworks`` is the job's
-``RunContext.networks``. When the job encodes its prompts (``processing.common.encode_prompts``):
+``RunContext.networks``. When the job encodes its prompts (``processing.conditioning.encode``):
 
 1. the ``<lora:...>`` tags of the prompt and of the negative prompt are taken out of the text;
 2. on the first call those LoRAs are loaded into the model with their weights (the same LoRA
@@ -65,7 +65,7 @@ class JobNetworks:
         self._adapters: list[str] = []
         self._embeddings_used: dict[str, Embedding] = {}
 
-    # -- called by encode_prompts -------------------------------------------------------
+    # -- called by conditioning.encode -------------------------------------------------------
     def prepare(self, prompt: str, negative: str) -> tuple[str, str, dict[str, torch.Tensor] | None]:
         """(prompt, negative) without their ``<lora:...>`` tags, with the LoRAs applied, and the
         embeddings (name -> vectors) the text encoder can use."""

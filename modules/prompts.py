@@ -30,7 +30,7 @@ Deliberate differences from A1111 (which we otherwise follow, to reproduce its i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -525,6 +525,33 @@ def _embedding_table(
     return EmbeddingTable(tokenizer, embeddings)
 
 
+def encode_prompt_set(
+    tokenizer: Any,
+    text_encoder: Any,
+    texts: Sequence[str],
+    clip_skip: int = 1,
+    limits: PromptLimits = PromptLimits(),
+    device: torch.device | str | None = None,
+    embeddings: Mapping[str, torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Encode several prompts, each padded with empty chunks to the longest one's chunk count.
+
+    Equal shapes let classifier-free guidance (and composable ``AND`` parts, and scheduled
+    prompts) go through the UNet in one batch, as in A1111. Each text is encoded on its own, so
+    a text encodes the same whatever else is in the set. ``embeddings`` (name -> [n_vectors,
+    hidden]) are textual-inversion embeddings to use where their names appear; their width must
+    be the text encoder's (ValueError otherwise). PromptTooLong names the first text too long.
+    """
+    _check_clip_skip(text_encoder, clip_skip)
+    table = _embedding_table(tokenizer, text_encoder, embeddings)
+    chunked = [tokenize_weighted(tokenizer, text, limits.comma_backtrack, table) for text in texts]
+    for chunks in chunked:
+        _check_length(chunks, limits)
+    count = max((len(chunks) for chunks in chunked), default=0)
+    padded = [chunks + [[] for _ in range(count - len(chunks))] for chunks in chunked]
+    return [_encode_chunks(tokenizer, text_encoder, chunks, clip_skip, device) for chunks in padded]
+
+
 def encode_prompt_pair(
     tokenizer: Any,
     text_encoder: Any,
@@ -535,22 +562,6 @@ def encode_prompt_pair(
     device: torch.device | str | None = None,
     embeddings: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode prompt and negative prompt, padding the shorter with empty chunks to equal length.
-
-    Equal shapes let classifier-free guidance concatenate them into one batch, as in A1111.
-    ``embeddings`` (name -> [n_vectors, hidden]) are textual-inversion embeddings to use where
-    their names appear; their width must be the text encoder's (ValueError otherwise).
-    """
-    _check_clip_skip(text_encoder, clip_skip)
-    table = _embedding_table(tokenizer, text_encoder, embeddings)
-    positive_chunks = tokenize_weighted(tokenizer, prompt, limits.comma_backtrack, table)
-    negative_chunks = tokenize_weighted(tokenizer, negative, limits.comma_backtrack, table)
-    _check_length(positive_chunks, limits)
-    _check_length(negative_chunks, limits)
-    count = max(len(positive_chunks), len(negative_chunks))
-    positive_chunks = positive_chunks + [[] for _ in range(count - len(positive_chunks))]
-    negative_chunks = negative_chunks + [[] for _ in range(count - len(negative_chunks))]
-    return (
-        _encode_chunks(tokenizer, text_encoder, positive_chunks, clip_skip, device),
-        _encode_chunks(tokenizer, text_encoder, negative_chunks, clip_skip, device),
-    )
+    """Encode prompt and negative prompt, padded to equal length (``encode_prompt_set`` of the two)."""
+    cond, uncond = encode_prompt_set(tokenizer, text_encoder, [prompt, negative], clip_skip, limits, device, embeddings)
+    return cond, uncond

@@ -201,7 +201,7 @@ def test_control_modes_residuals(services):
         with counting_ctx(services) as (ctx, source):
             prepared = apply.prepare_units([unit(control_mode=mode)], ctx, 32, 32)
             with apply.controlnets_in_use(ctx, prepared) as control:
-                out[mode] = control(sample, t, embeds, 0, 4, True)
+                out[mode] = control(sample, t, embeds, 0, 4, 1)  # row 0 unconditional
         calls[mode] = source.calls
     assert calls == {0: [2], 1: [2], 2: [1]}
     (bal_down, bal_mid), (soft_down, soft_mid), (cfg_down, cfg_mid) = out[0], out[1], out[2]

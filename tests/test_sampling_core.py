@@ -65,14 +65,14 @@ def test_sdxl_txt2img_is_bit_identical_to_the_sdxl_pipeline(sampler):
     from modules.checkpoints import CheckpointInfo
     from modules.config import Settings
     from modules.model_loading import LoadedModel
-    from modules.processing import common
+    from modules.processing import common, conditioning
     from modules.processing.context import RunContext
 
     pipe = tiny_sdxl_pipeline()
     size, seed_list = 32, [5, 6]
     model = LoadedModel(CheckpointInfo("tiny-xl.safetensors", None, "single", None), "sdxl", pipe, "0000")
     ctx = RunContext(model, Settings(), None)
-    cond = common.encode_prompts(ctx, PROMPT, NEGATIVE, 1)
+    cond = conditioning.encode(ctx, PROMPT, NEGATIVE, 1, STEPS)
     noise = seeds.create_noise((4, size // 2, size // 2), seed_list)
     latents = sampling.sample(sampling.SamplingInput(
         unet=pipe.unet, scheduler=samplers.make_scheduler(pipe.scheduler.config, sampler), device=torch.device("cpu"),
@@ -89,7 +89,8 @@ def test_sdxl_txt2img_is_bit_identical_to_the_sdxl_pipeline(sampler):
 
 def test_the_core_needs_the_size_for_an_sdxl_conditioning():
     pipe = tiny_sdxl_pipeline()
-    cond = sampling.Conditioning(torch.zeros(1, 77, 64), torch.zeros(1, 77, 64), torch.zeros(1, 32), torch.zeros(1, 32))
+    cond = sampling.Conditioning.fixed(torch.zeros(1, 77, 64), torch.zeros(1, 77, 64), torch.zeros(1, 32),
+                                       torch.zeros(1, 32))
     inp = sampling.SamplingInput(unet=pipe.unet, scheduler=samplers.make_scheduler(pipe.scheduler.config, "Euler"),
                                  device=torch.device("cpu"), conditioning=cond, noise=torch.zeros(1, 4, 4, 4), steps=1,
                                  cfg_scale=7.0)
@@ -101,3 +102,23 @@ def test_steps_that_run():
     assert sampling.steps_that_run(20, 1.0) == 20
     assert sampling.steps_that_run(20, 0.75) == 15
     assert sampling.steps_that_run(20, 0.04) == 0
+
+
+def test_sdxl_takes_scheduled_and_composable_prompts():
+    """Each SDXL text has its own pooled embedding; they travel with the rows of the batch."""
+    from modules.checkpoints import CheckpointInfo
+    from modules.config import Settings
+    from modules.model_loading import LoadedModel
+    from modules.processing import conditioning
+    from modules.processing.context import RunContext
+
+    pipe = tiny_sdxl_pipeline()
+    model = LoadedModel(CheckpointInfo("tiny-xl.safetensors", None, "single", None), "sdxl", pipe, "0000")
+    ctx = RunContext(model, Settings(), None)
+    cond = conditioning.encode(ctx, "a [red|blue] cat AND a dog :0.5", "[ugly:blurry:1]", 1, STEPS)
+    assert len(cond.parts) == 2 and cond.parts[0][0].at(0).pooled.shape == (1, 32)
+    inp = sampling.SamplingInput(
+        unet=pipe.unet, scheduler=samplers.make_scheduler(pipe.scheduler.config, "Euler"), device=torch.device("cpu"),
+        conditioning=cond, noise=seeds.create_noise((4, 8, 8), [1]), steps=STEPS, cfg_scale=5.0, size_condition=(16, 16))
+    latents = sampling.sample(inp)
+    assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()

@@ -12,8 +12,8 @@
    Control modes, as sd-webui-controlnet: *Balanced*, the residuals go to both halves of the CFG
    batch; *My prompt is more important*, they are scaled down from the deepest layer to the
    shallowest (0.825 ** (n - 1 - i) for residual i of n, the mid block's last, at 1);
-   *ControlNet is more important*, that scaling and the residuals only on the conditional half
-   (the unconditional half gets none), so CFG amplifies the control.
+   *ControlNet is more important*, that scaling and the residuals only on the conditional rows
+   (the unconditional rows get none), so CFG amplifies the control.
 
 Errors are RequestErrors naming ``ControlNet unit N: field``.
 """
@@ -260,14 +260,14 @@ def run_net(net, hint: torch.Tensor, sample: torch.Tensor, t, embeds: torch.Tens
     return list(down), mid
 
 
-def unit_residuals(active: ActiveUnit, sample: torch.Tensor, t, embeds: torch.Tensor, guided: bool) -> Residuals:
-    """One unit's residuals for the whole batch, by its control mode."""
+def unit_residuals(active: ActiveUnit, sample: torch.Tensor, t, embeds: torch.Tensor, uncond_rows: int) -> Residuals:
+    """One unit's residuals for the whole batch, by its control mode; the batch's first
+    ``uncond_rows`` rows are the unconditional ones (0: no guidance)."""
     unit = active.prepared.unit
-    if unit.control_mode == CONTROL_MORE and guided:  # the conditional half only; the uncond half gets zeros
-        half = sample.shape[0] // 2
-        down, mid = run_net(active.net, active.prepared.hint, sample[half:], t, embeds[half:], unit.weight)
-        down = [torch.cat([torch.zeros_like(d), d]) for d in down]
-        mid = torch.cat([torch.zeros_like(mid), mid])
+    if unit.control_mode == CONTROL_MORE and uncond_rows:  # the conditional rows only; the uncond rows get zeros
+        down, mid = run_net(active.net, active.prepared.hint, sample[uncond_rows:], t, embeds[uncond_rows:], unit.weight)
+        down = [torch.cat([d.new_zeros((uncond_rows, *d.shape[1:])), d]) for d in down]
+        mid = torch.cat([mid.new_zeros((uncond_rows, *mid.shape[1:])), mid])
     else:
         down, mid = run_net(active.net, active.prepared.hint, sample, t, embeds, unit.weight)
     if unit.control_mode != BALANCED:
@@ -287,14 +287,18 @@ class Control:
         """The same units with their maps fitted to another output size (the hires pass)."""
         return Control([ActiveUnit(a.prepared.resized(width, height), a.net) for a in self.active])
 
-    def __call__(self, sample: torch.Tensor, t, embeds: torch.Tensor, step: int, total: int, guided: bool) -> Residuals | None:
-        """Summed residuals of the units active at ``step`` of ``total`` (None: no unit is)."""
+    def __call__(
+        self, sample: torch.Tensor, t, embeds: torch.Tensor, step: int, total: int, uncond_rows: int
+    ) -> Residuals | None:
+        """Summed residuals of the units active at ``step`` of ``total`` (None: no unit is); the
+        first ``uncond_rows`` rows of the batch are unconditional (composable prompts have several
+        conditional groups after them)."""
         total_down: list[torch.Tensor] | None = None
         total_mid: torch.Tensor | None = None
         for active in self.active:
             if not is_active(active.prepared.unit, step, total):
                 continue
-            down, mid = unit_residuals(active, sample, t, embeds, guided)
+            down, mid = unit_residuals(active, sample, t, embeds, uncond_rows)
             if total_down is None:
                 total_down, total_mid = down, mid
             else:

@@ -1,6 +1,7 @@
-"""Steps shared by the generation modes: planning a batch, prompts, the per-step hook, VAE, infotext.
+"""Steps shared by the generation modes: planning a batch, the per-step hook, VAE, infotext.
 
-The sampling itself is ``processing.sampling`` (one core for every mode).
+The sampling itself is ``processing.sampling`` (one core for every mode); the prompts become its
+conditioning in ``processing.conditioning``.
 """
 
 from __future__ import annotations
@@ -82,30 +83,6 @@ def initial_noise(
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
         resize_from = (channels, req.seed_resize_from_h // f, req.seed_resize_from_w // f)
     return seeds.create_noise(shape, batch_seeds, batch_subseeds, req.subseed_strength, resize_from)
-
-
-def encode_prompts(ctx: RunContext, prompt: str, negative: str, clip_skip: int) -> sampling.Conditioning:
-    """The prompts' conditioning: A1111-weighted embeddings (SD 1.x / 2.x); SDXL's two encoders
-    through the pipeline's own ``encode_prompt`` (no A1111 weighting yet)."""
-    pipe = ctx.model.pipe
-    embeddings = None
-    if ctx.networks is not None:  # <lora:...> tags out of the text, those LoRAs on (modules/extra_networks.py)
-        prompt, negative, embeddings = ctx.networks.prepare(prompt, negative)
-    if ctx.model.is_sdxl:
-        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
-            prompt, device=pipe._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-            negative_prompt=negative, clip_skip=clip_skip - 1 or None)
-        return sampling.Conditioning(cond, uncond, pooled, uncond_pooled)
-    from modules import prompts
-
-    try:
-        cond, uncond = prompts.encode_prompt_pair(
-            pipe.tokenizer, pipe.text_encoder, prompt, negative, clip_skip=clip_skip, device=pipe._execution_device,
-            embeddings=embeddings,
-        )
-    except prompts.PromptTooLong as err:
-        raise RequestError(f"prompt: {err}") from None
-    return sampling.Conditioning(cond, uncond)
 
 
 def step_hook(

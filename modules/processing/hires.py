@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from modules import samplers, seeds, upscalers
+from modules import prompt_schedule, samplers, seeds, upscalers
 from modules.processing import common, sampling
+from modules.processing import conditioning as prompt_conditioning
 from modules.processing.context import RunContext
 from modules.schemas import RequestError, Txt2ImgRequest
 
@@ -88,13 +89,20 @@ def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
     return out
 
 
-def conditioning(req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning) -> sampling.Conditioning:
-    """The second pass's prompts: hr_prompt / hr_negative_prompt where given, else the first pass's."""
-    if not req.hr_prompt and not req.hr_negative_prompt:
+def conditioning(
+    req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning, first_calls: int, hp: HiresPlan
+) -> sampling.Conditioning:
+    """The second pass's prompts: hr_prompt / hr_negative_prompt where given, scheduled as A1111
+    schedules the hires pass (edit steps counted on from the first pass); the first pass's
+    conditioning when the prompts are the same and have no edits."""
+    prompt, negative = req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
+    same = (prompt, negative) == (req.prompt, req.negative_prompt)
+    if same and prompt_schedule.is_static(prompt) and prompt_schedule.is_static(negative):
         return first
+    scheduler = samplers.make_scheduler(ctx.model.pipe.scheduler.config, hp.sampler_name, hp.scheduler)
+    calls = prompt_conditioning.schedule_length(hp.steps, scheduler)
     with torch.no_grad():
-        prompt, negative = req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
-        return common.encode_prompts(ctx, prompt, negative, req.clip_skip)
+        return prompt_conditioning.encode(ctx, prompt, negative, req.clip_skip, calls, base_steps=first_calls)
 
 
 def second_pass(

@@ -29,7 +29,7 @@ from PIL import Image
 
 from modules import masks
 from modules.controlnet import apply as controlnet
-from modules.processing import common, sampling
+from modules.processing import common, conditioning, sampling
 from modules.processing.context import RunContext
 from modules.schemas import INPAINTING_FILLS, GenerationResult, Img2ImgRequest, RequestError
 
@@ -168,8 +168,9 @@ def generate(
     pipe = ctx.model.pipe
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
     extra_params = {**extra_params, **controlnet.infotext_params(units)}
+    calls = conditioning.schedule_length(req.steps, common.scheduler_for(ctx, plan))
     with torch.no_grad():
-        conditioning = common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip)
+        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, calls)
     run_steps = sampling.steps_that_run(req.steps, req.denoising_strength)
     total = run_steps * req.n_iter
     ctx.progress.update(0, total)
@@ -188,7 +189,7 @@ def generate(
                 finals = [p.finish(p.image.copy()) for p in batch]
             else:
                 try:
-                    finals = _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds,
+                    finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
                                             n * run_steps, total, (lw, lh), nine, encoded, control)
                 except common.SkipIteration:
                     ctx.token.clear_skip()
@@ -213,7 +214,7 @@ def control_input(prep: Prepared) -> tuple[Image.Image, tuple[tuple[int, int], t
     return prep.original.crop(prep.box), (prep.original.size, prep.box)
 
 
-def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine,
+def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine,
                    encoded: dict[int, torch.Tensor], control=None):
     lw, lh = latent_size
     for p in batch:
@@ -239,7 +240,7 @@ def _denoise_batch(req, ctx, plan, pipe, conditioning, batch, batch_seeds, batch
         unet=pipe.unet,
         scheduler=common.scheduler_for(ctx, plan, batch_seeds[0]),
         device=device,
-        conditioning=conditioning,
+        conditioning=cond,
         noise=noise,
         steps=req.steps,
         cfg_scale=req.cfg_scale,

@@ -28,30 +28,67 @@ from typing import Any, Protocol
 
 import torch
 
+from modules.prompt_schedule import entry_at
+
 
 class ControlResiduals(Protocol):
-    """ControlNet units (``modules.controlnet.apply.Control``): residuals for one UNet call, or None."""
+    """ControlNet units (``modules.controlnet.apply.Control``): residuals for one UNet call, or None.
+    The first ``uncond_rows`` rows of the batch are the unconditional ones (0: no guidance)."""
 
     def __call__(self, sample: torch.Tensor, t: Any, embeds: torch.Tensor, step: int, total: int,
-                 guided: bool) -> tuple[list[torch.Tensor], torch.Tensor] | None: ...
+                 uncond_rows: int) -> tuple[list[torch.Tensor], torch.Tensor] | None: ...
 
 
 # on_step(index, calls, latents): the model call ``index`` of the full schedule's ``calls`` is done.
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
+ALWAYS = 2**31  # the end of a schedule entry that never ends
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """One encoded prompt text: (1, tokens, dim), and SDXL's pooled embedding (1, dim)."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """One prompt over the run: ``(end_at_call, embedding)`` entries in order, A1111's
+    ``ScheduledPromptConditioning``; a prompt without edits has a single entry."""
+
+    entries: tuple[tuple[int, TextEmbedding], ...]
+
+    def at(self, call: int) -> TextEmbedding:
+        """The embedding in force at denoiser call ``call`` (from 0 among the calls that run)."""
+        return self.entries[entry_at(self.entries, call)][1]
+
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Encoded prompts for classifier-free guidance.
+    """Encoded prompts for classifier-free guidance: the positive prompt's ``AND`` parts, each a
+    schedule with its weight, and the negative prompt's schedule. All embeddings have the same
+    number of tokens (``processing.conditioning`` pads them)."""
 
-    ``cond`` and ``uncond`` are (1, tokens, dim) and of equal length. SDXL adds the second text
-    encoder's pooled outputs ((1, dim) each), which the UNet takes with the size conditioning.
-    """
+    parts: tuple[tuple[PromptSchedule, float], ...]
+    uncond: PromptSchedule
 
-    cond: torch.Tensor
-    uncond: torch.Tensor
-    pooled: torch.Tensor | None = None
-    uncond_pooled: torch.Tensor | None = None
+    @classmethod
+    def fixed(cls, cond: torch.Tensor, uncond: torch.Tensor, pooled: torch.Tensor | None = None,
+              uncond_pooled: torch.Tensor | None = None) -> Conditioning:
+        """One prompt and one negative prompt, the same at every step."""
+        return cls(((PromptSchedule(((ALWAYS, TextEmbedding(cond, pooled)),)), 1.0),),
+                   PromptSchedule(((ALWAYS, TextEmbedding(uncond, uncond_pooled)),)))
+
+    @property
+    def composable(self) -> bool:
+        """Several ``AND`` parts, or one weighted: the unconditional prediction is needed at any CFG scale."""
+        return len(self.parts) != 1 or self.parts[0][1] != 1.0
+
+    def at(self, call: int) -> tuple[list[tuple[TextEmbedding, float]], TextEmbedding]:
+        """The parts' embeddings with their weights, and the negative one, at denoiser call ``call``."""
+        return [(schedule.at(call), weight) for schedule, weight in self.parts], self.uncond.at(call)
 
 
 @dataclass
@@ -76,8 +113,9 @@ class SamplingInput:
 
     @property
     def guided(self) -> bool:
-        """Classifier-free guidance runs above CFG 1 (as in diffusers)."""
-        return self.cfg_scale > 1.0
+        """Whether the unconditional prediction runs: above CFG 1 (as in diffusers), and always
+        for composable prompts (A1111's combination needs it)."""
+        return self.cfg_scale > 1.0 or self.conditioning.composable
 
 
 def steps_that_run(steps: int, strength: float) -> int:
@@ -91,50 +129,73 @@ def sdxl_time_ids(height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 class Denoiser:
-    """The model as the sampler sees it: scaled latents and a timestep in, guided prediction out."""
+    """The model as the sampler sees it: scaled latents and a timestep in, guided prediction out.
+
+    One UNet batch per call: the unconditional rows, then each ``AND`` part's rows (unguided:
+    the prompt's rows alone). The result is A1111's combination (``combine_denoised``),
+    ``uncond + sum(weight * cfg_scale * (cond_i - uncond))``, on the raw model outputs: every
+    coefficient set sums to 1, so it is the same combination of the denoised images whether the
+    model predicts noise or v.
+    """
 
     def __init__(self, inp: SamplingInput) -> None:
         self.unet = inp.unet
         self.cfg_scale = inp.cfg_scale
         self.guided = inp.guided
         self.control = inp.control
-        batch = inp.noise.shape[0]
-        device, dtype = inp.device, inp.unet.dtype
-        c = inp.conditioning
-        cond = c.cond.to(device, dtype).repeat(batch, 1, 1)
-        self.embeds = torch.cat([c.uncond.to(device, dtype).repeat(batch, 1, 1), cond]) if self.guided else cond
-        self.extra = None
-        if inp.inpaint_channels is not None:
-            extra = inp.inpaint_channels.to(device, dtype)
-            self.extra = torch.cat([extra] * 2) if self.guided else extra
-        self.added = None
-        if c.pooled is not None:  # SDXL: pooled text and size conditioning
-            if inp.size_condition is None:
-                raise ValueError("an SDXL conditioning needs size_condition (the image's height and width)")
-            pooled = c.pooled.to(device, dtype).repeat(batch, 1)
-            if self.guided:
-                pooled = torch.cat([c.uncond_pooled.to(device, dtype).repeat(batch, 1), pooled])
-            time_ids = sdxl_time_ids(*inp.size_condition, dtype).to(device).repeat(pooled.shape[0], 1)
-            self.added = {"text_embeds": pooled, "time_ids": time_ids}
+        self.conditioning = inp.conditioning
+        self.batch = inp.noise.shape[0]
+        self.device, self.dtype = inp.device, inp.unet.dtype
+        self.size_condition = inp.size_condition
+        self.extra = inp.inpaint_channels.to(self.device, self.dtype) if inp.inpaint_channels is not None else None
+        self._rows: tuple[int, ...] = ()  # ids of the embeddings the current batch was built from
+        self.embeds = torch.empty(0)
+        self.added: dict[str, torch.Tensor] | None = None
+        self.weights: list[float] = []
+
+    def _build(self, call: int) -> int:
+        """The UNet batch's text conditioning for ``call`` (rebuilt only when the schedule moves); its row count."""
+        parts, uncond = self.conditioning.at(call)
+        rows = [uncond, *(embedding for embedding, _ in parts)] if self.guided else [parts[0][0]]
+        key = tuple(id(row) for row in rows)
+        if key != self._rows:
+            b, device, dtype = self.batch, self.device, self.dtype
+            self.embeds = torch.cat([row.tokens.to(device, dtype).repeat(b, 1, 1) for row in rows])
+            self.added = None
+            if rows[0].pooled is not None:  # SDXL: pooled text and size conditioning
+                if self.size_condition is None:
+                    raise ValueError("an SDXL conditioning needs size_condition (the image's height and width)")
+                pooled = torch.cat([row.pooled.to(device, dtype).repeat(b, 1) for row in rows])
+                time_ids = sdxl_time_ids(*self.size_condition, dtype).to(device).repeat(pooled.shape[0], 1)
+                self.added = {"text_embeds": pooled, "time_ids": time_ids}
+            self.weights = [weight for _, weight in parts]
+            self._rows = key
+        return len(rows)
 
     def __call__(self, latents: torch.Tensor, t: Any, step: int, total: int) -> torch.Tensor:
         """The guided prediction for ``latents`` (already scaled by the sampler) at timestep ``t``;
-        ``step`` of ``total`` is the call's place among the calls that run (ControlNet windows)."""
-        model_in = torch.cat([latents] * 2) if self.guided else latents
+        ``step`` of ``total`` is the call's place among the calls that run (prompt schedules,
+        ControlNet windows)."""
+        count = self._build(step)
+        model_in = torch.cat([latents] * count) if count > 1 else latents
         kwargs: dict[str, Any] = {}
         if self.control is not None:
-            residuals = self.control(model_in, t, self.embeds, step, total, self.guided)
+            uncond_rows = self.batch if self.guided else 0
+            residuals = self.control(model_in, t, self.embeds, step, total, uncond_rows)
             if residuals is not None:
                 kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = residuals
         if self.added is not None:
             kwargs["added_cond_kwargs"] = self.added
         if self.extra is not None:
-            model_in = torch.cat([model_in, self.extra], dim=1)
+            model_in = torch.cat([model_in, torch.cat([self.extra] * count) if count > 1 else self.extra], dim=1)
         pred = self.unet(model_in, t, encoder_hidden_states=self.embeds, **kwargs).sample
         if not self.guided:
             return pred
-        uncond_pred, cond_pred = pred.chunk(2)
-        return uncond_pred + self.cfg_scale * (cond_pred - uncond_pred)
+        uncond_pred, *cond_preds = pred.chunk(count)
+        out = uncond_pred
+        for cond_pred, weight in zip(cond_preds, self.weights, strict=True):
+            out = out + (cond_pred - uncond_pred) * (weight * self.cfg_scale)
+        return out
 
 
 def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import random
 import torch
 
 from modules.controlnet import apply as controlnet
-from modules.processing import common, hires, sampling
+from modules.processing import common, conditioning, hires, sampling
 from modules.processing.context import RunContext
 from modules.schemas import GenerationResult, Txt2ImgRequest
 
@@ -24,10 +24,11 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     hp = hires.plan_hires(req, ctx, plan) if req.enable_hr else None
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height)
     pipe = ctx.model.pipe
-    # 2. prompts to embeddings, once for the whole request
+    # 2. prompts to embeddings, each distinct text once for the whole request, scheduled over the denoiser calls
+    calls = conditioning.schedule_length(req.steps, common.scheduler_for(ctx, plan))
     with torch.no_grad():
-        conditioning = common.encode_prompts(ctx, req.prompt, req.negative_prompt, req.clip_skip)
-        hr_cond = hires.conditioning(req, ctx, conditioning) if hp else None
+        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, calls)
+        hr_cond = hires.conditioning(req, ctx, cond, calls, hp) if hp else None
     per_iteration = req.steps + (hires.pass_steps(req, hp) if hp else 0)
     total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
@@ -43,8 +44,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
             # 5. denoise and decode, with a fresh sampler built from the model's own scheduler config
             try:
-                latents = first_pass(req, ctx, plan, conditioning, noise, batch_seeds, n * per_iteration, total_steps,
-                                     control)
+                latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control)
                 if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
                     images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
                                                n * per_iteration + req.steps, total_steps, control=hr_control)
@@ -64,7 +64,7 @@ def first_pass(
     req: Txt2ImgRequest,
     ctx: RunContext,
     plan: common.BatchPlan,
-    conditioning: sampling.Conditioning,
+    cond: sampling.Conditioning,
     noise: torch.Tensor,
     batch_seeds: list[int],
     done: int,
@@ -78,7 +78,7 @@ def first_pass(
         unet=pipe.unet,
         scheduler=common.scheduler_for(ctx, plan, batch_seeds[0]),
         device=pipe._execution_device,
-        conditioning=conditioning,
+        conditioning=cond,
         noise=noise,
         steps=req.steps,
         cfg_scale=req.cfg_scale,

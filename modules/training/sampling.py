@@ -38,7 +38,7 @@ def sample_images(pipe: Any, method: Any, texts: list[str], seed: int, steps: in
                 unet=unet,
                 scheduler=samplers.make_scheduler(pipe.scheduler.config, SAMPLER),
                 device=device,
-                conditioning=sampling.Conditioning(cond, uncond),
+                conditioning=sampling.Conditioning.fixed(cond, uncond),
                 noise=noise,
                 steps=steps,
                 cfg_scale=CFG_SCALE,

@@ -1,0 +1,93 @@
+"""A request's prompts → the conditioning the sampling core reads at every denoiser call.
+
+1. ``<lora:...>`` tags come out of the text and the job's embeddings are found (``ctx.networks``);
+2. the positive prompt is split at ``AND`` into weighted parts; each part and the negative prompt
+   are scheduled over the pass's denoiser calls (``modules.prompt_schedule``: ``[from:to:when]``,
+   ``[a|b]``), as A1111 does;
+3. every distinct text is encoded once: SD 1.x / 2.x with A1111's weighting (``modules.prompts``),
+   all padded with empty chunks to the longest; SDXL through the pipeline's own two-encoder
+   ``encode_prompt`` (no A1111 weighting there yet);
+4. the result is a ``sampling.Conditioning``: each part's schedule with its weight, and the
+   negative prompt's schedule.
+
+A plain prompt (no edits, no ``AND``) encodes exactly as before: one positive and one negative text.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modules import prompt_schedule, prompts
+from modules.processing import sampling
+from modules.processing.context import RunContext
+from modules.schemas import RequestError
+
+
+def schedule_length(steps: int, scheduler) -> int:
+    """How many denoiser calls A1111 schedules prompts over: ``steps`` times the sampler's model
+    calls per step (2 for Heun, DPM2 and DPM++ SDE, as A1111's second-order samplers)."""
+    return steps * max(1, int(getattr(scheduler, "order", 1)))
+
+
+def encode(
+    ctx: RunContext, prompt: str, negative: str, clip_skip: int, steps: int, base_steps: int | None = None
+) -> sampling.Conditioning:
+    """The conditioning of ``prompt`` / ``negative`` over a pass of ``steps`` denoiser calls.
+
+    ``base_steps``: the first pass's calls, when this is the hires fix's second pass (A1111 counts
+    edit steps on from the first pass there).
+    """
+    embeddings = None
+    if ctx.networks is not None:  # <lora:...> tags out of the text, those LoRAs on (modules/extra_networks.py)
+        prompt, negative, embeddings = ctx.networks.prepare(prompt, negative)
+    parts = [(prompt_schedule.prompt_schedule(text, steps, base_steps), weight)
+             for text, weight in prompt_schedule.split_and(prompt)]
+    negative_schedule = prompt_schedule.prompt_schedule(negative, steps, base_steps)
+    positives = list(dict.fromkeys(text for schedule, _ in parts for _, text in schedule))
+    negatives = list(dict.fromkeys(text for _, text in negative_schedule))
+    if ctx.model.is_sdxl:
+        encoded = _encode_sdxl(ctx, positives, negatives, clip_skip)
+    else:
+        encoded = _encode_sd(ctx, positives, negatives, clip_skip, embeddings)
+
+    def scheduled(schedule: list[tuple[int, str]], negative: bool) -> sampling.PromptSchedule:
+        return sampling.PromptSchedule(tuple((end, encoded[(text, negative)]) for end, text in schedule))
+
+    return sampling.Conditioning(
+        tuple((scheduled(schedule, False), weight) for schedule, weight in parts),
+        scheduled(negative_schedule, True),
+    )
+
+
+def _encode_sd(
+    ctx: RunContext, positives: list[str], negatives: list[str], clip_skip: int, embeddings
+) -> dict[tuple[str, bool], sampling.TextEmbedding]:
+    """A1111-weighted embeddings of every text, padded to the same length (a text used both ways is encoded once)."""
+    pipe = ctx.model.pipe
+    texts = list(dict.fromkeys([*positives, *negatives]))
+    try:
+        tensors = prompts.encode_prompt_set(pipe.tokenizer, pipe.text_encoder, texts, clip_skip=clip_skip,
+                                            device=pipe._execution_device, embeddings=embeddings)
+    except prompts.PromptTooLong as err:
+        raise RequestError(f"prompt: {err}") from None
+    by_text = {text: sampling.TextEmbedding(tensor) for text, tensor in zip(texts, tensors, strict=True)}
+    return {**{(t, False): by_text[t] for t in positives}, **{(t, True): by_text[t] for t in negatives}}
+
+
+@torch.no_grad()
+def _encode_sdxl(
+    ctx: RunContext, positives: list[str], negatives: list[str], clip_skip: int
+) -> dict[tuple[str, bool], sampling.TextEmbedding]:
+    """SDXL's two encoders through the pipeline's ``encode_prompt``, as its own call encodes a
+    prompt and a negative prompt (the negative prompt ignores clip skip there)."""
+    pipe = ctx.model.pipe
+    device = pipe._execution_device
+
+    def one(text: str, skip: int | None) -> sampling.TextEmbedding:
+        embeds, _, pooled, _ = pipe.encode_prompt(text, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False, clip_skip=skip)
+        return sampling.TextEmbedding(embeds, pooled)
+
+    out = {(text, False): one(text, clip_skip - 1 or None) for text in positives}
+    out.update({(text, True): one(text, None) for text in negatives})
+    return out
