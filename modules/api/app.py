@@ -6,8 +6,10 @@ from fastapi.responses import JSONResponse
 
 from modules.services import VERSION, Services
 
+from .compat_api import create_compat_router
 from .controlnet import create_controlnet_router
 from .errors import install_error_handlers
+from .extras_api import create_extras_router
 from .guard import MAX_BODY_BYTES, ApiGuard
 from .jobs_api import create_jobs_router
 from .models_api import create_models_router
@@ -40,6 +42,8 @@ def create_api(services: Services) -> APIRouter:
     """Every API route bound to ``services`` (the error handlers come with ``add_api``)."""
     router = APIRouter()
     router.include_router(create_sdapi_router(services))
+    router.include_router(create_extras_router(services))
+    router.include_router(create_compat_router(services))
     router.include_router(create_jobs_router(services))
     router.include_router(create_controlnet_router(services))
     router.include_router(create_train_router(services))

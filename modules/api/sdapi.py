@@ -22,7 +22,7 @@ from modules.checkpoints import CheckpointError
 from modules.images import encode_image_base64, read_infotext
 from modules.infotext import parse_infotext
 from modules.jobs import Job, JobCancelled, one_line_error
-from modules.schemas import ExtrasRequest, GenerationResult, Img2ImgRequest, RequestError, Txt2ImgRequest
+from modules.schemas import GenerationResult, Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.services import Services
 from modules.styles import STYLES_FILE, load_styles
 
@@ -34,7 +34,6 @@ from .convert import (
     ImageEncoding,
     InputBudget,
     build_core_request,
-    check_no_scripts,
     controlnet_units_of,
     decode_field,
     encode_images,
@@ -43,21 +42,12 @@ from .convert import (
     info_json,
     parameters_of,
 )
-from .errors import NOT_SAVED_RESPONSES, JobFailed, ModelNotInstalled, not_saved_response
-from .lenient import extras_leniency, make_lenient
+from .errors import NOT_SAVED_RESPONSES, JobFailed, not_saved_response
+from .lenient import make_lenient
 from .models import (
     EmbeddingsResponse,
-    ExtensionItem,
-    ExtrasBatchBody,
-    ExtrasBatchResponse,
-    ExtrasBody,
-    ExtrasResponse,
-    FaceRestorerItem,
     GenerationResponse,
-    HypernetworkItem,
     Img2ImgBody,
-    InterrogateBody,
-    InterrogateResponse,
     LatentUpscalerModeItem,
     MemoryResponse,
     OptionsResponse,
@@ -65,10 +55,8 @@ from .models import (
     PngInfoResponse,
     ProgressResponse,
     PromptStyleItem,
-    RealesrganItem,
     SamplerItem,
     SchedulerItem,
-    ScriptInfo,
     ScriptsList,
     SDModelItem,
     SDVaeItem,
@@ -173,20 +161,6 @@ def grid_answer(submitted: Submitted, results: list[GenerationResult], body: Any
     images = [submitted.encoding.encode(im, text) for im, text in zip(shown.images, shown.infotexts, strict=False)]
     return GenerationResponse(images=images if body.send_images else [], parameters=parameters_of(body),
                               info=json.dumps(info, default=str))
-
-
-# A1111's interrogation models and the files they load (modules/interrogate.py, modules/deepbooru.py)
-INTERROGATORS = {"clip": "models/BLIP/model_base_caption_capfilt_large.pth (with CLIP ViT-L/14)",
-                 "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.pt"}
-
-
-def interrogate_message(model: str) -> str:
-    """Why /interrogate cannot answer: Easel ships no interrogator, and which file A1111 would load."""
-    wanted = INTERROGATORS.get(model.lower())
-    if wanted is None:
-        return f"interrogate: model {model!r} not found; A1111's models are {', '.join(INTERROGATORS)}"
-    return (f"interrogate: model {model!r} is not installed: Easel has no interrogator. A1111's {model!r} loads"
-            f" {wanted}; Easel does not run it yet, so captions are not available from this server")
 
 
 def memory_stats(services: Services) -> dict[str, Any]:
@@ -324,73 +298,6 @@ def create_sdapi_router(services: Services) -> APIRouter:
         return Submitted(core, [services.submit("img2img", core)], None, body, tuple(lenient.warnings),
                          ImageEncoding.of(services.settings, body.override_settings))
 
-    @router.post("/extra-single-image", response_model=ExtrasResponse, responses=NOT_SAVED_RESPONSES)
-    async def extra_single_image(body: ExtrasBody) -> ExtrasResponse | JSONResponse:
-        """Upscale one image with upscaler_1 (and upscaler_2 blended by extras_upscaler_2_visibility);
-        upscaler_1 "None" returns it unchanged, as A1111 does."""
-        job, warnings = await run_in_threadpool(submit_extras, body, body.image, ("image",),
-                                                InputBudget.of(services.settings))
-        result = await wait_for(job)
-        if result is None:
-            return ExtrasResponse(image=None, html_info="interrupted")
-        answer = await run_in_threadpool(extras_answer, result, body, warnings)
-        save_errors = result.save_errors if isinstance(result, GenerationResult) else []
-        return not_saved_response(answer, save_errors) if save_errors else answer
-
-    @router.post("/extra-batch-images", response_model=ExtrasBatchResponse, responses=NOT_SAVED_RESPONSES)
-    async def extra_batch_images(body: ExtrasBatchBody) -> ExtrasBatchResponse | JSONResponse:
-        """The extras upscale for each image of ``imageList`` (one job each, in order)."""
-        submitted = await run_in_threadpool(submit_extras_batch, body)
-        images, texts, save_errors = [], [], []
-        for job, _ in submitted:
-            result = await wait_for(job)
-            if result is None:
-                for rest, _ in submitted:
-                    services.queue.cancel(rest.id)
-                return ExtrasBatchResponse(images=images, html_info="interrupted")
-            answer = await run_in_threadpool(extras_answer, result, body, submitted[0][1])
-            images.append(answer.image)
-            texts.append(answer.html_info)
-            save_errors.extend(result.save_errors if isinstance(result, GenerationResult) else [])
-        html = texts[0] if texts else ""
-        answer = ExtrasBatchResponse(images=[i for i in images if i] if body.show_extras_results else [], html_info=html)
-        return not_saved_response(answer, save_errors) if save_errors else answer
-
-    def submit_extras(body: ExtrasBody, image_text: str, loc: tuple[Any, ...], budget: InputBudget,
-                      ) -> tuple[Job, list[str]]:
-        """Check an extras body, decode one image and queue its job (run it in a worker thread)."""
-        check_no_scripts(body)
-        image = decode_field(image_text, loc, budget)
-        updates, warnings = extras_leniency(body)
-        core = build_core_request(ExtrasRequest, body, services.settings, {"image": image, **updates})
-        return services.submit("extras", core), warnings
-
-    def submit_extras_batch(body: ExtrasBatchBody) -> list[tuple[Job, list[str]]]:
-        """Queue one extras job per image; if one is refused, those queued are cancelled (worker thread)."""
-        limit = services.settings.max_batch_images
-        if len(body.imageList) > limit:
-            raise field_error(("imageList",), f"{len(body.imageList)} images; at most {limit} per request"
-                              " (setting max_batch_images)", len(body.imageList))
-        budget = InputBudget.of(services.settings)
-        submitted: list[tuple[Job, list[str]]] = []
-        try:
-            for i, item in enumerate(body.imageList):
-                submitted.append(submit_extras(body, item.data, ("imageList", i, "data"), budget))
-        except Exception:
-            for job, _ in submitted:
-                services.queue.cancel(job.id)
-            raise
-        return submitted
-
-    def extras_answer(result: Any, body: ExtrasBody, warnings: list[str]) -> ExtrasResponse:
-        """A1111's extras answer (the image encoded: run it in a worker thread); warnings end html_info."""
-        out = result.images[0] if isinstance(result, GenerationResult) else result
-        text = result.infotexts[0] if isinstance(result, GenerationResult) and result.infotexts else ""
-        html_info = "\n".join([text, *warnings]) if text else "\n".join(warnings)
-        if not body.show_extras_results:
-            return ExtrasResponse(image=None, html_info=html_info)
-        return ExtrasResponse(image=ImageEncoding.of(services.settings).encode(out, text or None), html_info=html_info)
-
     @router.post("/png-info", response_model=PngInfoResponse)
     def png_info(body: PngInfoBody) -> PngInfoResponse:
         """The generation parameters stored in an image (PNG text chunk or EXIF UserComment)."""
@@ -514,62 +421,5 @@ def create_sdapi_router(services: Services) -> APIRouter:
     @router.get("/memory", response_model=MemoryResponse)
     def get_memory() -> MemoryResponse:
         return MemoryResponse(**memory_stats(services))
-
-    @router.get("/script-info", response_model=list[ScriptInfo])
-    async def get_script_info() -> list[ScriptInfo]:
-        """The scripts of /sdapi/v1/scripts in A1111's shape (their positional args are described there)."""
-        selectable = [ScriptInfo(name=name, is_alwayson=False, is_img2img=kind == "img2img", args=[])
-                      for kind, names in scripts.SCRIPTS.items() for name in names]
-        alwayson = [ScriptInfo(name=name, is_alwayson=True, is_img2img=kind == "img2img", args=[])
-                    for kind, names in BUILTIN_ALWAYSON.items() for name in (CONTROLNET_SCRIPT, *names)]
-        return selectable + alwayson
-
-    @router.get("/hypernetworks", response_model=list[HypernetworkItem])
-    async def get_hypernetworks() -> list[HypernetworkItem]:
-        """Easel has no hypernetworks: always empty (A1111's shape)."""
-        return []
-
-    @router.get("/face-restorers", response_model=list[FaceRestorerItem])
-    async def get_face_restorers() -> list[FaceRestorerItem]:
-        """Easel has no face restorer: always empty (A1111's shape)."""
-        return []
-
-    @router.get("/realesrgan-models", response_model=list[RealesrganItem])
-    async def get_realesrgan_models() -> list[RealesrganItem]:
-        """Easel has no RealESRGAN list of its own (model upscalers of models/ESRGAN are under /upscalers): empty."""
-        return []
-
-    @router.get("/extensions", response_model=list[ExtensionItem])
-    async def get_extensions() -> list[ExtensionItem]:
-        """Easel installs no A1111 extensions (ControlNet is built in): always empty."""
-        return []
-
-    @router.post("/interrogate", response_model=InterrogateResponse,
-                 responses={404: {"description": "no interrogation model is installed"}})
-    def interrogate(body: InterrogateBody) -> InterrogateResponse:
-        """A1111's caption of an image. Easel ships no interrogator: a 404 that says so, after the image is checked."""
-        decode_field(body.image, ("image",), InputBudget.of(services.settings))
-        raise ModelNotInstalled(interrogate_message(body.model))
-
-    @router.post("/unload-checkpoint")
-    def unload_checkpoint() -> dict:
-        """Drop the checkpoints no running job uses from memory; the next job loads its own again."""
-        services.models.clear()
-        return {}
-
-    @router.post("/reload-checkpoint")
-    async def reload_checkpoint() -> dict:
-        """Accepted: the next job loads the checkpoint it needs."""
-        return {}
-
-    @router.post("/refresh-embeddings")
-    async def refresh_embeddings() -> dict:
-        """Accepted: the embeddings folder is read when a job or /embeddings needs it."""
-        return {}
-
-    @router.post("/refresh-vae")
-    async def refresh_vae() -> dict:
-        """Accepted: models/VAE is read at every /sd-vae call and every job."""
-        return {}
 
     return router

@@ -1,0 +1,102 @@
+"""``/sdapi/v1`` routes A1111 clients probe that Easel answers in A1111's shapes with little or nothing:
+lists of what Easel does not have (hypernetworks, face restorers, RealESRGAN models, extensions: empty),
+``script-info``, ``interrogate`` (a 404 naming what A1111 would load) and the reload/refresh/unload
+routes (Easel loads on demand and reads its folders at each use).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from modules.services import Services
+
+from . import scripts
+from .convert import BUILTIN_ALWAYSON, CONTROLNET_SCRIPT, InputBudget, decode_field
+from .errors import ModelNotInstalled
+from .models import (
+    ExtensionItem,
+    FaceRestorerItem,
+    HypernetworkItem,
+    InterrogateBody,
+    InterrogateResponse,
+    RealesrganItem,
+    ScriptInfo,
+)
+from .sdapi import PREFIX, TAG
+
+# A1111's interrogation models and the files they load (modules/interrogate.py, modules/deepbooru.py)
+INTERROGATORS = {"clip": "models/BLIP/model_base_caption_capfilt_large.pth (with CLIP ViT-L/14)",
+                 "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.pt"}
+
+
+def interrogate_message(model: str) -> str:
+    """Why /interrogate cannot answer: Easel ships no interrogator, and which file A1111 would load."""
+    wanted = INTERROGATORS.get(model.lower())
+    if wanted is None:
+        return f"interrogate: model {model!r} not found; A1111's models are {', '.join(INTERROGATORS)}"
+    return (f"interrogate: model {model!r} is not installed: Easel has no interrogator. A1111's {model!r} loads"
+            f" {wanted}; Easel does not run it yet, so captions are not available from this server")
+
+
+def create_compat_router(services: Services) -> APIRouter:
+    """The probe routes, bound to ``services``."""
+    router = APIRouter(prefix=PREFIX, tags=[TAG])
+
+    @router.get("/script-info", response_model=list[ScriptInfo])
+    async def get_script_info() -> list[ScriptInfo]:
+        """The scripts of /sdapi/v1/scripts in A1111's shape (their positional args are described there)."""
+        selectable = [ScriptInfo(name=name, is_alwayson=False, is_img2img=kind == "img2img", args=[])
+                      for kind, names in scripts.SCRIPTS.items() for name in names]
+        alwayson = [ScriptInfo(name=name, is_alwayson=True, is_img2img=kind == "img2img", args=[])
+                    for kind, names in BUILTIN_ALWAYSON.items() for name in (CONTROLNET_SCRIPT, *names)]
+        return selectable + alwayson
+
+    @router.get("/hypernetworks", response_model=list[HypernetworkItem])
+    async def get_hypernetworks() -> list[HypernetworkItem]:
+        """Easel has no hypernetworks: always empty (A1111's shape)."""
+        return []
+
+    @router.get("/face-restorers", response_model=list[FaceRestorerItem])
+    async def get_face_restorers() -> list[FaceRestorerItem]:
+        """Easel has no face restorer: always empty (A1111's shape)."""
+        return []
+
+    @router.get("/realesrgan-models", response_model=list[RealesrganItem])
+    async def get_realesrgan_models() -> list[RealesrganItem]:
+        """Easel has no RealESRGAN list of its own (model upscalers of models/ESRGAN are under /upscalers): empty."""
+        return []
+
+    @router.get("/extensions", response_model=list[ExtensionItem])
+    async def get_extensions() -> list[ExtensionItem]:
+        """Easel installs no A1111 extensions (ControlNet is built in): always empty."""
+        return []
+
+    @router.post("/interrogate", response_model=InterrogateResponse,
+                 responses={404: {"description": "no interrogation model is installed"}})
+    def interrogate(body: InterrogateBody) -> InterrogateResponse:
+        """A1111's caption of an image. Easel ships no interrogator: a 404 that says so, after the image is checked."""
+        decode_field(body.image, ("image",), InputBudget.of(services.settings))
+        raise ModelNotInstalled(interrogate_message(body.model))
+
+    @router.post("/unload-checkpoint")
+    def unload_checkpoint() -> dict:
+        """Drop the checkpoints no running job uses from memory; the next job loads its own again."""
+        services.models.clear()
+        return {}
+
+    @router.post("/reload-checkpoint")
+    async def reload_checkpoint() -> dict:
+        """Accepted: the next job loads the checkpoint it needs."""
+        return {}
+
+    @router.post("/refresh-embeddings")
+    async def refresh_embeddings() -> dict:
+        """Accepted: the embeddings folder is read when a job or /embeddings needs it."""
+        return {}
+
+    @router.post("/refresh-vae")
+    async def refresh_vae() -> dict:
+        """Accepted: models/VAE is read at every /sd-vae call and every job."""
+        return {}
+
+    return router
