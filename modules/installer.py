@@ -414,6 +414,14 @@ def choose_repo_file(source: Source, listing: list[RepoEntry]) -> str | None:
                        f"{', '.join(choices[:12])}")
 
 
+def login_hint(status: int) -> str:
+    """What to do when a file host asks for credentials."""
+    if status not in (401, 403):
+        return ""
+    return ("; the file needs a login: for Civitai add ?token=YOUR_API_KEY to the URL, for a Hugging Face URL "
+            "set HF_TOKEN (or give the repo id)")
+
+
 def resolve_url(source: Source, client: Any) -> Resolved:
     """A plain URL's final address, file name (Content-Disposition, else the path) and size."""
     import httpx
@@ -422,7 +430,7 @@ def resolve_url(source: Source, client: Any) -> Resolved:
         with client.stream("GET", source.text, headers={"Accept-Encoding": "identity"}) as response:
             if response.status_code >= 400:
                 raise InstallError(f"{source.text}: the server answered {response.status_code} "
-                                   f"{response.reason_phrase}")
+                                   f"{response.reason_phrase}{login_hint(response.status_code)}")
             name = name_from_disposition(response.headers.get("content-disposition"))
             final = str(response.url)
             size = response.headers.get("content-length")
@@ -524,7 +532,8 @@ def fetch_once(resolved: Resolved, part: Path, have: int, target: InstallTarget,
             part.unlink()
             return False
         if response.status_code >= 400:
-            raise InstallError(f"{resolved.name}: the server answered {response.status_code} {response.reason_phrase}")
+            raise InstallError(f"{resolved.name}: the server answered {response.status_code} {response.reason_phrase}"
+                               f"{login_hint(response.status_code)}")
         resumed = response.status_code == 206
         length = response.headers.get("content-length")
         total = (have if resumed else 0) + int(length) if length and length.isdigit() else resolved.size

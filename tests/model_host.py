@@ -93,6 +93,8 @@ def create_host_app(host: ModelHost) -> FastAPI:
     @app.get("/files/{key}")
     @app.get("/api/download/models/{key}")  # Civitai's shape
     def plain(key: str, request: Request) -> Response:
+        if key == "login":
+            raise HTTPException(401)
         if key not in host.files:
             raise HTTPException(404)
         name, data = host.files[key]

@@ -159,6 +159,11 @@ def test_install_by_url_uses_content_disposition(tmp_path, host):
     assert result.type == "lora" and result.path == tmp_path / "models/Lora/tiny-lora.safetensors"
 
 
+def test_a_url_that_needs_a_login_says_how(tmp_path, host):
+    with pytest.raises(InstallError, match=r"401 Unauthorized; the file needs a login: for Civitai add \?token="):
+        install(InstallRequest(source=f"{host.base}/api/download/models/login"), make_target(tmp_path))
+
+
 def test_resume_after_dropped_connection(tmp_path, host):
     host.drop_first = True
     result = install(InstallRequest(source=f"{host.base}/files/123"), make_target(tmp_path))
