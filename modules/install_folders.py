@@ -19,7 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from modules.installer import (
+from modules.install_download import check_space, download
+from modules.install_sources import resolve_hub, safe_file_name
+from modules.install_types import (
     Cancelled,
     DownloadFailed,
     GiB,
@@ -32,10 +34,6 @@ from modules.installer import (
     RepoEntry,
     Resolved,
     Source,
-    check_space,
-    download,
-    resolve_hub,
-    safe_file_name,
 )
 
 SKIPPED_COMPONENTS = ("safety_checker",)  # loaded with safety_checker=None (modules.model_loading)

@@ -21,19 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.installer import (
-    InstallCancelled,
-    Installed,
-    InstallError,
-    InstallRequest,
-    InstallTarget,
-    Progress,
-    check_downloads_allowed,
-    check_public_url,
-    install,
-    local_path,
-    parse_source,
-)
+from modules.install_sources import check_downloads_allowed, check_public_url, local_path, parse_source
+from modules.install_types import InstallCancelled, Installed, InstallError, InstallRequest, InstallTarget, Progress
+from modules.installer import install
 
 KEEP_FINISHED = 100  # finished installs remembered for GET
 

@@ -9,7 +9,8 @@ import pytest
 
 from modules.checkpoints import scan_checkpoints
 from modules.install_folders import components, select_files
-from modules.installer import InstallError, InstallRequest, Progress, RepoEntry, install
+from modules.install_types import RepoEntry
+from modules.installer import InstallError, InstallRequest, Progress, install
 from tests.model_host import ModelHost, create_host_app
 from tests.served import served
 from tests.test_installer import leftovers, make_target

@@ -12,14 +12,8 @@ import torch
 from safetensors.torch import save
 
 from modules.install_jobs import Installer
-from modules.installer import (
-    InstallError,
-    InstallRequest,
-    InstallTarget,
-    install,
-    name_from_disposition,
-    parse_source,
-)
+from modules.install_sources import name_from_disposition, parse_source
+from modules.installer import InstallError, InstallRequest, InstallTarget, install
 from tests.model_host import ModelHost, create_host_app
 from tests.served import served
 from tests.tiny_models import write_single_file
@@ -188,7 +182,8 @@ def test_old_unfinished_downloads_are_removed_at_the_next_install(tmp_path, host
 
 
 def test_a_file_being_downloaded_is_not_fetched_twice(tmp_path, host):
-    from modules.installer import Resolved, part_lock, part_path
+    from modules.install_download import part_lock, part_path
+    from modules.install_types import Resolved
 
     target = make_target(tmp_path)
     part = part_path(target, Resolved("", "tiny-lora.safetensors", None, None, {}, f"url:{host.base}/files/123"))
@@ -280,13 +275,13 @@ def test_local_path_needs_server_paths_for_clients(tmp_path):
 
 
 def test_clients_cannot_make_the_server_fetch_from_its_own_network(tmp_path, host, monkeypatch):
-    import modules.installer as installer
+    import modules.install_sources as sources
 
     target = make_target(tmp_path, allow_private_hosts=False)
     for url in (f"{host.base}/files/123", "http://169.254.169.254/latest/meta-data", "http://[::1]:1/x.safetensors"):
         with pytest.raises(InstallError, match="private network"):
             install(InstallRequest(source=url), target)
-    monkeypatch.setattr(installer, "host_addresses", lambda host: ["10.0.0.5"])  # a name that resolves inside
+    monkeypatch.setattr(sources, "host_addresses", lambda host: ["10.0.0.5"])  # a name that resolves inside
     with pytest.raises(InstallError, match="private network"):
         install(InstallRequest(source="https://models.example/x.safetensors"), target)
     # the operator (CLI) may fetch from anywhere
