@@ -13,7 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from modules import samplers
 from modules.api import create_app
 from modules.api.models import Img2ImgBody, Txt2ImgBody
 from modules.config import load_settings
@@ -117,19 +116,23 @@ def test_api_bodies_carry_a1111_api_defaults():
     assert body.save_images is False and body.send_images is True
     assert body.seed == -1 and body.batch_size == 1 and body.n_iter == 1
     assert body.override_settings_restore_afterwards is True
+    assert body.sampler_index == "Euler" and body.denoising_strength == 0.75
     i2i = Img2ImgBody()
     assert (i2i.width, i2i.steps, i2i.denoising_strength, i2i.mask_blur, i2i.inpainting_fill) == (512, 50, 0.75, 4, 0)
     assert i2i.save_images is False and i2i.inpaint_full_res is True
 
 
-def test_without_a_sampler_the_default_is_dpmpp_2m_karras_as_in_a1111(client):
+def test_without_a_sampler_the_default_is_euler_as_in_a1111s_api(client):
+    # A1111's API models give sampler_index the default "Euler", used when sampler_name is not given
     body = {k: v for k, v in T2I.items() if k not in ("sampler_name", "sampler_index", "scheduler")}
     r = client.post("/sdapi/v1/txt2img", json={**body, "steps": 1})
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
-    assert info["sampler_name"] == "DPM++ 2M"
-    assert "Sampler: DPM++ 2M, Schedule type: Automatic," in info["infotexts"][0]  # as A1111 writes it
-    assert samplers.effective_schedule_type(info["sampler_name"], "Automatic") == "Karras"
+    assert info["sampler_name"] == "Euler" and r.json()["parameters"]["sampler_index"] == "Euler"
+    assert "Sampler: Euler, Schedule type: Automatic," in info["infotexts"][0]  # as A1111 writes it
+    # the job API keeps the setting default_sampler (DPM++ 2M, Automatic = Karras)
+    job = client.post("/easel/v1/jobs", json={"type": "txt2img", "request": {**body, "steps": 1}}).json()
+    assert wait_job(client, job["id"])["result"]["info"]["sampler_name"] == "DPM++ 2M"
 
 
 def test_sampler_index_is_accepted(client):

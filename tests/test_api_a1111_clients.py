@@ -114,7 +114,7 @@ def test_sillytavern_payload_with_nulls(live):
     info = json.loads(answer["info"])
     assert len(answer["images"]) == 1 and info["all_negative_prompts"] == [""]
     assert info["seed"] >= 0 and info["styles"] == [] and info["warnings"] == []
-    assert info["sampler_name"] == "DPM++ 2M"  # the settings' default sampler
+    assert info["sampler_name"] == "Euler"  # sampler_index's default, as in A1111's API
     params = answer["parameters"]
     assert params["hr_upscaler"] == "Latent" and params["denoising_strength"] == 0.75 and params["seed"] == -1
     assert params["override_settings"] == {} and params["batch_size"] == 1

@@ -18,8 +18,8 @@ every core field, validator and limit, and change only what A1111's API does dif
   img2img, "x/y/z plot" on both) with A1111's positional args; any other name is a 422 listing
   them. ``alwayson_scripts`` takes ``controlnet`` only (sd-webui-controlnet's ``{"args": [unit, ...]}``).
 
-One deliberate difference: with neither ``sampler_name`` nor ``sampler_index`` given, the sampler
-is the settings' ``default_sampler`` (A1111 falls back to ``sampler_index``'s default "Euler").
+Without ``sampler_name`` the sampler is ``sampler_index``, whose default is "Euler", as in A1111's API
+(the web UI's and the job API's default is the setting ``default_sampler``).
 
 Unknown fields are ignored, as A1111 does; wrongly typed or out-of-range fields get a 422 whose
 ``detail[].loc`` names the field. The ``/easel/v1`` job API takes the core requests unchanged.
@@ -89,6 +89,8 @@ class Img2ImgAcceptedFields(AcceptedFields):
     latent_mask: str | None = Field(None, description=NOT_IMPLEMENTED)
 
 
+SAMPLER_INDEX_DESCRIPTION = ("A1111's old name for sampler_name, used when sampler_name is not given; its default,"
+                             " Euler, is A1111's API default sampler")
 SIZE_DESCRIPTION = "any size from 8; not a multiple of 8: floored to one (the size drawn is info.width/height)"
 
 
@@ -100,6 +102,7 @@ class Txt2ImgBody(NullMeansDefault, Txt2ImgRequest, ScriptFields, Txt2ImgAccepte
     width: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     height: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     steps: int = Field(50, ge=1, le=150)
+    sampler_index: str | None = Field("Euler", description=SAMPLER_INDEX_DESCRIPTION)
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="strength of the hires pass (A1111: 0.75)")
     save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
 
@@ -119,6 +122,7 @@ class Img2ImgBody(NullMeansDefault, Img2ImgRequest, ScriptFields, Img2ImgAccepte
     width: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     height: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     steps: int = Field(50, ge=1, le=150)
+    sampler_index: str | None = Field("Euler", description=SAMPLER_INDEX_DESCRIPTION)
     save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
 
     @field_validator("width", "height")
