@@ -20,7 +20,9 @@ DESCRIPTION = """
 Easel's HTTP API.
 
 * **/sdapi/v1**: AUTOMATIC1111's API (same paths, field names and defaults). Generation routes
-  wait for their job; `info` in their answer is a JSON string.
+  wait for their job; `info` in their answer is a JSON string. Where A1111 is lenient (sizes not a
+  multiple of 8, nulls, unknown styles, samplers or override checkpoints), Easel is too and lists
+  what it changed in `info.warnings`; the differences that remain are in docs/api.md.
 * **/easel/v1/jobs**: submit a job and get its id at once (202), poll it, cancel it.
 * **/easel/v1/train**: start a DreamBooth / LoRA / textual-inversion training (202), poll its loss and
   samples, cancel it (the same request resumes it).
