@@ -1,6 +1,7 @@
 """A1111's leniency for ``/sdapi/v1`` bodies: what A1111 accepts and quietly fixes, Easel accepts
 too, and says what it changed in the answer (``info.warnings`` of txt2img/img2img, ``html_info``
-of extras). Strict checks stay for what A1111 refuses too (wrong types, unknown samplers, limits).
+of extras). Strict checks stay for what A1111 refuses too (wrong types, unknown scripts) and for
+Easel's limits (sizes, steps, batch).
 
 - ``null`` in a field means that field's default (``NullMeansDefault``, a base of every body);
 - ``infotext``: fills the fields the body did not set, as A1111's ``apply_infotext`` (explicit
@@ -10,7 +11,10 @@ of extras). Strict checks stay for what A1111 refuses too (wrong types, unknown 
   job runs on the selected checkpoint / VAE);
 - an unknown sampler is the default sampler, an unknown or unsupported schedule type Automatic;
 - ``width``/``height`` not a multiple of 8 are floored to the latent grid (A1111 makes a
-  ``size // 8`` latent), at least 8: ``info.width``/``info.height`` give the size drawn.
+  ``size // 8`` latent), at least 8: ``info.width``/``info.height`` give the size drawn;
+- A1111 fields Easel does not implement (``IGNORED_FIELDS``) and args of A1111's built-in always-on
+  scripts are accepted, and named in the warnings when they would have changed the picture;
+- extras: ``upscaler_1`` "None" leaves the image as it is; face restoration is noted, not done.
 """
 
 from __future__ import annotations
