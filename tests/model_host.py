@@ -30,6 +30,7 @@ class ModelHost:
     wrong_sha: set[str] = field(default_factory=set)  # repo paths whose X-Linked-Etag lies
     ranges: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)  # Authorization headers the resolve route saw
+    seen: list[str] = field(default_factory=list)  # every request, as "METHOD /path"
 
 
 def body_response(request: Request, data: bytes, headers: dict[str, str], host: ModelHost) -> Response:
@@ -70,6 +71,11 @@ def tree_entry(path: str, data: bytes) -> dict:
 
 def create_host_app(host: ModelHost) -> FastAPI:
     app = FastAPI()
+
+    @app.middleware("http")
+    async def record(request: Request, call_next):
+        host.seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
 
     @app.api_route("/{owner}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
     def resolve(owner: str, name: str, revision: str, path: str, request: Request) -> Response:

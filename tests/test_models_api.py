@@ -111,3 +111,22 @@ def test_clients_cannot_install_from_the_servers_network(data_dir, host):
         assert r.status_code == 400 and "private network" in r.json()["detail"]
     finally:
         services.close()
+
+
+def test_start_up_downloads_nothing(data_dir, host, monkeypatch):
+    """Even with --allow-downloads and the hub at a local host, building the services (start-up) and
+    listing the models makes no request."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", host.base)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    services = make_services(data_dir)
+    try:
+        assert TestClient(create_app(services)).get("/easel/v1/models").status_code == 200
+        assert host.seen == []
+        import httpx
+
+        httpx.get(f"{host.base}/files/7")
+        assert host.seen == ["GET /files/7"]  # the host does record requests
+    finally:
+        services.close()
