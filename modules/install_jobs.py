@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from modules.install_sources import check_downloads_allowed, check_public_url, local_path, parse_source
 from modules.install_types import InstallCancelled, Installed, InstallError, InstallRequest, InstallTarget, Progress
@@ -48,13 +49,27 @@ class InstallJob:
         """The job's state for clients (the API's GET answer)."""
         p = self.progress
         fraction = p.done_bytes / p.total_bytes if p.total_bytes else None
-        return {"id": self.id, "source": self.request.source, "state": self.state, "stage": p.stage,
+        return {"id": self.id, "source": shown_source(self.request.source), "state": self.state, "stage": p.stage,
                 "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
                 "progress": round(fraction, 4) if fraction is not None else None,
                 "result": self.result.as_dict(self.data_dir) if self.result else None, "error": self.error}
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done_event.wait(timeout)
+
+
+SECRET_KEYS = ("token", "key", "api_key", "apikey", "auth", "signature", "sig")
+
+
+def shown_source(text: str) -> str:
+    """The source as clients see it: secrets in a URL's query (Civitai's ``?token=``) and user:password
+    in its address replaced by ``***``."""
+    parts = urlsplit(text)
+    if not parts.scheme or (not parts.query and "@" not in parts.netloc):
+        return text
+    query = urlencode([(k, "***" if k.lower() in SECRET_KEYS else v) for k, v in parse_qsl(parts.query)], safe="*")
+    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class Installer:

@@ -331,3 +331,12 @@ def test_cancel_a_finished_install_changes_nothing(tmp_path, host):
         assert installer.cancel("nope") is None
     finally:
         installer.close()
+
+
+def test_secrets_in_a_source_are_not_shown():
+    from modules.install_jobs import shown_source
+
+    assert shown_source("https://civitai.com/api/download/models/1?type=Model&token=abc123") == \
+        "https://civitai.com/api/download/models/1?type=Model&token=***"
+    assert shown_source("https://user:pw@host.example/x.safetensors") == "https://***@host.example/x.safetensors"
+    assert shown_source("owner/name/file.safetensors") == "owner/name/file.safetensors"

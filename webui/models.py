@@ -131,8 +131,8 @@ def recent_installs_html(services, count: int = 5) -> str:
     jobs = services.installer.jobs()[-count:][::-1]
     if not jobs:
         return ""
-    rows = "".join(f"<li><code>{html.escape(job.request.source)}</code>: {progress_html(job.snapshot())}</li>"
-                   for job in jobs)
+    snapshots = [job.snapshot() for job in jobs]  # the source with any token in it masked
+    rows = "".join(f"<li><code>{html.escape(snap['source'])}</code>: {progress_html(snap)}</li>" for snap in snapshots)
     return f"<details><summary>Recent installs ({len(jobs)})</summary><ul>{rows}</ul></details>"
 
 
