@@ -52,7 +52,8 @@ class InstallJob:
         return {"id": self.id, "source": shown_source(self.request.source), "state": self.state, "stage": p.stage,
                 "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
                 "progress": round(fraction, 4) if fraction is not None else None,
-                "result": self.result.as_dict(self.data_dir) if self.result else None, "error": self.error}
+                "result": self.result.as_dict(self.data_dir) if self.result else None,
+                "error": self.error.replace(self.request.source, shown_source(self.request.source)) if self.error else None}
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done_event.wait(timeout)

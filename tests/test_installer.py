@@ -322,6 +322,18 @@ def test_cancel_removes_the_partial_file(tmp_path, host):
     assert leftovers(tmp_path) == []
 
 
+def test_a_failed_install_does_not_show_the_token(tmp_path, host):
+    installer = Installer(make_target(tmp_path))
+    try:
+        job = installer.submit(InstallRequest(source=f"{host.base}/api/download/models/login?token=s3cret"))
+        assert job.wait(30)
+        snap = job.snapshot()
+        assert snap["state"] == "failed" and "401" in snap["error"]
+        assert "s3cret" not in snap["error"] and "s3cret" not in snap["source"]
+    finally:
+        installer.close()
+
+
 def test_cancel_a_finished_install_changes_nothing(tmp_path, host):
     installer = Installer(make_target(tmp_path))
     try:
