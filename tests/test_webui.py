@@ -303,7 +303,7 @@ def test_served_ui_has_the_api_from_the_first_request(services):
     try:
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/sdapi/v1/sd-models", timeout=30).status_code == 200
-        bad = httpx.post(f"{base}/sdapi/v1/txt2img", json={"width": 33}, timeout=30)
+        bad = httpx.post(f"{base}/sdapi/v1/txt2img", json={"width": "wide"}, timeout=30)
         assert bad.status_code == 422 and "width" in bad.text
         assert httpx.get(base, timeout=30).status_code == 200
     finally:
