@@ -355,7 +355,8 @@ def test_openapi_has_response_schemas_for_the_lists(live):
     expected = {"/sdapi/v1/samplers": "SamplerItem", "/sdapi/v1/schedulers": "SchedulerItem",
                 "/sdapi/v1/upscalers": "UpscalerItem", "/sdapi/v1/sd-vae": "SDVaeItem",
                 "/sdapi/v1/prompt-styles": "PromptStyleItem", "/sdapi/v1/latent-upscale-modes": "LatentUpscalerModeItem",
-                "/sdapi/v1/hypernetworks": "HypernetworkItem", "/sdapi/v1/script-info": "ScriptInfo"}
+                "/sdapi/v1/hypernetworks": "HypernetworkItem", "/sdapi/v1/script-info": "ScriptInfo",
+                "/sdapi/v1/loras": "LoraItem", "/sdapi/v1/sd-models": "SDModelItem"}
     for path, model in expected.items():
         content = schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert content["type"] == "array" and content["items"]["$ref"].endswith("/" + model), path

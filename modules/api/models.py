@@ -243,6 +243,15 @@ class UpscalerItem(BaseModel):
     scale: float | None = None
 
 
+class LoraItem(BaseModel):
+    """One LoRA file (the A1111 Lora extension's shape)."""
+
+    name: str = Field(description="as in <lora:name:weight>")
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
 class LatentUpscalerModeItem(BaseModel):
     name: str
 

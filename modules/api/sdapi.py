@@ -49,6 +49,7 @@ from .models import (
     GenerationResponse,
     Img2ImgBody,
     LatentUpscalerModeItem,
+    LoraItem,
     MemoryResponse,
     OptionsResponse,
     PngInfoBody,
@@ -400,7 +401,7 @@ def create_sdapi_router(services: Services) -> APIRouter:
         text encoder, ``skipped`` do not (A1111's shape)."""
         return EmbeddingsResponse(**networks_api.embeddings_listing(services))
 
-    @router.get("/loras")
+    @router.get("/loras", response_model=list[LoraItem])
     def get_loras() -> list[dict[str, Any]]:
         """The LoRA files of models/Lora: ``name`` (as in ``<lora:name:weight>``), ``alias``, ``path``, ``metadata``."""
         return networks_api.lora_listing(services)
