@@ -6,9 +6,10 @@ training sample images all describe their run as one typed ``SamplingInput`` and
 1. the sampler (a fresh diffusers scheduler from ``modules.samplers``) sets its timesteps; with
    ``strength`` < 1 only the last ``int(steps * strength)`` steps run (diffusers' and A1111's
    rule), from the init latents noised to that level; at strength 1 from the noise alone;
-2. at every step the ``Denoiser`` turns the latents into the model's guided prediction:
-   classifier-free guidance, ControlNet residuals, a 9-channel inpainting UNet's extra channels,
-   SDXL's pooled text and size conditioning;
+2. at every step the ``Denoiser`` turns the latents into the model's guided prediction: the
+   prompts' embeddings in force at that call (``Conditioning``: scheduled prompts, ``AND`` parts
+   with weights), classifier-free guidance as A1111 combines it, ControlNet residuals, a
+   9-channel inpainting UNet's extra channels, SDXL's pooled text and size conditioning;
 3. the sampler steps; with a ``mask`` the area outside it is put back to the init latents,
    noised to the level of the next step (inpainting with an ordinary checkpoint);
 4. ``on_step`` hears of every model call (progress, preview, skip and cancel live there).
