@@ -122,3 +122,40 @@ def test_sdxl_takes_scheduled_and_composable_prompts():
         conditioning=cond, noise=seeds.create_noise((4, 8, 8), [1]), steps=STEPS, cfg_scale=5.0, size_condition=(16, 16))
     latents = sampling.sample(inp)
     assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
+
+
+class RecordingProgress:
+    """A progress sink that keeps every update."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[int, int, object]] = []
+
+    def update(self, step: int, total: int, preview=None, textinfo: str | None = None) -> None:
+        self.updates.append((step, total, preview))
+
+
+def test_progress_previews_and_skip_through_the_core(services):
+    """Progress counts user steps (Heun's two calls per step scaled down), a preview comes every
+    n calls, and Skip abandons the iteration it is pressed in."""
+    from modules.processing import txt2img
+    from modules.processing.context import RunContext
+
+    settings = services.settings.model_copy(update={"show_progress_every_n_steps": 2})
+    with services.models.use(services.selected_checkpoint) as model:
+        progress = RecordingProgress()
+        ctx = RunContext(model, settings, None, progress=progress)
+        result = txt2img.run(Txt2ImgRequest(prompt="x", seed=1, steps=4, sampler_name="Heun", save_images=False), ctx)
+        steps = [s for s, _, _ in progress.updates]
+        assert steps == sorted(steps) and progress.updates[-1][:2] == (4, 4) and len(result.images) == 1
+        previews = [p for _, _, p in progress.updates if p is not None]
+        assert previews and all(p.size == (32, 32) for p in previews)
+
+        class SkipFirst(RecordingProgress):
+            def update(self, step, total, preview=None, textinfo=None):
+                super().update(step, total, preview, textinfo)
+                if step == 1 and not ctx.token.skipped and len(self.updates) < 3:
+                    ctx.token.skip()
+
+        ctx = RunContext(model, settings, None, progress=SkipFirst())
+        result = txt2img.run(Txt2ImgRequest(prompt="x", seed=1, steps=4, n_iter=2, save_images=False), ctx)
+        assert result.skipped == 1 and result.seeds == [2]
