@@ -224,6 +224,16 @@ def test_control_modes_give_different_images(services):
     assert np.array_equal(pixels(soft), pixels(cfg))
 
 
+def test_controlnet_is_more_important_with_and_parts(services):
+    """Composable prompts put several conditional groups after the unconditional rows: the
+    ControlNet runs on all of them (batch 2 of 3 for one image, two parts) and none on the uncond rows."""
+    with counting_ctx(services) as (ctx, source):
+        result = txt2img.run(Txt2ImgRequest(prompt="a red circle AND a blue square :0.5", seed=1, steps=2,
+                                            sampler_name="Euler", save_images=False,
+                                            controlnet_units=[unit(control_mode=2)]), ctx)
+    assert source.calls == [2, 2] and result.images[0].size == (32, 32)
+
+
 def test_two_units_sum_their_residuals(services):
     one = t2i(services, [unit()]).images[0]
     both = t2i(services, [unit(), unit(model="tiny-cn-b", image=square_map(box=(0, 0, 8, 8)))]).images[0]
