@@ -215,3 +215,14 @@ def test_webuiapi_controlnet_unit(server):
     r = server.img2img(images=[shape.resize((32, 32))], prompt="a square", seed=5, width=32, height=32, steps=2,
                        denoising_strength=0.7, controlnet_units=[webuiapi.ControlNetUnit(module="none", model="tiny-cn")])
     assert "ControlNet 0: \"Module: none, Model: tiny-cn" in r.info["infotexts"][0]
+
+
+def test_a_unit_without_enabled_is_enabled_as_the_extension_defaults(client):
+    """sd-webui-controlnet's ControlNetUnit defaults to enabled; a unit that leaves it out (or sends null) runs."""
+    reference = first_image(client.post("/sdapi/v1/txt2img", json=with_units(UNIT)))
+    for unit in ({k: v for k, v in UNIT.items() if k != "enabled"}, {**UNIT, "enabled": None}):
+        r = client.post("/sdapi/v1/txt2img", json=with_units(unit))
+        assert "ControlNet 0:" in info_of(r)["infotexts"][0]
+        assert np.array_equal(first_image(r), reference)
+    off = client.post("/sdapi/v1/txt2img", json=with_units({**UNIT, "enabled": False}))
+    assert "ControlNet 0:" not in info_of(off)["infotexts"][0]
