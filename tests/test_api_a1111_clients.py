@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -264,14 +265,33 @@ def test_routes_clients_probe(live):
     assert r.status_code == 200, r.text
 
 
-def test_interrogate_is_a_404_naming_the_model_file(live):
+def test_interrogate_reads_the_shapes_world_back(live):
+    """webuiapi's interrogate (model "clip") on a shapes-world scene gives its training caption."""
+    from bundled.shapes import POSITIONS, Scene, render
+
+    webuiapi = pytest.importorskip("webuiapi")
     _, base = live
-    image = encode_image_base64(Image.new("RGB", (16, 16)))
-    r = post(f"{base}/sdapi/v1/interrogate", {"image": image, "model": "clip"})
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=int(base.rsplit(":", 1)[1]))
+    for scene in (Scene("circle", "red", "blue", "large", "left", *POSITIONS["left"]),
+                  Scene("square", "yellow", "black", "small", "top", *POSITIONS["top"])):
+        assert api.interrogate(render(scene)).info == scene.caption()
+    big = render(Scene("triangle", "green", "white", "large", "center", *POSITIONS["center"])).resize((512, 512))
+    r = post(f"{base}/sdapi/v1/interrogate", {"image": encode_image_base64(big), "model": "shapes"})
+    assert r.status_code == 200 and r.json() == {"caption": "a large green triangle in the center, white background"}
+
+
+def test_interrogate_without_a_caption_is_a_404_naming_what_is_missing(live):
+    _, base = live
+    rng = np.random.default_rng(0)
+    photo = encode_image_base64(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    r = post(f"{base}/sdapi/v1/interrogate", {"image": photo, "model": "clip"})
     assert r.status_code == 404
+    assert "reads only the bundled model's shapes world" in r.json()["detail"]
     assert "models/BLIP/model_base_caption_capfilt_large.pth" in r.json()["detail"]
-    r = post(f"{base}/sdapi/v1/interrogate", {"image": image, "model": "deepdanbooru"})
+    r = post(f"{base}/sdapi/v1/interrogate", {"image": photo, "model": "deepdanbooru"})
     assert r.status_code == 404 and "models/torch_deepdanbooru/" in r.json()["detail"]
+    r = post(f"{base}/sdapi/v1/interrogate", {"image": photo, "model": "blip2"})
+    assert r.status_code == 404 and "'blip2' not found" in r.json()["detail"]
     r = post(f"{base}/sdapi/v1/interrogate", {"model": "clip"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image"]
 

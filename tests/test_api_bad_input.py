@@ -29,7 +29,7 @@ CASES = [
     ("POST", "/sdapi/v1/txt2img", {**T2I, "steps": 100, "enable_hr": True, "batch_size": 16}, 400),
     ("POST", "/sdapi/v1/txt2img", {**T2I, "prompt": "x" * 30_000}, 422),
     ("POST", "/sdapi/v1/txt2img", {**T2I, "sampler_name": 5}, 422),  # an unknown name falls back, as in A1111
-    ("POST", "/sdapi/v1/interrogate", {"image": IMG}, 404),  # no interrogator installed (an unknown override
+    ("POST", "/sdapi/v1/interrogate", {"image": IMG}, 404),  # a plain red image: no caption (an unknown override
     # checkpoint is no longer bad input: A1111 ignores it, see test_api_a1111_clients)
     ("POST", "/sdapi/v1/txt2img", {**T2I, "alwayson_scripts": {"controlnet": {}}}, 422),
     ("POST", "/sdapi/v1/img2img", {**T2I}, 422),  # no init_images

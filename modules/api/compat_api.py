@@ -1,13 +1,14 @@
 """``/sdapi/v1`` routes A1111 clients probe that Easel answers in A1111's shapes with little or nothing:
 lists of what Easel does not have (hypernetworks, face restorers, RealESRGAN models, extensions: empty),
-``script-info``, ``interrogate`` (a 404 naming what A1111 would load) and the reload/refresh/unload
-routes (Easel loads on demand and reads its folders at each use).
+``script-info``, ``interrogate`` (Easel's shapes-world reader; a 404 naming what is missing otherwise)
+and the reload/refresh/unload routes (Easel loads on demand and reads its folders at each use).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from modules import interrogate as captions
 from modules.services import Services
 
 from . import scripts
@@ -23,19 +24,6 @@ from .models import (
     ScriptInfo,
 )
 from .sdapi import PREFIX, TAG
-
-# A1111's interrogation models and the files they load (modules/interrogate.py, modules/deepbooru.py)
-INTERROGATORS = {"clip": "models/BLIP/model_base_caption_capfilt_large.pth (with CLIP ViT-L/14)",
-                 "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.pt"}
-
-
-def interrogate_message(model: str) -> str:
-    """Why /interrogate cannot answer: Easel ships no interrogator, and which file A1111 would load."""
-    wanted = INTERROGATORS.get(model.lower())
-    if wanted is None:
-        return f"interrogate: model {model!r} not found; A1111's models are {', '.join(INTERROGATORS)}"
-    return (f"interrogate: model {model!r} is not installed: Easel has no interrogator. A1111's {model!r} loads"
-            f" {wanted}; Easel does not run it yet, so captions are not available from this server")
 
 
 def create_compat_router(services: Services) -> APIRouter:
@@ -72,11 +60,15 @@ def create_compat_router(services: Services) -> APIRouter:
         return []
 
     @router.post("/interrogate", response_model=InterrogateResponse,
-                 responses={404: {"description": "no interrogation model is installed"}})
+                 responses={404: {"description": "no interrogator for this model or this image (the message says why)"}})
     def interrogate(body: InterrogateBody) -> InterrogateResponse:
-        """A1111's caption of an image. Easel ships no interrogator: a 404 that says so, after the image is checked."""
-        decode_field(body.image, ("image",), InputBudget.of(services.settings))
-        raise ModelNotInstalled(interrogate_message(body.model))
+        """A1111's caption of an image. Easel's interrogator ("clip", "shapes") reads the bundled model's shapes
+        world back into its captions; other images, and A1111's own models, get a 404 naming what is missing."""
+        image = decode_field(body.image, ("image",), InputBudget.of(services.settings))
+        try:
+            return InterrogateResponse(caption=captions.interrogate(image, body.model))
+        except captions.NoCaption as err:
+            raise ModelNotInstalled(str(err)) from None
 
     @router.post("/unload-checkpoint")
     def unload_checkpoint() -> dict:
