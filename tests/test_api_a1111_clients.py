@@ -226,6 +226,10 @@ def test_webuiapi_extras_default_call_returns_the_image_unchanged(live):
     assert r.image.size == (48, 32)
     assert "gfpgan_visibility: no face restorer is installed" in r.info
     assert "codeformer_visibility: no face restorer is installed" in r.info
+    r = api.extra_batch_images([image, image.resize((8, 8))], upscaler_1="Lanczos", upscaling_resize=2)
+    assert [im.size for im in r.images] == [(48, 32), (16, 16)]
+    r = api.extra_batch_images([image])  # its defaults again: upscaler "None", unchanged
+    assert [im.size for im in r.images] == [(24, 16)]
 
 
 def test_extra_batch_images(live):
