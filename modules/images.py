@@ -21,6 +21,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
@@ -43,6 +44,7 @@ _TOKEN_RE = re.compile(r"\[([^\[\]]*)\]")
 _UNSAFE_FILENAME_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 _ENCODE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "JPG": "JPEG", "WEBP": "WEBP"}
+FILE_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}  # by PIL format
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,17 +133,32 @@ class ImageSaveError(OSError):
         return f"could not save the image in {self.folder}: {self.problem}; free some space or make the folder writable"
 
 
+def image_format(name: str) -> str:
+    """PIL's format for an A1111 ``samples_format`` (png, jpg, jpeg, webp; any case); ValueError otherwise."""
+    fmt = _ENCODE_FORMATS.get(name.strip().upper())
+    if fmt is None:
+        raise ValueError(f"image format {name!r} is not supported; use one of png, jpg, webp")
+    return fmt
+
+
 class ImageSaver:
     """Saves images A1111-style; one instance shared by all callers keeps file numbers unique.
 
-    The lock covers only choosing the number and the final ``os.replace`` (PNG encoding happens
-    before it), so concurrent saves stay fast. Saves through different ImageSaver objects (or
-    processes) into the same folder are not serialised; share one instance. A save that fails
-    for lack of room or rights raises :class:`ImageSaveError` and leaves no temporary file.
+    Files are ``file_format`` (A1111's ``samples_format``: PNG, JPEG or WebP), the infotext in the
+    PNG ``parameters`` chunk or the EXIF UserComment. The lock covers only choosing the number and
+    the final ``os.replace`` (encoding happens before it), so concurrent saves stay fast. Saves
+    through different ImageSaver objects (or processes) into the same folder are not serialised;
+    share one instance. A save that fails for lack of room or rights raises
+    :class:`ImageSaveError` and leaves no temporary file.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, file_format: str = "png") -> None:
         self._lock = threading.Lock()
+        self.file_format = image_format(file_format)
+
+    def set_file_format(self, name: str) -> None:
+        """Save the next images as ``name`` (png, jpg or webp): the setting ``samples_format`` changed."""
+        self.file_format = image_format(name)
 
     def save_image(
         self,
@@ -154,9 +171,9 @@ class ImageSaver:
         date: dt.date | None = None,
         use_date_subdir: bool = True,
     ) -> Path:
-        """Save ``image`` as PNG with ``infotext`` in its ``parameters`` chunk; return the path.
+        """Save ``image`` in ``file_format`` with ``infotext`` (PNG chunk or EXIF); return the path.
 
-        The path is ``outdir/YYYY-MM-DD/<pattern>.png`` (no date folder if ``use_date_subdir`` is
+        The path is ``outdir/YYYY-MM-DD/<pattern>.png`` (``.jpg``, ``.webp``; no date folder if ``use_date_subdir`` is
         False). Tokens: [number] (next free 5-digit number), [seed], [date] (YYYY-MM-DD),
         [datetime] (YYYYMMDDhhmmss), [width], [height], [prompt_words]. A pattern without
         [number] whose name is taken gets ``-1``, ``-2``, ... appended.
@@ -174,12 +191,13 @@ class ImageSaver:
         }
         if "[prompt_words]" in pattern:
             values["prompt_words"] = prompt_words(parse_infotext(infotext)["Prompt"])
+        fmt = self.file_format
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            temp = _write_temp_png(image, folder, infotext)
+            temp = _write_temp_image(image, folder, infotext, fmt)
             try:
                 with self._lock:
-                    final = _free_path(folder, pattern, values)
+                    final = _free_path(folder, pattern, values, FILE_EXTENSIONS[fmt])
                     os.replace(temp, final)
             except BaseException:
                 temp.unlink(missing_ok=True)
@@ -205,21 +223,21 @@ def save_image(
     )
 
 
-def _free_path(folder: Path, pattern: str, values: dict[str, str]) -> Path:
-    """The first unused ``folder/<pattern>.png``; call with the saver's lock held."""
+def _free_path(folder: Path, pattern: str, values: dict[str, str], extension: str = ".png") -> Path:
+    """The first unused ``folder/<pattern><extension>``; call with the saver's lock held."""
     if "[number]" in pattern:
         prefix = _render(pattern.split("[number]", 1)[0], values)
         number = next_sequence_number(folder, prefix)
         while True:
-            path = folder / (_render(pattern, {**values, "number": f"{number:0{NUMBER_DIGITS}d}"}) + ".png")
+            path = folder / (_render(pattern, {**values, "number": f"{number:0{NUMBER_DIGITS}d}"}) + extension)
             if not path.exists():
                 return path
             number += 1
     stem = _render(pattern, values)
-    path = folder / f"{stem}.png"
+    path = folder / f"{stem}{extension}"
     suffix = 1
     while path.exists():
-        path = folder / f"{stem}-{suffix}.png"
+        path = folder / f"{stem}-{suffix}{extension}"
         suffix += 1
     return path
 
@@ -231,13 +249,14 @@ def _png_ready(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if "A" in image.getbands() else "RGB")
 
 
-def _write_temp_png(image: Image.Image, folder: Path, infotext: str | None) -> Path:
-    """Write a complete PNG to a hidden temporary file in ``folder`` (flushed to disk)."""
+def _write_temp_image(image: Image.Image, folder: Path, infotext: str | None, fmt: str = "PNG") -> Path:
+    """Write a complete image file (PIL format ``fmt``) to a hidden temporary file in ``folder``
+    (flushed to disk; named ``TEMP_SUFFIX`` whatever the format, so a crash's leftovers are found)."""
     fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
     temp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            _png_ready(image).save(handle, format="PNG", pnginfo=_png_info(infotext))
+            _write_image(handle, image, fmt, infotext)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
@@ -463,16 +482,22 @@ def encode_image_base64(image: Image.Image, format: str = "PNG", infotext: str |
         raise ValueError(f"image format {format!r} is not supported; use one of PNG, JPEG, WEBP")
     text = infotext if infotext is not None else _infotext_of(image)
     buffer = io.BytesIO()
-    if fmt == "PNG":
-        _png_ready(image).save(buffer, format="PNG", pnginfo=_png_info(text))
-    else:
-        keeps_mode = image.mode in ("RGB", "L") or (fmt == "WEBP" and image.mode == "RGBA")
-        converted = image if keeps_mode else image.convert("RGB")
-        exif = Image.Exif()
-        if text:
-            exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = _user_comment(text)
-        converted.save(buffer, format=fmt, exif=exif.tobytes(), quality=95)
+    _write_image(buffer, image, fmt, text)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _write_image(handle: BinaryIO, image: Image.Image, fmt: str, infotext: str | None) -> None:
+    """Write ``image`` as PIL format ``fmt`` to ``handle``: PNG with ``infotext`` in its ``parameters``
+    chunk, JPEG/WebP (quality 95) with it in the EXIF UserComment."""
+    if fmt == "PNG":
+        _png_ready(image).save(handle, format="PNG", pnginfo=_png_info(infotext))
+        return
+    keeps_mode = image.mode in ("RGB", "L") or (fmt == "WEBP" and image.mode == "RGBA")
+    converted = image if keeps_mode else image.convert("RGB")
+    exif = Image.Exif()
+    if infotext:
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = _user_comment(infotext)
+    converted.save(handle, format=fmt, exif=exif.tobytes(), quality=95)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -148,13 +148,14 @@ class Services:
     def update_settings(self, new_settings: Settings) -> None:
         """Replace the settings: jobs that start from now on see them; a running job keeps its own.
 
-        The model cache limits follow at once. Settings read once at start-up (device,
-        precision, attention, memory mode, max_queue) take effect at the next start. The caller
-        saves config.json; selecting another checkpoint is ``select_checkpoint``'s job.
+        The model cache limits and the format of saved files follow at once. Settings read once
+        at start-up (device, precision, attention, memory mode, max_queue) take effect at the next
+        start. The caller saves config.json; selecting another checkpoint is ``select_checkpoint``'s job.
         """
         with self._lock:
             self.settings = new_settings
         self.models.set_settings(cache_settings(new_settings))
+        self.saver.set_file_format(new_settings.samples_format)
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, kind: str, request: GenerationRequest) -> Job:
@@ -305,8 +306,8 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
                      max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
     access = access or ClientAccess()
-    services = Services(settings, runtime, registry, models, ImageSaver(), queue, build_extra_networks(settings, hashes),
-                        access)
+    saver = ImageSaver(settings.samples_format)  # A1111's samples_format: png, jpg or webp files
+    services = Services(settings, runtime, registry, models, saver, queue, build_extra_networks(settings, hashes), access)
     target = target_from_settings(settings, allow_downloads, access.allow_server_paths)
     services.installer = Installer(target, on_installed=lambda _: training_job.refresh_lists(services))
     holder["s"] = services

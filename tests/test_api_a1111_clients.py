@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from PIL import Image
 
 from modules.api import create_app
 from modules.config import load_settings
-from modules.images import encode_image_base64
+from modules.images import encode_image_base64, read_infotext
 from modules.services import build_services
 from tests.served import served
 
@@ -356,6 +357,21 @@ def test_samples_format_and_enable_pnginfo_shape_the_images(fresh):
     image = image_of(r.json()["images"][0])
     assert image.format == "PNG" and "parameters" not in image.info
     assert json.loads(r.json()["info"])["infotexts"][0].startswith("a fox")  # info still has it
+
+
+def test_samples_format_names_the_saved_files_format(fresh):
+    services, base = fresh
+    body = {"prompt": "a fox", "steps": 1, "width": 32, "height": 32, "seed": 1, "save_images": True}
+    for name, fmt, extension in (("jpg", "JPEG", ".jpg"), ("webp", "WEBP", ".webp"), ("png", "PNG", ".png")):
+        assert post(f"{base}/sdapi/v1/options", {"samples_format": name}).status_code == 200
+        info = json.loads(post(f"{base}/sdapi/v1/txt2img", body).json()["info"])
+        path = Path(info["paths"][0])
+        assert path.suffix == extension and path.is_file()
+        with Image.open(path) as saved:
+            assert saved.format == fmt
+        assert read_infotext(path).startswith("a fox\nSteps: 1,")  # PNG chunk or EXIF UserComment
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert [f.split("-")[0] for f in files] == ["00000", "00001", "00002"]  # one numbering across formats
 
 
 def test_bad_option_values_are_named(fresh):

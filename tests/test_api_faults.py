@@ -96,7 +96,7 @@ def test_nan_and_infinity_are_a_422_naming_the_field(paused_base, path, body, lo
 # A disk that cannot take the images
 
 
-def disk_full(image, folder: Path, infotext) -> Path:
+def disk_full(image, folder: Path, infotext, fmt="PNG") -> Path:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
 
 
@@ -115,7 +115,7 @@ def assert_png(text: str) -> None:
 
 def test_disk_full_answers_507_with_the_images(live, monkeypatch):
     services, base = live
-    monkeypatch.setattr(images, "_write_temp_png", disk_full)
+    monkeypatch.setattr(images, "_write_temp_image", disk_full)
     folder = services.settings.path(services.settings.outdir_txt2img_samples)
     with httpx.Client(base_url=base, timeout=60) as client:
         response = client.post("/sdapi/v1/txt2img", json={**TINY, "save_images": True, "batch_size": 2})
@@ -136,7 +136,7 @@ def test_disk_full_answers_507_with_the_images(live, monkeypatch):
 
 def test_disk_full_on_the_job_api_and_extras_answers_507_with_the_images(live, monkeypatch):
     services, base = live
-    monkeypatch.setattr(images, "_write_temp_png", disk_full)
+    monkeypatch.setattr(images, "_write_temp_image", disk_full)
     with httpx.Client(base_url=base, timeout=60) as client:
         created = client.post("/easel/v1/jobs", json={"type": "txt2img", "request": TINY})  # the job API saves
         assert created.status_code == 202, created.text
@@ -193,7 +193,7 @@ def test_the_web_ui_shows_the_images_and_a_one_line_warning(services, monkeypatc
 
     with gr.Blocks():
         panel = output_panel("t", gr.Button(), gr.Button(), gr.Button())
-    monkeypatch.setattr(images, "_write_temp_png", disk_full)
+    monkeypatch.setattr(images, "_write_temp_image", disk_full)
     batch = runner.Batch([("txt2img", Txt2ImgRequest(**TINY, save_images=True))])
     final = list(runner.stream_jobs(services, panel, lambda: batch, poll_seconds=0.01))[-1]
     assert [im.size for im in final[panel.gallery]] == [(16, 16)]
