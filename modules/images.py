@@ -1,10 +1,10 @@
 """Saving images with their infotext, reading it back, base64 transport, and grids.
 
-Files are laid out as A1111 does: ``outdir/YYYY-MM-DD/NNNNN-SEED.png``, where NNNNN is one more
-than the highest number already in that folder. Each PNG is written to a hidden temporary file in
-the same folder and moved into place with ``os.replace``, so a crash never leaves a half-written
-PNG under a real name. The infotext travels in the PNG text chunk ``parameters`` (JPEG/WebP: the
-EXIF UserComment, as A1111 writes it).
+Files are laid out as A1111 does: ``outdir/YYYY-MM-DD/NNNNN-SEED.png`` (``.jpg``, ``.webp`` with
+the setting ``samples_format``), where NNNNN is one more than the highest number already in that
+folder. Each file is written to a hidden temporary file in the same folder and moved into place
+with ``os.replace``, so a crash never leaves a half-written image under a real name. The infotext
+travels in the PNG text chunk ``parameters`` (JPEG/WebP: the EXIF UserComment, as A1111 writes it).
 """
 
 from __future__ import annotations
