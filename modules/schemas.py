@@ -163,6 +163,7 @@ class GenerationRequest(RequestModel):
     width: int | None = Field(None, ge=8, le=8192, description="None: the model's native size")
     height: int | None = Field(None, ge=8, le=8192, description="None: the model's native size")
     clip_skip: int = Field(1, ge=1, le=12)
+    tiling: bool = Field(False, description="seamless tiling: the UNet and VAE pad circularly (modules.tiling)")
     sd_model_checkpoint: str | None = Field(None, description="run on this checkpoint (queued switch)")
     sd_vae: str | None = Field(None, description='VAE file from models/VAE, "Automatic" or "None" (the checkpoint\'s own)')
     save_images: bool = True

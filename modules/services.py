@@ -32,6 +32,7 @@ from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
 from modules.request_checks import GENERATION_KINDS, check_generation
 from modules.schemas import GenerationRequest, RequestError, image_bytes, without_input_images
+from modules.tiling import seamless_tiling
 from modules.training import job as training_job
 
 VERSION = "easel-0.1"
@@ -199,7 +200,9 @@ class Services:
         if job.kind in MODEL_FREE:
             return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
-        with self.models.use(key) as model, self.networks.for_job(model) as networks:  # LoRAs out after
+        tiling = bool(getattr(job.request, "tiling", False))
+        with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
+              seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
                              networks=networks)
             result = runner(job.request, ctx)

@@ -464,8 +464,8 @@ def test_fields_easel_does_not_implement_are_named_in_warnings(live):
     r = post(f"{base}/sdapi/v1/txt2img", body)
     assert r.status_code == 200, r.text
     warnings = json.loads(r.json()["info"])["warnings"]
-    assert [w.split(":")[0] for w in warnings] == ["tiling", "eta", "s_noise"]
-    assert "tiling: True was ignored: seamless tiling is not implemented in Easel" in warnings
+    assert [w.split(":")[0] for w in warnings] == ["eta", "s_noise"]  # tiling is implemented
+    assert "eta: 0.5 was ignored: not implemented in Easel" in warnings
     init = encode_image_base64(Image.new("RGB", (32, 32)))
     r = post(f"{base}/sdapi/v1/img2img", {"init_images": [init], "steps": 1, "mask_blur": 8, "mask_blur_x": 8,
                                           "mask_blur_y": 2, "image_cfg_scale": 1.5, "firstpass_image": init})
@@ -573,3 +573,14 @@ def test_sillytavern_sequence(fresh):
     info = json.loads(answer["info"])
     assert info["sd_model_name"] == "tiny-b" and info["all_seeds"] == [12] and info["clip_skip"] == 2
     assert info["warnings"] == [] and len(info["paths"]) == 1  # it asked to save
+
+
+def test_tiling_is_honoured_for_that_request(live):
+    services, base = live
+    body = {"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "seed": 3}
+    plain = post(f"{base}/sdapi/v1/txt2img", body).json()
+    tiled = post(f"{base}/sdapi/v1/txt2img", {**body, "tiling": True}).json()
+    assert json.loads(tiled["info"])["warnings"] == [] and tiled["parameters"]["tiling"] is True
+    assert image_of(tiled["images"][0]).tobytes() != image_of(plain["images"][0]).tobytes()
+    again = post(f"{base}/sdapi/v1/txt2img", body).json()  # the next request pads with zeros again
+    assert image_of(again["images"][0]).tobytes() == image_of(plain["images"][0]).tobytes()

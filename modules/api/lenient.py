@@ -60,7 +60,7 @@ class Lenient:
 # A1111 fields the bodies accept but Easel does not implement, and why (a value other than the
 # default is named in info.warnings)
 IGNORED_FIELDS = {
-    "restore_faces": "no face restorer is installed", "tiling": "seamless tiling is not implemented",
+    "restore_faces": "no face restorer is installed",
     "eta": "not implemented", "s_min_uncond": "not implemented", "s_churn": "not implemented",
     "s_tmax": "not implemented", "s_tmin": "not implemented", "s_noise": "not implemented",
     "refiner_checkpoint": "the refiner is not implemented", "refiner_switch_at": "the refiner is not implemented",

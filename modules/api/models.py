@@ -58,7 +58,6 @@ class AcceptedFields(RequestModel):
     other than the default is named in ``info.warnings``."""
 
     restore_faces: bool | None = Field(None, description=f"{NOT_IMPLEMENTED}: no face restorer is installed")
-    tiling: bool | None = Field(None, description=NOT_IMPLEMENTED)
     do_not_save_samples: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
     do_not_save_grid: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
     eta: float | None = Field(None, description=NOT_IMPLEMENTED)
