@@ -130,6 +130,9 @@ def test_without_a_sampler_the_default_is_euler_as_in_a1111s_api(client):
     info = json.loads(r.json()["info"])
     assert info["sampler_name"] == "Euler" and r.json()["parameters"]["sampler_index"] == "Euler"
     assert "Sampler: Euler, Schedule type: Automatic," in info["infotexts"][0]  # as A1111 writes it
+    # sampler_index sent as null: A1111's default sampler, here the setting default_sampler
+    r = client.post("/sdapi/v1/txt2img", json={**body, "steps": 1, "sampler_name": None, "sampler_index": None})
+    assert json.loads(r.json()["info"])["sampler_name"] == "DPM++ 2M"
     # the job API keeps the setting default_sampler (DPM++ 2M, Automatic = Karras)
     job = client.post("/easel/v1/jobs", json={"type": "txt2img", "request": {**body, "steps": 1}}).json()
     assert wait_job(client, job["id"])["result"]["info"]["sampler_name"] == "DPM++ 2M"

@@ -20,7 +20,7 @@ Easel's limits (sizes, steps, batch).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError, model_validator
 
@@ -38,13 +38,16 @@ INFOTEXT_OPTIONS = {"sd_model_checkpoint": "sd_model_checkpoint", "sd_vae": "sd_
 
 
 class NullMeansDefault(BaseModel):
-    """A body base: a field sent as ``null`` takes its default, as in A1111's API (every field Optional)."""
+    """A body base: a field sent as ``null`` takes its default, as in A1111's API (every field Optional),
+    except the fields of ``null_kept``, where A1111 keeps the null and it means something else."""
+
+    null_kept: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
+            return {key: value for key, value in data.items() if value is not None or key in cls.null_kept}
         return data
 
 

@@ -28,7 +28,7 @@ Every difference from A1111 that remains is listed in ``docs/api.md``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -89,7 +89,7 @@ class Img2ImgAcceptedFields(AcceptedFields):
 
 
 SAMPLER_INDEX_DESCRIPTION = ("A1111's old name for sampler_name, used when sampler_name is not given; its default,"
-                             " Euler, is A1111's API default sampler")
+                             " Euler, is A1111's API default sampler; null: the setting default_sampler")
 SIZE_DESCRIPTION = "any size from 8; not a multiple of 8: floored to one (the size drawn is info.width/height)"
 
 
@@ -102,6 +102,8 @@ class Txt2ImgBody(NullMeansDefault, Txt2ImgRequest, ScriptFields, Txt2ImgAccepte
     height: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     steps: int = Field(50, ge=1, le=150)
     sampler_index: str | None = Field("Euler", description=SAMPLER_INDEX_DESCRIPTION)
+    # A1111: sampler_index left out is "Euler"; sent as null (with no sampler_name) its default sampler
+    null_kept: ClassVar[tuple[str, ...]] = ("sampler_index",)
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="strength of the hires pass (A1111: 0.75)")
     save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
 
@@ -122,6 +124,8 @@ class Img2ImgBody(NullMeansDefault, Img2ImgRequest, ScriptFields, Img2ImgAccepte
     height: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     steps: int = Field(50, ge=1, le=150)
     sampler_index: str | None = Field("Euler", description=SAMPLER_INDEX_DESCRIPTION)
+    # A1111: sampler_index left out is "Euler"; sent as null (with no sampler_name) its default sampler
+    null_kept: ClassVar[tuple[str, ...]] = ("sampler_index",)
     save_images: bool = Field(False, description="save to the outputs folder (A1111's API default: no)")
 
     @field_validator("width", "height")
