@@ -33,6 +33,7 @@ def set_number(page, elem_id: str, value: int, attempts: int = 3) -> None:
     for _ in range(attempts - 1):
         box.fill(str(value))
         box.press("Enter")
+        box.blur()  # the change event that hands the value to Gradio's state, not only to the box
         try:
             sync_api.expect(box).to_have_value(str(value), timeout=3000)
         except AssertionError:
@@ -41,6 +42,7 @@ def set_number(page, elem_id: str, value: int, attempts: int = 3) -> None:
         return
     box.fill(str(value))
     box.press("Enter")
+    box.blur()
     sync_api.expect(box).to_have_value(str(value))
 
 
@@ -82,8 +84,12 @@ def test_train_a_lora_from_the_tab(server, tmp_path):
         page.locator("#train_parameters").click()
         expect = sync_api.expect
         expect(page.locator("#train_steps input")).to_have_value("400")  # the opened accordion shows its defaults
-        for elem_id, value in (("train_steps", 2), ("train_resolution", 32), ("train_sample_every", 1)):
+        values = (("train_steps", 2), ("train_resolution", 32), ("train_sample_every", 1))
+        for elem_id, value in values:
             set_number(page, elem_id, value)
+        page.wait_for_timeout(500)  # a loaded machine (CI beside another run) was seen starting with the default 400
+        for elem_id, value in values:  # every value still held just before Start
+            expect(page.locator(f"#{elem_id} input")).to_have_value(str(value))
         page.locator("#train_start").click()
         expect(page.locator("#train_status")).to_contain_text("Done: 2 steps", timeout=240_000)
         assert page.locator("#train_output textarea").input_value().endswith("models/Lora/zwx.safetensors")
