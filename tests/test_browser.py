@@ -353,6 +353,8 @@ def test_outpaint_grows_the_image_and_keeps_the_original(page, tmp_path, artifac
     page.wait_for_selector("#outpaint_gallery img")
     result = gallery_image(page, "outpaint_gallery")
     assert result.size == (48, 48)  # 32 + 16 to the right, 32 + 16 down
+    fit = page.locator("#outpaint_gallery img").first.evaluate("img => getComputedStyle(img).objectFit")
+    assert fit == "contain"  # the gallery shows whole images, never a crop of a wide result
     kept = np.abs(np.asarray(result, dtype=int)[:24, :24] - np.asarray(source, dtype=int)[:24, :24]).max()
     assert kept <= 2, "the original pixels far from the new area changed"
     page.screenshot(path=str(artifacts / "outpaint.png"))

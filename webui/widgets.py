@@ -185,7 +185,7 @@ def output_panel(prefix: str, generate: gr.Button, interrupt: gr.Button, skip: g
     progress = gr.HTML(progress_html(None, None), elem_id=f"{prefix}_progress")
     preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{prefix}_preview")
     gallery = gr.Gallery(label="Output", format="png", type="pil", columns=2, elem_id=f"{prefix}_gallery",
-                         interactive=False)
+                         interactive=False, object_fit="contain")  # whole images: a 192x64 outpaint is not cropped
     send = {}
     with gr.Row():
         for target in send_targets:
