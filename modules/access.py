@@ -51,8 +51,8 @@ class ClientAccess:
 
     allow_server_paths: bool = False
 
-    def folder_setting_error(self, name: str, value: object, current: object, data_dir: Path) -> str | None:
-        """Why a client may not set folder setting ``name`` to ``value`` (None: it may)."""
+    def folder_setting_error(self, value: object, current: object, data_dir: Path) -> str | None:
+        """Why a client may not change a folder setting from ``current`` to ``value`` (None: it may)."""
         if value == current:
             return None  # the operator's own value, left as it is
         if not isinstance(value, str) or not is_inside(data_dir, value):

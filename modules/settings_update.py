@@ -48,7 +48,7 @@ def validate_change(current: Settings, changes: dict[str, Any], access: ClientAc
         raise _error(str(first["loc"][0]) if first["loc"] else field, f"{first['msg']} (got {first.get('input')!r})") from None
     for name in CLIENT_FOLDER_SETTINGS:
         if name in changes:
-            problem = access.folder_setting_error(name, changes[name], before[name], current.data_dir)
+            problem = access.folder_setting_error(changes[name], before[name], current.data_dir)
             if problem:
                 raise _error(name, f"{problem}; got {changes[name]!r}")
     _check_behaviour(new, changes)
