@@ -52,6 +52,23 @@ def data_dir(tmp_path, tiny_models_dir) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def bundled_services(tmp_path_factory):
+    """Services on a data folder holding only the shipped model (and its .yaml), one per test module."""
+    from modules.config import load_settings
+    from modules.services import build_services
+
+    bundled = Path(__file__).resolve().parent.parent / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
+    data = tmp_path_factory.mktemp("bundled")
+    folder = data / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    for src in (bundled, bundled.with_suffix(".yaml")):
+        shutil.copy(src, folder / src.name)
+    s = build_services(load_settings(data, {"show_progress_every_n_steps": 0}))
+    yield s
+    s.close()
+
+
 @pytest.fixture
 def services(data_dir):
     from modules.config import load_settings

@@ -7,16 +7,13 @@ prompt. (Shape is right about 3 times in 4, see the README's table, so it is not
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bundled.detect import detect
 from modules.checkpoints import CheckpointRegistry, HashCache
-from modules.config import load_settings
 from modules.schemas import Txt2ImgRequest
-from modules.services import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
@@ -41,15 +38,8 @@ def caption(color: str, shape: str, position: str, background: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    data = tmp_path_factory.mktemp("bundled")
-    folder = data / "models" / "Stable-diffusion"
-    folder.mkdir(parents=True)
-    for src in (BUNDLED, BUNDLED.with_suffix(".yaml")):
-        shutil.copy(src, folder / src.name)
-    s = build_services(load_settings(data, {"show_progress_every_n_steps": 0}))
-    yield s
-    s.close()
+def services(bundled_services):
+    return bundled_services
 
 
 def test_shipped_file_is_small_and_the_default(tmp_path):

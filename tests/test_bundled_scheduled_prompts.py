@@ -6,15 +6,12 @@ keeps it red, ``[red:blue:0.1]`` (blue after the first 10%) makes it blue.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bundled.detect import detect
-from modules.config import load_settings
 from modules.schemas import Txt2ImgRequest
-from modules.services import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
@@ -22,15 +19,8 @@ SEEDS = range(3000, 3030)
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    data = tmp_path_factory.mktemp("bundled")
-    folder = data / "models" / "Stable-diffusion"
-    folder.mkdir(parents=True)
-    for src in (BUNDLED, BUNDLED.with_suffix(".yaml")):
-        shutil.copy(src, folder / src.name)
-    s = build_services(load_settings(data, {"show_progress_every_n_steps": 0}))
-    yield s
-    s.close()
+def services(bundled_services):
+    return bundled_services
 
 
 @pytest.mark.slow  # 60 images of 20 steps
