@@ -19,6 +19,8 @@ ending at 0", the function's docstring says so:
   e.g. 30 steps give 31 levels. Count steps as ``len(sigmas) - 1``.
 * Align Your Steps reproduces its 10-step table verbatim at ``steps=11`` (A1111 compares the
   step count with the table's length, 11) and interpolates it for every other count, 10 included.
+  One deliberate deviation: at ``steps=1`` A1111 gives [0.029, 0] (a blank image); this gives
+  [14.615, 0].
 * Simple repeats levels above 1000 steps (A1111 too).
 
 Automatic is not a function: it means the sampler's own default schedule (Karras for DPM++ 2M,
