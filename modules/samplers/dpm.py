@@ -106,8 +106,7 @@ def sample_dpmpp_sde(
     callback: StepCallback | None,
     noise: NoiseSource,
 ) -> torch.Tensor:
-    """DPM-Solver++ SDE, the two-stage stochastic solver with its midpoint at r = 1/2 of each step in
-    lambda (Lu et al. 2022, "DPM-Solver++"; k-diffusion's DPM++ SDE)."""
+    """DPM-Solver++ SDE: two stages a step, the first to r = 1/2 of it in lambda (Lu et al. 2022, "DPM-Solver++")."""
     r = 0.5
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -209,8 +208,7 @@ def sample_dpmpp_3m_sde(
     callback: StepCallback | None,
     noise: NoiseSource,
 ) -> torch.Tensor:
-    """DPM-Solver++(3M) SDE, third-order multistep (Lu et al. 2022, "DPM-Solver++"; SDE form after
-    Gonzalez et al. 2023, "SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling")."""
+    """DPM-Solver++(3M) SDE, third-order multistep (Lu et al. 2022, "DPM-Solver++"; Gonzalez et al. 2023, "SEEDS")."""
     eta = options.eta
     denoised_1: torch.Tensor | None = None  # the previous step's estimate
     denoised_2: torch.Tensor | None = None  # the one before
