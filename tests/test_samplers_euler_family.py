@@ -33,7 +33,7 @@ def karras(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MA
 
 
 class SeededNoise:
-    """One generator for the whole batch (fast for 20000 scalars); counts its calls and refuses none."""
+    """One generator for the whole batch (fast for 20000 scalars); records the levels of every call."""
 
     def __init__(self, like: torch.Tensor, seed: int) -> None:
         self.shape, self.dtype = like.shape, like.dtype
@@ -116,12 +116,12 @@ BATCH = 20000
 MEAN_TOLERANCE = 0.03  # ~5 standard errors (s / sqrt(BATCH) = 0.0057)
 VARIANCE_TOLERANCE = 0.06  # on var / s^2: 0.04 statistical (4 standard errors of sqrt(2 / BATCH)) + <= 0.02 bias
 
-# First-order samplers get 400 steps: their variance is biased by about 7/steps (Euler a: 0.966
-# at 200 steps, 0.982 at 400 by the exact variance recursion); second-order ones 40.
+# First-order samplers get 800 steps: their variance is biased by about 7/steps (Euler a: 0.966
+# at 200 steps, 0.982 at 400, 0.99 at 800 by the exact variance recursion); second-order ones 40.
 STOCHASTIC = [
-    ("Euler a", euler.sample_euler_ancestral, SamplerOptions(), 400),
-    ("DDIM eta 1", timestep.sample_ddim, SamplerOptions(eta=1.0), 400),
-    ("Euler churn", euler.sample_euler, SamplerOptions(s_churn=10.0), 400),
+    ("Euler a", euler.sample_euler_ancestral, SamplerOptions(), 800),
+    ("DDIM eta 1", timestep.sample_ddim, SamplerOptions(eta=1.0), 800),
+    ("Euler churn", euler.sample_euler, SamplerOptions(s_churn=10.0), 800),
     ("DPM2 a", euler.sample_dpm_2_ancestral, SamplerOptions(), 40),
     ("Restart", euler.sample_restart, SamplerOptions(), 40),
 ]
@@ -199,15 +199,20 @@ DIFFUSERS_TOLERANCE = 1e-5  # max |ours - diffusers| / max |diffusers|, both in 
 
 class EpsModel:
     """A UNet stand-in: eps(x_vp, t) from the Gaussian denoiser, where x_vp = x / sqrt(1 + sigma^2)
-    and sigma(t) = sqrt((1 - a_t) / a_t), linearly interpolated for fractional t as diffusers does."""
+    and sigma(t) = sqrt((1 - a_t) / a_t), interpolated for fractional t as the scheduler does: linearly
+    in sigma (its sigmas of timesteps), or in log sigma (KDPM2's timesteps of its midpoint sigmas)."""
 
-    def __init__(self, scheduler) -> None:
+    def __init__(self, scheduler, log_sigma: bool = False) -> None:
         alphas = scheduler.alphas_cumprod.double().numpy()
         self.train_sigmas = ((1 - alphas) / alphas) ** 0.5
+        self.log_sigma = log_sigma
         self.denoiser = GaussianDenoiser()
 
     def sigma(self, t) -> float:
-        return float(np.interp(float(t), np.arange(len(self.train_sigmas)), self.train_sigmas))
+        steps = np.arange(len(self.train_sigmas))
+        if self.log_sigma:
+            return float(np.exp(np.interp(float(t), steps, np.log(self.train_sigmas))))
+        return float(np.interp(float(t), steps, self.train_sigmas))
 
     def __call__(self, x_vp: torch.Tensor, t) -> torch.Tensor:
         sigma = self.sigma(t)
@@ -215,9 +220,10 @@ class EpsModel:
         return (x - self.denoiser(x, torch.tensor(sigma, dtype=torch.float64))) / sigma
 
 
-def run_k_scheduler(scheduler, x: torch.Tensor, generator: torch.Generator | None, **step_kwargs) -> torch.Tensor:
+def run_k_scheduler(
+    scheduler, model: EpsModel, x: torch.Tensor, generator: torch.Generator | None, **step_kwargs
+) -> torch.Tensor:
     """A diffusers k-style scheduler (latents x = x0 + sigma * n, scale_model_input before the model)."""
-    model = EpsModel(scheduler)
     if generator is not None:
         step_kwargs["generator"] = generator
     sample = x.clone()
@@ -248,24 +254,29 @@ def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
+# name, function, diffusers class, its step() arguments, ancestral (same noise fed), KDPM2's log-sigma timesteps
 K_TWINS = [
-    ("Euler", euler.sample_euler, "EulerDiscreteScheduler", {}, False),
-    ("Euler a", euler.sample_euler_ancestral, "EulerAncestralDiscreteScheduler", {}, True),
-    ("Heun", euler.sample_heun, "HeunDiscreteScheduler", {}, False),
-    ("LMS", euler.sample_lms, "LMSDiscreteScheduler", {"order": 4}, False),
+    ("Euler", euler.sample_euler, "EulerDiscreteScheduler", {}, False, False),
+    ("Euler a", euler.sample_euler_ancestral, "EulerAncestralDiscreteScheduler", {}, True, False),
+    ("Heun", euler.sample_heun, "HeunDiscreteScheduler", {}, False, False),
+    ("LMS", euler.sample_lms, "LMSDiscreteScheduler", {"order": 4}, False, False),
+    ("DPM2", euler.sample_dpm_2, "KDPM2DiscreteScheduler", {}, False, True),
+    ("DPM2 a", euler.sample_dpm_2_ancestral, "KDPM2AncestralDiscreteScheduler", {}, True, True),
 ]
 
 
-@pytest.mark.parametrize(("name", "fn", "cls", "step_kwargs", "ancestral"), K_TWINS, ids=[k[0] for k in K_TWINS])
-def test_matches_diffusers_k_schedulers(name, fn, cls, step_kwargs, ancestral):
-    scheduler = getattr(diffusers, cls).from_config(SD_SCHEDULER_CONFIG)
+@pytest.mark.parametrize(("name", "fn", "cls", "step_kwargs", "ancestral", "log_sigma"), K_TWINS, ids=[k[0] for k in K_TWINS])
+def test_matches_diffusers_k_schedulers(name, fn, cls, step_kwargs, ancestral, log_sigma):
+    """Our function on the scheduler's own sigmas (without the repeats of Heun's and KDPM2's inner
+    levels). SD's "leading" spacing keeps the main timesteps whole, where both interpolations agree."""
+    scheduler = getattr(diffusers, cls).from_config({**SD_SCHEDULER_CONFIG, "timestep_spacing": "leading"})
     scheduler.set_timesteps(DIFFUSERS_STEPS)
-    sigmas = torch.unique_consecutive(scheduler.sigmas)  # Heun repeats its inner levels
+    sigmas = torch.unique_consecutive(scheduler.sigmas)
     assert len(sigmas) == DIFFUSERS_STEPS + 1 and sigmas[-1] == 0
     den = GaussianDenoiser()
     x = start_latents(ELEMENTS, den, float(sigmas[0]), dtype=torch.float32)
     generator = torch.Generator().manual_seed(5) if ancestral else None
-    theirs = run_k_scheduler(scheduler, x, generator, **step_kwargs)
+    theirs = run_k_scheduler(scheduler, EpsModel(scheduler, log_sigma), x, generator, **step_kwargs)
     noise = SeededNoise(x, seed=5)  # the same stream: diffusers draws randn(shape, generator) once a step
     ours = fn(den, x, sigmas, SamplerOptions(), None, noise)
     assert bool(noise.calls) == ancestral
