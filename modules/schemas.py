@@ -156,6 +156,12 @@ class GenerationRequest(RequestModel):
     sampler_name: str | None = Field(None, description="None: the default sampler from the settings")
     sampler_index: str | None = Field(None, description="old name of sampler_name, still accepted")
     scheduler: str | None = Field(None, description="schedule type: Automatic, Uniform, Karras, ...")
+    eta: float | None = Field(None, ge=0.0, le=10.0, description="noise amount of ancestral, SDE and DDIM"
+                              " samplers; None: the setting (eta_ancestral, or eta_ddim for DDIM)")
+    s_churn: float | None = Field(None, ge=0.0, le=100.0, description="Karras' churn (Euler, Heun, DPM2); None: the setting")
+    s_tmin: float | None = Field(None, ge=0.0, le=1000.0, description="churn from this sigma up; None: the setting")
+    s_tmax: float | None = Field(None, ge=0.0, le=1000.0, description="churn up to this sigma (0: no bound); None: the setting")
+    s_noise: float | None = Field(None, ge=0.0, le=10.0, description="scale of added noise; None: the setting")
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=100, description="batch count")
     steps: int = Field(20, ge=1, le=150)

@@ -64,8 +64,7 @@ class Lenient:
 # default is named in info.warnings)
 IGNORED_FIELDS = {
     "restore_faces": "no face restorer is installed",
-    "eta": "not implemented", "s_min_uncond": "not implemented", "s_churn": "not implemented",
-    "s_tmax": "not implemented", "s_tmin": "not implemented", "s_noise": "not implemented",
+    "s_min_uncond": "not implemented",
     "refiner_checkpoint": "the refiner is not implemented", "refiner_switch_at": "the refiner is not implemented",
     "disable_extra_networks": "not implemented", "firstpass_image": "not implemented",
     "firstphase_width": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",

@@ -20,6 +20,7 @@ from modules.images import ImageSaveError
 from modules.jobs import JobCancelled
 from modules.processing import sampling
 from modules.processing.context import RunContext
+from modules.samplers.schedules import ModelSigmas
 from modules.schemas import GenerationRequest, RequestError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def plan_batch(req: GenerationRequest, ctx: RunContext, rng: random.Random | Non
     settings = ctx.settings
     try:
         sampler_name, schedule = samplers.resolve(req.effective_sampler(settings.default_sampler), req.scheduler)
+        schedule = samplers.effective_schedule_type(sampler_name, schedule)  # what runs, for the infotext
     except ValueError as err:
         raise RequestError(f"sampler_name: {err}") from None
     native = ctx.model.native_size
@@ -91,8 +93,8 @@ def step_hook(
     """The core's per-call hook for a pass of ``steps`` at ``strength``: cancel, skip, progress
     and, every ``show_progress_every_n_steps`` calls, a preview.
 
-    Progress counts the user's sampling steps that run; second-order samplers (Heun, DPM2) evaluate
-    the model about twice per step, so their model calls are scaled down to steps.
+    Progress counts the user's sampling steps that run (the sampler reports each step once,
+    however many model calls it takes).
     """
     skipped = steps - sampling.steps_that_run(steps, strength)
     preview_every = ctx.settings.show_progress_every_n_steps
@@ -123,10 +125,38 @@ def decode_preview(pipe, latents: torch.Tensor):
     return Image.fromarray(arr)
 
 
-def scheduler_for(ctx: RunContext, plan: BatchPlan, seed: int | None = None):
-    """A fresh scheduler for one batch iteration; ``seed`` seeds the noise of SDE samplers
-    (DPM++ SDE draws its Brownian noise itself, not from the pipeline's generators)."""
-    return samplers.make_scheduler(ctx.model.pipe.scheduler.config, plan.sampler_name, plan.scheduler, seed=seed)
+def sampler_settings(ctx: RunContext, req: GenerationRequest) -> samplers.SamplerSettings:
+    """A1111's sampler parameters: the settings, with the request's ``eta`` and ``s_*`` fields over them."""
+    s = ctx.settings
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return samplers.SamplerSettings(
+        eta_ancestral=pick(req.eta, s.eta_ancestral), eta_ddim=pick(req.eta, s.eta_ddim),
+        s_churn=pick(req.s_churn, s.s_churn), s_tmin=pick(req.s_tmin, s.s_tmin), s_tmax=pick(req.s_tmax, s.s_tmax),
+        s_noise=pick(req.s_noise, s.s_noise), sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho,
+        always_discard_next_to_last_sigma=s.always_discard_next_to_last_sigma,
+        sgm_noise_multiplier=s.sgm_noise_multiplier, uni_pc_order=s.uni_pc_order,
+        eta_noise_seed_delta=s.eta_noise_seed_delta,
+    )
+
+
+def model_sigmas(pipe) -> ModelSigmas:
+    """The model's noise levels, from its scheduler config (betas, zero-terminal SNR)."""
+    return ModelSigmas.from_config(pipe.scheduler.config)
+
+
+def prediction_type(pipe) -> str:
+    """What the model's UNet predicts: "epsilon" or "v_prediction"."""
+    return pipe.scheduler.config.get("prediction_type", "epsilon")
+
+
+def sampler_for(ctx: RunContext, req: GenerationRequest, sampler_name: str, scheduler: str, steps: int,
+                batch_seeds: list[int]) -> samplers.SamplerRun:
+    """The sampler of one batch iteration: schedule for ``steps``, step noise from the image seeds."""
+    return samplers.prepare(sampler_name, scheduler, model_sigmas(ctx.model.pipe), steps, batch_seeds,
+                            sampler_settings(ctx, req), sdxl=ctx.model.is_sdxl)
 
 
 def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: int, subseed: int) -> dict[str, Any]:
@@ -141,6 +171,7 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         "Model hash": ctx.model.short_hash,
         "Model": ctx.model.info.model_name,
     }
+    params.update(samplers.infotext_params(plan.sampler_name, plan.scheduler, sampler_settings(ctx, req)))
     if ctx.model.vae_name:
         params["VAE hash"] = ctx.model.vae_hash
         params["VAE"] = ctx.model.vae_name

@@ -2,7 +2,7 @@
 
 1. ``<lora:...>`` tags come out of the text and the job's embeddings are found (``ctx.networks``);
 2. the positive prompt is split at ``AND`` into weighted parts; each part and the negative prompt
-   are scheduled over the pass's denoiser calls (``modules.prompt_schedule``: ``[from:to:when]``,
+   are scheduled over the pass's sampling steps (``modules.prompt_schedule``: ``[from:to:when]``,
    ``[a|b]``), as A1111 does;
 3. every distinct text is encoded once: SD 1.x / 2.x with A1111's weighting (``modules.prompts``),
    all padded with empty chunks to the longest; SDXL through the pipeline's own two-encoder
@@ -23,18 +23,12 @@ from modules.processing.context import RunContext
 from modules.schemas import RequestError
 
 
-def schedule_length(steps: int, scheduler) -> int:
-    """How many denoiser calls A1111 schedules prompts over: ``steps`` times the sampler's model
-    calls per step (2 for Heun, DPM2 and DPM++ SDE, as A1111's second-order samplers)."""
-    return steps * max(1, int(getattr(scheduler, "order", 1)))
-
-
 def encode(
     ctx: RunContext, prompt: str, negative: str, clip_skip: int, steps: int, base_steps: int | None = None
 ) -> sampling.Conditioning:
-    """The conditioning of ``prompt`` / ``negative`` over a pass of ``steps`` denoiser calls.
+    """The conditioning of ``prompt`` / ``negative`` over a pass of ``steps`` sampling steps.
 
-    ``base_steps``: the first pass's calls, when this is the hires fix's second pass (A1111 counts
+    ``base_steps``: the first pass's steps, when this is the hires fix's second pass (A1111 counts
     edit steps on from the first pass there).
     """
     embeddings = None

@@ -90,7 +90,7 @@ def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
 
 
 def conditioning(
-    req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning, first_calls: int, hp: HiresPlan
+    req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning, first_steps: int, hp: HiresPlan
 ) -> sampling.Conditioning:
     """The second pass's prompts: hr_prompt / hr_negative_prompt where given, scheduled as A1111
     schedules the hires pass (edit steps counted on from the first pass); the first pass's
@@ -99,10 +99,8 @@ def conditioning(
     same = (prompt, negative) == (req.prompt, req.negative_prompt)
     if same and prompt_schedule.is_static(prompt) and prompt_schedule.is_static(negative):
         return first
-    scheduler = samplers.make_scheduler(ctx.model.pipe.scheduler.config, hp.sampler_name, hp.scheduler)
-    calls = prompt_conditioning.schedule_length(hp.steps, scheduler)
     with torch.no_grad():
-        return prompt_conditioning.encode(ctx, prompt, negative, req.clip_skip, calls, base_steps=first_calls)
+        return prompt_conditioning.encode(ctx, prompt, negative, req.clip_skip, hp.steps, base_steps=first_steps)
 
 
 def second_pass(
@@ -139,7 +137,9 @@ def second_pass(
     noise = seeds.create_noise((latents.shape[1], lh, lw), batch_seeds, batch_subseeds, req.subseed_strength)
     out = sampling.sample(sampling.SamplingInput(
         unet=pipe.unet,
-        scheduler=samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler, seed=batch_seeds[0]),
+        sampler=common.sampler_for(ctx, req, hp.sampler_name, hp.scheduler, hp.steps, batch_seeds),
+        model_sigmas=common.model_sigmas(pipe),
+        prediction_type=common.prediction_type(pipe),
         device=pipe._execution_device,
         conditioning=cond,
         noise=noise,
@@ -149,7 +149,6 @@ def second_pass(
         init_latents=init,
         control=control,
         size_condition=(hp.height, hp.width) if ctx.model.is_sdxl else None,
-        generators=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
     ))
     return common.decode_latents(pipe, out, upcast=ctx.model.is_sdxl)

@@ -168,9 +168,8 @@ def generate(
     pipe = ctx.model.pipe
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
     extra_params = {**extra_params, **controlnet.infotext_params(units)}
-    calls = conditioning.schedule_length(req.steps, common.scheduler_for(ctx, plan))
     with torch.no_grad():
-        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, calls)
+        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
     run_steps = sampling.steps_that_run(req.steps, req.denoising_strength)
     total = run_steps * req.n_iter
     ctx.progress.update(0, total)
@@ -238,7 +237,9 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         extra = torch.cat([inpaint_channels(pipe, p.image, p.mask, (lh, lw)) for p in batch]).to(device, dtype)
     latents = sampling.sample(sampling.SamplingInput(
         unet=pipe.unet,
-        scheduler=common.scheduler_for(ctx, plan, batch_seeds[0]),
+        sampler=common.sampler_for(ctx, req, plan.sampler_name, plan.scheduler, req.steps, batch_seeds),
+        model_sigmas=common.model_sigmas(pipe),
+        prediction_type=common.prediction_type(pipe),
         device=device,
         conditioning=cond,
         noise=noise,
@@ -249,7 +250,6 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         mask=None if nine else blend,
         inpaint_channels=extra,
         control=control,
-        generators=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
     ))
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

@@ -3,33 +3,35 @@
 txt2img, img2img, inpainting, outpainting, the hires fix's second pass, ControlNet and the
 training sample images all describe their run as one typed ``SamplingInput`` and call ``sample``:
 
-1. the sampler (a fresh diffusers scheduler from ``modules.samplers``) sets its timesteps; with
-   ``strength`` < 1 only the last ``int(steps * strength)`` steps run (diffusers' and A1111's
-   rule), from the init latents noised to that level; at strength 1 from the noise alone;
-2. at every step the ``Denoiser`` turns the latents into the model's guided prediction: the
-   prompts' embeddings in force at that call (``Conditioning``: scheduled prompts, ``AND`` parts
-   with weights), classifier-free guidance as A1111 combines it, ControlNet residuals, a
-   9-channel inpainting UNet's extra channels, SDXL's pooled text and size conditioning;
-3. the sampler steps; with a ``mask`` the area outside it is put back to the init latents,
-   noised to the level of the next step (inpainting with an ordinary checkpoint);
-4. ``on_step`` hears of every model call (progress, preview, skip and cancel live there).
+1. the sampler (a ``samplers.SamplerRun``: function, options, sigma schedule, seeded noise) gives
+   the levels; with ``strength`` < 1 only the last ``int(steps * strength)`` steps run
+   (diffusers' rule), from the init latents noised to that level; at strength 1 from the noise;
+2. the ``ModelDenoiser`` turns the UNet into D(x, sigma), k-diffusion's denoiser: the guided
+   prediction (``GuidedModel``: the prompts' embeddings in force at that step (``Conditioning``:
+   scheduled prompts, ``AND`` parts with weights), classifier-free guidance as A1111 combines
+   it, ControlNet residuals, a 9-channel inpainting UNet's extra channels, SDXL's pooled text
+   and size conditioning) turned into a clean-latents estimate for epsilon or v models, and,
+   with a ``mask``, the kept area's estimate set to the init latents;
+3. the sampler function walks the schedule (``modules.samplers``); the kept area is put back
+   exactly at the end;
+4. ``on_step`` hears of every step (progress, preview, skip and cancel live there).
 
-The core is sampler-neutral: it asks the scheduler only for ``set_timesteps``, ``timesteps``,
-``order``, ``init_noise_sigma``, ``scale_model_input``, ``add_noise`` and ``step``. The model's
-parametrization (epsilon or v-prediction) is in the scheduler's config, which ``make_scheduler``
-takes from the model, so the denoiser hands the scheduler the UNet's raw (guided) output.
+The core is sampler-neutral: every sampler is a function of the denoiser, the latents, the
+sigmas, its options, a callback and a noise source.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from modules.prompt_schedule import entry_at
+from modules.samplers import SamplerRun
+from modules.samplers.base import StepInfo
+from modules.samplers.schedules import ModelSigmas
 
 
 class ControlResiduals(Protocol):
@@ -40,7 +42,8 @@ class ControlResiduals(Protocol):
                  uncond_rows: int) -> tuple[list[torch.Tensor], torch.Tensor] | None: ...
 
 
-# on_step(index, calls, latents): the model call ``index`` of the full schedule's ``calls`` is done.
+# on_step(index, steps, denoised): step ``index`` of the full schedule's ``steps`` is done; ``denoised``
+# is its estimate of the clean latents (for previews).
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 ALWAYS = 2**31  # the end of a schedule entry that never ends
@@ -56,14 +59,14 @@ class TextEmbedding:
 
 @dataclass(frozen=True)
 class PromptSchedule:
-    """One prompt over the run: ``(end_at_call, embedding)`` entries in order, A1111's
+    """One prompt over the run: ``(end_at_step, embedding)`` entries in order, A1111's
     ``ScheduledPromptConditioning``; a prompt without edits has a single entry."""
 
     entries: tuple[tuple[int, TextEmbedding], ...]
 
-    def at(self, call: int) -> TextEmbedding:
-        """The embedding in force at denoiser call ``call`` (from 0 among the calls that run)."""
-        return self.entries[entry_at(self.entries, call)][1]
+    def at(self, step: int) -> TextEmbedding:
+        """The embedding in force at ``step`` (from 0 among the steps that run)."""
+        return self.entries[entry_at(self.entries, step)][1]
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,9 @@ class Conditioning:
         """Several ``AND`` parts, or one weighted: the unconditional prediction is needed at any CFG scale."""
         return len(self.parts) != 1 or self.parts[0][1] != 1.0
 
-    def at(self, call: int) -> tuple[list[tuple[TextEmbedding, float]], TextEmbedding]:
-        """The parts' embeddings with their weights, and the negative one, at denoiser call ``call``."""
-        return [(schedule.at(call), weight) for schedule, weight in self.parts], self.uncond.at(call)
+    def at(self, step: int) -> tuple[list[tuple[TextEmbedding, float]], TextEmbedding]:
+        """The parts' embeddings with their weights, and the negative one, at ``step``."""
+        return [(schedule.at(step), weight) for schedule, weight in self.parts], self.uncond.at(step)
 
 
 @dataclass
@@ -97,19 +100,20 @@ class SamplingInput:
     """Everything one run of the core needs; the modes build it, ``sample`` consumes it."""
 
     unet: Any  # a diffusers UNet2DConditionModel (or anything called like one)
-    scheduler: Any  # a fresh scheduler from ``samplers.make_scheduler``; the run sets its timesteps
+    sampler: SamplerRun  # from ``samplers.prepare``: the function, its options, the schedule, its noise
+    model_sigmas: ModelSigmas  # the model's noise levels (sigma <-> timestep)
     device: torch.device  # where the UNet computes (the pipeline's execution device)
     conditioning: Conditioning
-    noise: torch.Tensor  # (batch, channels, h, w): the seeded noise
-    steps: int  # the schedule's length, as the user asked
+    noise: torch.Tensor  # (batch, channels, h, w): the seeded unit noise
+    steps: int  # the steps the user asked for (the schedule is ``sampler.sigmas``)
     cfg_scale: float
+    prediction_type: str = "epsilon"  # the model's parametrization: "epsilon" or "v_prediction"
     strength: float = 1.0  # 1: from noise alone; less: from ``init_latents``, the last int(steps * strength) steps
     init_latents: torch.Tensor | None = None  # (batch, channels, h, w); None: txt2img
     mask: torch.Tensor | None = None  # (batch, 1, h, w), 1 = repaint: the rest is kept from init_latents
     inpaint_channels: torch.Tensor | None = None  # (batch, 5, h, w): a 9-channel UNet's mask + masked-image latents
     control: ControlResiduals | None = None
     size_condition: tuple[int, int] | None = None  # SDXL: (height, width) in pixels, original and target size
-    generators: list[torch.Generator] = field(default_factory=list)  # per image, for samplers that draw noise
     on_step: StepCallback | None = None
 
     @property
@@ -129,8 +133,9 @@ def sdxl_time_ids(height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype)
 
 
-class Denoiser:
-    """The model as the sampler sees it: scaled latents and a timestep in, guided prediction out.
+class GuidedModel:
+    """The UNet with classifier-free guidance: scaled latents and a timestep in, the guided raw
+    output (noise or v) out, and the unconditional one.
 
     One UNet batch per call: the unconditional rows, then each ``AND`` part's rows (unguided:
     the prompt's rows alone). The result is A1111's combination (``combine_denoised``),
@@ -141,7 +146,7 @@ class Denoiser:
 
     def __init__(self, inp: SamplingInput) -> None:
         self.unet = inp.unet
-        self.cfg_scale = inp.cfg_scale
+        self.cfg_scale = inp.cfg_scale / inp.sampler.sampler.cfg_divisor
         self.guided = inp.guided
         self.control = inp.control
         self.conditioning = inp.conditioning
@@ -154,9 +159,9 @@ class Denoiser:
         self.added: dict[str, torch.Tensor] | None = None
         self.weights: list[float] = []
 
-    def _build(self, call: int) -> int:
-        """The UNet batch's text conditioning for ``call`` (rebuilt only when the schedule moves); its row count."""
-        parts, uncond = self.conditioning.at(call)
+    def _build(self, step: int) -> int:
+        """The UNet batch's text conditioning for ``step`` (rebuilt only when the schedule moves); its row count."""
+        parts, uncond = self.conditioning.at(step)
         rows = [uncond, *(embedding for embedding, _ in parts)] if self.guided else [parts[0][0]]
         key = tuple(id(row) for row in rows)
         if key != self._rows:
@@ -173,10 +178,11 @@ class Denoiser:
             self._rows = key
         return len(rows)
 
-    def __call__(self, latents: torch.Tensor, t: Any, step: int, total: int) -> torch.Tensor:
-        """The guided prediction for ``latents`` (already scaled by the sampler) at timestep ``t``;
-        ``step`` of ``total`` is the call's place among the calls that run (prompt schedules,
-        ControlNet windows)."""
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int,
+                 total: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(guided output, unconditional output or None) for ``latents`` (already scaled) at
+        timestep ``t``; ``step`` of ``total`` is the place among the steps that run (prompt
+        schedules, ControlNet windows)."""
         count = self._build(step)
         model_in = torch.cat([latents] * count) if count > 1 else latents
         kwargs: dict[str, Any] = {}
@@ -191,51 +197,92 @@ class Denoiser:
             model_in = torch.cat([model_in, torch.cat([self.extra] * count) if count > 1 else self.extra], dim=1)
         pred = self.unet(model_in, t, encoder_hidden_states=self.embeds, **kwargs).sample
         if not self.guided:
-            return pred
+            return pred, None
         uncond_pred, *cond_preds = pred.chunk(count)
         out = uncond_pred
         for cond_pred, weight in zip(cond_preds, self.weights, strict=True):
             out = out + (cond_pred - uncond_pred) * (weight * self.cfg_scale)
-        return out
+        return out, uncond_pred
 
 
-def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
-    """The per-image generators, for schedulers whose ``step`` draws noise."""
-    accepted = inspect.signature(scheduler.step).parameters
-    return {"generator": generators} if "generator" in accepted and generators else {}
+class ModelDenoiser:
+    """``D(x, sigma)`` for the samplers (``samplers.base.Denoiser``): the guided model in
+    k-diffusion's terms (Karras et al. 2022, the VP model as a denoiser).
+
+    ``x`` lives at noise level sigma (x = x0 + sigma * n, float32); the UNet sees
+    ``x / sqrt(sigma^2 + 1)`` at the timestep whose level is sigma. An epsilon model's output n
+    gives ``x - sigma * n``; a v model's gives ``x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)``.
+    With a mask (inpainting with an ordinary checkpoint) the kept area's estimate is the init
+    latents, as A1111's denoiser does, so every sampler walks it back to the picture.
+    """
+
+    def __init__(self, model: GuidedModel, inp: SamplingInput, sigmas: torch.Tensor,
+                 init: torch.Tensor | None, mask: torch.Tensor | None) -> None:
+        self.model, self.model_sigmas, self.prediction = model, inp.model_sigmas, inp.prediction_type
+        if self.prediction not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction type {self.prediction!r} is not supported (epsilon or v_prediction)")
+        self.levels = sigmas[1:].double()  # the steps' end levels: a sigma's step is how many it lies under
+        self.total = len(sigmas) - 1
+        self.init, self.mask = init, mask
+        self._uncond: torch.Tensor | None = None
+
+    @property
+    def uncond(self) -> torch.Tensor | None:
+        return self._uncond
+
+    def step_of(self, sigma: torch.Tensor) -> int:
+        """The step (from 0 among those that run) a level belongs to: a step's own level and the
+        levels inside it map to it; its end level maps to the next one."""
+        return min(int((self.levels >= float(sigma) * (1 - 1e-6)).sum()), self.total - 1)
+
+    def _denoised(self, x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        out = out.float()
+        if self.prediction == "epsilon":
+            d = x - sigma * out
+        else:
+            d = x / (sigma**2 + 1) - out * sigma / torch.sqrt(sigma**2 + 1)
+        if self.mask is not None:
+            d = self.init * (1 - self.mask) + d * self.mask
+        return d
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.float()
+        scaled = (x / torch.sqrt(sigma**2 + 1)).to(self.model.dtype)
+        t = self.model_sigmas.sigma_to_t(sigma.cpu()).to(x.device)
+        out, uncond = self.model(scaled, t, self.step_of(sigma), self.total)
+        self._uncond = self._denoised(x, sigma, uncond) if uncond is not None else None
+        return self._denoised(x, sigma, out)
 
 
 @torch.no_grad()
 def sample(inp: SamplingInput) -> torch.Tensor:
     """Run the sampler over the schedule and return the final latents (see the module docstring)."""
-    scheduler = inp.scheduler
-    device, dtype = inp.device, inp.unet.dtype
-    # 1. the schedule, and where on it this run starts
-    scheduler.set_timesteps(inp.steps, device=device)
-    run = steps_that_run(inp.steps, inp.strength)
-    start = (inp.steps - run) * scheduler.order
-    timesteps = scheduler.timesteps[start:]
-    calls = len(scheduler.timesteps)
-    if start and hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    noise = inp.noise.to(device, dtype)
-    batch = noise.shape[0]
-    init = inp.init_latents.to(device, dtype) if inp.init_latents is not None else None
-    if init is None or run == inp.steps:
-        latents = noise * scheduler.init_noise_sigma
+    device = inp.device
+    # 1. the schedule, and where on it this run starts (its length is the steps asked for, except
+    #    where a schedule rounds as A1111's does: DDIM's timestep stride)
+    full = inp.sampler.sigmas.to(device)
+    length = len(full) - 1
+    run = steps_that_run(length, inp.strength)
+    start = length - run
+    sigmas = full[start:]
+    noise = inp.noise.to(device, torch.float32)
+    init = inp.init_latents.to(device, torch.float32) if inp.init_latents is not None else None
+    if run == 0:
+        return init if init is not None else noise
+    if init is None or run == length:
+        x = noise * inp.sampler.initial_scale(sigmas[0])
     else:
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
-    mask = inp.mask.to(device, dtype) if inp.mask is not None and init is not None else None
-    denoiser = Denoiser(inp)
-    extra = _step_kwargs(scheduler, inp.generators)
-    for i, t in enumerate(timesteps):
-        # 2. the guided prediction, 3. the sampler's step (and the kept area put back)
-        pred = denoiser(scheduler.scale_model_input(latents, t), t, i, len(timesteps))
-        latents = scheduler.step(pred, t, latents, **extra).prev_sample
-        if mask is not None:
-            keep = scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2].repeat(batch)) if i + 1 < len(timesteps) else init
-            latents = mask * latents + (1 - mask) * keep
-        # 4. progress, preview, skip, cancel
+        x = init + noise * sigmas[0]
+    mask = inp.mask.to(device, torch.float32) if inp.mask is not None and init is not None else None
+    # 2. the model as a denoiser; 3. the sampler walks the schedule
+    denoiser = ModelDenoiser(GuidedModel(inp), inp, sigmas, init, mask)
+
+    def callback(info: StepInfo) -> None:  # 4. progress, preview, skip, cancel
         if inp.on_step is not None:
-            inp.on_step(start + i, calls, latents)
-    return latents
+            inp.on_step(start + info.i, length, info.denoised)
+
+    x = inp.sampler.function(denoiser, x, sigmas, inp.sampler.options, callback,
+                             inp.sampler.noise_source(x, sigmas))
+    if mask is not None:  # the kept area exactly as it was
+        x = init * (1 - mask) + x * mask
+    return x.to(inp.unet.dtype)

@@ -24,11 +24,10 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     hp = hires.plan_hires(req, ctx, plan) if req.enable_hr else None
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height)
     pipe = ctx.model.pipe
-    # 2. prompts to embeddings, each distinct text once for the whole request, scheduled over the denoiser calls
-    calls = conditioning.schedule_length(req.steps, common.scheduler_for(ctx, plan))
+    # 2. prompts to embeddings, each distinct text once for the whole request, scheduled over the steps
     with torch.no_grad():
-        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, calls)
-        hr_cond = hires.conditioning(req, ctx, cond, calls, hp) if hp else None
+        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
+        hr_cond = hires.conditioning(req, ctx, cond, req.steps, hp) if hp else None
     per_iteration = req.steps + (hires.pass_steps(req, hp) if hp else 0)
     total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
@@ -42,7 +41,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             # 4. seeded noise on the CPU, one draw per image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
-            # 5. denoise and decode, with a fresh sampler built from the model's own scheduler config
+            # 5. denoise and decode (the sampler's step noise seeded from the image seeds)
             try:
                 latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control)
                 if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
@@ -73,10 +72,11 @@ def first_pass(
 ) -> torch.Tensor:
     """One iteration's sampling from noise (strength 1) through the core; returns the latents."""
     pipe = ctx.model.pipe
-    generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
     return sampling.sample(sampling.SamplingInput(
         unet=pipe.unet,
-        scheduler=common.scheduler_for(ctx, plan, batch_seeds[0]),
+        sampler=common.sampler_for(ctx, req, plan.sampler_name, plan.scheduler, req.steps, batch_seeds),
+        model_sigmas=common.model_sigmas(pipe),
+        prediction_type=common.prediction_type(pipe),
         device=pipe._execution_device,
         conditioning=cond,
         noise=noise,
@@ -84,6 +84,5 @@ def first_pass(
         cfg_scale=req.cfg_scale,
         control=control,
         size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
-        generators=generators,
         on_step=common.step_hook(ctx, pipe, done, req.steps, total),
     ))
