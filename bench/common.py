@@ -37,3 +37,16 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def bundled_data_dir() -> Path:
+    """A temporary data folder holding only the shipped model (and its .yaml)."""
+    import shutil
+
+    bundled = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
+    data = Path(tempfile.mkdtemp(prefix="easel-bench-"))
+    folder = data / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    for src in (bundled, bundled.with_suffix(".yaml")):
+        shutil.copy(src, folder / src.name)
+    return data

@@ -459,13 +459,13 @@ def test_openapi_request_models_have_every_a1111_field(live):
 
 def test_fields_easel_does_not_implement_are_named_in_warnings(live):
     _, base = live
-    body = {"prompt": "x", "steps": 1, "width": 32, "height": 32, "tiling": True, "eta": 0.5, "restore_faces": False,
-            "do_not_save_samples": True, "s_noise": 1.0, "comments": None}
+    body = {"prompt": "x", "steps": 1, "width": 32, "height": 32, "tiling": True, "eta": 0.5, "restore_faces": True,
+            "do_not_save_samples": True, "s_noise": 1.0, "s_min_uncond": 0.2, "comments": None}
     r = post(f"{base}/sdapi/v1/txt2img", body)
     assert r.status_code == 200, r.text
     warnings = json.loads(r.json()["info"])["warnings"]
-    assert [w.split(":")[0] for w in warnings] == ["eta", "s_noise"]  # tiling is implemented
-    assert "eta: 0.5 was ignored: not implemented in Easel" in warnings
+    assert [w.split(":")[0] for w in warnings] == ["restore_faces", "s_min_uncond"]  # tiling, eta, s_noise are implemented
+    assert "s_min_uncond: 0.2 was ignored: not implemented in Easel" in warnings
     init = encode_image_base64(Image.new("RGB", (32, 32)))
     r = post(f"{base}/sdapi/v1/img2img", {"init_images": [init], "steps": 1, "mask_blur": 8, "mask_blur_x": 8,
                                           "mask_blur_y": 2, "image_cfg_scale": 1.5, "firstpass_image": init})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from modules.samplers.base import Denoiser, NoiseSource, SamplerOptions, StepCallback, StepInfo
+from modules.samplers.base import Denoiser, NoiseSource, SamplerOptions, StepCallback, ancestral_step, report
 
 
 def _lam(sigma: torch.Tensor) -> torch.Tensor:
@@ -26,18 +26,9 @@ def _sigma(lam: torch.Tensor) -> torch.Tensor:
 
 
 def _ancestral_split(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigma_down, sigma_up): step deterministically to sigma_down, then add sigma_up of fresh noise,
-    so that sigma_down^2 + sigma_up^2 = sigma_next^2 (Karras et al. 2022's ancestral split)."""
-    if not eta:
-        return sigma_next, torch.zeros_like(sigma_next)
-    up = eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).clamp(min=0).sqrt()
-    up = torch.minimum(up, sigma_next)
-    return (sigma_next**2 - up**2).clamp(min=0).sqrt(), up
-
-
-def _report(callback: StepCallback | None, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
-    if callback is not None:
-        callback(StepInfo(i, x, sigma, denoised))
+    """``base.ancestral_step`` on 0-dim tensors."""
+    down, up = ancestral_step(float(sigma), float(sigma_next), eta)
+    return sigma_next.new_tensor(down), sigma_next.new_tensor(up)
 
 
 @torch.no_grad()
@@ -65,7 +56,7 @@ def sample_dpmpp_2s_ancestral(
             x = (sigma_down / sigma) * x - torch.expm1(-h) * denoised
         if sigma_next > 0 and sigma_up > 0:
             x = x + noise(sigma, sigma_next) * (options.s_noise * sigma_up)
-        _report(callback, i, x, sigma, denoised)
+        report(callback, i, x, sigma, denoised)
     return x
 
 
@@ -93,7 +84,7 @@ def sample_dpmpp_2m(
                 estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
             x = (sigma_next / sigma) * x - torch.expm1(-h) * estimate
         old_denoised = denoised
-        _report(callback, i, x, sigma, denoised)
+        report(callback, i, x, sigma, denoised)
     return x
 
 
@@ -131,7 +122,7 @@ def sample_dpmpp_sde(
             if up > 0:
                 x = x + noise(sigma, sigma_next) * (options.s_noise * up)
             denoised = denoised_mid
-        _report(callback, i, x, sigma, denoised)
+        report(callback, i, x, sigma, denoised)
     return x
 
 
@@ -169,7 +160,7 @@ def _sample_2m_sde(
                 x = x + noise(sigma, sigma_next) * amount
             h_last = h
         old_denoised = denoised
-        _report(callback, i, x, sigma, denoised)
+        report(callback, i, x, sigma, denoised)
     return x
 
 
@@ -240,7 +231,7 @@ def sample_dpmpp_3m_sde(
                 x = x + noise(sigma, sigma_next) * amount
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
-        _report(callback, i, x, sigma, denoised)
+        report(callback, i, x, sigma, denoised)
     return x
 
 

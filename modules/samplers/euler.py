@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from modules.samplers.base import Denoiser, NoiseSource, SamplerOptions, StepCallback, StepInfo
+from modules.samplers.base import Denoiser, NoiseSource, SamplerOptions, StepCallback, ancestral_step, report
 
 LMS_ORDER = 4  # k-diffusion's and A1111's order for LMS
 
@@ -37,20 +37,6 @@ def level(sigmas: torch.Tensor, value: float) -> torch.Tensor:
 def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
     """The ODE's derivative dx/dsigma = (x - D) / sigma (the model's noise estimate)."""
     return (x - denoised) / sigma
-
-
-def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
-    """(sigma_down, sigma_up) of an ancestral step: eta 1 adds DDPM's posterior noise, eta 0 none."""
-    if not eta or sigma_next == 0:
-        return sigma_next, 0.0
-    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
-
-
-def report(callback: StepCallback | None, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
-    """Tell the callback (if any) about step ``i``."""
-    if callback is not None:
-        callback(StepInfo(i, x, sigma, denoised))
 
 
 def _churn(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from modules.samplers.base import Denoiser, NoiseSource, SamplerOptions, StepCallback
-from modules.samplers.euler import ancestral_step, levels, report, to_d
+from modules.samplers.base import Denoiser, NoiseSource, SamplerOptions, StepCallback, ancestral_step, report
+from modules.samplers.euler import levels, to_d
 
 # Adams-Bashforth coefficients on an even grid, newest eps first (PNDM's pseudo linear multistep)
 _ADAMS_BASHFORTH = {

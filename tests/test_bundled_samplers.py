@@ -1,0 +1,24 @@
+"""Every A1111 sampler, with its own schedule, draws what the prompt asks on the shipped model:
+the detector of ``bundled/detect.py`` reads back the asked colour and position in at least 90% of
+20 prompts (``bench/samplers.py`` prints the same table)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.samplers import adherence
+from modules import samplers
+
+PROMPTS = 20
+
+
+@pytest.fixture(scope="module")
+def services(bundled_services):
+    return bundled_services
+
+
+@pytest.mark.heavy  # 400 images of 20 steps: EASEL_HEAVY=1 ./launch.sh test -m heavy
+@pytest.mark.parametrize("sampler", samplers.SAMPLER_NAMES)
+def test_every_sampler_follows_the_prompt(services, sampler):
+    color, position, _ = adherence(services, sampler, PROMPTS)
+    assert color >= 0.9 * PROMPTS and position >= 0.9 * PROMPTS, (color, position)
