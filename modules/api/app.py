@@ -65,6 +65,7 @@ def add_api(app: FastAPI, services: Services, api_auth: list[tuple[str, str]] | 
     app.include_router(create_api(services))
     add_docs(app)
     app.add_middleware(ApiGuard, credentials=api_auth, max_body_bytes=max_body_bytes)
+    services.hooks.app_started(app, services)  # extensions add their routes (behind the same guard)
     return app
 
 

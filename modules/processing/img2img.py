@@ -185,6 +185,7 @@ def generate(
             ctx.token.check()
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
+            ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
             if run_steps == 0:  # nothing to denoise: the input comes back exactly
                 finals = [p.finish(p.image.copy()) for p in batch]
             else:
@@ -195,6 +196,7 @@ def generate(
                     ctx.token.clear_skip()
                     result.skipped += 1
                     continue
+            finals = ctx.hooks.images_decoded(req.mode, req, n, finals, batch_seeds, ctx)  # extensions' image_decoded
             common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
     if result.images:
         result.width, result.height = result.images[0].size
