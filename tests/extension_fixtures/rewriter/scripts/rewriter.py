@@ -1,0 +1,50 @@
+"""A1111-style fixture: an always-on script rewriting p.all_prompts, an option, a route, a tab."""
+
+import gradio as gr
+
+from modules import script_callbacks, scripts, shared
+from modules.processing import Processed, StableDiffusionProcessing  # noqa: F401 - must import
+
+
+class Rewriter(scripts.Script):
+    def title(self):
+        return "Prompt rewriter"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        with gr.Accordion("Prompt rewriter", open=False):
+            enabled = gr.Checkbox(value=False, label="Enabled")
+            suffix = gr.Textbox(value=" by the rewriter", label="Suffix")
+        return [enabled, suffix]
+
+    def process(self, p, enabled, suffix):
+        if not enabled:
+            return
+        p.all_prompts = [f"{prompt}{suffix} {i}" for i, prompt in enumerate(p.all_prompts)]
+        p.extra_generation_params["Rewriter"] = suffix.strip()
+        p.extra_generation_params["Rewriter word"] = shared.opts.rewriter_word
+
+
+def on_ui_settings():
+    section = ("rewriter", "Prompt rewriter")
+    shared.opts.add_option("rewriter_word", shared.OptionInfo("cat", "Word the rewriter records", section=section)
+                           .info("any word").needs_reload_ui())
+
+
+def on_app_started(demo, app):
+    @app.get("/rewriter/ping")
+    def ping():
+        return {"word": shared.opts.rewriter_word, "flag": shared.cmd_opts.rewriter_flag}
+
+
+def on_ui_tabs():
+    with gr.Blocks(analytics_enabled=False) as tab:
+        gr.Markdown("Rewriter tab", elem_id="rewriter_markdown")
+    return [(tab, "Rewriter", "rewriter_tab")]
+
+
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_ui_tabs(on_ui_tabs)
