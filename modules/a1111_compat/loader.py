@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from modules.hooks import UiOption
+from modules.schemas import RequestError
 
 from . import processing, runtime
 from .options import OptionInfo
@@ -276,9 +277,15 @@ class Extensions:
             if selected is None:
                 return processing.run_in_job(p, ctx, proceed).result
             args = args_for(selected, call.args, is_img2img)
-            processed = selected.script.run(p, *args)
-            if processed is None:
-                processed = processing.run_in_job(p, ctx, proceed)
+            try:
+                processed = selected.script.run(p, *args)
+                if processed is None:
+                    processed = processing.run_in_job(p, ctx, proceed)
+            except RequestError:
+                raise
+            except Exception as err:  # the job fails (it was the script's job); the tab shows why
+                self.services.hooks.record(selected.owner, f"script {selected.title!r}.run", err)
+                raise
             return processing.result_of(processed, p, ctx)
 
 

@@ -238,8 +238,9 @@ def _groups(prompts: list[str], negatives: list[str], hr: list[str], hr_neg: lis
 
 def _with_params(text: str, params: dict[str, Any]) -> str:
     """``text`` (an infotext) with ``params`` added to its parameters line."""
+    last = text.rsplit("\n", 1)[-1]
     extra = [f"{k}: {infotext_mod.quote_value(infotext_mod.format_value(v))}" for k, v in params.items()
-             if v is not None and k not in text]
+             if v is not None and not last.startswith(f"{k}: ") and f", {k}: " not in last]
     return ", ".join([text, *extra]) if extra else text
 
 
@@ -286,7 +287,7 @@ def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processe
             result = proceed(to_request(p, **update))
             first = first or result
             batch_images += result.images
-            batch_texts += [_with_params(t, p.extra_generation_params) for t in result.infotexts]
+            batch_texts += result.infotexts
         _call(p, "postprocess_batch", images=batch_images, batch_number=n)
         pp_list = PostprocessBatchListArgs(batch_images)
         _call(p, "postprocess_batch_list", pp_list, batch_number=n)

@@ -105,22 +105,36 @@ class LoadedScript:
     alwayson: bool
     txt2img: bool
     img2img: bool
-    _defaults: dict[bool, list[Any]] = field(default_factory=dict)
+    _ui: dict[bool, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def ui_args(self, is_img2img: bool) -> list[dict[str, Any]]:
+        """What the script's ``ui()`` components take, in order: label, value (the default), minimum,
+        maximum, step, choices (A1111's /script-info ``args``)."""
+        if is_img2img not in self._ui:
+            self._ui[is_img2img] = ui_components(self.script, is_img2img)
+        return [dict(arg) for arg in self._ui[is_img2img]]
 
     def default_args(self, is_img2img: bool) -> list[Any]:
         """The values of the script's ``ui()`` components (A1111's API uses them for args not sent)."""
-        if is_img2img not in self._defaults:
-            self._defaults[is_img2img] = ui_defaults(self.script, is_img2img)
-        return list(self._defaults[is_img2img])
+        return [arg["value"] for arg in self.ui_args(is_img2img)]
 
 
-def ui_defaults(script: Script, is_img2img: bool) -> list[Any]:
+def _choices(component: Any) -> list[str] | None:
+    choices = getattr(component, "choices", None)
+    if not choices:
+        return None
+    return [str(c[0] if isinstance(c, (tuple, list)) else c) for c in choices]
+
+
+def ui_components(script: Script, is_img2img: bool) -> list[dict[str, Any]]:
     try:
         import gradio as gr
 
         with gr.Blocks():
             components = script.ui(is_img2img) or []
-        return [getattr(c, "value", None) for c in components]
+        return [{"label": getattr(c, "label", None), "value": getattr(c, "value", None),
+                 "minimum": getattr(c, "minimum", None), "maximum": getattr(c, "maximum", None),
+                 "step": getattr(c, "step", None), "choices": _choices(c)} for c in components]
     except Exception as err:  # noqa: BLE001 - a script's UI that fails to build gives no defaults
         logger.warning("script %s: ui() failed (%s); its args default to none", script.title(), err)
         return []
