@@ -155,6 +155,9 @@ class Extensions:
         self.services = services
         self.cmd_opts = cmd_opts or argparse.Namespace()
         self.disable = disable
+        # the Extensions tab may install, update and enable (A1111: not with --listen/--share unless
+        # --enable-insecure-extension-access: an extension runs code on this machine)
+        self.install_allowed = True
         self.items: list[Extension] = []
         self.options: dict[str, OptionInfo] = {}
         self.option_owner: dict[str, str] = {}
