@@ -172,6 +172,10 @@ class Services:
             raise RequestError(f"unknown job kind {kind!r}; known: {', '.join(sorted(RUNNERS))}")
         if kind in GENERATION_KINDS:
             check_generation([request], self.settings)
+        if getattr(request, "extension_script", None) or getattr(request, "extension_alwayson", None):
+            if self.extensions is None:
+                raise RequestError("extension_script, extension_alwayson: no extensions are loaded in this app")
+            self.extensions.check_request(kind, request)
         if kind in MODEL_FREE:
             return self.queue.submit(kind, request)
         name = request.sd_model_checkpoint or request.override_settings.get("sd_model_checkpoint")

@@ -114,3 +114,16 @@ def test_prompts_from_file_runs_one_job_per_line(ext_client):
     assert len(r.json()["images"]) == 2
     bad = client.post("/sdapi/v1/txt2img", json={**body, "script_args": [False, False, "start", "--nope 1"]})
     assert bad.status_code == 400 and "line 1: unknown option '--nope'" in bad.text
+
+
+def test_extension_options_through_the_options_api(ext_client):
+    services, client = ext_client
+    assert client.get("/sdapi/v1/options").json()["rewriter_word"] == "cat"
+    r = client.post("/sdapi/v1/options", json={"rewriter_word": 5})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "rewriter_word"]
+    assert client.post("/sdapi/v1/options", json={"rewriter_word": "fox"}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["rewriter_word"] == "fox"
+    assert client.get("/rewriter/ping").json()["word"] == "fox"
+    r = client.post("/sdapi/v1/options", json={"extensions_dir": "/tmp/elsewhere"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "extensions_dir"]
+    client.post("/sdapi/v1/options", json={"rewriter_word": "cat"})

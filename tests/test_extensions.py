@@ -100,3 +100,13 @@ def test_disable_all_extensions_loads_none(services, data_dir):
         assert extensions.find_script("Prompt rewriter", False) is None
     finally:
         extensions.unload()
+
+
+def test_unknown_extension_scripts_are_refused_at_submission(loaded):
+    from modules.schemas import RequestError
+
+    services, _ = loaded
+    with pytest.raises(RequestError, match="extension_script: no script titled 'Nope' for txt2img; available: .*'Flip images'"):
+        services.submit("txt2img", request(extension_script=ScriptCall(title="Nope")))
+    with pytest.raises(RequestError, match="extension_alwayson.flip images: no always-on script"):
+        services.submit("txt2img", request(extension_alwayson={"flip images": []}))

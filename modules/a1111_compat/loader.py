@@ -260,6 +260,19 @@ class Extensions:
         for option in self.ui_options():
             event.add_option(option)
 
+    def check_request(self, kind: str, request: Any) -> None:
+        """A RequestError naming ``extension_script`` / ``extension_alwayson.<title>`` for scripts not loaded here."""
+        is_img2img = kind != "txt2img"
+        call = getattr(request, "extension_script", None)
+        if call is not None and self.find_script(call.title, is_img2img, alwayson=False) is None:
+            have = ", ".join(repr(s.title) for s in self.scripts_for(is_img2img) if not s.alwayson) or "none"
+            raise RequestError(f"extension_script: no script titled {call.title!r} for {kind}; available: {have}")
+        for title in getattr(request, "extension_alwayson", None) or {}:
+            if self.find_script(title, is_img2img, alwayson=True) is None:
+                have = ", ".join(repr(s.title) for s in self.scripts_for(is_img2img) if s.alwayson) or "none"
+                raise RequestError(f"extension_alwayson.{title}: no always-on script of that title for {kind};"
+                                   f" available: {have}")
+
     # -- running scripts in a job (the around_process hook) -----------------------------------
     def around_process(self, event: Any, proceed: Any) -> Any:
         kind, request, ctx = event.kind, event.request, event.ctx
