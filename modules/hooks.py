@@ -269,6 +269,18 @@ class HookRegistry:
         return params
 
 
+class OwnedHooks:
+    """The registry as one extension sees it: every hook it adds is recorded under its name
+    (``register(hooks, services)`` of an extension's ``extension.py`` gets one)."""
+
+    def __init__(self, registry: HookRegistry, owner: str) -> None:
+        self.registry = registry
+        self.owner = owner
+
+    def add(self, point: str, fn: Callable[..., Any], order: int = 0) -> Hook:
+        return self.registry.add(point, fn, owner=self.owner, order=order)
+
+
 class HookedSaver(ImageSaver):
     """The image saver with ``before_image_saved`` / ``image_saved`` hooks around each save."""
 

@@ -78,3 +78,12 @@ def test_app_started_adds_routes(services):
     services.hooks.add("app_started", lambda e: e.app.add_api_route("/myext/ping", lambda: {"pong": True}))
     with TestClient(add_api(FastAPI(), services)) as client:
         assert client.get("/myext/ping").json() == {"pong": True}
+
+
+def test_extension_routes_are_behind_the_api_credentials(services):
+    from modules.api.app import add_api
+
+    services.hooks.add("app_started", lambda e: e.app.add_api_route("/myext/v1/items", lambda: ["a"]))
+    with TestClient(add_api(FastAPI(), services, api_auth=[("u", "p")])) as client:
+        assert client.get("/myext/v1/items").status_code == 401
+        assert client.get("/myext/v1/items", auth=("u", "p")).json() == ["a"]

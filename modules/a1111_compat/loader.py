@@ -3,7 +3,8 @@
 An extension is a folder of ``<data>/extensions`` (setting ``extensions_dir``, flag
 ``--extensions-dir``): ``preload.py`` (``preload(parser)`` adds command-line flags, run before the
 flags are parsed), ``scripts/*.py`` (imported at start; ``Script`` subclasses and
-``script_callbacks.on_*`` registrations), ``javascript/*.js`` and ``style.css`` (served into the
+``script_callbacks.on_*`` registrations), ``extension.py`` (Easel's own API: ``register(hooks, services)``
+adds hooks to ``modules.hooks``' registry under the extension's name), ``javascript/*.js`` and ``style.css`` (served into the
 page), ``metadata.ini``. ``install.py`` is never run here: installing says it is there.
 
 A file that fails to import disables its extension for this run, with the error shown in the
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.hooks import UiOption
+from modules.hooks import OwnedHooks, UiOption
 from modules.schemas import RequestError
 
 from . import processing, runtime
@@ -191,6 +192,13 @@ class Extensions:
             sorted(extension.path.glob("*.py"))
         with runtime.loading(extension):
             try:
+                native = extension.path / "extension.py"
+                if not extension.builtin and native.is_file():  # Easel's own API: register(hooks, services)
+                    module = _import(native, _module_name(extension, native))
+                    register = getattr(module, "register", None)
+                    if not callable(register):
+                        raise TypeError("extension.py must define register(hooks, services)")
+                    register(OwnedHooks(self.services.hooks, extension.name), self.services)
                 for file in files:
                     if file.name == "__init__.py":
                         continue
