@@ -127,3 +127,11 @@ def test_extension_options_through_the_options_api(ext_client):
     r = client.post("/sdapi/v1/options", json={"extensions_dir": "/tmp/elsewhere"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "extensions_dir"]
     client.post("/sdapi/v1/options", json={"rewriter_word": "cat"})
+
+
+def test_on_infotext_pasted_changes_what_the_infotext_field_sets(ext_client):
+    _, client = ext_client
+    text = "a cat\nSteps: 9, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 32x32, Rewriter: hi"
+    r = client.post("/sdapi/v1/txt2img", json={"infotext": text, "width": 32, "height": 32})
+    assert r.status_code == 200, r.text
+    assert "Steps: 1," in json.loads(r.json()["info"])["infotexts"][0]

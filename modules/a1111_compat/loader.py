@@ -236,6 +236,14 @@ class Extensions:
             self._forget(extension.name)
         self.services.hooks.remove_owner("a1111_compat")
 
+    def pasted(self, text: str, params: dict[str, Any]) -> None:
+        """Extensions' ``on_infotext_pasted(infotext, params)``: each may change ``params`` (errors recorded)."""
+        for owner, callback in self.infotext_pasted:
+            try:
+                callback(text, params)
+            except Exception as err:  # noqa: BLE001
+                self.services.hooks.record(owner, "on_infotext_pasted", err)
+
     def add_option(self, key: str, info: OptionInfo, owner: str) -> None:
         self.options[key] = info
         self.option_owner[key] = owner

@@ -48,3 +48,11 @@ def on_ui_tabs():
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_app_started(on_app_started)
 script_callbacks.on_ui_tabs(on_ui_tabs)
+
+
+def on_infotext_pasted(infotext, params):
+    if "Rewriter" in params:  # a parameter of this extension read back: the steps it implies
+        params["Steps"] = "1"
+
+
+script_callbacks.on_infotext_pasted(on_infotext_pasted)
