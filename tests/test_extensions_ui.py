@@ -74,3 +74,31 @@ def test_extensions_tab_lists_errors_and_applies_enable_disable(loaded):
     loaded.extensions.install_allowed = False
     status, *_ = tab._guarded(loaded, lambda: tab.apply_enabled(loaded, ["rewriter"]))
     assert "not allowed" in status and loaded.settings.disabled_extensions == ["rewriter"]
+
+
+def test_generation_tabs_carry_the_scripts_uis_into_the_request(loaded):
+    import gradio as gr
+
+    from modules.batches import Batch
+    from modules.schemas import Txt2ImgRequest
+    from webui import extension_scripts
+
+    with gr.Blocks():
+        ui = extension_scripts.create_ui(loaded, False, "t")
+    assert set(ui.alwayson) == {"Prompt rewriter"} and "Flip images" in ui.selectable
+    [enabled, suffix] = ui.alwayson["Prompt rewriter"]
+    values = {enabled: True, suffix: None, ui.choice: "Flip images"}  # None: a closed accordion's box
+    batch = extension_scripts.with_scripts(Batch([("txt2img", Txt2ImgRequest(steps=1))]), ui, values)
+    request = batch.requests[0][1]
+    assert request.extension_alwayson == {"Prompt rewriter": [True, " by the rewriter"]}
+    assert request.extension_script.title == "Flip images" and request.extension_script.args == [True]
+    result = loaded.submit("txt2img", request.model_copy(update={"width": 32, "height": 32, "prompt": "x"})).wait(120)
+    assert result.prompts == ["x by the rewriter 0"]
+
+
+def test_tabs_show_the_script_dropdown(loaded):
+    from webui.app import create_ui
+
+    demo = create_ui(loaded)
+    ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert {"txt2img_script_list", "img2img_script_list", "txt2img_alwayson_0", "controlnet_script_list"} <= ids
