@@ -135,3 +135,15 @@ def test_on_infotext_pasted_changes_what_the_infotext_field_sets(ext_client):
     r = client.post("/sdapi/v1/txt2img", json={"infotext": text, "width": 32, "height": 32})
     assert r.status_code == 200, r.text
     assert "Steps: 1," in json.loads(r.json()["info"])["infotexts"][0]
+
+
+def test_alwayson_script_on_img2img(ext_client):
+    from tests.test_api import png_b64
+
+    _, client = ext_client
+    body = {**T2I, "steps": 1, "init_images": [png_b64()], "denoising_strength": 0.5,
+            "alwayson_scripts": {"prompt rewriter": {"args": [True, "!"]}}}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["all_prompts"] == ["a red apple! 0"] and "Denoising strength: 0.5" in info["infotexts"][0]
