@@ -305,7 +305,7 @@ class Extensions:
         lowered = {str(k).lower(): v for k, v in given.items()}
         p._run = [(s, args_for(s, lowered.get(s.title.lower()), is_img2img)) for s in alwayson]
         p.script_args = [a for _, args in p._run for a in args]
-        with runtime.in_job(ctx, proceed, kind):
+        with runtime.in_job(ctx, proceed, kind, self.services):
             if selected is None:
                 return processing.run_in_job(p, ctx, proceed).result
             args = args_for(selected, call.args, is_img2img)

@@ -25,6 +25,10 @@ def bind(services: Any) -> None:
 
 
 def services() -> Any:
+    """The app of the job running on this thread, else the bound one."""
+    job = getattr(_local, "job", None)
+    if job is not None:
+        return job[3]
     s = _bound.get("services")
     if s is None:
         raise RuntimeError("no Easel app is running: A1111 extension modules work once Easel has loaded extensions")
@@ -32,7 +36,8 @@ def services() -> Any:
 
 
 def bound() -> Any | None:
-    return _bound.get("services")
+    job = getattr(_local, "job", None)
+    return job[3] if job is not None else _bound.get("services")
 
 
 @contextmanager
@@ -51,9 +56,9 @@ def current_extension() -> Any | None:
 
 
 @contextmanager
-def in_job(ctx: Any, proceed: Any, kind: str) -> Iterator[None]:
+def in_job(ctx: Any, proceed: Any, kind: str, services: Any) -> Iterator[None]:
     previous = getattr(_local, "job", None)
-    _local.job = (ctx, proceed, kind)
+    _local.job = (ctx, proceed, kind, services)
     try:
         yield
     finally:
@@ -61,4 +66,5 @@ def in_job(ctx: Any, proceed: Any, kind: str) -> Iterator[None]:
 
 
 def current_job() -> tuple[Any, Any, str] | None:
-    return getattr(_local, "job", None)
+    job = getattr(_local, "job", None)
+    return job[:3] if job is not None else None
