@@ -110,3 +110,11 @@ def test_unknown_extension_scripts_are_refused_at_submission(loaded):
         services.submit("txt2img", request(extension_script=ScriptCall(title="Nope")))
     with pytest.raises(RequestError, match="extension_alwayson.flip images: no always-on script"):
         services.submit("txt2img", request(extension_alwayson={"flip images": []}))
+
+
+def test_scripts_see_the_styled_prompt(loaded, data_dir):
+    services, _ = loaded
+    (data_dir / "styles.csv").write_text("name,prompt,negative_prompt\nglossy,\"{prompt}, glossy\",dull\n")
+    req = request(styles=["glossy"], extension_alwayson={"prompt rewriter": [True, "!"]})
+    result = services.submit("txt2img", req).wait(120)
+    assert result.prompts == ["a cat, glossy! 0"] and result.negative_prompts == ["dull"]

@@ -301,6 +301,9 @@ class Extensions:
         selected = self.find_script(call.title, is_img2img, alwayson=False) if call else None
         if not alwayson and selected is None:
             return proceed(request)
+        from modules.processing.common import apply_request_styles
+
+        request = apply_request_styles(request, ctx)  # styled prompts, as A1111's p.all_prompts hold them
         p = processing.from_request(kind, request, ctx)
         lowered = {str(k).lower(): v for k, v in given.items()}
         p._run = [(s, args_for(s, lowered.get(s.title.lower()), is_img2img)) for s in alwayson]

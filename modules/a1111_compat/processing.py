@@ -265,7 +265,8 @@ def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processe
     p.setup_seeds()
     _call(p, "process")
     bs = int(p.batch_size)
-    images, infotexts, paths, save_errors = [], [], [], []
+    images, infotexts, paths, save_errors, comments = [], [], [], [], []
+    skipped = 0
     out_seeds, out_subseeds, out_prompts, out_negs = [], [], [], []
     first: GenerationResult | None = None
     for n in range(int(p.n_iter)):
@@ -286,6 +287,9 @@ def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processe
                 update.update({"hr_prompt": hr[i], "hr_negative_prompt": hr_neg[i]})
             result = proceed(to_request(p, **update))
             first = first or result
+            skipped += result.skipped
+            comments += [c for c in result.comments if c not in comments]
+            save_errors += [e for e in result.save_errors if e not in save_errors]
             batch_images += result.images
             batch_texts += result.infotexts
         _call(p, "postprocess_batch", images=batch_images, batch_number=n)
@@ -313,7 +317,7 @@ def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processe
         negative_prompts=out_negs, model_name=first.model_name if first else "", model_hash=first.model_hash if first else None,
         width=first.width if first else int(p.width or 0), height=first.height if first else int(p.height or 0),
         sampler_name=first.sampler_name if first else str(p.sampler_name), scheduler=first.scheduler if first else "",
-        paths=paths, save_errors=save_errors)
+        paths=paths, save_errors=save_errors, skipped=skipped, comments=comments)
     processed = _processed(p, result)
     _call(p, "postprocess", processed)
     return processed
@@ -354,4 +358,6 @@ def result_of(processed: Processed, p: StableDiffusionProcessing, ctx: Any) -> G
         width=processed.images[0].width if n else int(p.width or 0),
         height=processed.images[0].height if n else int(p.height or 0),
         sampler_name=str(p.sampler_name or ""), scheduler="",
-        paths=processed.result.paths if processed.result else [])
+        paths=processed.result.paths if processed.result else [],
+        save_errors=processed.result.save_errors if processed.result else [],
+        comments=processed.result.comments if processed.result else [])
