@@ -23,7 +23,8 @@ cfg_denoiser           the sampling core, per step    CFGDenoiserParams (``x``, 
 =====================  =============================  ==============================================
 
 ``around_process`` is the one middleware point: ``fn(event, proceed) -> result`` wraps the mode's
-runner (A1111 scripts use it to run ``process_images`` their way); ``proceed(request)`` runs the rest.
+runner (A1111 scripts use it to run ``process_images`` their way); ``proceed(request, ctx=None)``
+runs the rest (on another RunContext when given, e.g. one reporting progress differently).
 
 Every hook call is isolated: an exception is logged, recorded in ``errors`` (shown in the
 Extensions tab, with the owner's name) and the job goes on without that hook.
@@ -228,11 +229,11 @@ class HookRegistry:
         event = self.call("before_process", ProcessEvent(kind, request, ctx))
         chain = self.hooks("around_process")
 
-        def proceed_from(i: int) -> Callable[[Any], Any]:
-            def proceed(req: Any) -> Any:
+        def proceed_from(i: int) -> Callable[..., Any]:
+            def proceed(req: Any, run_ctx: Any = None) -> Any:  # run_ctx: another context (e.g. its own progress)
                 if i == len(chain):
-                    return runner(req, ctx)
-                return chain[i].fn(ProcessEvent(kind, req, ctx), proceed_from(i + 1))
+                    return runner(req, run_ctx or ctx)
+                return chain[i].fn(ProcessEvent(kind, req, run_ctx or ctx), proceed_from(i + 1))
             return proceed
 
         result = proceed_from(0)(event.request)  # a middleware's own exception fails the job (it ran the job)

@@ -118,3 +118,18 @@ def test_scripts_see_the_styled_prompt(loaded, data_dir):
     req = request(styles=["glossy"], extension_alwayson={"prompt rewriter": [True, "!"]})
     result = services.submit("txt2img", req).wait(120)
     assert result.prompts == ["a cat, glossy! 0"] and result.negative_prompts == ["dull"]
+
+
+def test_progress_goes_on_across_the_runner_calls_of_one_job():
+    from modules.a1111_compat.processing import RunsProgress
+    from modules.jobs import ProgressSink
+
+    sink = ProgressSink()
+    progress = RunsProgress(sink, runs=2)
+    progress.update(0, 2)
+    progress.update(2, 2)
+    assert (sink.snapshot().step, sink.snapshot().total) == (2, 4)
+    progress.next_run()
+    progress.update(0, 2)
+    progress.update(1, 2)
+    assert (sink.snapshot().step, sink.snapshot().total) == (3, 4)

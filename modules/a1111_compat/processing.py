@@ -257,13 +257,48 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     return run_in_job(p, ctx, proceed)
 
 
+class RunsProgress:
+    """The job's progress across the runner calls of one ``process_images``: each call reports its own
+    steps from 0; the job's bar goes on from where the previous call ended."""
+
+    def __init__(self, sink: Any, runs: int) -> None:
+        self.sink, self.runs = sink, max(1, runs)
+        self.offset, self.last_total, self.done_runs = 0, 0, 0
+
+    def next_run(self) -> None:
+        self.offset += self.last_total
+        self.done_runs += 1
+
+    def update(self, step: int, total: int, preview: Any | None = None, textinfo: str = "") -> None:
+        self.last_total = total
+        grand = max(self.offset + total * (self.runs - self.done_runs), self.offset + total)
+        self.sink.update(min(self.offset + step, grand), grand, preview=preview, textinfo=textinfo)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sink, name)
+
+
+def planned_runs(p: StableDiffusionProcessing) -> int:
+    bs = int(p.batch_size)
+    total = 0
+    for n in range(int(p.n_iter)):
+        sl = slice(n * bs, (n + 1) * bs)
+        total += len(_groups(p.all_prompts[sl], p.all_negative_prompts[sl], p.all_hr_prompts[sl],
+                             p.all_hr_negative_prompts[sl], p.all_seeds[sl], p.all_subseeds[sl]))
+    return total
+
+
 def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processed:
+    import dataclasses
+
     from modules.processing import common
 
     _call(p, "before_process")
     p.setup_prompts()
     p.setup_seeds()
     _call(p, "process")
+    progress = RunsProgress(ctx.progress, planned_runs(p)) if ctx is not None else None
+    run_ctx = dataclasses.replace(ctx, progress=progress) if progress is not None else None
     bs = int(p.batch_size)
     images, infotexts, paths, save_errors, comments = [], [], [], [], []
     skipped = 0
@@ -285,7 +320,9 @@ def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processe
                       "batch_size": len(group), "n_iter": 1, "save_images": False, "styles": []}
             if p._request is not None and "hr_prompt" in type(p._request).model_fields:
                 update.update({"hr_prompt": hr[i], "hr_negative_prompt": hr_neg[i]})
-            result = proceed(to_request(p, **update))
+            result = proceed(to_request(p, **update), run_ctx)
+            if progress is not None:
+                progress.next_run()
             first = first or result
             skipped += result.skipped
             comments += [c for c in result.comments if c not in comments]
