@@ -133,3 +133,27 @@ def test_progress_goes_on_across_the_runner_calls_of_one_job():
     progress.update(0, 2)
     progress.update(1, 2)
     assert (sink.snapshot().step, sink.snapshot().total) == (3, 4)
+
+
+def test_save_model_denoiser_and_unload_callbacks(services, data_dir):
+    import sys
+
+    import torch
+
+    from modules.hooks import CFGDenoiserParams
+
+    add_extensions(data_dir, "stamper")
+    extensions = load_extensions(services)
+    [stamper] = [e for e in extensions.items if e.name == "stamper"]
+    assert stamper.active, stamper.error
+    module = sys.modules["easel_extensions.stamper_stamper"]
+    result = services.submit("txt2img", request()).wait(120)
+    assert read_infotext(result.paths[0]).endswith(", Stamp: yes")
+    assert module.seen["saved"] == [str(result.paths[0])] and module.seen["models"] == ["tiny-a.safetensors"]
+    params = services.hooks.cfg_denoiser(CFGDenoiserParams(torch.ones(1, 4, 2, 2), None, torch.tensor([1.0]), 3, 5,
+                                                           None, None))
+    assert params.x.eq(0).all() and module.seen["steps"] == [3]
+    path, txt = module.save_copy(result.images[0], data_dir / "copies")
+    assert txt is None and read_infotext(path) == "copy info, Stamp: yes" and "copy-" in path
+    extensions.unload()
+    assert module.seen["unloaded"] == 1 and not services.hooks.hooks("image_saved")
