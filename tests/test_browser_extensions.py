@@ -37,7 +37,7 @@ def test_extension_tab_script_style_and_the_extensions_tab(context, ext_server, 
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(ext_server.local_url)
-    assert page.evaluate("window.rewriterLoaded") is True
+    page.wait_for_function("window.rewriterLoaded === true")  # the head is put into the page as it loads
     page.get_by_role("tab", name="Rewriter").click()
     marker = page.locator("#rewriter_markdown")
     marker.wait_for()
