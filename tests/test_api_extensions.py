@@ -45,7 +45,7 @@ def test_extension_scripts_are_listed_with_their_args(ext_client):
     info = {(i["name"], i["is_img2img"]): i for i in client.get("/sdapi/v1/script-info").json()}
     rewriter = info[("prompt rewriter", False)]
     assert rewriter["is_alwayson"] is True
-    assert [(a["label"], a["value"]) for a in rewriter["args"]] == [("Enabled", False), ("Suffix", " by the rewriter")]
+    assert [(a["label"], a["value"]) for a in rewriter["args"]] == [("Enable Prompt rewriter", False), ("Suffix", " by the rewriter")]
 
 
 def test_alwayson_script_by_title_rewrites_prompts_into_the_infotext(ext_client):

@@ -1,9 +1,14 @@
 """A1111-style fixture: an always-on script rewriting p.all_prompts, an option, a route, a tab."""
 
+from pathlib import Path
+
 import gradio as gr
 
-from modules import script_callbacks, scripts, shared
+from modules import paths, script_callbacks, scripts, shared
 from modules.processing import Processed, StableDiffusionProcessing  # noqa: F401 - must import
+from modules.ui_components import FormRow, InputAccordion
+
+assert Path(paths.models_path).name == "models" and Path(scripts.basedir()).name == "rewriter"
 
 
 class Rewriter(scripts.Script):
@@ -14,9 +19,9 @@ class Rewriter(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        with gr.Accordion("Prompt rewriter", open=False):
-            enabled = gr.Checkbox(value=False, label="Enabled")
-            suffix = gr.Textbox(value=" by the rewriter", label="Suffix")
+        with InputAccordion(False, label="Prompt rewriter") as enabled:
+            with FormRow():
+                suffix = gr.Textbox(value=" by the rewriter", label="Suffix")
         return [enabled, suffix]
 
     def process(self, p, enabled, suffix):
