@@ -313,7 +313,7 @@ def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processe
         kwargs = {"batch_number": n, "prompts": prompts, "seeds": seeds, "subseeds": subseeds}
         _call(p, "before_process_batch", **kwargs)
         _call(p, "process_batch", **kwargs)
-        batch_images, batch_texts = [], []
+        batch_images, batch_meta = [], []
         for group in _groups(prompts, negs, hr, hr_neg, seeds, subseeds):
             i = group[0]
             update = {"prompt": prompts[i], "negative_prompt": negs[i], "seed": seeds[i], "subseed": subseeds[i],
@@ -328,25 +328,29 @@ def run_in_job(p: StableDiffusionProcessing, ctx: Any, proceed: Any) -> Processe
             comments += [c for c in result.comments if c not in comments]
             save_errors += [e for e in result.save_errors if e not in save_errors]
             batch_images += result.images
-            batch_texts += result.infotexts
+            batch_meta += zip(result.infotexts, result.seeds, result.subseeds, result.prompts, result.negative_prompts,
+                              strict=False)
         _call(p, "postprocess_batch", images=batch_images, batch_number=n)
         pp_list = PostprocessBatchListArgs(batch_images)
         _call(p, "postprocess_batch_list", pp_list, batch_number=n)
         batch_images = pp_list.images
-        for j, image in enumerate(batch_images):
+        for j, image in enumerate(batch_images):  # a script may have added or removed images: meta by place
+            if not batch_meta:
+                break
+            raw_text, seed, subseed, prompt, negative = batch_meta[min(j, len(batch_meta) - 1)]
             p.batch_index = j
             pp = PostprocessImageArgs(image)
             _call(p, "postprocess_image", pp)
-            text = _with_params(batch_texts[j], p.extra_generation_params)
+            text = _with_params(raw_text, p.extra_generation_params)
             images.append(pp.image)
             infotexts.append(text)
-            out_seeds.append(seeds[j])
-            out_subseeds.append(subseeds[j])
-            out_prompts.append(prompts[j])
-            out_negs.append(negs[j])
+            out_seeds.append(seed)
+            out_subseeds.append(subseed)
+            out_prompts.append(prompt)
+            out_negs.append(negative)
             if not p.do_not_save_samples and p.outpath_samples:
                 holder = GenerationResult([], [], [], [], [], [], "", None, 0, 0, "", "")
-                common.save_if_asked(holder, _SaveAsked(), ctx, pp.image, seeds[j], text, p.outpath_samples)
+                common.save_if_asked(holder, _SaveAsked(), ctx, pp.image, seed, text, p.outpath_samples)
                 paths += holder.paths
                 save_errors += [e for e in holder.save_errors if e not in save_errors]
     result = GenerationResult(
