@@ -45,7 +45,8 @@ def test_extension_scripts_are_listed_with_their_args(ext_client):
     info = {(i["name"], i["is_img2img"]): i for i in client.get("/sdapi/v1/script-info").json()}
     rewriter = info[("prompt rewriter", False)]
     assert rewriter["is_alwayson"] is True
-    assert [(a["label"], a["value"]) for a in rewriter["args"]] == [("Enable Prompt rewriter", False), ("Suffix", " by the rewriter")]
+    assert [(a["label"], a["value"]) for a in rewriter["args"]] == [("Enable Prompt rewriter", False),
+                                                                     ("Suffix", " by the rewriter")]
 
 
 def test_alwayson_script_by_title_rewrites_prompts_into_the_infotext(ext_client):
@@ -147,3 +148,15 @@ def test_alwayson_script_on_img2img(ext_client):
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert info["all_prompts"] == ["a red apple! 0"] and "Denoising strength: 0.5" in info["infotexts"][0]
+
+
+def test_img2img_without_a_size_keeps_the_init_images_size_under_scripts(ext_client):
+    from tests.test_api import png_b64
+
+    _, client = ext_client
+    body = {"prompt": "x", "steps": 1, "seed": 1, "init_images": [png_b64(size=(40, 24))],
+            "alwayson_scripts": {"prompt rewriter": {"args": [True, "!"]}}}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    plain = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {}})
+    assert r.status_code == 200, r.text
+    assert b64_to_image(r.json()["images"][0]).size == b64_to_image(plain.json()["images"][0]).size

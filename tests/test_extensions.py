@@ -157,3 +157,15 @@ def test_save_model_denoiser_and_unload_callbacks(services, data_dir):
     assert txt is None and read_infotext(path) == "copy info, Stamp: yes" and "copy-" in path
     extensions.unload()
     assert module.seen["unloaded"] == 1 and not services.hooks.hooks("image_saved")
+
+
+def test_img2img_without_a_size_keeps_the_init_images_size(loaded):
+    from PIL import Image
+
+    from modules.schemas import Img2ImgRequest
+
+    services, _ = loaded
+    req = Img2ImgRequest(prompt="x", steps=1, seed=1, init_images=[Image.new("RGB", (40, 24), "red")],
+                         extension_alwayson={"prompt rewriter": [True, "!"]})
+    result = services.submit("img2img", req).wait(120)
+    assert result.images[0].size == (40, 24) and result.prompts == ["x! 0"]

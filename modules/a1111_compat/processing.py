@@ -68,6 +68,7 @@ class StableDiffusionProcessing:
         self.sd_model = kwargs.pop("sd_model", None)
         self.is_img2img = False
         self._request: Any = None  # the Easel request it was built from (None: built by a script)
+        self._auto_size: tuple[int, int] | None = None  # width, height filled in from the model or init image
         self._kind = "txt2img"
         self._run: list[tuple[LoadedScript, list[Any]]] = []  # the always-on scripts and their args
         for key, value in kwargs.items():
@@ -182,7 +183,12 @@ def from_request(kind: str, request: Any, ctx: Any) -> StableDiffusionProcessing
     if ctx is not None and ctx.model is not None:
         p.sd_model = ctx.model
         native = ctx.model.native_size
-        p.width, p.height = p.width or native, p.height or native
+        if p.is_img2img and p.init_images and hasattr(p.init_images[0], "size"):
+            native_w, native_h = (v // 8 * 8 for v in p.init_images[0].size)  # img2img's own default
+        else:
+            native_w = native_h = native
+        p._auto_size = (p.width or native_w, p.height or native_h) if (p.width is None or p.height is None) else None
+        p.width, p.height = p.width or native_w, p.height or native_h
         outdir = ctx.settings.outdir_img2img_samples if p.is_img2img else ctx.settings.outdir_txt2img_samples
         p.outpath_samples = outdir
     p.do_not_save_samples = not getattr(request, "save_images", True)
@@ -200,6 +206,8 @@ def to_request(p: StableDiffusionProcessing, **update: Any) -> Any:
     for name in FIELDS:
         if name in cls.model_fields and hasattr(p, name):
             data[name] = getattr(p, name)
+    if getattr(p, "_auto_size", None) == (p.width, p.height) and base is not None:  # unchanged: the mode decides
+        data["width"], data["height"] = base.width, base.height
     data.update(update)
     return parse_request(cls, data)
 
