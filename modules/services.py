@@ -205,8 +205,8 @@ class Services:
                 return model.info.name
         runner = RUNNERS[job.kind]
         if job.kind in MODEL_FREE:
-            return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION,
-                                                  hooks=self.hooks))
+            ctx = RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION, hooks=self.hooks)
+            return self.hooks.run_processing(job.kind, job.request, ctx, runner)
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
         tiling = bool(getattr(job.request, "tiling", False))
         with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after

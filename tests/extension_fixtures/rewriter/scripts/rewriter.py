@@ -8,7 +8,7 @@ from modules import paths, script_callbacks, scripts, shared
 from modules.processing import Processed, StableDiffusionProcessing  # noqa: F401 - must import
 from modules.ui_components import FormRow, InputAccordion
 
-assert Path(paths.models_path).name == "models" and Path(scripts.basedir()).name == "rewriter"
+assert Path(paths.models_path).name == "models" and (Path(scripts.basedir()) / "scripts" / "rewriter.py").is_file()
 
 
 class Rewriter(scripts.Script):
