@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -72,6 +72,9 @@ class Settings(BaseModel):
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, le=16384 * 16384,
                                   description="largest input image (width x height) a client may send; checked"
                                               " from the header before decoding")
+    extensions_dir: str = Field("extensions", description="folder of A1111-style extensions (--extensions-dir)")
+    disabled_extensions: list[str] = Field(default_factory=list, description="extensions not loaded (Extensions tab)")
+    extension_options: dict[str, Any] = Field(default_factory=dict, description="extensions' own options (on_ui_settings)")
     max_queue_mb: int = Field(2048, ge=16, description="memory the queued jobs' inputs may hold together (MiB);"
                                                        " a request beyond it is answered 429")
 

@@ -140,6 +140,13 @@ class ControlNetUnit(RequestModel):
         return v
 
 
+class ScriptCall(BaseModel):
+    """An extension script chosen by title (A1111's ``script_name`` + ``script_args``)."""
+
+    title: str = Field(..., min_length=1, max_length=200)
+    args: list[Any] = Field(default_factory=list)
+
+
 class GenerationRequest(RequestModel):
     """Fields shared by every generation mode (A1111's StableDiffusionProcessing)."""
 
@@ -179,6 +186,9 @@ class GenerationRequest(RequestModel):
     controlnet_units: list[ControlNetUnit] = Field(
         default_factory=list, max_length=MAX_CONTROLNET_UNITS, description="ControlNet units (disabled ones are ignored)"
     )
+    extension_script: ScriptCall | None = Field(None, description="an extension's selectable script (by title) and its args")
+    extension_alwayson: dict[str, list[Any]] = Field(
+        default_factory=dict, description="args of extensions' always-on scripts, by title (others get their UI defaults)")
 
     @field_validator("width", "height")
     @classmethod

@@ -22,6 +22,7 @@ from modules.controlnet import detect as controlnet_detect
 from modules.controlnet import runtime as controlnet_runtime
 from modules.controlnet.models import ControlNetInfo, LoadedControlNet, find_controlnet, scan_controlnets
 from modules.extra_networks import ExtraNetworks, build_extra_networks
+from modules.hooks import HookedSaver, HookRegistry
 from modules.images import ImageSaver, remove_stale_temp_files
 from modules.install_jobs import Installer
 from modules.installer import target_from_settings
@@ -78,6 +79,8 @@ class Services:
     networks: ExtraNetworks  # LoRA files and embeddings for prompts
     access: ClientAccess = field(default_factory=ClientAccess)  # what clients may touch on disk (operator's flags)
     installer: Installer | None = None  # model installs: a download worker beside the queue (modules.install_jobs)
+    hooks: HookRegistry = field(default_factory=HookRegistry)  # extension hook points (modules.hooks)
+    extensions: Any = None  # the loaded extensions (modules.a1111_compat.loader.Extensions), None: none loaded
     _selected: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -169,6 +172,10 @@ class Services:
             raise RequestError(f"unknown job kind {kind!r}; known: {', '.join(sorted(RUNNERS))}")
         if kind in GENERATION_KINDS:
             check_generation([request], self.settings)
+        if getattr(request, "extension_script", None) or getattr(request, "extension_alwayson", None):
+            if self.extensions is None:
+                raise RequestError("extension_script, extension_alwayson: no extensions are loaded in this app")
+            self.extensions.check_request(kind, request)
         if kind in MODEL_FREE:
             return self.queue.submit(kind, request)
         name = request.sd_model_checkpoint or request.override_settings.get("sd_model_checkpoint")
@@ -198,14 +205,15 @@ class Services:
                 return model.info.name
         runner = RUNNERS[job.kind]
         if job.kind in MODEL_FREE:
-            return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
+            ctx = RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION, hooks=self.hooks)
+            return self.hooks.run_processing(job.kind, job.request, ctx, runner)
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
         tiling = bool(getattr(job.request, "tiling", False))
         with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
               seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
-                             networks=networks)
-            result = runner(job.request, ctx)
+                             networks=networks, hooks=self.hooks)
+            result = self.hooks.run_processing(job.kind, job.request, ctx, runner)  # extensions' hooks around it
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
         return result
@@ -266,6 +274,7 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
                    allow_downloads: bool = False) -> Services:
     """Every service for ``settings``; ``allow_downloads`` is the operator's --allow-downloads (model installs)."""
     runtime = make_runtime(settings)
+    hooks = HookRegistry()
     remove_stale_temp_files(output_folders(settings))  # left by saves that a crash or power cut interrupted
     hashes = HashCache(settings.cache_dir / "hashes.json")
     registry = CheckpointRegistry(settings.checkpoint_dirs, hashes)
@@ -275,7 +284,9 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     def load(key: str) -> LoadedModel | LoadedControlNet:
         if controlnet_runtime.is_controlnet_key(key):
             return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention)
-        return load_model_for(runtime, registry, key, settings.models_dir / "VAE")
+        model = load_model_for(runtime, registry, key, settings.models_dir / "VAE")
+        hooks.model_loaded(model)
+        return model
 
     def move(model: LoadedModel | LoadedControlNet, device: str) -> None:
         if isinstance(model, LoadedControlNet):
@@ -309,8 +320,9 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
                      max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
     access = access or ClientAccess()
-    saver = ImageSaver(settings.samples_format)  # A1111's samples_format: png, jpg or webp files
-    services = Services(settings, runtime, registry, models, saver, queue, build_extra_networks(settings, hashes), access)
+    saver = HookedSaver(settings.samples_format, hooks)  # A1111's samples_format: png, jpg or webp files
+    services = Services(settings, runtime, registry, models, saver, queue, build_extra_networks(settings, hashes), access,
+                        hooks=hooks)
     target = target_from_settings(settings, allow_downloads, access.allow_server_paths)
     services.installer = Installer(target, on_installed=lambda _: training_job.refresh_lists(services))
     holder["s"] = services

@@ -206,3 +206,24 @@ def test_progress_previews_and_skip_through_the_core(services):
         ctx = RunContext(model, settings, None, progress=SkipFirst())
         result = txt2img.run(Txt2ImgRequest(prompt="x", seed=1, steps=4, n_iter=2, save_images=False), ctx)
         assert result.skipped == 1 and result.seeds == [2]
+
+
+def test_cfg_denoiser_hooks_see_each_call_and_may_change_it(services):
+    """Extensions' ``cfg_denoiser`` hooks run before every model call with the step and the text
+    rows; a hook that changes the prompt rows changes the image; a hook that raises is recorded
+    and the job goes on."""
+    request = Txt2ImgRequest(prompt="x", seed=1, steps=3, sampler_name="Euler", save_images=False)
+    plain = services.submit("txt2img", request).wait(timeout=120)
+    seen: list[tuple[int, int, tuple[int, ...]]] = []
+
+    def look(params) -> None:
+        seen.append((params.sampling_step, params.total_sampling_steps, tuple(params.text_uncond.shape)))
+        params.text_cond = params.text_uncond  # guide toward the negative prompt: a different image
+
+    services.hooks.add("cfg_denoiser", look, owner="looker")
+    services.hooks.add("cfg_denoiser", lambda params: 1 / 0, owner="broken")
+    hooked = services.submit("txt2img", request).wait(timeout=120)
+    assert [(step, total) for step, total, _ in seen] == [(0, 3), (1, 3), (2, 3)]
+    assert seen[0][2][0] == 1  # one negative row per image
+    assert np.abs(pixels(hooked.images[0]) - pixels(plain.images[0])).max() > 0
+    assert [(e.owner, e.point) for e in services.hooks.errors] == [("broken", "cfg_denoiser")] * 3

@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
-from webui import controlnet, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
+from webui import controlnet, extensions, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
 from webui.tab import GenerationTab
 from webui.widgets import SYMBOL_REFRESH
 
@@ -127,6 +127,7 @@ def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, tar
 
 def create_ui(services) -> gr.Blocks:
     """Build the Blocks app on ``services`` (call ``.queue().launch()`` on it, see webui.server)."""
+    ui_event = extensions.collect(services)  # extensions' tabs and options (A1111 builds them before the page)
     with gr.Blocks(title=TITLE) as demo:
         top_bar(services)
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -147,8 +148,12 @@ def create_ui(services) -> gr.Blocks:
                 png = pnginfo.create_ui(services)
             with gr.Tab("Models", id="models", elem_id="tab_models"):
                 mdl = models.create_ui(services)
+            extensions.render_tabs(services, ui_event)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 sett = settings.create_ui(services)
+                ext_options = extensions.create_options_ui(services, ui_event.options)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                exts = extensions.create_ui(services)
         txt2img.bind_events(t2i, services)
         img2img.bind_events(i2i, services)
         inpaint.bind_events(inp, services)
@@ -158,6 +163,8 @@ def create_ui(services) -> gr.Blocks:
         pnginfo.bind_events(png, services)
         settings.bind_events(sett, services)
         models.bind_events(mdl, services)
+        extensions.bind_options(ext_options, services)
+        extensions.bind_events(exts, services)
         bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png, cn)
     return demo
 

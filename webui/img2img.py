@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from modules.schemas import RESIZE_MODES, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
-from webui import xyplot
+from webui import extension_scripts, xyplot
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
@@ -63,9 +63,10 @@ def create_ui(services) -> GenerationTab:
             fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             units = controlnet_accordion(services, PREFIX, image_optional=True)
             script = xyplot.create_ui(PREFIX, services)
+            ext_scripts = extension_scripts.create_ui(services, True, PREFIX)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    extra = {"mode": mode, "sketch": sketch, "xyplot": script}
+    extra = {"mode": mode, "sketch": sketch, "xyplot": script, "extension_scripts": ext_scripts}
     return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image, extra=extra, units=units)
 
 
@@ -97,10 +98,13 @@ def bind_events(tab: GenerationTab, services) -> None:
         request = build_request(tab.field_values(values), init, tab.units.build(values))
         script_values = {k: v for k, v in values.items() if k in script}
         if script_values.get("xy_enabled"):
-            return xyplot.plan_batch("img2img", request, script_values, services)
-        return Batch([("img2img", request)])
+            planned = xyplot.plan_batch("img2img", request, script_values, services)
+        else:
+            planned = Batch([("img2img", request)])
+        return extension_scripts.with_scripts(planned, ext_scripts, values)
 
-    extra_inputs = {"_mode": mode, "_image": tab.image, "_sketch": sketch, **script}
+    ext_scripts: extension_scripts.ScriptsUi = tab.extra["extension_scripts"]
+    extra_inputs = {"_mode": mode, "_image": tab.image, "_sketch": sketch, **script, **ext_scripts.fields}
     bind_common(tab, services, batch, extra_inputs=extra_inputs)
     mode.change(lambda m: (gr.update(visible=m != "Sketch"), gr.update(visible=m == "Sketch")),
                 inputs=[mode], outputs=[tab.image, sketch], queue=False)

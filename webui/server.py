@@ -18,6 +18,7 @@ from modules.api.guard import MAX_BODY_BYTES
 from modules.auth import AuthPolicy
 from modules.images import limit_decoded_pixels
 from webui.app import create_ui
+from webui.extensions import page_head
 
 logger = logging.getLogger(__name__)
 DEFAULT_PORT = 7860
@@ -72,9 +73,9 @@ def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bo
     protects the UI, every Gradio endpoint and the API alike. ``theme`` ("light" or "dark") opens
     the page in that mode; None follows the browser."""
     policy = AuthPolicy(tuple(auth or ()), tuple(api_auth or ()))
-    head = theme_head(theme)
     limit_decoded_pixels(services.settings.max_input_pixels)  # Gradio decodes the UI's uploads itself
     demo = create_ui(services)
+    head = "\n".join(part for part in (theme_head(theme), page_head(services)) if part) or None  # extensions' js/css
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=None)
     app_kwargs = {"lifespan": api_lifespan(services, list(policy.api) or None)} if api else None
     app, local_url, share_url = demo.launch(

@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules import upscalers
 from modules.schemas import ControlNetUnit, Txt2ImgRequest, parse_request
-from webui import xyplot
+from webui import extension_scripts, xyplot
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
@@ -85,9 +85,11 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
             if not controlnet_first:
                 units = controlnet_accordion(services, prefix)
             script = xyplot.create_ui(prefix, services)
+            ext_scripts = extension_scripts.create_ui(services, False, prefix)
         with gr.Column():
             panel = output_panel(prefix, top.generate, top.interrupt, top.skip)
-    return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params, extra={"xyplot": script}, units=units)
+    return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params,
+                         extra={"xyplot": script, "extension_scripts": ext_scripts}, units=units)
 
 
 def build_request(values: dict[str, Any], units: list[ControlNetUnit] | None = None) -> Txt2ImgRequest:
@@ -114,9 +116,11 @@ def make_batch(values: dict[str, Any], script: dict[str, Any], services,
 def bind_events(tab: GenerationTab, services) -> None:
     """Wire Generate (with the X/Y plot), Interrupt/Skip, seed and read-parameters buttons."""
     script: Fields = tab.extra["xyplot"]
+    ext_scripts: extension_scripts.ScriptsUi = tab.extra["extension_scripts"]
 
     def batch(values: dict[str, Any]) -> Batch:
-        return make_batch(tab.field_values(values), {k: v for k, v in values.items() if k in script}, services,
-                          tab.units.build(values))
+        planned = make_batch(tab.field_values(values), {k: v for k, v in values.items() if k in script}, services,
+                             tab.units.build(values))
+        return extension_scripts.with_scripts(planned, ext_scripts, values)
 
-    bind_common(tab, services, batch, extra_inputs=script)
+    bind_common(tab, services, batch, extra_inputs={**script, **ext_scripts.fields})

@@ -114,11 +114,12 @@ def generation_kind(body: BaseModel) -> str | None:
     return "img2img" if "init_images" in fields else "txt2img"
 
 
-def check_no_alwayson(body: BaseModel) -> None:
-    """Always-on scripts other than ControlNet and A1111's built-ins (on txt2img/img2img bodies) are a 422."""
+def check_no_alwayson(body: BaseModel, extra: tuple[str, ...] = ()) -> None:
+    """Always-on scripts other than ControlNet, A1111's built-ins and ``extra`` (the loaded extensions'
+    always-on titles, lower-case) on txt2img/img2img bodies are a 422."""
     scripts = getattr(body, "alwayson_scripts", None) or {}
     kind = generation_kind(body)
-    known = (CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind]) if kind else ()
+    known = (CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind], *extra) if kind else ()
     unknown = [name for name in scripts if str(name).strip().lower() not in known]
     if unknown:
         names = ", ".join(map(str, unknown))

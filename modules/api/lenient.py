@@ -79,7 +79,8 @@ IGNORED_FIELDS = {
 def make_lenient(body: Any, services: Services) -> Lenient:
     """Every A1111 leniency for a txt2img/img2img body, in A1111's order (infotext first)."""
     warnings: list[str] = []
-    body = apply_infotext(body, warnings)
+    pasted = services.extensions.pasted if services.extensions is not None else None
+    body = apply_infotext(body, warnings, pasted)
     warnings.extend(ignored_field_warnings(body))
     warnings.extend(builtin_script_warnings(body))
     body = drop_unknown_styles(body, services, warnings)
@@ -88,15 +89,19 @@ def make_lenient(body: Any, services: Services) -> Lenient:
     return Lenient(body, latent_grid_sizes(body, warnings), warnings)
 
 
-def apply_infotext(body: Any, warnings: list[str]) -> Any:
+def apply_infotext(body: Any, warnings: list[str], pasted: Any = None) -> Any:
     """The body with ``infotext``'s parameters in the fields it did not set (A1111's apply_infotext).
 
     Values that do not fit a field (wrong type, out of range) are left out with a warning.
+    ``pasted(text, params)`` (extensions' ``on_infotext_pasted``) may change the parsed parameters first.
     """
     text = getattr(body, "infotext", None)
     if not text:
         return body
-    parsed = infotext_to_fields(parse_infotext(text))
+    params = parse_infotext(text)
+    if pasted is not None:
+        pasted(text, params)
+    parsed = infotext_to_fields(params)
     unparsed = parsed.pop("_unparsed")
     parsed.pop("controlnet_units", None)  # units need images: not taken from text
     parsed.pop("sd_model_hash", None)

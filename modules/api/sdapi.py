@@ -257,11 +257,12 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     def submit_txt2img(body: Txt2ImgBody) -> Submitted:
         """Check a txt2img body and queue its job(s); decodes ControlNet images (run it in a worker thread)."""
-        script = scripts.script_of(body, "txt2img")
+        script = scripts.script_of(body, "txt2img", services.extensions)
         lenient = make_lenient(body, services)
         body = lenient.body
         units = controlnet_units_of(body, InputBudget.of(services.settings))
-        core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units, **lenient.sizes})
+        core = build_core_request(Txt2ImgRequest, body, services.settings, {
+            "controlnet_units": units, **lenient.sizes, **scripts.extension_fields(body, "txt2img", services.extensions)})
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "txt2img", core, body, lenient.warnings)
         return Submitted(core, [services.submit("txt2img", core)], None, body, tuple(lenient.warnings),
@@ -279,7 +280,7 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     def submit_img2img(body: Img2ImgBody) -> Submitted:
         """Check an img2img body, decode its images and queue its job(s) (run it in a worker thread)."""
-        script = scripts.script_of(body, "img2img")
+        script = scripts.script_of(body, "img2img", services.extensions)
         lenient = make_lenient(body, services)
         body = lenient.body
         if not body.init_images:
@@ -293,7 +294,8 @@ def create_sdapi_router(services: Services) -> APIRouter:
                              ImageEncoding.of(services.settings, body.override_settings))
         mask = decode_field(body.mask, ("mask",), budget) if body.mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings,
-                                  {"init_images": images, "mask": mask, "controlnet_units": units, **lenient.sizes})
+                                  {"init_images": images, "mask": mask, "controlnet_units": units, **lenient.sizes,
+                                   **scripts.extension_fields(body, "img2img", services.extensions)})
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "img2img", core, body, lenient.warnings)
         return Submitted(core, [services.submit("img2img", core)], None, body, tuple(lenient.warnings),
@@ -416,7 +418,10 @@ def create_sdapi_router(services: Services) -> APIRouter:
     async def get_scripts() -> ScriptsList:
         """The A1111 scripts this server takes, lower-case titles: the selectable ones (``script_name``),
         then the always-on ones (``alwayson_scripts``: ControlNet and A1111's built-ins), as A1111 lists them."""
-        return ScriptsList(**{kind: [*scripts.SCRIPTS[kind], CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind]]
+        ext = services.extensions
+        return ScriptsList(**{kind: [*scripts.SCRIPTS[kind], *scripts.extension_titles(ext, kind, alwayson=False),
+                                     CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind],
+                                     *scripts.extension_titles(ext, kind, alwayson=True)]
                               for kind in ("txt2img", "img2img")})
 
     @router.get("/memory", response_model=MemoryResponse)

@@ -9,6 +9,7 @@ from typing import Protocol
 from modules.config import Settings
 from modules.controlnet.models import ControlNetInfo, LoadedControlNet
 from modules.extra_networks import JobNetworks
+from modules.hooks import HookRegistry
 from modules.images import ImageSaver
 from modules.jobs import CancelToken, ProgressSink
 from modules.model_loading import LoadedModel
@@ -34,3 +35,4 @@ class RunContext:
     version: str = "easel"
     controlnets: ControlNetSource | None = None  # None: no ControlNets
     networks: JobNetworks | None = None  # the job's LoRAs and embeddings; None: prompts used as written
+    hooks: HookRegistry = field(default_factory=HookRegistry)  # extensions' hook points (Services.hooks)

@@ -150,5 +150,6 @@ def second_pass(
         control=control,
         size_condition=(hp.height, hp.width) if ctx.model.is_sdxl else None,
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
+        hooks=ctx.hooks,
     ))
     return common.decode_latents(pipe, out, upcast=ctx.model.is_sdxl)

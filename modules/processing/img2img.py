@@ -184,6 +184,7 @@ def generate(
             ctx.token.check()
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
+            ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
             if run_steps == 0:  # nothing to denoise: the input comes back exactly
                 finals = [p.finish(p.image.copy()) for p in batch]
             else:
@@ -194,6 +195,7 @@ def generate(
                     ctx.token.clear_skip()
                     result.skipped += 1
                     continue
+            finals = ctx.hooks.images_decoded(req.mode, req, n, finals, batch_seeds, ctx)  # extensions' image_decoded
             common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
     if result.images:
         result.width, result.height = result.images[0].size
@@ -251,5 +253,6 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         inpaint_channels=extra,
         control=control,
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
+        hooks=ctx.hooks,
     ))
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

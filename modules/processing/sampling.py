@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
+from modules.hooks import CFGDenoiserParams, HookRegistry
 from modules.prompt_schedule import entry_at
 from modules.samplers import SamplerRun
 from modules.samplers.base import StepInfo
@@ -115,6 +116,7 @@ class SamplingInput:
     control: ControlResiduals | None = None
     size_condition: tuple[int, int] | None = None  # SDXL: (height, width) in pixels, original and target size
     on_step: StepCallback | None = None
+    hooks: HookRegistry | None = None  # extensions' ``cfg_denoiser`` hooks, before each model call
 
     @property
     def guided(self) -> bool:
@@ -178,24 +180,35 @@ class GuidedModel:
             self._rows = key
         return len(rows)
 
-    def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int,
-                 total: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def text_rows(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt rows, negative rows or None) of the UNet batch's text conditioning at ``step``."""
+        self._build(step)
+        if not self.guided:
+            return self.embeds, None
+        return self.embeds[self.batch:], self.embeds[: self.batch]
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int, total: int,
+                 embeds: torch.Tensor | None = None,
+                 extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(guided output, unconditional output or None) for ``latents`` (already scaled) at
         timestep ``t``; ``step`` of ``total`` is the place among the steps that run (prompt
-        schedules, ControlNet windows)."""
+        schedules, ControlNet windows). ``embeds`` / ``extra``: this call's text rows and extra
+        channels where a hook replaced them (the schedule's otherwise)."""
         count = self._build(step)
+        embeds = self.embeds if embeds is None else embeds
+        extra = self.extra if extra is None else extra
         model_in = torch.cat([latents] * count) if count > 1 else latents
         kwargs: dict[str, Any] = {}
         if self.control is not None:
             uncond_rows = self.batch if self.guided else 0
-            residuals = self.control(model_in, t, self.embeds, step, total, uncond_rows)
+            residuals = self.control(model_in, t, embeds, step, total, uncond_rows)
             if residuals is not None:
                 kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = residuals
         if self.added is not None:
             kwargs["added_cond_kwargs"] = self.added
-        if self.extra is not None:
-            model_in = torch.cat([model_in, torch.cat([self.extra] * count) if count > 1 else self.extra], dim=1)
-        pred = self.unet(model_in, t, encoder_hidden_states=self.embeds, **kwargs).sample
+        if extra is not None:
+            model_in = torch.cat([model_in, torch.cat([extra] * count) if count > 1 else extra], dim=1)
+        pred = self.unet(model_in, t, encoder_hidden_states=embeds, **kwargs).sample
         if not self.guided:
             return pred, None
         uncond_pred, *cond_preds = pred.chunk(count)
@@ -224,6 +237,7 @@ class ModelDenoiser:
         self.levels = sigmas[1:].double()  # the steps' end levels: a sigma's step is how many it lies under
         self.total = len(sigmas) - 1
         self.init, self.mask = init, mask
+        self.hooks = inp.hooks if inp.hooks is not None and inp.hooks.has("cfg_denoiser") else None
         self._uncond: torch.Tensor | None = None
 
     @property
@@ -245,11 +259,26 @@ class ModelDenoiser:
             d = self.init * (1 - self.mask) + d * self.mask
         return d
 
+    def _hooked(self, x: torch.Tensor, sigma: torch.Tensor,
+                step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Extensions' ``cfg_denoiser`` hooks (A1111's ``CFGDenoiserParams``) on this call: the
+        latents before the model's input scaling, the text rows and extra channels, as they leave them."""
+        cond, uncond = self.model.text_rows(step)
+        params = self.hooks.cfg_denoiser(CFGDenoiserParams(
+            x=x, image_cond=self.model.extra, sigma=sigma, sampling_step=step, total_sampling_steps=self.total,
+            text_cond=cond, text_uncond=uncond, denoiser=self))
+        embeds = params.text_cond if params.text_uncond is None else torch.cat([params.text_uncond, params.text_cond])
+        return params.x, embeds, params.image_cond
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.float()
+        step = self.step_of(sigma)
+        embeds = extra = None
+        if self.hooks is not None:
+            x, embeds, extra = self._hooked(x, sigma, step)
         scaled = (x / torch.sqrt(sigma**2 + 1)).to(self.model.dtype)
         t = self.model_sigmas.sigma_to_t(sigma.cpu()).to(x.device)
-        out, uncond = self.model(scaled, t, self.step_of(sigma), self.total)
+        out, uncond = self.model(scaled, t, step, self.total, embeds, extra)
         self._uncond = self._denoised(x, sigma, uncond) if uncond is not None else None
         return self._denoised(x, sigma, out)
 

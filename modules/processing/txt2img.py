@@ -41,6 +41,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             # 4. seeded noise on the CPU, one draw per image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
+            ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
             # 5. denoise and decode (the sampler's step noise seeded from the image seeds)
             try:
                 latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control)
@@ -53,6 +54,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
                 ctx.token.clear_skip()
                 result.skipped += 1
                 continue
+            images = ctx.hooks.images_decoded(req.mode, req, n, images, batch_seeds, ctx)  # extensions' image_decoded
             # 6. infotext per image, saved atomically
             common.add_batch(result, req, ctx, plan, images, batch_seeds, batch_subseeds, extra_params,
                              ctx.settings.outdir_txt2img_samples)
@@ -85,4 +87,5 @@ def first_pass(
         control=control,
         size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
         on_step=common.step_hook(ctx, pipe, done, req.steps, total),
+        hooks=ctx.hooks,
     ))
