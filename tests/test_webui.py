@@ -308,3 +308,26 @@ def test_served_ui_has_the_api_from_the_first_request(services):
         assert httpx.get(base, timeout=30).status_code == 200
     finally:
         server.close()
+
+
+def test_settings_apply_writes_only_what_the_user_changed(services):
+    from modules.config import save_settings
+
+    shown = {"default_steps": 20, "default_sampler": "DPM++ 2M", "samples_filename_pattern": "[number]-[seed]"}
+    other = services.settings.model_copy(update={"default_sampler": "Euler"})  # another client saved this meanwhile
+    save_settings(other)
+    services.update_settings(other)
+    summary = settings.apply(services, {**shown, "default_steps": 9}, shown)
+    assert summary.startswith("Saved 1 changed setting(s)") and "default_steps" in summary
+    saved = json.loads(services.settings.config_file.read_text())
+    assert saved["default_steps"] == 9 and saved["default_sampler"] == "Euler"  # the stale form wrote nothing else
+    assert settings.apply(services, {**shown, "default_steps": 9}, {**shown, "default_steps": 9}).startswith("Nothing")
+
+
+def test_tab_defaults_follow_the_saved_settings(services):
+    from webui.widgets import tab_defaults
+
+    native = services.native_size()
+    assert tab_defaults(services) == {"sampler_name": "DPM++ 2M", "steps": 20, "width": native, "height": native}
+    services.update_settings(services.settings.model_copy(update={"default_steps": 7, "default_width": 48}))
+    assert tab_defaults(services) == {"sampler_name": "DPM++ 2M", "steps": 7, "width": 48, "height": native}

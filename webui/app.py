@@ -13,9 +13,10 @@ from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
 from webui import controlnet, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
 from webui.tab import GenerationTab
-from webui.widgets import SYMBOL_REFRESH
+from webui.widgets import SYMBOL_REFRESH, tab_defaults, updates_where_changed
 
 TITLE = "Easel"
+DEFAULT_FIELDS = ("sampler_name", "steps", "width", "height")  # set from the saved settings at page load
 CSS = """
 .easel-progress progress { height: 14px; }
 .easel-error { color: #c00; }
@@ -79,8 +80,8 @@ def switch_checkpoint(services, title: str, poll_seconds: float = 0.2):
         yield f"Loaded {html.escape(str(job.result))} in {time.monotonic() - started:.1f}s"
 
 
-def top_bar(services) -> None:
-    """Checkpoint dropdown with refresh and status; VAE dropdown."""
+def top_bar(services) -> gr.Dropdown:
+    """Checkpoint dropdown with refresh and status; VAE dropdown. Returns the checkpoint dropdown."""
     with gr.Row(elem_id="quicksettings"):
         checkpoint = gr.Dropdown(checkpoint_titles(services), value=selected_title(services),
                                  label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4)
@@ -100,6 +101,26 @@ def top_bar(services) -> None:
     refresh.click(on_refresh, outputs=[checkpoint, vae])
     checkpoint.input(on_choose, inputs=[checkpoint], outputs=[status], concurrency_limit=None)
     vae.input(lambda name: choose_vae(services, name), inputs=[vae], outputs=[status])
+    return checkpoint
+
+
+def bind_page_load(demo: gr.Blocks, services, tabs: list[GenerationTab], checkpoint: gr.Dropdown) -> None:
+    """At each page load: the saved defaults (sampler, steps, size) into the generation tabs, and the
+    checkpoint list and choice as they are now; only what differs from the page as built is sent."""
+    names = DEFAULT_FIELDS
+    outputs = [tab.fields[name] for tab in tabs for name in names if name in tab.fields]
+
+    def on_load():
+        defaults = tab_defaults(services)
+        updates: dict = {checkpoint: gr.update()}  # never empty: Gradio takes {} for one value
+        for tab in tabs:
+            updates.update(updates_where_changed(tab.fields, defaults))
+        titles, current = checkpoint_titles(services), selected_title(services)
+        if titles != [choice[0] for choice in checkpoint.choices] or current != checkpoint.value:
+            updates[checkpoint] = gr.update(choices=titles, value=current)
+        return updates
+
+    demo.load(on_load, outputs=[*outputs, checkpoint], queue=False, show_progress="hidden")
 
 
 def gallery_image(gallery: list | None, selected: int) -> Any:
@@ -128,7 +149,7 @@ def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, tar
 def create_ui(services) -> gr.Blocks:
     """Build the Blocks app on ``services`` (call ``.queue().launch()`` on it, see webui.server)."""
     with gr.Blocks(title=TITLE) as demo:
-        top_bar(services)
+        checkpoint = top_bar(services)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.create_ui(services)
@@ -156,9 +177,10 @@ def create_ui(services) -> gr.Blocks:
         extras.bind_events(ext, services)
         controlnet.bind_events(cn, services)
         pnginfo.bind_events(png, services)
-        settings.bind_events(sett, services)
+        settings.bind_events(sett, services, demo)
         models.bind_events(mdl, services)
         bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png, cn)
+        bind_page_load(demo, services, [t2i, i2i, inp, out, cn], checkpoint)
     return demo
 
 

@@ -20,6 +20,7 @@ from webui.widgets import (
     sampler_row,
     seed_row,
     size_batch_cfg,
+    tab_defaults,
     top_row,
 )
 
@@ -39,11 +40,11 @@ def img2img_options(prefix: str, default_denoise: float = 0.75) -> Fields:
 
 def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> tuple[Fields, Any]:
     """Sampler, size, seed and img2img options: the left column under the image."""
-    settings = services.settings
+    defaults = tab_defaults(services)
     fields: Fields = {**prompt_fields, "styles": styles}
     fields.update(img2img_options(prefix))
-    fields.update(sampler_row(prefix, settings.default_sampler, settings.default_steps))
-    fields.update(size_batch_cfg(prefix, services.native_size()))
+    fields.update(sampler_row(prefix, defaults["sampler_name"], defaults["steps"]))
+    fields.update(size_batch_cfg(prefix, defaults["width"], defaults["height"]))
     seed = seed_row(prefix)
     fields.update(seed.fields)
     return fields, seed

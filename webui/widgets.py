@@ -33,6 +33,23 @@ def named_values(fields: Fields, data: dict) -> dict[str, Any]:
     return {name: data[comp] for name, comp in fields.items() if comp in data}
 
 
+def updates_where_changed(fields: Fields, values: dict[str, Any]) -> dict:
+    """``{component: value}`` for the named components whose value as built differs from ``values``.
+
+    For page-load events: a new page shows the values the UI was built with, so only what changed
+    since (a saved setting) is sent, and nothing the user may already be typing is touched."""
+    return {fields[name]: value for name, value in values.items() if name in fields and fields[name].value != value}
+
+
+def tab_defaults(services) -> dict[str, Any]:
+    """The generation tabs' defaults from the saved settings: sampler, steps and size (0 in a size
+    setting: the selected checkpoint's native size)."""
+    s = services.settings
+    native = services.native_size() if not (s.default_width and s.default_height) else 0
+    return {"sampler_name": s.default_sampler, "steps": s.default_steps,
+            "width": s.default_width or native, "height": s.default_height or native}
+
+
 def given(values: dict[str, Any]) -> dict[str, Any]:
     """The values that are set: a component the page never rendered (a closed accordion) sends None,
     and the request's default then applies."""
@@ -87,12 +104,12 @@ def seed_row(prefix: str) -> SeedRow:
     return SeedRow({"seed": seed, "subseed": subseed, "subseed_strength": strength}, random_button, reuse_button)
 
 
-def size_batch_cfg(prefix: str, default_size: int = 512) -> Fields:
+def size_batch_cfg(prefix: str, width: int = 512, height: int = 512) -> Fields:
     """Width, height, batch count and size, CFG scale."""
     with gr.Row():
         with gr.Column():
-            width = gr.Slider(8, 2048, value=default_size, step=8, label="Width", elem_id=f"{prefix}_width")
-            height = gr.Slider(8, 2048, value=default_size, step=8, label="Height", elem_id=f"{prefix}_height")
+            width = gr.Slider(8, 2048, value=width, step=8, label="Width", elem_id=f"{prefix}_width")
+            height = gr.Slider(8, 2048, value=height, step=8, label="Height", elem_id=f"{prefix}_height")
         with gr.Column():
             n_iter = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
             batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
