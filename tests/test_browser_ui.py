@@ -81,3 +81,134 @@ def test_settings_stick_across_a_reload_and_apply_writes_only_changes(browser, t
         assert services.settings.default_sampler == "Euler" and services.settings.default_steps == 13
         page.screenshot(path=str(tmp_path / "settings-after-reload.png"))
         ctx.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_models_dir):
+    data_dir = make_data_dir(tmp_path_factory.mktemp("webui-ui-data"), tiny_models_dir)
+    with running_server(data_dir) as running:
+        yield running
+
+
+@pytest.fixture
+def page(context, server):  # noqa: F811
+    return open_page(context, server[0].local_url)
+
+
+def test_weight_shortcut_ctrl_enter_and_read_params_restore(page, tmp_path):
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a red square")
+    wait_value(page, "#txt2img_prompt textarea", "a red square")
+    prompt.evaluate("area => { area.focus(); area.setSelectionRange(2, 5); }")  # select "red"
+    prompt.press("Control+ArrowUp")
+    assert prompt.input_value() == "a (red:1.1) square"
+    prompt.press("Control+ArrowUp")
+    assert prompt.input_value() == "a (red:1.2) square"
+    prompt.press("Control+ArrowDown")
+    assert prompt.input_value() == "a (red:1.1) square"
+    set_slider(page, "txt2img_steps", 2)
+    set_slider(page, "txt2img_width", SIZE)
+    set_slider(page, "txt2img_height", SIZE)
+    page.locator("#txt2img_seed input").fill("31")
+    assert "Ctrl+Enter" in (page.locator("#txt2img_generate").get_attribute("title") or "")
+    prompt.press("Control+Enter")  # generates, as the Generate button does
+    page.wait_for_selector("#txt2img_gallery img")
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.startsWith('a (red:1.1) square')")
+    assert "Seed: 31" in page.locator("#txt2img_infotext textarea").input_value()
+    assert prompt.input_value() == "a (red:1.1) square"  # Ctrl+Enter added no new line
+    page.screenshot(path=str(tmp_path / "ctrl-enter.png"))
+    # Read params with an empty prompt restores the last generation
+    prompt.fill("")
+    set_slider(page, "txt2img_steps", 9)
+    page.locator("#txt2img_read_params").click()
+    wait_value(page, "#txt2img_prompt textarea", "a (red:1.1) square")
+    wait_value(page, "#txt2img_steps input[type=number]", "2")
+    assert page.locator("#txt2img_seed input").input_value() == "31"
+
+
+def test_token_counter_counts_with_the_tokenizer(page):
+    from webui.tokens import count_tokens
+
+    counter = page.locator("#txt2img_token_counter")
+    assert counter.inner_text() == "0/75"
+    page.locator("#txt2img_prompt textarea").fill("a red square <lora:anything:0.5>")
+    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText === '3/75'")
+    long_prompt = "word, " * 50  # 100 tokens: two chunks
+    assert count_tokens(long_prompt) == (100, 2)
+    page.locator("#txt2img_prompt textarea").fill(long_prompt)
+    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText === '100/150'")
+    page.locator("#txt2img_neg_prompt textarea").fill("blurry")
+    page.wait_for_function("document.querySelector('#txt2img_neg_token_counter').innerText === '1/75'")
+
+
+def test_escape_interrupts_the_running_job(page, server):
+    page.locator("#txt2img_prompt textarea").fill("a long run")
+    set_slider(page, "txt2img_steps", 150)
+    set_slider(page, "txt2img_width", SIZE)
+    set_slider(page, "txt2img_height", SIZE)
+    set_slider(page, "txt2img_batch_count", 20)
+    page.locator("#txt2img_generate").click()
+    page.wait_for_selector("#txt2img_interrupt:visible")
+    page.wait_for_selector("#txt2img_progress .easel-progress-text")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#txt2img_generate:visible")
+    assert page.locator("#txt2img_error textarea").input_value() == "Interrupted."
+    assert server[1].queue.current() is None
+
+
+def test_inpaint_brush_is_sized_to_the_picture_and_clear_keeps_it(page, server, tmp_path):
+    import io
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_browser import draw_stroke, upload_into_editor
+
+    services = server[1]
+    path = tmp_path / "dark.png"
+    checker = (np.indices((64, 64)).sum(axis=0) // 4 % 2 * 100).astype(np.uint8)  # 0 and 100: dark, not flat
+    Image.fromarray(np.stack([checker] * 3, axis=-1)).save(path)
+    page.locator("#tab_inpaint-button").click()
+    upload_into_editor(page, "inpaint_editor", path)
+    canvas = page.locator("#inpaint_editor .pixi-target canvas")
+    before = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=int)
+    draw_stroke(page, "inpaint_editor", [(0.35, 0.5), (0.5, 0.5), (0.65, 0.5)])
+    deadline = time.monotonic() + 30  # software WebGL draws the stroke a while after the mouse is up
+    while True:
+        after = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=int)
+        painted = after[after - before > 30]
+        if painted.size or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(250)
+    page.screenshot(path=str(tmp_path / "inpaint-stroke.png"))
+    assert painted.size, "the stroke did not show on the canvas"
+    assert np.median(painted) < 220, "the mask is drawn opaque white: the picture under it cannot be seen"
+    # the mask the server receives: a stroke about 5% of 64 px wide (3 px), not Gradio's 25 px
+    captured = []
+    submit_all = services.submit_all
+    services.submit_all = lambda requests: captured.extend(requests) or submit_all(requests)
+    try:
+        page.locator("#inpaint_prompt textarea").fill("x")
+        set_slider(page, "inpaint_steps", 1)
+        page.locator("#inpaint_generate").click()
+        page.wait_for_selector("#inpaint_gallery img")
+    finally:
+        services.submit_all = submit_all
+    mask = np.asarray(captured[0][1].mask.convert("L")) > 127
+    rows = mask.any(axis=1).sum()
+    columns = mask.any(axis=0).sum()
+    assert columns >= 20, f"the stroke is {columns} px long"
+    assert 1 <= rows <= 6, f"a default stroke is {rows} px wide on a 64 px picture"  # 5%: about 3 px
+    page.screenshot(path=str(tmp_path / "inpaint-brush.png"))
+    # Clear canvas takes the strokes away and keeps the picture: Generate then asks for a mask, not an image
+    page.locator("#inpaint_editor button[aria-label='Clear canvas']").click()
+    page.locator("#inpaint_generate").click()
+    page.wait_for_function("document.querySelector('#inpaint_error textarea')?.value.includes('nothing is painted')")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=int)
+        if shown.std() > 20 and not (shown - before > 30).any():
+            break
+        page.wait_for_timeout(250)
+    assert shown.std() > 20 and not (shown - before > 30).any(), "the picture is gone or the stroke stayed"

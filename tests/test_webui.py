@@ -331,3 +331,29 @@ def test_tab_defaults_follow_the_saved_settings(services):
     assert tab_defaults(services) == {"sampler_name": "DPM++ 2M", "steps": 20, "width": native, "height": native}
     services.update_settings(services.settings.model_copy(update={"default_steps": 7, "default_width": 48}))
     assert tab_defaults(services) == {"sampler_name": "DPM++ 2M", "steps": 7, "width": 48, "height": native}
+
+
+def test_token_count_takes_the_longest_text_and_counts_chunks():
+    from webui.tokens import count_tokens, counter_html
+
+    assert count_tokens("") == (0, 1)
+    assert count_tokens("a red square") == (3, 1)
+    assert count_tokens("a (red:1.3) [square] <lora:x:0.5>") == (3, 1)  # weights and tags are no tokens
+    assert count_tokens("a cat AND a very big red dog :0.5") == (5, 1)  # the longest AND part
+    assert count_tokens("[a cat:a very big red dog:0.5]", steps=10) == (5, 1)  # the longest scheduled text
+    assert count_tokens("a BREAK b") == (2, 2)
+    assert ">100/150<" in counter_html("word, " * 50)
+
+
+def test_brush_is_sized_to_the_picture():
+    from webui.brushes import brush_size, sized_tools
+
+    assert brush_size(64, 64) == 2  # Gradio's size is a radius: a stroke about 5% (3 px) wide
+    assert brush_size(512, 768) == 13
+    assert brush_size(8, 8) == 1  # never below 1 px
+    with gr.Blocks():
+        editor = gr.ImageEditor(brush=gr.Brush(colors=["#000000"], default_size=25))
+    tools = sized_tools(editor, Image.new("RGB", (192, 64)))
+    assert tools["brush"].default_size == 2 and tools["brush"].colors == ["#000000"]
+    assert tools["eraser"].default_size == 2
+    assert sized_tools(editor, None) == {}

@@ -12,14 +12,17 @@ import gradio as gr
 from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
 from webui import controlnet, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
+from webui.brushes import editor_update
 from webui.tab import GenerationTab
-from webui.widgets import SYMBOL_REFRESH, tab_defaults, updates_where_changed
+from webui.widgets import LABEL_REFRESH, tab_defaults, updates_where_changed
 
 TITLE = "Easel"
 DEFAULT_FIELDS = ("sampler_name", "steps", "width", "height")  # set from the saved settings at page load
 CSS = """
 .easel-progress progress { height: 14px; }
 .easel-error { color: #c00; }
+.easel-token-counter-box { text-align: right; font-size: 0.8em; opacity: 0.75; margin-top: -6px; }
+.easel-token-counter-multi { font-weight: bold; }
 """
 
 
@@ -85,7 +88,7 @@ def top_bar(services) -> gr.Dropdown:
     with gr.Row(elem_id="quicksettings"):
         checkpoint = gr.Dropdown(checkpoint_titles(services), value=selected_title(services),
                                  label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4)
-        refresh = gr.Button(SYMBOL_REFRESH, elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+        refresh = gr.Button(LABEL_REFRESH, elem_id="refresh_sd_model_checkpoint", scale=0, min_width=80, size="sm")
         vae = gr.Dropdown(vae_choices(services), value=services.settings.sd_vae, label="SD VAE",
                           elem_id="sd_vae", scale=2)
         status = gr.HTML(elem_id="sd_model_status")
@@ -134,11 +137,17 @@ def gallery_image(gallery: list | None, selected: int) -> Any:
 def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, target_image,
               target: GenerationTab | None) -> None:
     """A "Send to" button: the selected image (and its parameters) to another tab, which opens."""
-    outputs = [target_image, tabs, *(target.infotext_outputs() if target else [])]
+    background = target.extra.get("background") if target else None  # an editor's picture, kept on clear
+    outputs = [target_image, tabs, *(target.infotext_outputs() if target else []), *([background] if background else [])]
 
     def send(gallery, selected, infotexts):
         text = infotexts[selected] if infotexts and 0 <= (selected or 0) < len(infotexts) else ""
-        updates = {target_image: gallery_image(gallery, selected), tabs: gr.Tabs(selected=target_id)}
+        image = gallery_image(gallery, selected)
+        updates = {target_image: image, tabs: gr.Tabs(selected=target_id)}
+        if isinstance(target_image, gr.ImageEditor):  # the brush sized to the picture sent
+            updates[target_image] = editor_update(target_image, image)
+        if background:
+            updates[background] = image
         if target and text:
             updates.update(target.infotext_updates(text))
         return updates

@@ -10,6 +10,7 @@ from PIL import Image
 
 from modules.schemas import RESIZE_MODES, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
 from webui import xyplot
+from webui.brushes import bind_brush_fitting, brush_size, editor_update
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
@@ -53,21 +54,26 @@ def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> t
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
     top = top_row(PREFIX, services)
+    native = services.native_size()
+    brush = brush_size(native, native)  # resized to each picture put into the editor (webui.brushes)
     with gr.Row():
         with gr.Column():
             mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id=f"{PREFIX}_mode")
             image = gr.Image(type="pil", format="png", label="Image for img2img", elem_id=f"{PREFIX}_image",
                              sources=["upload", "clipboard"], height=400)
             sketch = gr.ImageEditor(type="pil", label="Sketch", elem_id=f"{PREFIX}_sketch", visible=False,
-                                    brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0]),
-                                    eraser=gr.Eraser(), format="png", sources=["upload", "clipboard"], height=400)
+                                    brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0],
+                                                   default_size=brush),
+                                    eraser=gr.Eraser(default_size=brush), format="png",
+                                    sources=["upload", "clipboard"], height=400)
             fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             units = controlnet_accordion(services, PREFIX, image_optional=True)
             script = xyplot.create_ui(PREFIX, services)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    extra = {"mode": mode, "sketch": sketch, "xyplot": script}
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image, extra=extra, units=units)
+    extra = {"mode": mode, "sketch": sketch, "xyplot": script, "sketch_background": gr.State(None)}
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params,
+                         counters=top.prompt.counters, image=image, extra=extra, units=units)
 
 
 def sketch_image(value: Any) -> Image.Image | None:
@@ -105,5 +111,7 @@ def bind_events(tab: GenerationTab, services) -> None:
     bind_common(tab, services, batch, extra_inputs=extra_inputs)
     mode.change(lambda m: (gr.update(visible=m != "Sketch"), gr.update(visible=m == "Sketch")),
                 inputs=[mode], outputs=[tab.image, sketch], queue=False)
-    # sketching starts from the uploaded image
-    tab.image.change(lambda img: img, inputs=[tab.image], outputs=[sketch], queue=False)
+    # sketching starts from the uploaded image, with the brush sized to it
+    tab.image.change(lambda img: (editor_update(sketch, img), img), inputs=[tab.image],
+                     outputs=[sketch, tab.extra["sketch_background"]], queue=False)
+    bind_brush_fitting(sketch, tab.extra["sketch_background"])

@@ -38,7 +38,7 @@ def create_ui(services) -> GenerationTab:
             fields["denoising_strength"].value = 0.9
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, counters=top.prompt.counters, image=image)
 
 
 def build_request(values: dict[str, Any], image: Image.Image | None) -> OutpaintRequest:

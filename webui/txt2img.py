@@ -88,7 +88,8 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
             script = xyplot.create_ui(prefix, services)
         with gr.Column():
             panel = output_panel(prefix, top.generate, top.interrupt, top.skip)
-    return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params, extra={"xyplot": script}, units=units)
+    return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params,
+                         counters=top.prompt.counters, extra={"xyplot": script}, units=units)
 
 
 def build_request(values: dict[str, Any], units: list[ControlNetUnit] | None = None) -> Txt2ImgRequest:

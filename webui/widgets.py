@@ -19,13 +19,16 @@ from modules import samplers
 from modules.infotext import infotext_to_fields, parse_infotext
 from modules.schemas import MAX_SEED
 from modules.styles import STYLES_FILE, load_styles
+from webui.tokens import counter_html
 
 Fields = dict[str, Any]  # field name -> gradio component
 RANDOM_SEED = -1
-SYMBOL_RANDOM = "\U0001f3b2"  # dice
-SYMBOL_REUSE = "\u267b\ufe0f"  # recycle
-SYMBOL_READ_PARAMS = "\u2199\ufe0f"  # arrow down-left, as A1111's "read generation parameters"
-SYMBOL_REFRESH = "\U0001f504"
+# Buttons carry words, not emoji (an emoji renders as an empty box without an emoji font); their
+# tooltips are set by webui/javascript/shortcuts.js.
+LABEL_RANDOM = "Random"
+LABEL_REUSE = "Reuse"
+LABEL_READ_PARAMS = "Read params"  # A1111's "read generation parameters" (↙️)
+LABEL_REFRESH = "Refresh"
 
 
 def named_values(fields: Fields, data: dict) -> dict[str, Any]:
@@ -93,8 +96,8 @@ def seed_row(prefix: str) -> SeedRow:
     with gr.Row():
         seed = gr.Number(label="Seed", value=RANDOM_SEED, precision=0, minimum=-1, maximum=MAX_SEED,
                          elem_id=f"{prefix}_seed", scale=4)
-        random_button = gr.Button(SYMBOL_RANDOM, elem_id=f"{prefix}_random_seed", scale=0, min_width=40)
-        reuse_button = gr.Button(SYMBOL_REUSE, elem_id=f"{prefix}_reuse_seed", scale=0, min_width=40)
+        random_button = gr.Button(LABEL_RANDOM, elem_id=f"{prefix}_random_seed", scale=0, min_width=80, size="sm")
+        reuse_button = gr.Button(LABEL_REUSE, elem_id=f"{prefix}_reuse_seed", scale=0, min_width=80, size="sm")
     with gr.Accordion("Variation seed", open=False):
         with gr.Row():
             subseed = gr.Number(label="Variation seed", value=RANDOM_SEED, precision=0, minimum=-1,
@@ -121,22 +124,33 @@ def size_batch_cfg(prefix: str, width: int = 512, height: int = 512) -> Fields:
 class PromptRow:
     fields: Fields
     read_params: gr.Button
+    counters: dict[str, gr.HTML]  # prompt field name -> its token counter
+
+
+def token_counter(elem_id: str) -> gr.HTML:
+    """The ``n/75`` under a prompt box (filled by ``webui.tokens.counter_html`` as the prompt changes)."""
+    return gr.HTML(counter_html(""), elem_id=elem_id, elem_classes=["easel-token-counter-box"], container=False,
+                   padding=False)
 
 
 def prompt_row(prefix: str) -> PromptRow:
-    """Prompt and negative prompt, with the read-generation-parameters button (↙️)."""
+    """Prompt and negative prompt with their token counters, and the read-generation-parameters button."""
     with gr.Row():
         with gr.Column(scale=8):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
-                                placeholder="Prompt (paste an A1111 infotext and press ↙️ to fill every field)")
+                                placeholder="Prompt (Ctrl+Enter generates; paste an A1111 infotext and press "
+                                            f"{LABEL_READ_PARAMS} to fill every field)")
+            prompt_counter = token_counter(f"{prefix}_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
-        read_params = gr.Button(SYMBOL_READ_PARAMS, elem_id=f"{prefix}_read_params", scale=0, min_width=40)
-    return PromptRow({"prompt": prompt, "negative_prompt": negative}, read_params)
+            negative_counter = token_counter(f"{prefix}_neg_token_counter")
+        read_params = gr.Button(LABEL_READ_PARAMS, elem_id=f"{prefix}_read_params", scale=0, min_width=80, size="sm")
+    return PromptRow({"prompt": prompt, "negative_prompt": negative}, read_params,
+                     {"prompt": prompt_counter, "negative_prompt": negative_counter})
 
 
 @dataclass
 class TopRow:
-    """A generation tab's top row: prompts (with ↙️), Generate/Interrupt/Skip and the styles."""
+    """A generation tab's top row: prompts (with Read params), Generate/Interrupt/Skip and the styles."""
 
     prompt: PromptRow
     generate: gr.Button
