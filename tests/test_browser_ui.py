@@ -212,3 +212,20 @@ def test_inpaint_brush_is_sized_to_the_picture_and_clear_keeps_it(page, server, 
             break
         page.wait_for_timeout(250)
     assert shown.std() > 20 and not (shown - before > 30).any(), "the picture is gone or the stroke stayed"
+
+
+def test_a_non_image_upload_is_one_line(page, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("hello, I am text")
+    for tab, elem_id in (("img2img", "img2img_image"), ("pnginfo", "pnginfo_image")):
+        page.locator(f"#tab_{tab}-button").click()
+        page.locator(f"#{elem_id} input[type=file]").set_input_files(str(fake))
+        toast = page.locator(".toast-body", has_text="not an image: fake.png").first
+        toast.wait_for()
+        text = toast.inner_text()
+        assert "preprocess" not in text and "/tmp/" not in text and len(text.splitlines()) <= 3, text
+        page.wait_for_function("id => !document.querySelector(`#${id} img`)", arg=elem_id)  # taken out again
+        for close in page.locator(".toast-body button, .toast-close").all():
+            if close.is_visible():
+                close.click()
+    page.screenshot(path=str(tmp_path / "non-image.png"))

@@ -357,3 +357,26 @@ def test_brush_is_sized_to_the_picture():
     assert tools["brush"].default_size == 2 and tools["brush"].colors == ["#000000"]
     assert tools["eraser"].default_size == 2
     assert sized_tools(editor, None) == {}
+
+
+def test_errors_are_one_line_without_type_names_and_interrupts_are_no_error(services, tmp_path):
+    from webui.runner import user_message
+    from webui.uploads import is_image_file, open_upload, upload_name
+
+    assert user_message(RequestError("steps: must be at most 150")) == "steps: must be at most 150"
+    assert user_message(KeyError("x")) == "KeyError: 'x'"
+    assert user_message(RuntimeError("out of\nmemory")) == "RuntimeError: out of memory"
+    panel = make_panel()
+    slow = txt2img.build_request({**TXT2IMG_VALUES, "steps": 150, "n_iter": 20})
+    stream = runner.stream_jobs(services, panel, lambda: runner.Batch([("txt2img", slow)]), poll_seconds=0.01)
+    runner.interrupt(services, next(stream)[panel.job_id])
+    final = list(stream)[-1]
+    assert final[panel.error]["value"] == "Interrupted." and final[panel.error]["label"] == "Stopped"
+    # a text file named .png: not an image (the upload check takes it out again with one line)
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    assert not is_image_file(str(fake))
+    assert open_upload({"path": str(fake), "orig_name": "fake.png"}) is None
+    assert upload_name({"path": str(fake), "orig_name": "notes.png"}) == "notes.png"
+    Image.new("RGB", (4, 4)).save(tmp_path / "real.png")
+    assert open_upload({"path": str(tmp_path / "real.png")}).size == (4, 4)

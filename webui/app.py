@@ -13,6 +13,7 @@ from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
 from webui import controlnet, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
 from webui.brushes import editor_update
+from webui.runner import user_message
 from webui.tab import GenerationTab
 from webui.widgets import LABEL_REFRESH, tab_defaults, updates_where_changed
 
@@ -76,11 +77,14 @@ def switch_checkpoint(services, title: str, poll_seconds: float = 0.2):
         waiting = f" (waiting, queue position {position})" if position > 0 else ""
         yield f"Loading {html.escape(title)}{waiting}… {time.monotonic() - started:.0f}s"
         time.sleep(poll_seconds)
-    if job.error:
-        gr.Warning(job.error)
-        yield f"<span class='easel-error'>{html.escape(job.error)}</span>"
+    try:
+        loaded = job.wait(0)
+    except Exception as err:  # the run's own error, one line without its type name
+        message = user_message(err)
+        gr.Warning(message)
+        yield f"<span class='easel-error'>{html.escape(message)}</span>"
     else:
-        yield f"Loaded {html.escape(str(job.result))} in {time.monotonic() - started:.1f}s"
+        yield f"Loaded {html.escape(str(loaded))} in {time.monotonic() - started:.1f}s"
 
 
 def top_bar(services) -> gr.Dropdown:

@@ -14,6 +14,7 @@ from webui.brushes import bind_brush_fitting, brush_size, editor_update
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
+from webui.uploads import clear_non_images, open_upload
 from webui.widgets import (
     Fields,
     given,
@@ -111,7 +112,12 @@ def bind_events(tab: GenerationTab, services) -> None:
     bind_common(tab, services, batch, extra_inputs=extra_inputs)
     mode.change(lambda m: (gr.update(visible=m != "Sketch"), gr.update(visible=m == "Sketch")),
                 inputs=[mode], outputs=[tab.image, sketch], queue=False)
-    # sketching starts from the uploaded image, with the brush sized to it
-    tab.image.change(lambda img: (editor_update(sketch, img), img), inputs=[tab.image],
-                     outputs=[sketch, tab.extra["sketch_background"]], queue=False)
+    # sketching starts from the uploaded image, with the brush sized to it (read raw: see webui.uploads)
+    def to_sketch(payload):
+        picture = open_upload(payload)
+        return editor_update(sketch, picture), picture
+
+    tab.image.change(to_sketch, inputs=[tab.image], outputs=[sketch, tab.extra["sketch_background"]], queue=False,
+                     preprocess=False)
     bind_brush_fitting(sketch, tab.extra["sketch_background"])
+    clear_non_images(tab.image)

@@ -21,6 +21,7 @@ from webui.controlnet_units import controlnet_accordion
 from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
+from webui.uploads import clear_non_images
 from webui.widgets import given, output_panel, top_row
 
 PREFIX = "inpaint"
@@ -125,3 +126,4 @@ def bind_events(tab: GenerationTab, services) -> None:
     source.change(lambda s: gr.update(visible=s == MASK_SOURCES[1]), inputs=[source], outputs=[mask_upload],
                   queue=False)
     bind_brush_fitting(tab.image, tab.extra["background"])
+    clear_non_images(mask_upload)

@@ -11,6 +11,7 @@ from modules.schemas import OUTPAINT_DIRECTIONS, OUTPAINT_FILLS, OutpaintRequest
 from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
+from webui.uploads import clear_non_images
 from webui.widgets import given, output_panel, top_row
 
 PREFIX = "outpaint"
@@ -57,3 +58,4 @@ def bind_events(tab: GenerationTab, services) -> None:
         return Batch([(request.mode, request)])
 
     bind_common(tab, services, batch, extra_inputs={"_image": tab.image})
+    clear_non_images(tab.image)
