@@ -229,3 +229,37 @@ def test_a_non_image_upload_is_one_line(page, tmp_path):
             if close.is_visible():
                 close.click()
     page.screenshot(path=str(tmp_path / "non-image.png"))
+
+
+def test_styles_editor_creates_edits_applies_and_deletes(page, server):
+    from modules.styles import load_styles
+
+    path = server[1].settings.data_dir / "styles.csv"
+    page.locator("#txt2img_styles_edit").get_by_text("Edit styles").click()
+    name = page.locator("#txt2img_style_name input")
+    name.fill("bright")
+    name.press("Enter")
+    page.locator("#txt2img_style_prompt textarea").fill("{prompt}, bright colours")
+    page.locator("#txt2img_style_neg_prompt textarea").fill("dull")
+    page.locator("#txt2img_style_save").click()
+    page.wait_for_selector("#txt2img_style_status:has-text('Saved style bright')")
+    assert load_styles(path)["bright"].prompt == "{prompt}, bright colours"
+    # edit it: the same name saves over it
+    page.locator("#txt2img_style_prompt textarea").fill("{prompt}, vivid colours")
+    page.locator("#txt2img_style_save").click()
+    for _ in range(240):
+        if load_styles(path)["bright"].prompt == "{prompt}, vivid colours":
+            break
+        page.wait_for_timeout(250)
+    assert load_styles(path)["bright"].prompt == "{prompt}, vivid colours" and len(load_styles(path)) == 1
+    # apply: choose it in the Styles dropdown, then write it into the prompt boxes
+    page.locator("#txt2img_prompt textarea").fill("a cat")
+    page.locator("#txt2img_styles input").click()
+    page.get_by_role("option", name="bright", exact=True).click()
+    page.locator("#txt2img_style_apply").click()
+    wait_value(page, "#txt2img_prompt textarea", "a cat, vivid colours")
+    assert page.locator("#txt2img_neg_prompt textarea").input_value() == "dull"
+    # delete
+    page.locator("#txt2img_style_delete").click()
+    page.wait_for_selector("#txt2img_style_status:has-text('Deleted style bright')")
+    assert load_styles(path) == {}

@@ -19,6 +19,7 @@ from modules import samplers
 from modules.infotext import infotext_to_fields, parse_infotext
 from modules.schemas import MAX_SEED
 from modules.styles import STYLES_FILE, load_styles
+from webui import styles_editor
 from webui.tokens import counter_html
 
 Fields = dict[str, Any]  # field name -> gradio component
@@ -160,7 +161,8 @@ class TopRow:
 
 
 def top_row(prefix: str, services) -> TopRow:
-    """The prompt row on the left; Generate/Interrupt/Skip and the styles dropdown on the right."""
+    """The prompt row on the left; Generate/Interrupt/Skip, the styles dropdown and the styles
+    editor on the right (the editor's events are bound here: they touch only this row)."""
     with gr.Row():
         with gr.Column(scale=6):
             prompt = prompt_row(prefix)
@@ -168,6 +170,8 @@ def top_row(prefix: str, services) -> TopRow:
             generate, interrupt, skip = generate_buttons(prefix)
             styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
                                  elem_id=f"{prefix}_styles")
+            editor = styles_editor.create_ui(prefix, style_names(services))
+    styles_editor.bind_events(editor, services, prompt.fields["prompt"], prompt.fields["negative_prompt"], styles)
     return TopRow(prompt, generate, interrupt, skip, styles)
 
 
