@@ -231,7 +231,7 @@ def test_a_non_image_upload_is_one_line(page, tmp_path):
     page.screenshot(path=str(tmp_path / "non-image.png"))
 
 
-def test_styles_editor_creates_edits_applies_and_deletes(page, server):
+def test_styles_editor_creates_edits_applies_and_deletes(page, server, context):  # noqa: F811
     from modules.styles import load_styles
 
     path = server[1].settings.data_dir / "styles.csv"
@@ -244,6 +244,11 @@ def test_styles_editor_creates_edits_applies_and_deletes(page, server):
     page.locator("#txt2img_style_save").click()
     page.wait_for_selector("#txt2img_style_status:has-text('Saved style bright')")
     assert load_styles(path)["bright"].prompt == "{prompt}, bright colours"
+    other = open_page(context, server[0].local_url)  # a page opened now lists it in every tab
+    other.locator("#tab_img2img-button").click()
+    other.locator("#img2img_styles input").click()
+    other.get_by_role("option", name="bright", exact=True).wait_for()
+    other.close()
     # edit it: the same name saves over it
     page.locator("#txt2img_style_prompt textarea").fill("{prompt}, vivid colours")
     page.locator("#txt2img_style_save").click()

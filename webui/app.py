@@ -15,7 +15,7 @@ from webui import controlnet, extras, img2img, inpaint, models, outpaint, pnginf
 from webui.brushes import editor_update
 from webui.runner import user_message
 from webui.tab import GenerationTab
-from webui.widgets import LABEL_REFRESH, tab_defaults, updates_where_changed
+from webui.widgets import LABEL_REFRESH, style_names, tab_defaults, updates_where_changed
 
 TITLE = "Easel"
 DEFAULT_FIELDS = ("sampler_name", "steps", "width", "height")  # set from the saved settings at page load
@@ -112,16 +112,20 @@ def top_bar(services) -> gr.Dropdown:
 
 
 def bind_page_load(demo: gr.Blocks, services, tabs: list[GenerationTab], checkpoint: gr.Dropdown) -> None:
-    """At each page load: the saved defaults (sampler, steps, size) into the generation tabs, and the
-    checkpoint list and choice as they are now; only what differs from the page as built is sent."""
-    names = DEFAULT_FIELDS
+    """At each page load: the saved defaults (sampler, steps, size) into the generation tabs, the styles
+    list, and the checkpoint list and choice as they are now; only what differs from the page as built
+    is sent."""
+    names = (*DEFAULT_FIELDS, "styles")
     outputs = [tab.fields[name] for tab in tabs for name in names if name in tab.fields]
 
     def on_load():
         defaults = tab_defaults(services)
         updates: dict = {checkpoint: gr.update()}  # never empty: Gradio takes {} for one value
+        styles = style_names(services)  # styles saved from another page since this one was built
         for tab in tabs:
             updates.update(updates_where_changed(tab.fields, defaults))
+            if "styles" in tab.fields and styles != [choice[0] for choice in tab.fields["styles"].choices]:
+                updates[tab.fields["styles"]] = gr.update(choices=styles)
         titles, current = checkpoint_titles(services), selected_title(services)
         if titles != [choice[0] for choice in checkpoint.choices] or current != checkpoint.value:
             updates[checkpoint] = gr.update(choices=titles, value=current)
