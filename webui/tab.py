@@ -67,6 +67,7 @@ def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, An
                                 outputs=[tab.fields["seed"]], queue=False)
     if tab.units:
         controlnet_units.bind_units(tab.units, services)
+
     def read_params(text: str, infotexts: list[str], selected: int):
         if not (text or "").strip():  # an empty prompt: restore the last generation shown here
             text = infotexts[min(max(selected or 0, 0), len(infotexts) - 1)] if infotexts else ""
@@ -75,7 +76,7 @@ def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, An
         return tab.infotext_updates(text) or {tab.fields["prompt"]: gr.update()}
 
     tab.read_params.click(read_params, inputs=[tab.fields["prompt"], tab.panel.infotexts, tab.panel.selected],
-                          outputs=tab.infotext_outputs(), queue=False)
+                          outputs=tab.infotext_outputs(), show_progress="hidden")  # queued: its toast needs it
     bind_token_counters(tab)
 
 
