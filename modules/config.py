@@ -66,6 +66,10 @@ class Settings(BaseModel):
     uni_pc_order: int = Field(3, ge=1, le=5, description="UniPC's order")
     default_sampler: str = "DPM++ 2M"  # with the Automatic schedule: Karras, as A1111 since 1.6
     default_steps: int = Field(20, ge=1, le=150)
+    default_width: int = Field(0, ge=0, le=2048, multiple_of=8,
+                               description="the tabs' width at page load; 0 = the checkpoint's native size")
+    default_height: int = Field(0, ge=0, le=2048, multiple_of=8,
+                                description="the tabs' height at page load; 0 = the checkpoint's native size")
     max_queue: int = Field(64, ge=1, le=10_000)
     max_side: int = Field(2048, ge=64, le=8192)
     max_batch_images: int = Field(64, ge=1)

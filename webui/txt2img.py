@@ -23,6 +23,7 @@ from webui.widgets import (
     schedule_choices,
     seed_row,
     size_batch_cfg,
+    tab_defaults,
     top_row,
 )
 
@@ -70,15 +71,15 @@ def _sampler_names() -> list[str]:
 def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) -> GenerationTab:
     """Build the tab's components (call inside a ``gr.Tab``). ``controlnet_first``: the ControlNet
     units open above the settings (the ControlNet tab) instead of a closed accordion below them."""
-    settings = services.settings
+    defaults = tab_defaults(services)
     top = top_row(prefix, services)
     with gr.Row():
         with gr.Column():
             if controlnet_first:
                 units = controlnet_accordion(services, prefix, open=True)
             fields: Fields = {**top.prompt.fields, "styles": top.styles}
-            fields.update(sampler_row(prefix, settings.default_sampler, settings.default_steps))
-            fields.update(size_batch_cfg(prefix, services.native_size()))
+            fields.update(sampler_row(prefix, defaults["sampler_name"], defaults["steps"]))
+            fields.update(size_batch_cfg(prefix, defaults["width"], defaults["height"]))
             seed = seed_row(prefix)
             fields.update(seed.fields)
             fields.update(hires_section(prefix, services))
@@ -89,7 +90,8 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
         with gr.Column():
             panel = output_panel(prefix, top.generate, top.interrupt, top.skip)
     return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params,
-                         extra={"xyplot": script, "extension_scripts": ext_scripts}, units=units)
+                         counters=top.prompt.counters, extra={"xyplot": script, "extension_scripts": ext_scripts},
+                         units=units)
 
 
 def build_request(values: dict[str, Any], units: list[ControlNetUnit] | None = None) -> Txt2ImgRequest:
