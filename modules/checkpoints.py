@@ -179,9 +179,9 @@ def detect_architecture(state: dict[str, torch.Tensor], yaml_config: dict | None
         )
     in_channels = state[UNET_IN_KEY].shape[1]
     if SDXL_KEY in state:
-        if in_channels != 4:
-            raise CheckpointError("SDXL inpainting checkpoints are not supported")
-        return "sdxl"
+        if in_channels not in (4, 9):
+            raise CheckpointError(f"unexpected SDXL UNet input channels {in_channels}: expected 4, or 9 for inpainting")
+        return "sdxl"  # a 9-channel UNet (SDXL inpainting) loads with in_channels from the checkpoint
     is_sd2 = OPENCLIP_KEY in state or (SD2_CONTEXT_KEY in state and state[SD2_CONTEXT_KEY].shape[-1] == 1024)
     if is_sd2:
         if in_channels != 4:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from modules.checkpoints import CheckpointError, CheckpointInfo, detect_architecture, read_state_dict
+from modules.checkpoints import UNET_IN_KEY, CheckpointError, CheckpointInfo, detect_architecture, read_state_dict
 from modules.config import CONFIGS_DIR
 
 TOKENIZER_DIR = CONFIGS_DIR / "tokenizer"
@@ -239,6 +239,9 @@ def load_single_file(info: CheckpointInfo) -> tuple[str, Any]:
     cfg = shipped_configs(arch)
     if yaml_cfg is not None:
         cfg = configs_from_yaml(yaml_cfg, state, cfg)
+    in_channels = int(state[UNET_IN_KEY].shape[1])
+    if cfg.unet.get("in_channels") != in_channels:  # SDXL inpainting: 9 channels on SDXL's config
+        cfg = replace(cfg, unet={**cfg.unet, "in_channels": in_channels})
     return arch, assemble_pipeline(arch, build_components(state, arch, cfg))
 
 

@@ -5,8 +5,8 @@
    are scheduled over the pass's sampling steps (``modules.prompt_schedule``: ``[from:to:when]``,
    ``[a|b]``), as A1111 does;
 3. every distinct text is encoded once: SD 1.x / 2.x with A1111's weighting (``modules.prompts``),
-   all padded with empty chunks to the longest; SDXL through the pipeline's own two-encoder
-   ``encode_prompt`` (no A1111 weighting there yet);
+   all padded with empty chunks to the longest; SDXL the same way on both of its encoders
+   (``prompts.encode_prompt_set_sdxl``: each chunk through both, concatenated, pooled from the second);
 4. the result is a ``sampling.Conditioning``: each part's schedule with its weight, and the
    negative prompt's schedule.
 
@@ -68,20 +68,29 @@ def _encode_sd(
     return {**{(t, False): by_text[t] for t in positives}, **{(t, True): by_text[t] for t in negatives}}
 
 
+def sdxl_encoders(pipe) -> list[tuple]:
+    """The (tokenizer, text encoder) pairs of an SDXL pipeline: base's two, a refiner's one (the second)."""
+    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)),
+             (pipe.tokenizer_2, pipe.text_encoder_2)]
+    return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]
+
+
 @torch.no_grad()
+def encode_sdxl_texts(pipe, texts: list[str], clip_skip: int) -> dict[str, sampling.TextEmbedding]:
+    """A1111-weighted SDXL embeddings (both encoders, or a refiner's one) and pooled ones, by text."""
+    try:
+        encoded = prompts.encode_prompt_set_sdxl(sdxl_encoders(pipe), texts, clip_skip=clip_skip,
+                                                 device=pipe._execution_device)
+    except prompts.PromptTooLong as err:
+        raise RequestError(f"prompt: {err}") from None
+    return {text: sampling.TextEmbedding(tokens, pooled) for text, (tokens, pooled) in zip(texts, encoded, strict=True)}
+
+
 def _encode_sdxl(
     ctx: RunContext, positives: list[str], negatives: list[str], clip_skip: int
 ) -> dict[tuple[str, bool], sampling.TextEmbedding]:
-    """SDXL's two encoders through the pipeline's ``encode_prompt``, as its own call encodes a
-    prompt and a negative prompt (the negative prompt ignores clip skip there)."""
-    pipe = ctx.model.pipe
-    device = pipe._execution_device
-
-    def one(text: str, skip: int | None) -> sampling.TextEmbedding:
-        embeds, _, pooled, _ = pipe.encode_prompt(text, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False, clip_skip=skip)
-        return sampling.TextEmbedding(embeds, pooled)
-
-    out = {(text, False): one(text, clip_skip - 1 or None) for text in positives}
-    out.update({(text, True): one(text, None) for text in negatives})
-    return out
+    """SDXL's two encoders with A1111's weighting and BREAK (``prompts.encode_prompt_set_sdxl``), every
+    text padded to the same length (a text used both ways is encoded once)."""
+    texts = list(dict.fromkeys([*positives, *negatives]))
+    by_text = encode_sdxl_texts(ctx.model.pipe, texts, clip_skip)
+    return {**{(t, False): by_text[t] for t in positives}, **{(t, True): by_text[t] for t in negatives}}

@@ -48,7 +48,6 @@ def target_size(req: Txt2ImgRequest, width: int, height: int, factor: int) -> tu
 
 def plan_hires(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan) -> HiresPlan:
     """Validate the hires fields: upscaler, sampler and the target size against max_side."""
-    common.require_sd_unet(ctx, "hires fix")
     upscaler = upscalers.get_upscaler(req.hr_upscaler, ctx.settings.models_dir, field="hr_upscaler")
     w, h = target_size(req, plan.width, plan.height, ctx.model.vae_scale_factor)
     upscalers.check_size(w, h, ctx.settings.max_side, "hr_scale/hr_resize")
@@ -151,4 +150,4 @@ def second_pass(
         size_condition=(hp.height, hp.width) if ctx.model.is_sdxl else None,
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
     ))
-    return common.decode_latents(pipe, out, upcast=ctx.model.is_sdxl)
+    return common.decode_latents(pipe, out)

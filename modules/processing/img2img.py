@@ -68,7 +68,6 @@ def round_down_8(v: int, factor: int) -> int:
 
 def run(req: Img2ImgRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
     # 1. resolve the request
-    common.require_sd_unet(ctx, "img2img")
     req = common.apply_request_styles(req, ctx)
     if not req.init_images:
         raise RequestError("init_images: at least one image is needed for img2img")
@@ -143,13 +142,13 @@ def inpaint_channels(pipe, image: Image.Image, mask: Image.Image | None, latent_
     """A 9-channel UNet's extra input: the mask (latent size) and the latents of the image with
     the masked area blanked (no mask: everything is masked, as A1111 does for img2img)."""
     vae = pipe.vae
-    pixels = pipe.image_processor.preprocess([image]).to(vae.device, vae.dtype)
-    if mask is None:
-        pixel_mask = torch.ones_like(pixels[:, :1])
-    else:
-        pixel_mask = torch.from_numpy(np.around(np.asarray(mask, dtype=np.float32) / 255.0))[None, None]
-    masked = pixels * (1 - pixel_mask.to(pixels))
-    with common.vae_tiling_for(pipe, image.width, image.height):
+    with common.vae_upcast(pipe), common.vae_tiling_for(pipe, image.width, image.height):
+        pixels = pipe.image_processor.preprocess([image]).to(vae.device, vae.dtype)
+        if mask is None:
+            pixel_mask = torch.ones_like(pixels[:, :1])
+        else:
+            pixel_mask = torch.from_numpy(np.around(np.asarray(mask, dtype=np.float32) / 255.0))[None, None]
+        masked = pixels * (1 - pixel_mask.to(pixels))
         masked_latents = vae.encode(masked).latent_dist.mean * vae.config.scaling_factor
     small = torch.nn.functional.interpolate(pixel_mask.float(), size=latent_size).round()
     return torch.cat([small.to(masked_latents), masked_latents], dim=1)
@@ -250,6 +249,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         mask=None if nine else blend,
         inpaint_channels=extra,
         control=control,
+        size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
     ))
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

@@ -36,10 +36,12 @@ from modules.samplers.schedules import ModelSigmas
 
 class ControlResiduals(Protocol):
     """ControlNet units (``modules.controlnet.apply.Control``): residuals for one UNet call, or None.
-    The first ``uncond_rows`` rows of the batch are the unconditional ones (0: no guidance)."""
+    The first ``uncond_rows`` rows of the batch are the unconditional ones (0: no guidance); ``added``
+    is SDXL's pooled text and size conditioning for the same rows (None for SD 1.x/2.x)."""
 
     def __call__(self, sample: torch.Tensor, t: Any, embeds: torch.Tensor, step: int, total: int,
-                 uncond_rows: int) -> tuple[list[torch.Tensor], torch.Tensor] | None: ...
+                 uncond_rows: int, added: dict[str, torch.Tensor] | None = None,
+                 ) -> tuple[list[torch.Tensor], torch.Tensor] | None: ...
 
 
 # on_step(index, steps, denoised): step ``index`` of the full schedule's ``steps`` is done; ``denoised``
@@ -188,7 +190,7 @@ class GuidedModel:
         kwargs: dict[str, Any] = {}
         if self.control is not None:
             uncond_rows = self.batch if self.guided else 0
-            residuals = self.control(model_in, t, self.embeds, step, total, uncond_rows)
+            residuals = self.control(model_in, t, self.embeds, step, total, uncond_rows, self.added)
             if residuals is not None:
                 kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = residuals
         if self.added is not None:

@@ -48,7 +48,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
                     images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
                                                n * per_iteration + req.steps, total_steps, control=hr_control)
                 else:
-                    images = common.decode_latents(pipe, latents, upcast=ctx.model.is_sdxl)
+                    images = common.decode_latents(pipe, latents)
             except common.SkipIteration:
                 ctx.token.clear_skip()
                 result.skipped += 1
