@@ -179,6 +179,15 @@ class GenerationRequest(RequestModel):
     controlnet_units: list[ControlNetUnit] = Field(
         default_factory=list, max_length=MAX_CONTROLNET_UNITS, description="ControlNet units (disabled ones are ignored)"
     )
+    refiner_checkpoint: str | None = Field(None, description="a checkpoint that takes over at refiner_switch_at"
+                                           " (an SDXL refiner, or any model of the same family); None/\"None\": no refiner")
+    refiner_switch_at: float = Field(0.8, gt=0.0, lt=1.0, description="the fraction of the steps after which the"
+                                     " refiner takes over (A1111's rule: from the first step past it)")
+
+    @field_validator("refiner_checkpoint")
+    @classmethod
+    def _no_refiner(cls, v: str | None) -> str | None:
+        return None if v is None or v.strip() in ("", "None") else v
 
     @field_validator("width", "height")
     @classmethod

@@ -145,6 +145,18 @@ class Services:
             with controlnet_runtime.on_device_while_used(loaded, self.runtime.device, self.runtime.memory_mode):
                 yield loaded
 
+    # -- the refiner ----------------------------------------------------------------------
+    @contextmanager
+    def use_refiner(self, name: str) -> Iterator[LoadedModel]:
+        """The refiner checkpoint ``name`` from the model cache, locked (with the job's own model, which
+        the worker holds) for the block: the cache's rules place both, offloading other models first."""
+        with self.models.use(model_key(name, None)) as model:
+            yield model
+
+    def refiner_title(self, name: str) -> str:
+        """A1111's title of a checkpoint (``name [hash]``), as the infotext's ``Refiner`` records it."""
+        return self.checkpoints.title(self.checkpoints.get(name))
+
     # -- settings (added for the HTTP API's POST /sdapi/v1/options) -------------------------
     def update_settings(self, new_settings: Settings) -> None:
         """Replace the settings: jobs that start from now on see them; a running job keeps its own.
@@ -174,7 +186,13 @@ class Services:
         name = request.sd_model_checkpoint or request.override_settings.get("sd_model_checkpoint")
         name = self.checkpoints.get(name).name if name else self.selected_checkpoint
         vae = self.resolve_vae(request.sd_vae or request.override_settings.get("sd_vae"))
-        request = request.model_copy(update={"sd_model_checkpoint": name, "sd_vae": vae})
+        update = {"sd_model_checkpoint": name, "sd_vae": vae}
+        if request.refiner_checkpoint:  # an unknown refiner fails now, naming the field
+            try:
+                update["refiner_checkpoint"] = self.checkpoints.get(request.refiner_checkpoint).name
+            except CheckpointError as err:
+                raise RequestError(f"refiner_checkpoint: {err}") from None
+        request = request.model_copy(update=update)
         return self.queue.submit(kind, request)
 
     def submit_all(self, requests: list[tuple[str, Any]]) -> list[Job]:
@@ -204,7 +222,7 @@ class Services:
         with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
               seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
-                             networks=networks)
+                             networks=networks, refiners=self)
             result = runner(job.request, ctx)
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)

@@ -153,6 +153,14 @@ def prediction_type(pipe) -> str:
     return pipe.scheduler.config.get("prediction_type", "epsilon")
 
 
+AESTHETIC_SCORES = (6.0, 2.5)  # an SDXL refiner's time ids: A1111's high / low aesthetic scores (prompt / negative)
+
+
+def aesthetic_score(model) -> tuple[float, float] | None:
+    """The aesthetic scores an SDXL refiner's UNet is conditioned on (None for other models)."""
+    return AESTHETIC_SCORES if model.is_refiner else None
+
+
 def sampler_for(ctx: RunContext, req: GenerationRequest, sampler_name: str, scheduler: str, steps: int,
                 batch_seeds: list[int]) -> samplers.SamplerRun:
     """The sampler of one batch iteration: schedule for ``steps``, step noise from the image seeds."""

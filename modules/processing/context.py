@@ -24,6 +24,16 @@ class ControlNetSource(Protocol):
         """The ControlNet ``title`` names, locked on the compute device for the block."""
 
 
+class RefinerSource(Protocol):
+    """Where a run finds its refiner checkpoint (``Services``)."""
+
+    def use_refiner(self, name: str) -> AbstractContextManager[LoadedModel]:
+        """The checkpoint ``name`` from the model cache, locked on the compute device for the block."""
+
+    def refiner_title(self, name: str) -> str:
+        """Its title (``name [hash]``) for the infotext."""
+
+
 @dataclass
 class RunContext:
     model: LoadedModel | None  # None for jobs that use no model (extras)
@@ -34,3 +44,4 @@ class RunContext:
     version: str = "easel"
     controlnets: ControlNetSource | None = None  # None: no ControlNets
     networks: JobNetworks | None = None  # the job's LoRAs and embeddings; None: prompts used as written
+    refiners: RefinerSource | None = None  # None: no refiner can be used

@@ -148,6 +148,7 @@ def second_pass(
         init_latents=init,
         control=control,
         size_condition=(hp.height, hp.width) if ctx.model.is_sdxl else None,
+        aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
     ))
     return common.decode_latents(pipe, out)

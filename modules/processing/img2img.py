@@ -29,7 +29,7 @@ from PIL import Image
 
 from modules import masks
 from modules.controlnet import apply as controlnet
-from modules.processing import common, conditioning, sampling
+from modules.processing import common, conditioning, refiner, sampling
 from modules.processing.context import RunContext
 from modules.schemas import INPAINTING_FILLS, GenerationResult, Img2ImgRequest, RequestError
 
@@ -166,7 +166,11 @@ def generate(
     """Steps 3-4 for prepared init images (also used by outpainting), with the request's ControlNet units."""
     pipe = ctx.model.pipe
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
-    extra_params = {**extra_params, **controlnet.infotext_params(units)}
+    rp = refiner.plan(req, ctx)
+    if rp and preps[0].mask is not None:
+        raise RequestError("refiner_checkpoint: the refiner does not run with inpainting or outpainting yet; use it"
+                           " with txt2img or img2img")
+    extra_params = {**extra_params, **controlnet.infotext_params(units), **refiner.params(rp)}
     with torch.no_grad():
         cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
     run_steps = sampling.steps_that_run(req.steps, req.denoising_strength)
@@ -178,7 +182,8 @@ def generate(
     lw, lh = plan.width // f, plan.height // f
     nine = pipe.unet.config.in_channels == 9
     encoded: dict[int, torch.Tensor] = {}  # each init image goes through the VAE once per request
-    with controlnet.controlnets_in_use(ctx, units if run_steps else []) as control:
+    with (controlnet.controlnets_in_use(ctx, units if run_steps else []) as control,
+          refiner.in_use(ctx, rp if run_steps else None, req, req.steps) as ref):
         for n in range(req.n_iter):
             ctx.token.check()
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
@@ -188,7 +193,7 @@ def generate(
             else:
                 try:
                     finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
-                                            n * run_steps, total, (lw, lh), nine, encoded, control)
+                                            n * run_steps, total, (lw, lh), nine, encoded, control, ref)
                 except common.SkipIteration:
                     ctx.token.clear_skip()
                     result.skipped += 1
@@ -213,7 +218,7 @@ def control_input(prep: Prepared) -> tuple[Image.Image, tuple[tuple[int, int], t
 
 
 def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine,
-                   encoded: dict[int, torch.Tensor], control=None):
+                   encoded: dict[int, torch.Tensor], control=None, ref: refiner.Refiner | None = None):
     lw, lh = latent_size
     for p in batch:
         if id(p) not in encoded:
@@ -234,7 +239,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     extra = None
     if nine:
         extra = torch.cat([inpaint_channels(pipe, p.image, p.mask, (lh, lw)) for p in batch]).to(device, dtype)
-    latents = sampling.sample(sampling.SamplingInput(
+    inp = sampling.SamplingInput(
         unet=pipe.unet,
         sampler=common.sampler_for(ctx, req, plan.sampler_name, plan.scheduler, req.steps, batch_seeds),
         model_sigmas=common.model_sigmas(pipe),
@@ -250,6 +255,11 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         inpaint_channels=extra,
         control=control,
         size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
+        aesthetic_score=common.aesthetic_score(ctx.model),
+        end_step=refiner.base_end(ref, req.steps, req.denoising_strength),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
-    ))
+    )
+    latents = sampling.sample(inp)
+    if ref is not None:  # the refiner takes over at its switch
+        latents = refiner.refine(ref, ctx, req, inp, latents)
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]
