@@ -186,3 +186,35 @@ def test_unweighted_sdxl_prompts_encode_as_the_sdxl_pipeline(model):
 def test_break_gives_sdxl_a_chunk_per_part(model):
     (embeds, _), = prompts.encode_prompt_set_sdxl(conditioning.sdxl_encoders(model.pipe), ["a cat BREAK a dog"])
     assert embeds.shape == (1, 154, 64)
+
+
+def test_sdxl_textual_inversion_is_its_vectors_in_place_of_its_name(model, tmp_path):
+    """An SDXL embedding (clip_l + clip_g) whose vectors are each encoder's token embeddings of
+    ``red circle`` encodes exactly as those words, weighted too; an SD 1.x one is refused by name."""
+    from safetensors.torch import save_file
+
+    from modules.checkpoints import HashCache
+    from modules.extra_networks import build_extra_networks
+    from modules.schemas import RequestError
+
+    pipe = model.pipe
+
+    def vectors(tokenizer, encoder, text):
+        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
+        return encoder.get_input_embeddings().weight[ids].detach().clone()
+
+    settings = Settings(data_dir=tmp_path)
+    folder = settings.path(settings.embeddings_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"clip_l": vectors(pipe.tokenizer, pipe.text_encoder, "red circle"),
+               "clip_g": vectors(pipe.tokenizer_2, pipe.text_encoder_2, "red circle")}, str(folder / "mystyle.safetensors"))
+    save_file({"emb_params": torch.zeros(1, 32)}, str(folder / "sdone.safetensors"))
+    library = build_extra_networks(settings, HashCache(tmp_path / "hashes.json"))
+    with library.for_job(model) as networks:
+        named = conditioning.encode(RunContext(model, settings, None, networks=networks), "a (mystyle:1.2) cat", "", 1, 3)
+        assert "mystyle" in networks.infotext_params()["TI hashes"]
+        with pytest.raises(RequestError, match="embedding 'sdone' is a one-encoder"):
+            conditioning.encode(RunContext(model, settings, None, networks=networks), "a sdone cat", "", 1, 3)
+    words = conditioning.encode(RunContext(model, settings, None), "a (red circle:1.2) cat", "", 1, 3)
+    ours, theirs = named.parts[0][0].at(0), words.parts[0][0].at(0)
+    assert torch.equal(ours.tokens, theirs.tokens) and torch.equal(ours.pooled, theirs.pooled)

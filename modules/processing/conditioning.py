@@ -40,7 +40,7 @@ def encode(
     positives = list(dict.fromkeys(text for schedule, _ in parts for _, text in schedule))
     negatives = list(dict.fromkeys(text for _, text in negative_schedule))
     if ctx.model.is_sdxl:
-        encoded = _encode_sdxl(ctx, positives, negatives, clip_skip)
+        encoded = _encode_sdxl(ctx, positives, negatives, clip_skip, embeddings)
     else:
         encoded = _encode_sd(ctx, positives, negatives, clip_skip, embeddings)
 
@@ -75,22 +75,38 @@ def sdxl_encoders(pipe) -> list[tuple]:
     return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]
 
 
+def split_sdxl_embeddings(encoders: list[tuple], embeddings: dict[str, torch.Tensor] | None) -> list | None:
+    """Textual-inversion vectors [n, clip_l + clip_g] (``extra_networks.sdxl_vectors``) cut into each
+    encoder's part, in the encoders' order."""
+    if not embeddings:
+        return None
+    parts, start = [], 0
+    for _, encoder in encoders:
+        width = encoder.get_input_embeddings().embedding_dim
+        parts.append({name: rows[:, start:start + width] for name, rows in embeddings.items()})
+        start += width
+    return parts
+
+
 @torch.no_grad()
-def encode_sdxl_texts(pipe, texts: list[str], clip_skip: int) -> dict[str, sampling.TextEmbedding]:
-    """A1111-weighted SDXL embeddings (both encoders, or a refiner's one) and pooled ones, by text."""
+def encode_sdxl_texts(pipe, texts: list[str], clip_skip: int,
+                      embeddings: dict[str, torch.Tensor] | None = None) -> dict[str, sampling.TextEmbedding]:
+    """A1111-weighted SDXL embeddings (both encoders, or a refiner's one) and pooled ones, by text;
+    ``embeddings``: textual inversion, each name's vectors for all the encoders side by side."""
+    encoders = sdxl_encoders(pipe)
     try:
-        encoded = prompts.encode_prompt_set_sdxl(sdxl_encoders(pipe), texts, clip_skip=clip_skip,
-                                                 device=pipe._execution_device)
+        encoded = prompts.encode_prompt_set_sdxl(encoders, texts, clip_skip=clip_skip, device=pipe._execution_device,
+                                                 embeddings=split_sdxl_embeddings(encoders, embeddings))
     except prompts.PromptTooLong as err:
         raise RequestError(f"prompt: {err}") from None
     return {text: sampling.TextEmbedding(tokens, pooled) for text, (tokens, pooled) in zip(texts, encoded, strict=True)}
 
 
 def _encode_sdxl(
-    ctx: RunContext, positives: list[str], negatives: list[str], clip_skip: int
+    ctx: RunContext, positives: list[str], negatives: list[str], clip_skip: int, embeddings
 ) -> dict[tuple[str, bool], sampling.TextEmbedding]:
-    """SDXL's two encoders with A1111's weighting and BREAK (``prompts.encode_prompt_set_sdxl``), every
-    text padded to the same length (a text used both ways is encoded once)."""
+    """SDXL's two encoders with A1111's weighting and BREAK (``prompts.encode_prompt_set_sdxl``) and
+    clip_l / clip_g embeddings, every text padded to the same length (a text used both ways is encoded once)."""
     texts = list(dict.fromkeys([*positives, *negatives]))
-    by_text = encode_sdxl_texts(ctx.model.pipe, texts, clip_skip)
+    by_text = encode_sdxl_texts(ctx.model.pipe, texts, clip_skip, embeddings)
     return {**{(t, False): by_text[t] for t in positives}, **{(t, True): by_text[t] for t in negatives}}
