@@ -83,11 +83,12 @@ def unet_calls(unet):
         handle.remove()
 
 
-def test_switch_step_is_a1111s():
-    assert refiner.switch_step(20, 0.8) == 17  # steps 0..16 (16/20 = 0.8 is not past it) on the base
-    assert refiner.switch_step(4, 0.5) == 3
-    assert refiner.switch_step(10, 0.05) == 1
-    assert refiner.switch_step(3, 0.99) == 3
+def test_switch_step_is_a1111s(base):
+    """A1111 1.10 switches by noise level: at the first step whose timestep t has (999 - t) / 1000 >= switch_at."""
+    model_sigmas = ModelSigmas.from_config(base.pipe.scheduler.config)
+    levels = torch.cat([model_sigmas.sigmas[torch.tensor([999, 666, 333, 0])], torch.zeros(1)])
+    assert [refiner.switch_step(levels, model_sigmas, at) for at in (0.0001, 0.333, 0.5, 0.667, 0.999, 0.9995)] == \
+        [1, 1, 2, 3, 3, 4]
 
 
 def test_txt2img_switches_to_the_refiner_and_reproduces(ctx, base, refiner_model):
@@ -95,7 +96,8 @@ def test_txt2img_switches_to_the_refiner_and_reproduces(ctx, base, refiner_model
     with unet_calls(base.pipe.unet) as base_calls, unet_calls(refiner_model.pipe.unet) as refiner_calls:
         result = txt2img.run(req, ctx)
     assert result.images[0].size == (32, 32)
-    assert len(base_calls) == 3 and len(refiner_calls) == 1  # Euler: one call per step; the switch at step 3
+    # Euler, 4 steps at timesteps 999, 666, 333, 0: (999 - 333) / 1000 >= 0.5, so the refiner runs from step 2
+    assert len(base_calls) == 2 and len(refiner_calls) == 2
     assert base_calls[0].tolist() == [[32, 32, 0, 0, 32, 32]] * 2
     assert refiner_calls[0].tolist() == [[32, 32, 0, 0, 2.5], [32, 32, 0, 0, 6.0]]  # negative, then prompt
     text = result.infotexts[0]

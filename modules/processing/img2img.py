@@ -256,9 +256,9 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         control=control,
         size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
         aesthetic_score=common.aesthetic_score(ctx.model),
-        end_step=refiner.base_end(ref, req.steps, req.denoising_strength),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
     )
+    inp = refiner.split(ref, inp)
     latents = sampling.sample(inp)
     if ref is not None:  # the refiner takes over at its switch
         latents = refiner.refine(ref, ctx, req, inp, latents)

@@ -8,8 +8,8 @@ over the sampling at a fraction of the steps.
    share the base's latent space (same family, latent channels and VAE factor);
 3. the base runs steps [0, switch) of the schedule (``SamplingInput.end_step``), the refiner steps
    [switch, end) of the same schedule from the latents the base left, without new noise
-   (``first_step``); the switch is A1111's: the first step whose fraction of the steps that run is
-   past ``refiner_switch_at`` (with 20 steps at 0.8, the base runs 17). An SDXL refiner's time ids
+   (``first_step``); the switch is A1111's (``switch_step``: by noise level, the first step whose
+   timestep t has ``(999 - t) / 1000 >= refiner_switch_at``). An SDXL refiner's time ids
    end with the aesthetic score, A1111's 6.0 for the prompt and 2.5 for the negative prompt
    (``common.aesthetic_score``).
 
@@ -33,6 +33,7 @@ from modules.controlnet.models import FAMILY_NAMES, family_of_arch
 from modules.model_loading import LoadedModel
 from modules.processing import common, conditioning, sampling
 from modules.processing.context import RunContext
+from modules.samplers.schedules import ModelSigmas
 from modules.schemas import GenerationRequest, RequestError
 
 
@@ -65,9 +66,17 @@ def plan(req: GenerationRequest, ctx: RunContext) -> RefinerPlan | None:
     return RefinerPlan(req.refiner_checkpoint, title, req.refiner_switch_at)
 
 
-def switch_step(steps: int, switch_at: float) -> int:
-    """A1111's switch: the refiner runs from the first step whose fraction ``step / steps`` is past ``switch_at``."""
-    return next((step for step in range(steps) if step / steps > switch_at), steps)
+def switch_step(sigmas: torch.Tensor, model_sigmas: ModelSigmas, switch_at: float) -> int:
+    """A1111's switch (1.10, by noise level): the refiner runs from the first step whose level's
+    timestep t (the model's nearest level) has ``(999 - t) / 1000 >= switch_at``; ``sigmas`` are the
+    levels of the steps that run (and the final one). A1111 checks at every model call, so a sampler
+    with two calls per step may switch inside a step there; here the switch is at a step's start."""
+    table = model_sigmas.sigmas
+    for step, sigma in enumerate(sigmas[:-1].cpu().float()):
+        t = int(torch.argmin((table - sigma).abs()))
+        if (999 - t) / 1000 >= switch_at:
+            return step
+    return len(sigmas) - 1
 
 
 def params(rp: RefinerPlan | None) -> dict[str, Any]:
@@ -129,8 +138,11 @@ def refine(
     ))
 
 
-def base_end(refiner: Refiner | None, steps: int, strength: float = 1.0) -> int | None:
-    """Where the base model stops: the switch among the steps that run (None: it runs them all)."""
+def split(refiner: Refiner | None, inp: sampling.SamplingInput) -> sampling.SamplingInput:
+    """The base's part of a run: ``inp`` ending at the refiner's switch (``inp`` itself without a refiner)."""
     if refiner is None:
-        return None
-    return switch_step(sampling.steps_that_run(steps, strength), refiner.plan.switch_at)
+        return inp
+    levels = inp.sampler.sigmas
+    run = sampling.steps_that_run(len(levels) - 1, inp.strength)
+    end = switch_step(levels[len(levels) - 1 - run:], inp.model_sigmas, refiner.plan.switch_at)
+    return dataclasses.replace(inp, end_step=end)

@@ -92,8 +92,8 @@ def first_pass(
         control=control,
         size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
         aesthetic_score=common.aesthetic_score(ctx.model),
-        end_step=refiner.base_end(ref, req.steps),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total),
     )
+    inp = refiner.split(ref, inp)
     latents = sampling.sample(inp)
     return refiner.refine(ref, ctx, req, inp, latents) if ref else latents
