@@ -147,11 +147,36 @@ def test_a_schedule_split_in_two_runs_is_the_same_run(base):
     assert torch.equal(rest, whole)
 
 
-def test_refiner_with_inpainting_or_hires_is_refused(ctx):
+def test_with_the_hires_fix_the_refiner_takes_part_in_the_second_pass(ctx, base, refiner_model):
+    """A1111's default (hires_fix_refiner_pass = second pass): the first pass on the base alone (4
+    steps), the hires pass (2 steps at timesteps 333 and 0) switches at 0.8 before its second step."""
+    req = Txt2ImgRequest(**{**BASE, "width": 16, "height": 16}, enable_hr=True, hr_scale=2.0, denoising_strength=0.6,
+                         refiner_checkpoint=REFINER, refiner_switch_at=0.8, hr_prompt="a (blue:1.1) circle")
+    with unet_calls(base.pipe.unet) as base_calls, unet_calls(refiner_model.pipe.unet) as refiner_calls:
+        first = txt2img.run(req, ctx)
+    assert len(base_calls) == 5 and len(refiner_calls) == 1
+    assert refiner_calls[0][0].tolist() == [32, 32, 0, 0, 2.5]  # the hires size
+    assert first.images[0].size == (32, 32)
+    again = txt2img.run(from_infotext(first.infotexts[0], Txt2ImgRequest), ctx)
+    assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
+
+
+def test_a_switch_at_the_first_step_that_runs_gives_the_refiner_the_whole_pass(ctx, base, refiner_model):
+    """img2img at strength 0.5 runs 2 of 4 steps (timesteps 333, 0): at 0.5 the refiner takes both."""
+    init = noise_image(32, 32, seed=6)
+    req = Img2ImgRequest(**BASE, init_images=[init], denoising_strength=0.5, refiner_checkpoint=REFINER,
+                         refiner_switch_at=0.5)
+    with unet_calls(base.pipe.unet) as base_calls, unet_calls(refiner_model.pipe.unet) as refiner_calls:
+        refined = img2img.run(req, ctx)
+    assert len(base_calls) == 0 and len(refiner_calls) == 2
+    alone = img2img.run(req.model_copy(update={"refiner_checkpoint": None}),
+                        RunContext(refiner_model, ctx.settings, None))
+    assert np.array_equal(pixels(refined.images[0]), pixels(alone.images[0]))  # the refiner's own img2img
+
+
+def test_refiner_with_inpainting_is_refused(ctx):
     from PIL import Image
 
-    with pytest.raises(RequestError, match="refiner_checkpoint: the refiner does not run with the hires fix"):
-        txt2img.run(Txt2ImgRequest(**BASE, refiner_checkpoint=REFINER, enable_hr=True), ctx)
     mask = Image.new("L", (32, 32), 255)
     with pytest.raises(RequestError, match="refiner_checkpoint: the refiner does not run with inpainting"):
         img2img.run(Img2ImgRequest(**BASE, init_images=[noise_image(32, 32)], mask=mask, refiner_checkpoint=REFINER),

@@ -106,22 +106,16 @@ SDXL_TEXT = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hid
                  num_attention_heads=4, num_hidden_layers=2, vocab_size=49408, projection_dim=32)
 
 
-def _tiny_sdxl_vae():
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(1)
-    return AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=1, sample_size=32)
-
-
 def tiny_sdxl_refiner_pipeline():
     """A tiny random SDXL refiner: only the second (OpenCLIP-like) encoder, aesthetic-score time ids
-    (5 numbers: original size, crop, score), the UNet's context as wide as that encoder."""
+    (5 numbers: original size, crop, score), the UNet's context as wide as that encoder; the tiny
+    base's VAE, as the real refiner shares SDXL's."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from modules.model_loading import make_tokenizer
 
+    vae = tiny_sdxl_pipeline().vae
     torch.manual_seed(3)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -130,7 +124,7 @@ def tiny_sdxl_refiner_pipeline():
         cross_attention_dim=32, norm_num_groups=1)
     encoder = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT))
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=_tiny_sdxl_vae(), text_encoder=None, text_encoder_2=encoder, tokenizer=None, tokenizer_2=make_tokenizer("!"),
+        vae=vae, text_encoder=None, text_encoder_2=encoder, tokenizer=None, tokenizer_2=make_tokenizer("!"),
         unet=unet, scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
     pipe.set_progress_bar_config(disable=True)

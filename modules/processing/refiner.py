@@ -13,6 +13,9 @@ over the sampling at a fraction of the steps.
    end with the aesthetic score, A1111's 6.0 for the prompt and 2.5 for the negative prompt
    (``common.aesthetic_score``).
 
+With the hires fix the refiner takes part in the second pass only (A1111's default for
+``hires_fix_refiner_pass``), switching within it the same way.
+
 The sampler's history (multistep samplers) starts afresh at the switch and its step noise comes
 from the image seeds again; a request still reproduces exactly.
 """
@@ -95,18 +98,24 @@ def check_compatible(base: LoadedModel, refiner: LoadedModel) -> None:
 
 
 @contextmanager
-def in_use(ctx: RunContext, rp: RefinerPlan | None, req: GenerationRequest, steps: int) -> Iterator[Refiner | None]:
-    """The refiner locked for the block, with its conditioning of the request's prompts (None without one)."""
+def in_use(ctx: RunContext, rp: RefinerPlan | None, req: GenerationRequest, steps: int,
+           hires: bool = False) -> Iterator[Refiner | None]:
+    """The refiner locked for the block, with its conditioning of the request's prompts over a pass of
+    ``steps`` (None without one); ``hires``: of the hires pass's prompts, scheduled as that pass."""
     if rp is None:
         yield None
         return
     with ctx.refiners.use_refiner(rp.name) as model:
         check_compatible(ctx.model, model)
         own = dataclasses.replace(ctx, model=model, networks=None, controlnets=None)  # <lora:...> tags: the base's
-        prompt = prompts.parse_extra_networks(req.prompt)[0]
-        negative = prompts.parse_extra_networks(req.negative_prompt)[0]
+        prompt, negative, base_steps = req.prompt, req.negative_prompt, None
+        if hires:
+            prompt, negative = req.hr_prompt or prompt, req.hr_negative_prompt or negative
+            base_steps = req.steps
+        prompt = prompts.parse_extra_networks(prompt)[0]
+        negative = prompts.parse_extra_networks(negative)[0]
         with torch.no_grad():
-            cond = conditioning.encode(own, prompt, negative, req.clip_skip, steps)
+            cond = conditioning.encode(own, prompt, negative, req.clip_skip, steps, base_steps)
         yield Refiner(rp, model, cond)
 
 
@@ -117,9 +126,12 @@ def refine(
     base_input: sampling.SamplingInput,
     latents: torch.Tensor,
 ) -> torch.Tensor:
-    """The rest of ``base_input``'s run (from its ``end_step``) on the refiner, from the base's ``latents``."""
+    """The rest of ``base_input``'s run (from its ``end_step``) on the refiner, from the base's ``latents``
+    (a switch at step 0, possible in img2img, is the whole run on the refiner from the init latents)."""
     pipe = refiner.model.pipe
     sdxl = refiner.model.is_sdxl
+    if base_input.end_step == 0:
+        latents = base_input.init_latents
     return sampling.sample(dataclasses.replace(
         base_input,
         unet=pipe.unet,

@@ -15,7 +15,7 @@ import torch
 from modules.controlnet import apply as controlnet
 from modules.processing import common, conditioning, hires, refiner, sampling
 from modules.processing.context import RunContext
-from modules.schemas import GenerationResult, RequestError, Txt2ImgRequest
+from modules.schemas import GenerationResult, Txt2ImgRequest
 
 
 def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
@@ -24,9 +24,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     plan = common.plan_batch(req, ctx, rng)
     hp = hires.plan_hires(req, ctx, plan) if req.enable_hr else None
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height)
-    rp = refiner.plan(req, ctx)
-    if rp and hp:
-        raise RequestError("refiner_checkpoint: the refiner does not run with the hires fix yet; turn one of them off")
+    rp = refiner.plan(req, ctx)  # with the hires fix: in the second pass (A1111's default)
     pipe = ctx.model.pipe
     # 2. prompts to embeddings, each distinct text once for the whole request, scheduled over the steps
     with torch.no_grad():
@@ -38,7 +36,8 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     result = common.new_result(ctx, plan, hp.width if hp else None, hp.height if hp else None)
     extra_params = {**(hires.params(req, hp) if hp else {}), **controlnet.infotext_params(units), **refiner.params(rp)}
     # 3. the ControlNet models and the refiner (if any), locked on the device for the whole request
-    with controlnet.controlnets_in_use(ctx, units) as control, refiner.in_use(ctx, rp, req, req.steps) as ref:
+    with (controlnet.controlnets_in_use(ctx, units) as control,
+          refiner.in_use(ctx, rp, req, hp.steps if hp else req.steps, hires=hp is not None) as ref):
         hr_control = control.resized(hp.width, hp.height) if control and hp else None  # maps at the hires size
         for n in range(req.n_iter):
             ctx.token.check()
@@ -48,10 +47,11 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             # 5. denoise and decode (the sampler's step noise seeded from the image seeds)
             try:
                 latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control,
-                                     ref)
+                                     None if hp else ref)
                 if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
                     images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
-                                               n * per_iteration + req.steps, total_steps, control=hr_control)
+                                               n * per_iteration + req.steps, total_steps, control=hr_control,
+                                               ref=ref)
                 else:
                     images = common.decode_latents(pipe, latents)
             except common.SkipIteration:
