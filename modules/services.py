@@ -145,17 +145,6 @@ class Services:
             with controlnet_runtime.on_device_while_used(loaded, self.runtime.device, self.runtime.memory_mode):
                 yield loaded
 
-    # -- the refiner ----------------------------------------------------------------------
-    @contextmanager
-    def use_refiner(self, name: str) -> Iterator[LoadedModel]:
-        """The refiner checkpoint ``name`` from the model cache, locked (with the job's own model, which
-        the worker holds) for the block: the cache's rules place both, offloading other models first."""
-        with self.models.use(model_key(name, None)) as model:
-            yield model
-
-    def refiner_title(self, name: str) -> str:
-        """A1111's title of a checkpoint (``name [hash]``), as the infotext's ``Refiner`` records it."""
-        return self.checkpoints.title(self.checkpoints.get(name))
 
     # -- settings (added for the HTTP API's POST /sdapi/v1/options) -------------------------
     def update_settings(self, new_settings: Settings) -> None:
@@ -222,7 +211,7 @@ class Services:
         with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
               seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
-                             networks=networks, refiners=self)
+                             networks=networks, refiners=JobRefiners(self, key, model))
             result = runner(job.request, ctx)
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
@@ -233,6 +222,43 @@ class Services:
             self.installer.close()
         self.queue.stop()
         self.models.clear()
+
+
+@dataclass
+class JobRefiners:
+    """A job's refiner (``RunContext.refiners``): from the model cache beside the job's own model; the
+    two take turns on the device (``ModelManager.share_device``), so with one model's room the one
+    not in use is offloaded."""
+
+    services: Services
+    base_key: str
+    base: LoadedModel
+    _refiner_key: str | None = None
+
+    @contextmanager
+    def use_refiner(self, name: str) -> Iterator[LoadedModel]:
+        """The refiner checkpoint ``name``, locked for the block; the job's model stays on the device until
+        ``to_device`` asks for the refiner."""
+        models = self.services.models
+        key = model_key(name, None)
+        models.ensure_loaded(key)
+        with models.share_device(self.base_key, key), models.use(key) as model:
+            models.to_device(self.base_key)
+            self._refiner_key = key
+            try:
+                yield model
+            finally:
+                self._refiner_key = None
+
+    def to_device(self, model: LoadedModel) -> None:
+        """The job's model or the refiner on the device now (the other offloaded if room is short)."""
+        key = self.base_key if model is self.base else self._refiner_key
+        if key is not None:
+            self.services.models.to_device(key)
+
+    def refiner_title(self, name: str) -> str:
+        """A1111's title of a checkpoint (``name [hash]``), as the infotext's ``Refiner`` records it."""
+        return self.services.checkpoints.title(self.services.checkpoints.get(name))
 
 
 RUNNERS = {

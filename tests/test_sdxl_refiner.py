@@ -38,6 +38,9 @@ class Refiners:
         self.used.append(name)
         yield self.model
 
+    def to_device(self, model):
+        self.used.append(model.arch)
+
     def refiner_title(self, name):
         if name.split(" [")[0] != REFINER:
             from modules.checkpoints import CheckpointError

@@ -33,6 +33,9 @@ class RefinerSource(Protocol):
     def refiner_title(self, name: str) -> str:
         """Its title (``name [hash]``) for the infotext."""
 
+    def to_device(self, model: LoadedModel) -> None:
+        """The job's model or the refiner on the compute device now (the other may be offloaded)."""
+
 
 @dataclass
 class RunContext:

@@ -128,10 +128,18 @@ def refine(
 ) -> torch.Tensor:
     """The rest of ``base_input``'s run (from its ``end_step``) on the refiner, from the base's ``latents``
     (a switch at step 0, possible in img2img, is the whole run on the refiner from the init latents)."""
-    pipe = refiner.model.pipe
-    sdxl = refiner.model.is_sdxl
     if base_input.end_step == 0:
         latents = base_input.init_latents
+    ctx.refiners.to_device(refiner.model)  # with one model's room, the base goes to the CPU meanwhile
+    try:
+        return _refine(refiner, base_input, latents)
+    finally:
+        ctx.refiners.to_device(ctx.model)  # the base decodes and runs the next image
+
+
+def _refine(refiner: Refiner, base_input: sampling.SamplingInput, latents: torch.Tensor | None) -> torch.Tensor:
+    pipe = refiner.model.pipe
+    sdxl = refiner.model.is_sdxl
     return sampling.sample(dataclasses.replace(
         base_input,
         unet=pipe.unet,
