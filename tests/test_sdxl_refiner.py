@@ -146,7 +146,7 @@ def test_a_schedule_split_in_two_runs_is_the_same_run(base):
     import dataclasses
 
     half = sampling.sample(dataclasses.replace(inp, end_step=2))
-    rest = sampling.sample(dataclasses.replace(inp, init_latents=half, first_step=2))
+    rest = sampling.sample(dataclasses.replace(inp, resume_latents=half, first_step=2))
     assert torch.equal(rest, whole)
 
 
@@ -177,13 +177,28 @@ def test_a_switch_at_the_first_step_that_runs_gives_the_refiner_the_whole_pass(c
     assert np.array_equal(pixels(refined.images[0]), pixels(alone.images[0]))  # the refiner's own img2img
 
 
-def test_refiner_with_inpainting_is_refused(ctx):
+def test_inpaint_and_outpaint_with_the_refiner(ctx, base, refiner_model):
+    """The refiner goes on inside the mask; outside it the picture is kept (latent blend), and the run
+    reproduces from its infotext."""
     from PIL import Image
 
-    mask = Image.new("L", (32, 32), 255)
-    with pytest.raises(RequestError, match="refiner_checkpoint: the refiner does not run with inpainting"):
-        img2img.run(Img2ImgRequest(**BASE, init_images=[noise_image(32, 32)], mask=mask, refiner_checkpoint=REFINER),
-                    ctx)
+    from modules.processing import outpaint
+    from modules.schemas import OutpaintRequest
+
+    init, mask = noise_image(32, 32, seed=8), Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))
+    req = Img2ImgRequest(**BASE, init_images=[init], mask=mask, denoising_strength=1.0, inpaint_full_res=False,
+                         mask_blur=0, refiner_checkpoint=REFINER, refiner_switch_at=0.5)
+    with unet_calls(refiner_model.pipe.unet) as refiner_calls:
+        first = img2img.run(req, ctx)
+    assert len(refiner_calls) == 2
+    assert np.array_equal(pixels(first.images[0])[:, 16:], pixels(init)[:, 16:])  # no blur: kept exactly
+    again = img2img.run(from_infotext(first.infotexts[0], Img2ImgRequest, init_images=[init], mask=mask,
+                                      inpaint_full_res=False), ctx)
+    assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
+    out = outpaint.run(OutpaintRequest(**BASE, init_images=[noise_image(24, 24)], pixels=8, direction=["right"],
+                                       refiner_checkpoint=REFINER), ctx)
+    assert out.images[0].size == (32, 24) and "Refiner: " in out.infotexts[0]
 
 
 def test_an_unknown_or_foreign_refiner_is_a_request_error(ctx, tmp_path):

@@ -167,9 +167,6 @@ def generate(
     pipe = ctx.model.pipe
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
     rp = refiner.plan(req, ctx)
-    if rp and preps[0].mask is not None:
-        raise RequestError("refiner_checkpoint: the refiner does not run with inpainting or outpainting yet; use it"
-                           " with txt2img or img2img")
     extra_params = {**extra_params, **controlnet.infotext_params(units), **refiner.params(rp)}
     with torch.no_grad():
         cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
@@ -261,5 +258,5 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     inp = refiner.split(ref, inp)
     latents = sampling.sample(inp)
     if ref is not None:  # the refiner takes over at its switch
-        latents = refiner.refine(ref, ctx, req, inp, latents)
+        latents = refiner.refine(ref, ctx, req, inp, latents, blend)
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

@@ -90,8 +90,9 @@ def params(rp: RefinerPlan | None) -> dict[str, Any]:
 def check_compatible(base: LoadedModel, refiner: LoadedModel) -> None:
     """The refiner must continue the base's latents: the same family, latent channels and VAE factor."""
     ours, theirs = family_of_arch(base.arch), family_of_arch(refiner.arch)
-    same_latents = (refiner.pipe.unet.config.in_channels == base.pipe.unet.config.in_channels
-                    and refiner.vae_scale_factor == base.vae_scale_factor)
+    same_latents = (refiner.pipe.vae.config.latent_channels == base.pipe.vae.config.latent_channels
+                    and refiner.vae_scale_factor == base.vae_scale_factor
+                    and refiner.pipe.unet.config.in_channels == refiner.pipe.vae.config.latent_channels)
     if ours != theirs or not same_latents:
         raise RequestError(f"refiner_checkpoint: {refiner.info.name} is {FAMILY_NAMES[theirs]} and does not continue the"
                            f" latents of {base.info.name} ({FAMILY_NAMES[ours]}); choose a refiner of the same family")
@@ -125,19 +126,20 @@ def refine(
     req: GenerationRequest,
     base_input: sampling.SamplingInput,
     latents: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The rest of ``base_input``'s run (from its ``end_step``) on the refiner, from the base's ``latents``
-    (a switch at step 0, possible in img2img, is the whole run on the refiner from the init latents)."""
-    if base_input.end_step == 0:
-        latents = base_input.init_latents
+    (a switch at step 0, possible in img2img, is the whole run on the refiner from the init latents).
+    ``mask``: inpainting's latent mask (a 9-channel base has none in its input; the refiner blends)."""
     ctx.refiners.to_device(refiner.model)  # with one model's room, the base goes to the CPU meanwhile
     try:
-        return _refine(refiner, base_input, latents)
+        return _refine(refiner, base_input, latents, base_input.mask if mask is None else mask)
     finally:
         ctx.refiners.to_device(ctx.model)  # the base decodes and runs the next image
 
 
-def _refine(refiner: Refiner, base_input: sampling.SamplingInput, latents: torch.Tensor | None) -> torch.Tensor:
+def _refine(refiner: Refiner, base_input: sampling.SamplingInput, latents: torch.Tensor,
+            mask: torch.Tensor | None) -> torch.Tensor:
     pipe = refiner.model.pipe
     sdxl = refiner.model.is_sdxl
     return sampling.sample(dataclasses.replace(
@@ -147,8 +149,8 @@ def _refine(refiner: Refiner, base_input: sampling.SamplingInput, latents: torch
         prediction_type=common.prediction_type(pipe),
         device=pipe._execution_device,
         conditioning=refiner.cond,
-        init_latents=latents,
-        mask=None,
+        resume_latents=latents if base_input.end_step else None,
+        mask=mask,
         inpaint_channels=None,
         control=None,
         size_condition=base_input.size_condition if sdxl else None,

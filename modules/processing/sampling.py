@@ -123,10 +123,12 @@ class SamplingInput:
     # conditional and the unconditional rows (A1111's defaults 6.0 / 2.5); None: SDXL base's time ids
     aesthetic_score: tuple[float, float] | None = None
     # the part of the run to sample: steps [first_step, end_step) among those that run (None: to the
-    # end). From a first step > 0 the run continues from ``init_latents`` as they are (no noise is
-    # added: they are the latents another model left at that step, e.g. the refiner's switch).
+    # end). From a first step > 0 the run continues from ``resume_latents`` as they are (no noise is
+    # added: the latents another model left at that step, e.g. at the refiner's switch); a mask still
+    # keeps ``init_latents`` outside it.
     first_step: int = 0
     end_step: int | None = None
+    resume_latents: torch.Tensor | None = None
     on_step: StepCallback | None = None
 
     @property
@@ -297,9 +299,9 @@ def sample(inp: SamplingInput) -> torch.Tensor:
     if run == 0:
         return init if init is not None else noise
     if first > 0:  # a continuation: the latents another model left at this step
-        if init is None or inp.mask is not None:
-            raise ValueError("a run from first_step > 0 continues from init_latents, without a mask")
-        x = init
+        if inp.resume_latents is None:
+            raise ValueError("a run from first_step > 0 continues from resume_latents; none were given")
+        x = inp.resume_latents.to(device, torch.float32)
     elif init is None or run == length:
         x = noise * inp.sampler.initial_scale(sigmas[0])
     else:
