@@ -63,10 +63,11 @@ def hires_section(prefix: str, services) -> Fields:
 
 def refiner_section(prefix: str, services) -> Fields:
     """The refiner accordion (A1111's): a checkpoint that takes over at a fraction of the steps."""
-    names = ["None", *(info.name for info in services.checkpoints.list())]
+    titles = ["None", *(services.checkpoints.title(info) for info in services.checkpoints.list())]
     with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}_refiner"):
-        with gr.Row():
-            checkpoint = gr.Dropdown(names, value="None", label="Checkpoint", elem_id=f"{prefix}_refiner_checkpoint")
+        with gr.Row():  # titles, as the infotext's Refiner (pasted parameters) names them
+            checkpoint = gr.Dropdown(titles, value="None", label="Checkpoint", allow_custom_value=True,
+                                     elem_id=f"{prefix}_refiner_checkpoint")
             switch_at = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Switch at",
                                   elem_id=f"{prefix}_refiner_switch_at")
     return {"refiner_checkpoint": checkpoint, "refiner_switch_at": switch_at}
