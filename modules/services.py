@@ -176,9 +176,10 @@ class Services:
         name = self.checkpoints.get(name).name if name else self.selected_checkpoint
         vae = self.resolve_vae(request.sd_vae or request.override_settings.get("sd_vae"))
         update = {"sd_model_checkpoint": name, "sd_vae": vae}
-        if request.refiner_checkpoint:  # an unknown refiner fails now, naming the field
+        refiner_name = getattr(request, "refiner_checkpoint", None)
+        if refiner_name:  # an unknown refiner fails now, naming the field
             try:
-                update["refiner_checkpoint"] = self.checkpoints.get(request.refiner_checkpoint).name
+                update["refiner_checkpoint"] = self.checkpoints.get(refiner_name).name
             except CheckpointError as err:
                 raise RequestError(f"refiner_checkpoint: {err}") from None
         request = request.model_copy(update=update)
