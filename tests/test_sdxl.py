@@ -218,3 +218,20 @@ def test_sdxl_textual_inversion_is_its_vectors_in_place_of_its_name(model, tmp_p
     words = conditioning.encode(RunContext(model, settings, None), "a (red circle:1.2) cat", "", 1, 3)
     ours, theirs = named.parts[0][0].at(0), words.parts[0][0].at(0)
     assert torch.equal(ours.tokens, theirs.tokens) and torch.equal(ours.pooled, theirs.pooled)
+
+
+def test_a_float16_sdxl_vae_encodes_and_decodes_upcast():
+    """SDXL's VAE overflows in float16: with ``force_upcast`` it works in float32 and goes back after."""
+    from modules.processing import common
+
+    pipe = tiny_sdxl_pipeline()
+    pipe.vae.to(dtype=torch.float16)
+    seen = []
+    handle = pipe.vae.decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    try:
+        latents = common.encode_images(pipe, [noise_image(16, 16)])
+        images = common.decode_latents(pipe, latents)
+    finally:
+        handle.remove()
+    assert latents.dtype == torch.float16 and pipe.vae.dtype == torch.float16
+    assert seen == [torch.float32] and images[0].size == (16, 16)
