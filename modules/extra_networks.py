@@ -81,6 +81,11 @@ class JobNetworks:
             )
         return prompt, negative, self._embeddings_for(prompt, negative)
 
+    def on_model(self, model: Any) -> JobNetworks:
+        """The same library for another model of the job (the refiner): its embeddings only, for
+        prompts whose ``<lora:...>`` tags are already out."""
+        return JobNetworks(self._library, model)
+
     # -- the infotext ------------------------------------------------------------------
     def infotext_params(self) -> dict[str, str]:
         """A1111's ``Lora hashes`` and ``TI hashes`` for the networks this job used."""

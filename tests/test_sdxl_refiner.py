@@ -250,3 +250,29 @@ def test_the_api_runs_a_refiner_and_says_so(client):  # noqa: F811 - fixture
     info = response.json()["info"]
     assert "Refiner: tiny-b" in info and "Refiner switch at: 0.5" in info and "warnings" in info
     assert "refiner" not in str(__import__("json").loads(info).get("warnings", [])).lower()
+
+
+def test_the_refiner_reads_the_clip_g_half_of_an_sdxl_embedding(ctx, base, refiner_model, tmp_path):
+    from safetensors.torch import save_file
+
+    from modules.checkpoints import HashCache
+    from modules.extra_networks import build_extra_networks
+
+    def vectors(pipe, tokenizer, encoder, text):
+        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
+        return encoder.get_input_embeddings().weight[ids].detach().clone()
+
+    folder = ctx.settings.path(ctx.settings.embeddings_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    r = refiner_model.pipe
+    save_file({"clip_l": vectors(base.pipe, base.pipe.tokenizer, base.pipe.text_encoder, "red circle"),
+               "clip_g": vectors(r, r.tokenizer_2, r.text_encoder_2, "red circle")}, str(folder / "mystyle.safetensors"))
+    library = build_extra_networks(ctx.settings, HashCache(tmp_path / "hashes.json"))
+    plan = refiner.plan(Txt2ImgRequest(**BASE, refiner_checkpoint=REFINER), ctx)
+    with library.for_job(base) as networks:
+        job = RunContext(base, ctx.settings, None, refiners=ctx.refiners, networks=networks)
+        with refiner.in_use(job, plan, Txt2ImgRequest(**{**BASE, "prompt": "a mystyle <lora:x:0.5>"}), 4) as named:
+            pass
+    with refiner.in_use(ctx, plan, Txt2ImgRequest(**{**BASE, "prompt": "a red circle"}), 4) as words:
+        pass
+    assert torch.equal(named.cond.parts[0][0].at(0).tokens, words.cond.parts[0][0].at(0).tokens)

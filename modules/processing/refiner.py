@@ -108,7 +108,8 @@ def in_use(ctx: RunContext, rp: RefinerPlan | None, req: GenerationRequest, step
         return
     with ctx.refiners.use_refiner(rp.name) as model:
         check_compatible(ctx.model, model)
-        own = dataclasses.replace(ctx, model=model, networks=None, controlnets=None)  # <lora:...> tags: the base's
+        networks = ctx.networks.on_model(model) if ctx.networks is not None else None  # embeddings; LoRAs: the base's
+        own = dataclasses.replace(ctx, model=model, networks=networks, controlnets=None)
         prompt, negative, base_steps = req.prompt, req.negative_prompt, None
         if hires:
             prompt, negative = req.hr_prompt or prompt, req.hr_negative_prompt or negative
