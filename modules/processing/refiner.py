@@ -2,14 +2,16 @@
 over the sampling at a fraction of the steps.
 
 1. ``plan``: the refiner's name and title (the infotext's ``Refiner``) and the switch fraction;
-2. ``in_use``: the refiner from the model cache (``RunContext.refiners``: ``Services.use_refiner``),
-   locked beside the job's model for the whole request, with its own conditioning, encoded once per
+2. ``in_use``: the refiner from the model cache (``RunContext.refiners``: ``services.JobRefiners``),
+   locked beside the job's model for the whole request (the two take turns on the device: with one
+   model's room the one not in use is offloaded), with its own conditioning, encoded once per
    request (an SDXL refiner encodes with OpenCLIP bigG alone: ``conditioning.sdxl_encoders``); it must
    share the base's latent space (same family, latent channels and VAE factor);
 3. the base runs steps [0, switch) of the schedule (``SamplingInput.end_step``), the refiner steps
    [switch, end) of the same schedule from the latents the base left, without new noise
-   (``first_step``); the switch is A1111's (``switch_step``: by noise level, the first step whose
-   timestep t has ``(999 - t) / 1000 >= refiner_switch_at``). An SDXL refiner's time ids
+   (``first_step``, ``resume_latents``; inpainting's mask still keeps the picture); the switch is
+   A1111's (``switch_step``: by noise level, the first step whose timestep t has
+   ``(999 - t) / 1000 >= refiner_switch_at``). An SDXL refiner's time ids
    end with the aesthetic score, A1111's 6.0 for the prompt and 2.5 for the negative prompt
    (``common.aesthetic_score``).
 
