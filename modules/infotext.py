@@ -217,6 +217,8 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Hires schedule type", "hr_scheduler", _to_str),
     ("Hires prompt", "hr_prompt", _to_str),
     ("Hires negative prompt", "hr_negative_prompt", _to_str),
+    ("Refiner", "refiner_checkpoint", _to_str),
+    ("Refiner switch at", "refiner_switch_at", _to_float),
     ("Mask blur", "mask_blur", _to_int),
     ("Masked content", "inpainting_fill", _to_inpainting_fill),
 )

@@ -189,6 +189,15 @@ class GenerationRequest(RequestModel):
     extension_script: ScriptCall | None = Field(None, description="an extension's selectable script (by title) and its args")
     extension_alwayson: dict[str, list[Any]] = Field(
         default_factory=dict, description="args of extensions' always-on scripts, by title (others get their UI defaults)")
+    refiner_checkpoint: str | None = Field(None, description="a checkpoint that takes over at refiner_switch_at"
+                                           " (an SDXL refiner, or any model of the same family); None/\"None\": no refiner")
+    refiner_switch_at: float = Field(0.8, gt=0.0, lt=1.0, description="the fraction of the steps after which the"
+                                     " refiner takes over (A1111's rule: from the first step past it)")
+
+    @field_validator("refiner_checkpoint")
+    @classmethod
+    def _no_refiner(cls, v: str | None) -> str | None:
+        return None if v is None or v.strip() in ("", "None") else v
 
     @field_validator("width", "height")
     @classmethod

@@ -148,6 +148,7 @@ class Services:
             with controlnet_runtime.on_device_while_used(loaded, self.runtime.device, self.runtime.memory_mode):
                 yield loaded
 
+
     # -- settings (added for the HTTP API's POST /sdapi/v1/options) -------------------------
     def update_settings(self, new_settings: Settings) -> None:
         """Replace the settings: jobs that start from now on see them; a running job keeps its own.
@@ -181,7 +182,14 @@ class Services:
         name = request.sd_model_checkpoint or request.override_settings.get("sd_model_checkpoint")
         name = self.checkpoints.get(name).name if name else self.selected_checkpoint
         vae = self.resolve_vae(request.sd_vae or request.override_settings.get("sd_vae"))
-        request = request.model_copy(update={"sd_model_checkpoint": name, "sd_vae": vae})
+        update = {"sd_model_checkpoint": name, "sd_vae": vae}
+        refiner_name = getattr(request, "refiner_checkpoint", None)
+        if refiner_name:  # an unknown refiner fails now, naming the field
+            try:
+                update["refiner_checkpoint"] = self.checkpoints.get(refiner_name).name
+            except CheckpointError as err:
+                raise RequestError(f"refiner_checkpoint: {err}") from None
+        request = request.model_copy(update=update)
         return self.queue.submit(kind, request)
 
     def submit_all(self, requests: list[tuple[str, Any]]) -> list[Job]:
@@ -212,7 +220,7 @@ class Services:
         with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
               seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
-                             networks=networks, hooks=self.hooks)
+                             networks=networks, hooks=self.hooks, refiners=JobRefiners(self, key, model))
             result = self.hooks.run_processing(job.kind, job.request, ctx, runner)  # extensions' hooks around it
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
@@ -223,6 +231,43 @@ class Services:
             self.installer.close()
         self.queue.stop()
         self.models.clear()
+
+
+@dataclass
+class JobRefiners:
+    """A job's refiner (``RunContext.refiners``): from the model cache beside the job's own model; the
+    two take turns on the device (``ModelManager.share_device``), so with one model's room the one
+    not in use is offloaded."""
+
+    services: Services
+    base_key: str
+    base: LoadedModel
+    _refiner_key: str | None = None
+
+    @contextmanager
+    def use_refiner(self, name: str) -> Iterator[LoadedModel]:
+        """The refiner checkpoint ``name``, locked for the block; the job's model stays on the device until
+        ``to_device`` asks for the refiner."""
+        models = self.services.models
+        key = model_key(name, None)
+        models.ensure_loaded(key)
+        with models.share_device(self.base_key, key), models.use(key) as model:
+            models.to_device(self.base_key)
+            self._refiner_key = key
+            try:
+                yield model
+            finally:
+                self._refiner_key = None
+
+    def to_device(self, model: LoadedModel) -> None:
+        """The job's model or the refiner on the device now (the other offloaded if room is short)."""
+        key = self.base_key if model is self.base else self._refiner_key
+        if key is not None:
+            self.services.models.to_device(key)
+
+    def refiner_title(self, name: str) -> str:
+        """A1111's title of a checkpoint (``name [hash]``), as the infotext's ``Refiner`` records it."""
+        return self.services.checkpoints.title(self.services.checkpoints.get(name))
 
 
 RUNNERS = {

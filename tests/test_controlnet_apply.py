@@ -8,7 +8,6 @@ import dataclasses
 import shutil
 import threading
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -420,12 +419,6 @@ def test_bad_units_are_request_errors(services, fields, message):
 def test_untouched_and_disabled_units_are_skipped(services):
     with counting_ctx(services) as (ctx, _):
         assert apply.prepare_units([ControlNetUnit(), unit(enabled=False)], ctx, 32, 32) == []
-
-
-def test_sdxl_checkpoints_refuse_units():
-    ctx = SimpleNamespace(model=SimpleNamespace(is_sdxl=True), controlnets=None)
-    with pytest.raises(RequestError, match="ControlNet unit 0: model: ControlNet is not supported on SDXL"):
-        apply.prepare_units([unit()], ctx, 32, 32)
 
 
 def test_progress_and_cancel_with_units(services):

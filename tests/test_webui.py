@@ -32,6 +32,12 @@ def test_txt2img_request_is_built_from_named_fields():
     assert req.hr_prompt == ""  # None (an unrendered textbox) falls back to the request default
 
 
+def test_txt2img_refiner_fields():
+    assert txt2img.build_request({**TXT2IMG_VALUES, "refiner_checkpoint": "None"}).refiner_checkpoint is None
+    req = txt2img.build_request({**TXT2IMG_VALUES, "refiner_checkpoint": "tiny-b.safetensors", "refiner_switch_at": 0.6})
+    assert (req.refiner_checkpoint, req.refiner_switch_at) == ("tiny-b.safetensors", 0.6)
+
+
 def test_txt2img_bad_width_raises_request_error_naming_the_field():
     with pytest.raises(RequestError, match=r"width: must be a multiple of 8 \(got 100"):
         txt2img.build_request({**TXT2IMG_VALUES, "width": 100})

@@ -1,4 +1,4 @@
-"""The txt2img tab: prompt, sampler, size, seed, hires fix, ControlNet units and the X/Y plot script.
+"""The txt2img tab: prompt, sampler, size, seed, hires fix, refiner, ControlNet units and the X/Y plot script.
 
 The ControlNet tab is this tab built again with the prefix "controlnet" and its units open on top
 (see webui/controlnet.py)."""
@@ -62,6 +62,18 @@ def hires_section(prefix: str, services) -> Fields:
     }
 
 
+def refiner_section(prefix: str, services) -> Fields:
+    """The refiner accordion (A1111's): a checkpoint that takes over at a fraction of the steps."""
+    titles = ["None", *(services.checkpoints.title(info) for info in services.checkpoints.list())]
+    with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}_refiner"):
+        with gr.Row():  # titles, as the infotext's Refiner (pasted parameters) names them
+            checkpoint = gr.Dropdown(titles, value="None", label="Checkpoint", allow_custom_value=True,
+                                     elem_id=f"{prefix}_refiner_checkpoint")
+            switch_at = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Switch at",
+                                  elem_id=f"{prefix}_refiner_switch_at")
+    return {"refiner_checkpoint": checkpoint, "refiner_switch_at": switch_at}
+
+
 def _sampler_names() -> list[str]:
     from modules.samplers import SAMPLER_NAMES
 
@@ -83,6 +95,7 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
             seed = seed_row(prefix)
             fields.update(seed.fields)
             fields.update(hires_section(prefix, services))
+            fields.update(refiner_section(prefix, services))
             if not controlnet_first:
                 units = controlnet_accordion(services, prefix)
             script = xyplot.create_ui(prefix, services)

@@ -65,7 +65,6 @@ class Lenient:
 IGNORED_FIELDS = {
     "restore_faces": "no face restorer is installed",
     "s_min_uncond": "not implemented",
-    "refiner_checkpoint": "the refiner is not implemented", "refiner_switch_at": "the refiner is not implemented",
     "disable_extra_networks": "not implemented", "firstpass_image": "not implemented",
     "firstphase_width": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
     "firstphase_height": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",

@@ -61,8 +61,6 @@ class AcceptedFields(RequestModel):
     do_not_save_samples: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
     do_not_save_grid: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
     s_min_uncond: float | None = Field(None, description=NOT_IMPLEMENTED)
-    refiner_checkpoint: str | None = Field(None, description=NOT_IMPLEMENTED)
-    refiner_switch_at: float | None = Field(None, description=NOT_IMPLEMENTED)
     disable_extra_networks: bool = Field(False, description=NOT_IMPLEMENTED)
     firstpass_image: str | None = Field(None, description=NOT_IMPLEMENTED)
     comments: dict[str, Any] | None = Field(None, description="accepted and ignored")

@@ -119,8 +119,9 @@ def decode_preview(pipe, latents: torch.Tensor):
     from PIL import Image
 
     vae = pipe.vae
-    lat = latents[:1].to(vae.device, vae.dtype) / vae.config.scaling_factor
-    img = vae.decode(lat).sample[0].float().clamp(-1, 1)
+    with vae_upcast(pipe):
+        lat = latents[:1].to(vae.device, vae.dtype) / vae.config.scaling_factor
+        img = vae.decode(lat).sample[0].float().clamp(-1, 1)
     arr = ((img + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr)
 
@@ -150,6 +151,14 @@ def model_sigmas(pipe) -> ModelSigmas:
 def prediction_type(pipe) -> str:
     """What the model's UNet predicts: "epsilon" or "v_prediction"."""
     return pipe.scheduler.config.get("prediction_type", "epsilon")
+
+
+AESTHETIC_SCORES = (6.0, 2.5)  # an SDXL refiner's time ids: A1111's high / low aesthetic scores (prompt / negative)
+
+
+def aesthetic_score(model) -> tuple[float, float] | None:
+    """The aesthetic scores an SDXL refiner's UNet is conditioned on (None for other models)."""
+    return AESTHETIC_SCORES if model.is_refiner else None
 
 
 def sampler_for(ctx: RunContext, req: GenerationRequest, sampler_name: str, scheduler: str, steps: int,
@@ -282,11 +291,6 @@ def save_if_asked(result, req, ctx: RunContext, image, seed: int, text: str, out
     result.paths.append(path)
 
 
-def require_sd_unet(ctx: RunContext, what: str) -> None:
-    if ctx.model.is_sdxl:
-        raise RequestError(f"{what} is not supported on SDXL checkpoints yet; choose an SD 1.x/2.x checkpoint")
-
-
 @contextmanager
 def vae_tiling_for(pipe, width: int, height: int) -> Iterator[None]:
     """Tile the VAE while working on a large image; the previous setting is put back after."""
@@ -302,31 +306,46 @@ def vae_tiling_for(pipe, width: int, height: int) -> Iterator[None]:
             vae.disable_tiling()
 
 
-@torch.no_grad()
-def encode_images(pipe, images: list) -> torch.Tensor:
-    """PIL images (same size, multiples of 8) to scaled latents: the mean of the VAE posterior
-    (deterministic, so a request reproduces)."""
-    vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
-    with vae_tiling_for(pipe, images[0].width, images[0].height):
-        dist = vae.encode(pixels).latent_dist
-    return dist.mean * vae.config.scaling_factor
+def is_sdxl_pipe(pipe) -> bool:
+    """An SDXL pipeline (base or refiner): it has SDXL's second text encoder."""
+    return getattr(pipe, "text_encoder_2", None) is not None
 
 
-@torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor, upcast: bool = False) -> list:
-    """Latents to PIL images. ``upcast`` (SDXL, as its pipeline does): a float16 VAE whose config
-    says ``force_upcast`` decodes in float32 (SDXL's VAE overflows in float16), then goes back."""
+@contextmanager
+def vae_upcast(pipe, upcast: bool | None = None) -> Iterator[None]:
+    """The VAE in float32 for the block when it is float16 and its config says ``force_upcast``
+    (SDXL's VAE overflows in float16, as its pipelines know), then back; ``upcast`` None: for SDXL
+    pipelines only (SD 1.x/2.x VAEs run in their own dtype, as before)."""
     vae = pipe.vae
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    if upcast is None:
+        upcast = is_sdxl_pipe(pipe)
     own_dtype = vae.dtype
     widen = upcast and own_dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
     if widen:
         vae.to(dtype=torch.float32)
     try:
-        with vae_tiling_for(pipe, latents.shape[-1] * f, latents.shape[-2] * f):
-            pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+        yield
     finally:
         if widen:
             vae.to(dtype=own_dtype)
+
+
+@torch.no_grad()
+def encode_images(pipe, images: list, upcast: bool | None = None) -> torch.Tensor:
+    """PIL images (same size, multiples of the VAE factor) to scaled latents: the mean of the VAE
+    posterior (deterministic, so a request reproduces); ``upcast`` as ``vae_upcast``."""
+    vae = pipe.vae
+    with vae_upcast(pipe, upcast), vae_tiling_for(pipe, images[0].width, images[0].height):
+        pixels = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
+        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return latents.to(vae.dtype)  # the VAE's own dtype again
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor, upcast: bool | None = None) -> list:
+    """Latents to PIL images; ``upcast`` as ``vae_upcast`` (SDXL's float16 VAE decodes in float32)."""
+    vae = pipe.vae
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    with vae_upcast(pipe, upcast), vae_tiling_for(pipe, latents.shape[-1] * f, latents.shape[-2] * f):
+        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
     return pipe.image_processor.postprocess(pixels, output_type="pil")

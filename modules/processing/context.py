@@ -25,6 +25,19 @@ class ControlNetSource(Protocol):
         """The ControlNet ``title`` names, locked on the compute device for the block."""
 
 
+class RefinerSource(Protocol):
+    """Where a run finds its refiner checkpoint (``Services``)."""
+
+    def use_refiner(self, name: str) -> AbstractContextManager[LoadedModel]:
+        """The checkpoint ``name`` from the model cache, locked on the compute device for the block."""
+
+    def refiner_title(self, name: str) -> str:
+        """Its title (``name [hash]``) for the infotext."""
+
+    def to_device(self, model: LoadedModel) -> None:
+        """The job's model or the refiner on the compute device now (the other may be offloaded)."""
+
+
 @dataclass
 class RunContext:
     model: LoadedModel | None  # None for jobs that use no model (extras)
@@ -36,3 +49,4 @@ class RunContext:
     controlnets: ControlNetSource | None = None  # None: no ControlNets
     networks: JobNetworks | None = None  # the job's LoRAs and embeddings; None: prompts used as written
     hooks: HookRegistry = field(default_factory=HookRegistry)  # extensions' hook points (Services.hooks)
+    refiners: RefinerSource | None = None  # None: no refiner can be used

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from modules import prompt_schedule, samplers, seeds, upscalers
-from modules.processing import common, sampling
+from modules.processing import common, refiner, sampling
 from modules.processing import conditioning as prompt_conditioning
 from modules.processing.context import RunContext
 from modules.schemas import RequestError, Txt2ImgRequest
@@ -48,7 +48,6 @@ def target_size(req: Txt2ImgRequest, width: int, height: int, factor: int) -> tu
 
 def plan_hires(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan) -> HiresPlan:
     """Validate the hires fields: upscaler, sampler and the target size against max_side."""
-    common.require_sd_unet(ctx, "hires fix")
     upscaler = upscalers.get_upscaler(req.hr_upscaler, ctx.settings.models_dir, field="hr_upscaler")
     w, h = target_size(req, plan.width, plan.height, ctx.model.vae_scale_factor)
     upscalers.check_size(w, h, ctx.settings.max_side, "hr_scale/hr_resize")
@@ -115,10 +114,12 @@ def second_pass(
     done_before: int,
     total: int,
     control=None,
+    ref=None,
 ) -> list:
     """Upscale the first pass's latents and run the img2img pass; returns PIL images.
 
-    ``control``: the ControlNet units (``modules.controlnet.apply.Control``) with their maps at the target size.
+    ``control``: the ControlNet units (``modules.controlnet.apply.Control``) with their maps at the target size;
+    ``ref``: the refiner (``processing.refiner.Refiner``), which takes over at its switch within this pass.
     """
     pipe = ctx.model.pipe
     f = ctx.model.vae_scale_factor
@@ -135,7 +136,7 @@ def second_pass(
     if nothing_to_denoise:
         return common.decode_latents(pipe, init)
     noise = seeds.create_noise((latents.shape[1], lh, lw), batch_seeds, batch_subseeds, req.subseed_strength)
-    out = sampling.sample(sampling.SamplingInput(
+    inp = sampling.SamplingInput(
         unet=pipe.unet,
         sampler=common.sampler_for(ctx, req, hp.sampler_name, hp.scheduler, hp.steps, batch_seeds),
         model_sigmas=common.model_sigmas(pipe),
@@ -149,7 +150,12 @@ def second_pass(
         init_latents=init,
         control=control,
         size_condition=(hp.height, hp.width) if ctx.model.is_sdxl else None,
+        aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
         hooks=ctx.hooks,
-    ))
-    return common.decode_latents(pipe, out, upcast=ctx.model.is_sdxl)
+    )
+    inp = refiner.split(ref, inp)
+    out = sampling.sample(inp)
+    if ref is not None:  # the refiner takes over at its switch within this pass
+        out = refiner.refine(ref, ctx, req, inp, out)
+    return common.decode_latents(pipe, out)

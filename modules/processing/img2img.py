@@ -29,7 +29,7 @@ from PIL import Image
 
 from modules import masks
 from modules.controlnet import apply as controlnet
-from modules.processing import common, conditioning, sampling
+from modules.processing import common, conditioning, refiner, sampling
 from modules.processing.context import RunContext
 from modules.schemas import INPAINTING_FILLS, GenerationResult, Img2ImgRequest, RequestError
 
@@ -68,7 +68,6 @@ def round_down_8(v: int, factor: int) -> int:
 
 def run(req: Img2ImgRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
     # 1. resolve the request
-    common.require_sd_unet(ctx, "img2img")
     req = common.apply_request_styles(req, ctx)
     if not req.init_images:
         raise RequestError("init_images: at least one image is needed for img2img")
@@ -143,13 +142,13 @@ def inpaint_channels(pipe, image: Image.Image, mask: Image.Image | None, latent_
     """A 9-channel UNet's extra input: the mask (latent size) and the latents of the image with
     the masked area blanked (no mask: everything is masked, as A1111 does for img2img)."""
     vae = pipe.vae
-    pixels = pipe.image_processor.preprocess([image]).to(vae.device, vae.dtype)
-    if mask is None:
-        pixel_mask = torch.ones_like(pixels[:, :1])
-    else:
-        pixel_mask = torch.from_numpy(np.around(np.asarray(mask, dtype=np.float32) / 255.0))[None, None]
-    masked = pixels * (1 - pixel_mask.to(pixels))
-    with common.vae_tiling_for(pipe, image.width, image.height):
+    with common.vae_upcast(pipe), common.vae_tiling_for(pipe, image.width, image.height):
+        pixels = pipe.image_processor.preprocess([image]).to(vae.device, vae.dtype)
+        if mask is None:
+            pixel_mask = torch.ones_like(pixels[:, :1])
+        else:
+            pixel_mask = torch.from_numpy(np.around(np.asarray(mask, dtype=np.float32) / 255.0))[None, None]
+        masked = pixels * (1 - pixel_mask.to(pixels))
         masked_latents = vae.encode(masked).latent_dist.mean * vae.config.scaling_factor
     small = torch.nn.functional.interpolate(pixel_mask.float(), size=latent_size).round()
     return torch.cat([small.to(masked_latents), masked_latents], dim=1)
@@ -167,7 +166,8 @@ def generate(
     """Steps 3-4 for prepared init images (also used by outpainting), with the request's ControlNet units."""
     pipe = ctx.model.pipe
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
-    extra_params = {**extra_params, **controlnet.infotext_params(units)}
+    rp = refiner.plan(req, ctx)
+    extra_params = {**extra_params, **controlnet.infotext_params(units), **refiner.params(rp)}
     with torch.no_grad():
         cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
     run_steps = sampling.steps_that_run(req.steps, req.denoising_strength)
@@ -179,7 +179,8 @@ def generate(
     lw, lh = plan.width // f, plan.height // f
     nine = pipe.unet.config.in_channels == 9
     encoded: dict[int, torch.Tensor] = {}  # each init image goes through the VAE once per request
-    with controlnet.controlnets_in_use(ctx, units if run_steps else []) as control:
+    with (controlnet.controlnets_in_use(ctx, units if run_steps else []) as control,
+          refiner.in_use(ctx, rp if run_steps else None, req, req.steps) as ref):
         for n in range(req.n_iter):
             ctx.token.check()
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
@@ -190,7 +191,7 @@ def generate(
             else:
                 try:
                     finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
-                                            n * run_steps, total, (lw, lh), nine, encoded, control)
+                                            n * run_steps, total, (lw, lh), nine, encoded, control, ref)
                 except common.SkipIteration:
                     ctx.token.clear_skip()
                     result.skipped += 1
@@ -216,7 +217,7 @@ def control_input(prep: Prepared) -> tuple[Image.Image, tuple[tuple[int, int], t
 
 
 def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine,
-                   encoded: dict[int, torch.Tensor], control=None):
+                   encoded: dict[int, torch.Tensor], control=None, ref: refiner.Refiner | None = None):
     lw, lh = latent_size
     for p in batch:
         if id(p) not in encoded:
@@ -237,7 +238,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     extra = None
     if nine:
         extra = torch.cat([inpaint_channels(pipe, p.image, p.mask, (lh, lw)) for p in batch]).to(device, dtype)
-    latents = sampling.sample(sampling.SamplingInput(
+    inp = sampling.SamplingInput(
         unet=pipe.unet,
         sampler=common.sampler_for(ctx, req, plan.sampler_name, plan.scheduler, req.steps, batch_seeds),
         model_sigmas=common.model_sigmas(pipe),
@@ -252,7 +253,13 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         mask=None if nine else blend,
         inpaint_channels=extra,
         control=control,
+        size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
+        aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
         hooks=ctx.hooks,
-    ))
+    )
+    inp = refiner.split(ref, inp)
+    latents = sampling.sample(inp)
+    if ref is not None:  # the refiner takes over at its switch
+        latents = refiner.refine(ref, ctx, req, inp, latents, blend)
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

@@ -16,6 +16,9 @@ training sample images all describe their run as one typed ``SamplingInput`` and
    exactly at the end;
 4. ``on_step`` hears of every step (progress, preview, skip and cancel live there).
 
+A run can be one part of a schedule (``first_step``, ``end_step``): the SDXL refiner takes over
+the latents the base model left at the switch and runs the rest of the same schedule.
+
 The core is sampler-neutral: every sampler is a function of the denoiser, the latents, the
 sigmas, its options, a callback and a noise source.
 """
@@ -37,10 +40,12 @@ from modules.samplers.schedules import ModelSigmas
 
 class ControlResiduals(Protocol):
     """ControlNet units (``modules.controlnet.apply.Control``): residuals for one UNet call, or None.
-    The first ``uncond_rows`` rows of the batch are the unconditional ones (0: no guidance)."""
+    The first ``uncond_rows`` rows of the batch are the unconditional ones (0: no guidance); ``added``
+    is SDXL's pooled text and size conditioning for the same rows (None for SD 1.x/2.x)."""
 
     def __call__(self, sample: torch.Tensor, t: Any, embeds: torch.Tensor, step: int, total: int,
-                 uncond_rows: int) -> tuple[list[torch.Tensor], torch.Tensor] | None: ...
+                 uncond_rows: int, added: dict[str, torch.Tensor] | None = None,
+                 ) -> tuple[list[torch.Tensor], torch.Tensor] | None: ...
 
 
 # on_step(index, steps, denoised): step ``index`` of the full schedule's ``steps`` is done; ``denoised``
@@ -115,6 +120,16 @@ class SamplingInput:
     inpaint_channels: torch.Tensor | None = None  # (batch, 5, h, w): a 9-channel UNet's mask + masked-image latents
     control: ControlResiduals | None = None
     size_condition: tuple[int, int] | None = None  # SDXL: (height, width) in pixels, original and target size
+    # SDXL refiner: (positive, negative) aesthetic scores, its time ids' last number for the
+    # conditional and the unconditional rows (A1111's defaults 6.0 / 2.5); None: SDXL base's time ids
+    aesthetic_score: tuple[float, float] | None = None
+    # the part of the run to sample: steps [first_step, end_step) among those that run (None: to the
+    # end). From a first step > 0 the run continues from ``resume_latents`` as they are (no noise is
+    # added: the latents another model left at that step, e.g. at the refiner's switch); a mask still
+    # keeps ``init_latents`` outside it.
+    first_step: int = 0
+    end_step: int | None = None
+    resume_latents: torch.Tensor | None = None
     on_step: StepCallback | None = None
     hooks: HookRegistry | None = None  # extensions' ``cfg_denoiser`` hooks, before each model call
 
@@ -130,8 +145,11 @@ def steps_that_run(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-def sdxl_time_ids(height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """SDXL's size conditioning with A1111's defaults: original size = target size, crop (0, 0)."""
+def sdxl_time_ids(height: int, width: int, dtype: torch.dtype, aesthetic_score: float | None = None) -> torch.Tensor:
+    """SDXL's size conditioning with A1111's defaults: original size = target size, crop (0, 0); the
+    refiner's ends with the aesthetic score instead of the target size."""
+    if aesthetic_score is not None:
+        return torch.tensor([[height, width, 0, 0, aesthetic_score]], dtype=dtype)
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype)
 
 
@@ -155,6 +173,7 @@ class GuidedModel:
         self.batch = inp.noise.shape[0]
         self.device, self.dtype = inp.device, inp.unet.dtype
         self.size_condition = inp.size_condition
+        self.aesthetic_score = inp.aesthetic_score
         self.extra = inp.inpaint_channels.to(self.device, self.dtype) if inp.inpaint_channels is not None else None
         self._rows: tuple[int, ...] = ()  # ids of the embeddings the current batch was built from
         self.embeds = torch.empty(0)
@@ -174,7 +193,14 @@ class GuidedModel:
                 if self.size_condition is None:
                     raise ValueError("an SDXL conditioning needs size_condition (the image's height and width)")
                 pooled = torch.cat([row.pooled.to(device, dtype).repeat(b, 1) for row in rows])
-                time_ids = sdxl_time_ids(*self.size_condition, dtype).to(device).repeat(pooled.shape[0], 1)
+                if self.aesthetic_score is None:
+                    time_ids = sdxl_time_ids(*self.size_condition, dtype).repeat(pooled.shape[0], 1)
+                else:  # the refiner: the negative score on the unconditional rows
+                    positive, negative = self.aesthetic_score
+                    scores = [negative if self.guided and i == 0 else positive for i in range(len(rows))]
+                    time_ids = torch.cat([sdxl_time_ids(*self.size_condition, dtype, score).repeat(b, 1)
+                                          for score in scores])
+                time_ids = time_ids.to(device)
                 self.added = {"text_embeds": pooled, "time_ids": time_ids}
             self.weights = [weight for _, weight in parts]
             self._rows = key
@@ -201,7 +227,7 @@ class GuidedModel:
         kwargs: dict[str, Any] = {}
         if self.control is not None:
             uncond_rows = self.batch if self.guided else 0
-            residuals = self.control(model_in, t, embeds, step, total, uncond_rows)
+            residuals = self.control(model_in, t, embeds, step, total, uncond_rows, self.added)
             if residuals is not None:
                 kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = residuals
         if self.added is not None:
@@ -294,24 +320,35 @@ def sample(inp: SamplingInput) -> torch.Tensor:
     run = steps_that_run(length, inp.strength)
     start = length - run
     sigmas = full[start:]
+    first, end = inp.first_step, run if inp.end_step is None else min(inp.end_step, run)
+    if not 0 <= first <= end:
+        raise ValueError(f"first_step {first} must lie in 0..end_step ({end})")
     noise = inp.noise.to(device, torch.float32)
     init = inp.init_latents.to(device, torch.float32) if inp.init_latents is not None else None
     if run == 0:
         return init if init is not None else noise
-    if init is None or run == length:
+    if first > 0:  # a continuation: the latents another model left at this step
+        if inp.resume_latents is None:
+            raise ValueError("a run from first_step > 0 continues from resume_latents; none were given")
+        x = inp.resume_latents.to(device, torch.float32)
+    elif init is None or run == length:
         x = noise * inp.sampler.initial_scale(sigmas[0])
     else:
         x = init + noise * sigmas[0]
+    if first == end:
+        return x
     mask = inp.mask.to(device, torch.float32) if inp.mask is not None and init is not None else None
-    # 2. the model as a denoiser; 3. the sampler walks the schedule
+    # 2. the model as a denoiser (steps counted among all that run); 3. the sampler walks its part
     denoiser = ModelDenoiser(GuidedModel(inp), inp, sigmas, init, mask)
+    part = sigmas[first:end + 1]
 
     def callback(info: StepInfo) -> None:  # 4. progress, preview, skip, cancel
         if inp.on_step is not None:
-            inp.on_step(start + info.i, length, info.denoised)
+            inp.on_step(start + first + info.i, length, info.denoised)
 
-    x = inp.sampler.function(denoiser, x, sigmas, inp.sampler.options, callback,
-                             inp.sampler.noise_source(x, sigmas))
+    x = inp.sampler.function(denoiser, x, part, inp.sampler.options, callback, inp.sampler.noise_source(x, part))
+    if end < run:  # another model goes on from here: full precision
+        return x
     if mask is not None:  # the kept area exactly as it was
         x = init * (1 - mask) + x * mask
     return x.to(inp.unet.dtype)
