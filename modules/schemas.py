@@ -331,7 +331,8 @@ class GenerationResult:
     sampler_name: str
     scheduler: str
     paths: list[Path] = field(default_factory=list)
-    skipped: int = 0
+    skipped: int = 0  # iterations Skip cut short (their partial images are kept, as in A1111)
+    interrupted: bool = False  # Interrupt stopped the run: the last image is partial, later iterations did not run
     comments: list[str] = field(default_factory=list)  # notes for the user, e.g. "Mask resized ..."
     # why images could not be saved (ImageSaveError messages: disk full, folder not writable); the
     # images are in ``images`` all the same and the job is done, not failed
@@ -356,6 +357,7 @@ class GenerationResult:
             "sd_model_hash": self.model_hash,
             "infotexts": self.infotexts,
             "comments": self.comments,
+            "interrupted": self.interrupted,
         }
 
 

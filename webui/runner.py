@@ -100,7 +100,8 @@ def finish_updates(panel: OutputPanel, jobs: list[Job], show: Callable[[list[Gen
     if failed:
         gr.Warning(failed[0])
         done[panel.error] = gr.update(value="; ".join(dict.fromkeys(failed)), visible=True)
-    if len(results) < len(jobs) and not failed:
+    interrupted = len(results) < len(jobs) or any(getattr(r, "interrupted", False) for r in results)
+    if interrupted and not failed:
         done[panel.error] = gr.update(value="Interrupted.", visible=True)
     if results and len(results) == len(jobs):
         shown = show(results)

@@ -405,6 +405,8 @@ class JobStatus(JobCreated):
     preview: str | None = Field(None, description="live preview, base64 PNG")
     error: str | None = None
     result: JobResult | None = Field(None, description="set once the job is done")
+    interrupted: bool = Field(False, description="the job was interrupted while running (state done): the result "
+                                                 "holds what it made, the last image partial")
     created: float
     started: float | None = None
     finished: float | None = None
@@ -413,4 +415,5 @@ class JobStatus(JobCreated):
 class JobCancelResponse(BaseModel):
     id: str
     state: str
-    cancelled: bool = Field(description="False when the job had already finished")
+    cancelled: bool = Field(description="False when the job had already finished; a running job is interrupted "
+                                        "(it ends done, with what it made), a queued one is cancelled")

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from modules import devices, samplers, upscalers
+from modules.batches import shown_from_results
 from modules.checkpoints import CheckpointError
 from modules.images import encode_image_base64, read_infotext
 from modules.infotext import parse_infotext
@@ -82,8 +83,9 @@ class Submitted(NamedTuple):
 
 
 async def wait_for(job: Job) -> Any:
-    """The job's result, awaited without holding a thread; None if it was interrupted. Bad input stays
-    4xx; anything else is a JobFailed (500)."""
+    """The job's result, awaited without holding a thread (an interrupted generation's result holds
+    what it made); None if it was cancelled before it could make anything. Bad input stays 4xx;
+    anything else is a JobFailed (500)."""
     try:
         return await job.wait_async()
     except JobCancelled:
@@ -95,7 +97,8 @@ async def wait_for(job: Job) -> Any:
 
 
 def interrupted_response(job: Job, parameters: dict[str, Any]) -> GenerationResponse:
-    """A1111 answers an interrupted generation with 200 and what was done; Easel keeps no partial images."""
+    """The answer for a job cancelled before it ran (or stopped with the server): 200, as A1111 answers an
+    interrupt, with no images. An interrupted running job answers with what it made (``generation_answer``)."""
     info = {"interrupted": True, "job_id": job.id, "all_prompts": [], "all_seeds": [], "infotexts": []}
     return GenerationResponse(images=[], parameters=parameters, info=json.dumps(info))
 
@@ -131,7 +134,8 @@ async def grid_response(services: Services, submitted: Submitted, body: Any) -> 
     """Await an "x/y/z plot" request's cells and shape A1111's answer.
 
     Images: the labelled grid first (when every cell made an image), then every cell's images,
-    as A1111 does with "Include Sub Images". An interrupted cell cancels the rest of the grid.
+    as A1111 does with "Include Sub Images". An interrupted cell cancels the rest of the grid: the
+    answer is then the images of the cells made so far (the interrupted one's partial), without a grid.
     """
     jobs = submitted.jobs
     results = []
@@ -142,6 +146,10 @@ async def grid_response(services: Services, submitted: Submitted, body: Any) -> 
                 services.queue.cancel(rest.id)
             return interrupted_response(job, parameters_of(body))
         results.append(result)
+        if result.interrupted:
+            for rest in jobs:
+                services.queue.cancel(rest.id)
+            break
     answer = await run_in_threadpool(grid_answer, submitted, results, body)
     save_errors = [message for r in results for message in r.save_errors]
     return not_saved_response(answer, save_errors) if save_errors else answer
@@ -150,11 +158,12 @@ async def grid_response(services: Services, submitted: Submitted, body: Any) -> 
 def grid_answer(submitted: Submitted, results: list[GenerationResult], body: Any) -> GenerationResponse:
     """The X/Y/Z plot's grid and A1111's answer (images encoded: run it in a worker thread)."""
     batch, core, jobs = submitted.grid, submitted.core, submitted.jobs
-    shown = batch.show(results)
+    shown = batch.show(results) if len(results) == len(jobs) else shown_from_results(results)
     cell_images = sum(len(r.images) for r in results)
     has_grid = len(shown.images) > cell_images
     info = info_dict(results[0], core, jobs[0].started, list(submitted.warnings))
     info.update({
+        "interrupted": any(r.interrupted for r in results), "skipped_images": sum(r.skipped for r in results),
         "all_prompts": ([results[0].prompts[0]] if has_grid else []) + [p for r in results for p in r.prompts],
         "all_seeds": shown.seeds, "infotexts": shown.infotexts, "index_of_first_image": 1 if has_grid else 0,
         "paths": [str(p) for r in results for p in r.paths],
@@ -314,13 +323,15 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     @router.post("/interrupt")
     async def interrupt() -> dict:
-        """Stop the running job (queued jobs go on)."""
+        """Stop the running job (queued jobs go on). A generation stops after its current step and answers
+        with what it made: the finished images and the partial one, with their infotexts, ``info.interrupted`` true."""
         services.queue.interrupt()
         return {}
 
     @router.post("/skip")
     async def skip() -> dict:
-        """Abandon the image being made and go on with the rest of the batch."""
+        """Cut the iteration being made short (its partial image is kept, as in A1111) and go on with the
+        rest of the batch count; ``info.skipped_images`` counts the iterations cut short."""
         services.queue.skip()
         return {}
 

@@ -180,20 +180,14 @@ def generate(
     nine = pipe.unet.config.in_channels == 9
     encoded: dict[int, torch.Tensor] = {}  # each init image goes through the VAE once per request
     with controlnet.controlnets_in_use(ctx, units if run_steps else []) as control:
-        for n in range(req.n_iter):
-            ctx.token.check()
+        for n in common.iterations(ctx, result, req.n_iter):  # Interrupt and Skip keep the partial image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
             if run_steps == 0:  # nothing to denoise: the input comes back exactly
                 finals = [p.finish(p.image.copy()) for p in batch]
             else:
-                try:
-                    finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
-                                            n * run_steps, total, (lw, lh), nine, encoded, control)
-                except common.SkipIteration:
-                    ctx.token.clear_skip()
-                    result.skipped += 1
-                    continue
+                finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
+                                        n * run_steps, total, (lw, lh), nine, encoded, control)
             common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
     if result.images:
         result.width, result.height = result.images[0].size

@@ -14,7 +14,9 @@ training sample images all describe their run as one typed ``SamplingInput`` and
    with a ``mask``, the kept area's estimate set to the init latents;
 3. the sampler function walks the schedule (``modules.samplers``); the kept area is put back
    exactly at the end;
-4. ``on_step`` hears of every step (progress, preview, skip and cancel live there).
+4. ``on_step`` hears of every step (progress, preview, skip and cancel live there); it may raise
+   ``StopSampling`` with that step's clean-latents estimate, which ``sample`` then returns (A1111's
+   ``launch_sampling`` returns its ``last_latent`` on Interrupt and Skip).
 
 The core is sampler-neutral: every sampler is a function of the denoiser, the latents, the
 sigmas, its options, a callback and a noise source.
@@ -47,6 +49,15 @@ class ControlResiduals(Protocol):
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 ALWAYS = 2**31  # the end of a schedule entry that never ends
+
+
+class StopSampling(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by ``on_step`` to end the run after a step (Interrupt, Skip): ``sample`` returns
+    ``denoised``, that step's estimate of the clean latents, as A1111 returns its last latent."""
+
+    def __init__(self, denoised: torch.Tensor) -> None:
+        super().__init__("sampling stopped early")
+        self.denoised = denoised
 
 
 @dataclass(frozen=True)
@@ -281,8 +292,11 @@ def sample(inp: SamplingInput) -> torch.Tensor:
         if inp.on_step is not None:
             inp.on_step(start + info.i, length, info.denoised)
 
-    x = inp.sampler.function(denoiser, x, sigmas, inp.sampler.options, callback,
-                             inp.sampler.noise_source(x, sigmas))
+    try:
+        x = inp.sampler.function(denoiser, x, sigmas, inp.sampler.options, callback,
+                                 inp.sampler.noise_source(x, sigmas))
+    except StopSampling as stop:  # Interrupt or Skip: where sampling stopped, denoised
+        x = stop.denoised.to(device, torch.float32)
     if mask is not None:  # the kept area exactly as it was
         x = init * (1 - mask) + x * mask
     return x.to(inp.unet.dtype)

@@ -36,23 +36,17 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     # 3. the ControlNet models (if any), locked on the device for the whole request
     with controlnet.controlnets_in_use(ctx, units) as control:
         hr_control = control.resized(hp.width, hp.height) if control and hp else None  # maps at the hires size
-        for n in range(req.n_iter):
-            ctx.token.check()
+        for n in common.iterations(ctx, result, req.n_iter):  # Interrupt and Skip keep the partial image
             # 4. seeded noise on the CPU, one draw per image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
             # 5. denoise and decode (the sampler's step noise seeded from the image seeds)
-            try:
-                latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control)
-                if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
-                    images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
-                                               n * per_iteration + req.steps, total_steps, control=hr_control)
-                else:
-                    images = common.decode_latents(pipe, latents, upcast=ctx.model.is_sdxl)
-            except common.SkipIteration:
-                ctx.token.clear_skip()
-                result.skipped += 1
-                continue
+            latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control)
+            if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
+                images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
+                                           n * per_iteration + req.steps, total_steps, control=hr_control)
+            else:
+                images = common.decode_latents(pipe, latents, upcast=ctx.model.is_sdxl)
             # 6. infotext per image, saved atomically
             common.add_batch(result, req, ctx, plan, images, batch_seeds, batch_subseeds, extra_params,
                              ctx.settings.outdir_txt2img_samples)
