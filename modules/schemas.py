@@ -244,6 +244,10 @@ class Img2ImgRequest(GenerationRequest):
     inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 = repaint what is NOT masked")
     include_init_images: bool = False
+    initial_noise_multiplier: float = Field(1.0, ge=0.0, le=10.0, description="scales the noise added to the init"
+                                            " latents (A1111's Noise multiplier for img2img); 1 = unchanged")
+    mask_round: bool = Field(True, description="round the latent mask to 0/1, as A1111 does by default; False:"
+                                               " the blurred mask's soft edge blends the kept and repainted latents")
 
 
 class OutpaintRequest(Img2ImgRequest):

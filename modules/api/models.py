@@ -78,8 +78,6 @@ class Img2ImgAcceptedFields(AcceptedFields):
     image_cfg_scale: float | None = Field(None, description=f"{NOT_IMPLEMENTED} (instruct-pix2pix models)")
     mask_blur_x: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
     mask_blur_y: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
-    mask_round: bool = Field(True, description=NOT_IMPLEMENTED)
-    initial_noise_multiplier: float | None = Field(None, description=NOT_IMPLEMENTED)
     latent_mask: str | None = Field(None, description=NOT_IMPLEMENTED)
 
 

@@ -212,6 +212,8 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     if req.clip_skip > 1:
         params["Clip skip"] = req.clip_skip
+    if req.tiling:
+        params["Tiling"] = True  # A1111's key: the UNet and VAE padded circularly
     return params
 
 

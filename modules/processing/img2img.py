@@ -121,6 +121,8 @@ def prepare(req: Img2ImgRequest, plan: common.BatchPlan, image: Image.Image, mas
 def image_params(req: Img2ImgRequest) -> dict[str, Any]:
     """The infotext keys A1111 adds for img2img and inpainting, in its order."""
     params: dict[str, Any] = {"Denoising strength": req.denoising_strength}
+    if req.initial_noise_multiplier != 1.0:
+        params["Noise multiplier"] = req.initial_noise_multiplier
     if req.mask is not None:
         params["Mask blur"] = req.mask_blur
         if req.inpainting_mask_invert:
@@ -132,10 +134,10 @@ def image_params(req: Img2ImgRequest) -> dict[str, Any]:
     return params
 
 
-def latent_mask(mask: Image.Image, latent_w: int, latent_h: int) -> torch.Tensor:
-    """(1, 1, h, w) mask at latent size, rounded to 0/1 as A1111 does."""
+def latent_mask(mask: Image.Image, latent_w: int, latent_h: int, rounded: bool = True) -> torch.Tensor:
+    """(1, 1, h, w) mask at latent size, rounded to 0/1 as A1111 does (its ``mask_round``, on by default)."""
     small = np.asarray(mask.resize((latent_w, latent_h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    return torch.from_numpy(np.around(small))[None, None]
+    return torch.from_numpy(np.around(small) if rounded else small)[None, None]
 
 
 @torch.no_grad()
@@ -220,7 +222,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
     blend = None
     if batch[0].mask is not None:
-        blend = torch.cat([latent_mask(p.mask, lw, lh) for p in batch]).to(device, dtype)
+        blend = torch.cat([latent_mask(p.mask, lw, lh, req.mask_round) for p in batch]).to(device, dtype)
         init = init.to(device, dtype)
         if req.inpainting_fill == 2:  # latent noise
             init = init * (1 - blend) + noise.to(device, dtype) * blend
@@ -236,7 +238,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         prediction_type=common.prediction_type(pipe),
         device=device,
         conditioning=cond,
-        noise=noise,
+        noise=noise * req.initial_noise_multiplier,  # A1111's Noise multiplier: the noise on the init latents
         steps=req.steps,
         cfg_scale=req.cfg_scale,
         strength=req.denoising_strength,
