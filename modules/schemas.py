@@ -120,6 +120,7 @@ class ControlNetUnit(RequestModel):
     guidance_end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where the unit stops")
     control_mode: int = Field(0, description="0 Balanced, 1 My prompt is more important, 2 ControlNet is more important")
     pixel_perfect: bool = False
+    save_detected_map: bool = Field(True, description="the A1111 API appends the unit's detected map to images")
 
     @field_validator("resize_mode", mode="before")
     @classmethod
@@ -341,6 +342,9 @@ class GenerationResult:
     # why images could not be saved (ImageSaveError messages: disk full, folder not writable); the
     # images are in ``images`` all the same and the job is done, not failed
     save_errors: list[str] = field(default_factory=list)
+    # the ControlNet units' detected maps at the output size (units with save_detected_map), in unit order;
+    # the A1111 API appends them to its images, as sd-webui-controlnet does
+    detected_maps: list[Any] = field(default_factory=list)
 
     def info(self) -> dict[str, Any]:
         """The ``info`` object of A1111's API response (serialised to JSON by the API)."""
@@ -382,7 +386,7 @@ def image_bytes(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(image_bytes(item) for item in value)
     if isinstance(value, GenerationResult):
-        return image_bytes(value.images)
+        return image_bytes(value.images) + image_bytes(value.detected_maps)
     if isinstance(value, BaseModel):
         return sum(image_bytes(getattr(value, name, None)) for name in INPUT_IMAGE_FIELDS)
     return 0

@@ -117,8 +117,11 @@ async def respond(services: Services, submitted: Submitted, body: Any) -> Genera
 
 
 def generation_answer(job: Job, result: GenerationResult, submitted: Submitted, body: Any) -> GenerationResponse:
-    """A1111's answer for a finished generation (the images encoded: run it in a worker thread)."""
-    images = encode_images(result, submitted.encoding) if body.send_images else []
+    """A1111's answer for a finished generation (the images encoded: run it in a worker thread): the images,
+    then the ControlNet units' detected maps (those with ``save_detected_map``), as sd-webui-controlnet adds them."""
+    images = []
+    if body.send_images:
+        images = encode_images(result, submitted.encoding) + [submitted.encoding.encode(m) for m in result.detected_maps]
     info = info_json(result, submitted.core, job.started, list(submitted.warnings))
     return GenerationResponse(images=images, parameters=parameters_of(body), info=info)
 
@@ -269,7 +272,7 @@ def create_sdapi_router(services: Services) -> APIRouter:
         script = scripts.script_of(body, "txt2img")
         lenient = make_lenient(body, services)
         body = lenient.body
-        units = controlnet_units_of(body, InputBudget.of(services.settings))
+        units = controlnet_units_of(body, InputBudget.of(services.settings), warnings=lenient.warnings)
         core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units, **lenient.sizes})
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "txt2img", core, body, lenient.warnings)
@@ -295,7 +298,7 @@ def create_sdapi_router(services: Services) -> APIRouter:
             raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
         budget = InputBudget.of(services.settings)
         images = [decode_field(text, ("init_images", i), budget) for i, text in enumerate(body.init_images)]
-        units = controlnet_units_of(body, budget)
+        units = controlnet_units_of(body, budget, warnings=lenient.warnings)
         if script == scripts.OUTPAINTING:
             core = scripts.build_outpaint(body, images, services.settings).model_copy(update={"controlnet_units": units})
             return Submitted(core, [services.submit("outpaint", core)], None, body, tuple(lenient.warnings),

@@ -177,6 +177,7 @@ def generate(
     ctx.progress.update(0, total)
     result = common.new_result(ctx, plan)
     result.comments.extend(notes)
+    result.detected_maps = controlnet.detected_maps(units, plan.width, plan.height)
     f = ctx.model.vae_scale_factor
     lw, lh = plan.width // f, plan.height // f
     nine = pipe.unet.config.in_channels == 9

@@ -32,6 +32,7 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
     result = common.new_result(ctx, plan, hp.width if hp else None, hp.height if hp else None)
+    result.detected_maps = controlnet.detected_maps(units, plan.width, plan.height)
     extra_params = {**(hires.params(req, hp) if hp else {}), **controlnet.infotext_params(units)}
     # 3. the ControlNet models (if any), locked on the device for the whole request
     with controlnet.controlnets_in_use(ctx, units) as control:
