@@ -584,3 +584,33 @@ def test_tiling_is_honoured_for_that_request(live):
     assert image_of(tiled["images"][0]).tobytes() != image_of(plain["images"][0]).tobytes()
     again = post(f"{base}/sdapi/v1/txt2img", body).json()  # the next request pads with zeros again
     assert image_of(again["images"][0]).tobytes() == image_of(plain["images"][0]).tobytes()
+    text = json.loads(tiled["info"])["infotexts"][0]
+    assert "Tiling: True" in text and "Tiling" not in json.loads(plain["info"])["infotexts"][0]  # A1111's key
+    reread = post(f"{base}/sdapi/v1/txt2img", {"infotext": text, "steps": 2, "width": 32, "height": 32}).json()
+    assert reread["parameters"]["tiling"] is True  # read back from the infotext, as A1111 reads it
+    assert image_of(reread["images"][0]).tobytes() == image_of(tiled["images"][0]).tobytes()
+
+
+def test_img2img_noise_multiplier_and_mask_round_as_a1111(live):
+    _, base = live
+    gradient = Image.fromarray(np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1)))
+    body = {"prompt": "a red circle", "init_images": [encode_image_base64(Image.new("RGB", (32, 32), (40, 90, 200)))],
+            "steps": 4, "width": 32, "height": 32, "seed": 5, "denoising_strength": 0.6, "sampler_name": "Euler"}
+    plain = post(f"{base}/sdapi/v1/img2img", body).json()
+    quiet = post(f"{base}/sdapi/v1/img2img", {**body, "initial_noise_multiplier": 0.5}).json()
+    info = json.loads(quiet["info"])
+    assert info["warnings"] == [] and "Noise multiplier: 0.5" in info["infotexts"][0]
+    assert "Noise multiplier" not in json.loads(plain["info"])["infotexts"][0]  # 1.0 is not written, as in A1111
+    assert image_of(quiet["images"][0]).tobytes() != image_of(plain["images"][0]).tobytes()
+    same = post(f"{base}/sdapi/v1/img2img", {**body, "initial_noise_multiplier": None}).json()  # null: 1.0
+    assert image_of(same["images"][0]).tobytes() == image_of(plain["images"][0]).tobytes()
+    reread = post(f"{base}/sdapi/v1/img2img", {**body, "infotext": info["infotexts"][0]}).json()
+    assert reread["parameters"]["initial_noise_multiplier"] == 0.5
+    bad = post(f"{base}/sdapi/v1/img2img", {**body, "initial_noise_multiplier": -1})
+    assert bad.status_code == 422 and "initial_noise_multiplier" in bad.text
+    inpaint = {**body, "mask": encode_image_base64(gradient), "mask_blur": 0, "inpaint_full_res": False,
+               "inpainting_fill": 1}
+    rounded = post(f"{base}/sdapi/v1/img2img", inpaint).json()
+    soft = post(f"{base}/sdapi/v1/img2img", {**inpaint, "mask_round": False}).json()
+    assert json.loads(soft["info"])["warnings"] == []
+    assert image_of(soft["images"][0]).tobytes() != image_of(rounded["images"][0]).tobytes()

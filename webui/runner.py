@@ -120,7 +120,8 @@ def finish_updates(panel: OutputPanel, jobs: list[Job], show: Callable[[list[Gen
     if failed:
         gr.Warning(failed[0])
         done.update(error_box(panel, "; ".join(dict.fromkeys(failed))))
-    if len(results) < len(jobs) and not failed:
+    interrupted = len(results) < len(jobs) or any(getattr(r, "interrupted", False) for r in results)
+    if interrupted and not failed:
         done.update(error_box(panel, INTERRUPTED, STOPPED_LABEL))
     if results and len(results) == len(jobs):
         shown = show(results)

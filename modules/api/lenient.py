@@ -69,9 +69,9 @@ IGNORED_FIELDS = {
     "firstphase_width": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
     "firstphase_height": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
     "hr_checkpoint_name": "the hires pass runs on the request's checkpoint",
-    "image_cfg_scale": "instruct-pix2pix models are not supported", "mask_round": "not implemented",
+    "image_cfg_scale": "instruct-pix2pix models are not supported",
     "mask_blur_x": "mask_blur blurs both ways", "mask_blur_y": "mask_blur blurs both ways",
-    "initial_noise_multiplier": "not implemented", "latent_mask": "not implemented",
+    "latent_mask": "not implemented",
 }
 
 

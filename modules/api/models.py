@@ -76,8 +76,6 @@ class Img2ImgAcceptedFields(AcceptedFields):
     image_cfg_scale: float | None = Field(None, description=f"{NOT_IMPLEMENTED} (instruct-pix2pix models)")
     mask_blur_x: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
     mask_blur_y: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
-    mask_round: bool = Field(True, description=NOT_IMPLEMENTED)
-    initial_noise_multiplier: float | None = Field(None, description=NOT_IMPLEMENTED)
     latent_mask: str | None = Field(None, description=NOT_IMPLEMENTED)
 
 
@@ -403,6 +401,8 @@ class JobStatus(JobCreated):
     preview: str | None = Field(None, description="live preview, base64 PNG")
     error: str | None = None
     result: JobResult | None = Field(None, description="set once the job is done")
+    interrupted: bool = Field(False, description="the job was interrupted while running (state done): the result "
+                                                 "holds what it made, the last image partial")
     created: float
     started: float | None = None
     finished: float | None = None
@@ -411,4 +411,5 @@ class JobStatus(JobCreated):
 class JobCancelResponse(BaseModel):
     id: str
     state: str
-    cancelled: bool = Field(description="False when the job had already finished")
+    cancelled: bool = Field(description="False when the job had already finished; a running job is interrupted "
+                                        "(it ends done, with what it made), a queued one is cancelled")

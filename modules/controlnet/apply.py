@@ -182,6 +182,11 @@ def hint_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
+def detected_maps(prepared: list[PreparedUnit], width: int, height: int) -> list[Image.Image]:
+    """The units' detected maps fitted to the output size, for the units that keep theirs (``save_detected_map``)."""
+    return [fit_map(p.detected, width, height, p.unit.resize_mode) for p in prepared if p.unit.save_detected_map]
+
+
 def infotext_params(prepared: list[PreparedUnit]) -> dict[str, str]:
     """The ``ControlNet N`` infotext keys of the units that ran."""
     return unit_params([(p.index, p.unit, p.title) for p in prepared])

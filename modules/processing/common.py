@@ -26,8 +26,35 @@ from modules.schemas import GenerationRequest, RequestError
 logger = logging.getLogger(__name__)
 
 
-class SkipIteration(Exception):
-    """The user pressed Skip: abandon this iteration of the batch count, go on with the next."""
+def iterations(ctx: RunContext, result, n_iter: int) -> Iterator[int]:
+    """The batch count's iteration numbers, with A1111's Interrupt and Skip between them.
+
+    Interrupt ends the run before the next iteration and Skip goes on with it; the iteration they
+    stopped is kept, its image decoded from where sampling stopped (``step_hook``). Marks the
+    result ``interrupted`` and counts the iterations Skip cut short in ``result.skipped``. A cancel
+    (the queue stopping) raises ``JobCancelled``: nothing is kept.
+    """
+    for n in range(n_iter):
+        if not _go_on(ctx, result):
+            return
+        yield n
+    _go_on(ctx, result)
+
+
+def _go_on(ctx: RunContext, result) -> bool:
+    if ctx.token.skipped:  # the iteration before was cut short; it is kept, the next one runs
+        ctx.token.clear_skip()
+        result.skipped += 1
+    if ctx.token.interrupted:
+        result.interrupted = True
+        return False
+    ctx.token.check()
+    return True
+
+
+def stopped(ctx: RunContext) -> bool:
+    """Whether Interrupt or Skip stopped this iteration's sampling (a hires pass then does not run)."""
+    return ctx.token.interrupted or ctx.token.skipped
 
 
 @dataclass(frozen=True)
@@ -90,8 +117,11 @@ def initial_noise(
 def step_hook(
     ctx: RunContext, pipe, done_before: int, steps: int, total: int, strength: float = 1.0
 ) -> sampling.StepCallback:
-    """The core's per-call hook for a pass of ``steps`` at ``strength``: cancel, skip, progress
-    and, every ``show_progress_every_n_steps`` calls, a preview.
+    """The core's per-call hook for a pass of ``steps`` at ``strength``: interrupt, skip, cancel,
+    progress and, every ``show_progress_every_n_steps`` calls, a preview.
+
+    Interrupt and Skip end the pass after the step that just ran (``sampling.StopSampling``): the
+    core returns that step's denoised latents, which become the iteration's partial image.
 
     Progress counts the user's sampling steps that run (the sampler reports each step once,
     however many model calls it takes).
@@ -101,10 +131,10 @@ def step_hook(
 
     def on_step(index: int, calls: int, latents: torch.Tensor) -> None:
         step = min(steps, -(-(index + 1) * steps // max(1, calls)))
+        if stopped(ctx):
+            raise sampling.StopSampling(latents)
         if ctx.token.cancelled:
-            raise JobCancelled("interrupted")
-        if ctx.token.skipped:
-            raise SkipIteration()
+            raise JobCancelled("cancelled")
         preview = None
         if preview_every and (index + 1) % preview_every == 0:
             preview = decode_preview(pipe, latents)
@@ -191,6 +221,8 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     if req.clip_skip > 1:
         params["Clip skip"] = req.clip_skip
+    if req.tiling:
+        params["Tiling"] = True  # A1111's key: the UNet and VAE padded circularly
     return params
 
 

@@ -116,12 +116,15 @@ def second_pass(
     control=None,
     ref=None,
 ) -> list:
-    """Upscale the first pass's latents and run the img2img pass; returns PIL images.
+    """Upscale the first pass's latents and run the img2img pass; returns PIL images (the first
+    pass's, at its size, when Interrupt or Skip stopped it).
 
     ``control``: the ControlNet units (``modules.controlnet.apply.Control``) with their maps at the target size;
     ``ref``: the refiner (``processing.refiner.Refiner``), which takes over at its switch within this pass.
     """
     pipe = ctx.model.pipe
+    if common.stopped(ctx):  # Interrupt or Skip in the first pass: its partial image, as A1111 returns it
+        return common.decode_latents(pipe, latents, upcast=ctx.model.is_sdxl)
     f = ctx.model.vae_scale_factor
     lh, lw = hp.height // f, hp.width // f
     nothing_to_denoise = pass_steps(req, hp) == 0

@@ -120,6 +120,8 @@ def prepare(req: Img2ImgRequest, plan: common.BatchPlan, image: Image.Image, mas
 def image_params(req: Img2ImgRequest) -> dict[str, Any]:
     """The infotext keys A1111 adds for img2img and inpainting, in its order."""
     params: dict[str, Any] = {"Denoising strength": req.denoising_strength}
+    if req.initial_noise_multiplier != 1.0:
+        params["Noise multiplier"] = req.initial_noise_multiplier
     if req.mask is not None:
         params["Mask blur"] = req.mask_blur
         if req.inpainting_mask_invert:
@@ -131,10 +133,10 @@ def image_params(req: Img2ImgRequest) -> dict[str, Any]:
     return params
 
 
-def latent_mask(mask: Image.Image, latent_w: int, latent_h: int) -> torch.Tensor:
-    """(1, 1, h, w) mask at latent size, rounded to 0/1 as A1111 does."""
+def latent_mask(mask: Image.Image, latent_w: int, latent_h: int, rounded: bool = True) -> torch.Tensor:
+    """(1, 1, h, w) mask at latent size, rounded to 0/1 as A1111 does (its ``mask_round``, on by default)."""
     small = np.asarray(mask.resize((latent_w, latent_h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    return torch.from_numpy(np.around(small))[None, None]
+    return torch.from_numpy(np.around(small) if rounded else small)[None, None]
 
 
 @torch.no_grad()
@@ -175,27 +177,22 @@ def generate(
     ctx.progress.update(0, total)
     result = common.new_result(ctx, plan)
     result.comments.extend(notes)
+    result.detected_maps = controlnet.detected_maps(units, plan.width, plan.height)
     f = ctx.model.vae_scale_factor
     lw, lh = plan.width // f, plan.height // f
     nine = pipe.unet.config.in_channels == 9
     encoded: dict[int, torch.Tensor] = {}  # each init image goes through the VAE once per request
     with (controlnet.controlnets_in_use(ctx, units if run_steps else []) as control,
           refiner.in_use(ctx, rp if run_steps else None, req, req.steps) as ref):
-        for n in range(req.n_iter):
-            ctx.token.check()
+        for n in common.iterations(ctx, result, req.n_iter):  # Interrupt and Skip keep the partial image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
             ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
             if run_steps == 0:  # nothing to denoise: the input comes back exactly
                 finals = [p.finish(p.image.copy()) for p in batch]
             else:
-                try:
-                    finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
-                                            n * run_steps, total, (lw, lh), nine, encoded, control, ref)
-                except common.SkipIteration:
-                    ctx.token.clear_skip()
-                    result.skipped += 1
-                    continue
+                finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
+                                        n * run_steps, total, (lw, lh), nine, encoded, control, ref)
             finals = ctx.hooks.images_decoded(req.mode, req, n, finals, batch_seeds, ctx)  # extensions' image_decoded
             common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
     if result.images:
@@ -229,7 +226,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
     blend = None
     if batch[0].mask is not None:
-        blend = torch.cat([latent_mask(p.mask, lw, lh) for p in batch]).to(device, dtype)
+        blend = torch.cat([latent_mask(p.mask, lw, lh, req.mask_round) for p in batch]).to(device, dtype)
         init = init.to(device, dtype)
         if req.inpainting_fill == 2:  # latent noise
             init = init * (1 - blend) + noise.to(device, dtype) * blend
@@ -245,7 +242,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         prediction_type=common.prediction_type(pipe),
         device=device,
         conditioning=cond,
-        noise=noise,
+        noise=noise * req.initial_noise_multiplier,  # A1111's Noise multiplier: the noise on the init latents
         steps=req.steps,
         cfg_scale=req.cfg_scale,
         strength=req.denoising_strength,

@@ -14,7 +14,9 @@ training sample images all describe their run as one typed ``SamplingInput`` and
    with a ``mask``, the kept area's estimate set to the init latents;
 3. the sampler function walks the schedule (``modules.samplers``); the kept area is put back
    exactly at the end;
-4. ``on_step`` hears of every step (progress, preview, skip and cancel live there).
+4. ``on_step`` hears of every step (progress, preview, skip and cancel live there); it may raise
+   ``StopSampling`` with that step's clean-latents estimate, which ``sample`` then returns (A1111's
+   ``launch_sampling`` returns its ``last_latent`` on Interrupt and Skip).
 
 A run can be one part of a schedule (``first_step``, ``end_step``): the SDXL refiner takes over
 the latents the base model left at the switch and runs the rest of the same schedule.
@@ -53,6 +55,15 @@ class ControlResiduals(Protocol):
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 ALWAYS = 2**31  # the end of a schedule entry that never ends
+
+
+class StopSampling(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by ``on_step`` to end the run after a step (Interrupt, Skip): ``sample`` returns
+    ``denoised``, that step's estimate of the clean latents, as A1111 returns its last latent."""
+
+    def __init__(self, denoised: torch.Tensor) -> None:
+        super().__init__("sampling stopped early")
+        self.denoised = denoised
 
 
 @dataclass(frozen=True)
@@ -346,7 +357,10 @@ def sample(inp: SamplingInput) -> torch.Tensor:
         if inp.on_step is not None:
             inp.on_step(start + first + info.i, length, info.denoised)
 
-    x = inp.sampler.function(denoiser, x, part, inp.sampler.options, callback, inp.sampler.noise_source(x, part))
+    try:
+        x = inp.sampler.function(denoiser, x, part, inp.sampler.options, callback, inp.sampler.noise_source(x, part))
+    except StopSampling as stop:  # Interrupt or Skip: where sampling stopped, denoised
+        x = stop.denoised.to(device, torch.float32)
     if end < run:  # another model goes on from here: full precision
         return x
     if mask is not None:  # the kept area exactly as it was

@@ -34,31 +34,25 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
     result = common.new_result(ctx, plan, hp.width if hp else None, hp.height if hp else None)
+    result.detected_maps = controlnet.detected_maps(units, plan.width, plan.height)
     extra_params = {**(hires.params(req, hp) if hp else {}), **controlnet.infotext_params(units), **refiner.params(rp)}
     # 3. the ControlNet models and the refiner (if any), locked on the device for the whole request
     with (controlnet.controlnets_in_use(ctx, units) as control,
           refiner.in_use(ctx, rp, req, hp.steps if hp else req.steps, hires=hp is not None) as ref):
         hr_control = control.resized(hp.width, hp.height) if control and hp else None  # maps at the hires size
-        for n in range(req.n_iter):
-            ctx.token.check()
+        for n in common.iterations(ctx, result, req.n_iter):  # Interrupt and Skip keep the partial image
             # 4. seeded noise on the CPU, one draw per image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
             ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
             # 5. denoise and decode (the sampler's step noise seeded from the image seeds)
-            try:
-                latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control,
-                                     None if hp else ref)
-                if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
-                    images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
-                                               n * per_iteration + req.steps, total_steps, control=hr_control,
-                                               ref=ref)
-                else:
-                    images = common.decode_latents(pipe, latents)
-            except common.SkipIteration:
-                ctx.token.clear_skip()
-                result.skipped += 1
-                continue
+            latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control,
+                                 None if hp else ref)
+            if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
+                images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
+                                           n * per_iteration + req.steps, total_steps, control=hr_control, ref=ref)
+            else:
+                images = common.decode_latents(pipe, latents)
             images = ctx.hooks.images_decoded(req.mode, req, n, images, batch_seeds, ctx)  # extensions' image_decoded
             # 6. infotext per image, saved atomically
             common.add_batch(result, req, ctx, plan, images, batch_seeds, batch_subseeds, extra_params,
