@@ -386,3 +386,17 @@ def test_errors_are_one_line_without_type_names_and_interrupts_are_no_error(serv
     assert upload_name({"path": str(fake), "orig_name": "notes.png"}) == "notes.png"
     Image.new("RGB", (4, 4)).save(tmp_path / "real.png")
     assert open_upload({"path": str(tmp_path / "real.png")}).size == (4, 4)
+
+
+def test_sampler_parameters_in_the_settings_tab_reach_the_next_image(services):
+    with gr.Blocks():
+        tab = settings.create_ui(services)
+    assert {"eta_ancestral", "eta_noise_seed_delta", "s_churn", "always_discard_next_to_last_sigma"} <= set(tab.fields)
+    request = txt2img.build_request({**TXT2IMG_VALUES, "steps": 2, "sampler_name": "Euler a", "seed": 3})
+    before = services.submit("txt2img", request).wait(120)
+    settings.apply(services, {"eta_ancestral": 0.5, "eta_noise_seed_delta": 31337})
+    after = services.submit("txt2img", request).wait(120)
+    assert ", Eta: 0.5, ENSD: 31337," in after.infotexts[0] and "Eta" not in before.infotexts[0]
+    assert np.abs(np.asarray(after.images[0], dtype=int) - np.asarray(before.images[0], dtype=int)).max() > 0
+    with pytest.raises(SettingsError, match="eta_ancestral"):
+        settings.apply(services, {"eta_ancestral": -1})

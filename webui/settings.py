@@ -82,7 +82,40 @@ def create_ui(services) -> SettingsTab:
                 fields["default_height"] = gr.Number(s.default_height, precision=0, step=8,
                                                      label="Default height (0 = the checkpoint's native size)",
                                                      elem_id=f"{PREFIX}_default_height")
+        with gr.Accordion("Sampler parameters", open=False):
+            fields.update(sampler_parameter_fields(s))
     return SettingsTab(fields, save, reload, result, error, gr.State(saved_values(s, fields)))
+
+
+# A1111's "Sampler parameters" section: (setting, label, is an integer)
+SAMPLER_PARAMETERS = (
+    ("eta_ancestral", "Eta for ancestral and SDE samplers (noise amount; 1 = A1111's default)", False),
+    ("eta_ddim", "Eta for DDIM (0 = deterministic)", False),
+    ("eta_noise_seed_delta", "Eta noise seed delta (ENSD; added to the seeds of the step noise)", True),
+    ("s_churn", "Sigma churn (Euler, Heun, DPM2)", False),
+    ("s_tmin", "Sigma tmin (churn from this sigma up)", False),
+    ("s_tmax", "Sigma tmax (churn up to this sigma; 0 = no bound)", False),
+    ("s_noise", "Sigma noise (scale of added noise)", False),
+    ("sigma_min", "Schedule min sigma (0 = the model's)", False),
+    ("sigma_max", "Schedule max sigma (0 = the model's)", False),
+    ("rho", "Schedule rho for Karras and Polyexponential (0 = the schedule's own)", False),
+    ("uni_pc_order", "UniPC order", True),
+)
+
+
+def sampler_parameter_fields(s: Settings) -> Fields:
+    """The sampler parameters (``modules.samplers.SamplerSettings``), one box each."""
+    fields: Fields = {}
+    for name, label, integer in SAMPLER_PARAMETERS:
+        fields[name] = gr.Number(getattr(s, name), precision=0 if integer else None, label=label,
+                                 elem_id=f"{PREFIX}_{name}")
+    fields["always_discard_next_to_last_sigma"] = gr.Checkbox(
+        s.always_discard_next_to_last_sigma, label="Always discard next-to-last sigma",
+        elem_id=f"{PREFIX}_always_discard_next_to_last_sigma")
+    fields["sgm_noise_multiplier"] = gr.Checkbox(
+        s.sgm_noise_multiplier, label="SGM noise multiplier (initial noise as SDXL's reference code)",
+        elem_id=f"{PREFIX}_sgm_noise_multiplier")
+    return fields
 
 
 def saved_values(settings: Settings, fields: Fields) -> dict[str, Any]:
