@@ -41,7 +41,8 @@ def caption(color: str, shape: str, position: str, background: str) -> str:
     return f"a large {color} {shape} {PHRASES[position]}, {background} background"
 
 
-def adherence(services, sampler: str, n: int, steps: int = 20, schedule: str = "Automatic") -> tuple[int, int, float]:
+def adherence(services, sampler: str, n: int, steps: int = 20, schedule: str = "Automatic",
+              eta: float | None = None) -> tuple[int, int, float]:
     """(colour hits, position hits, seconds) over n prompts."""
     from bundled.detect import detect
     from modules.schemas import Txt2ImgRequest
@@ -50,7 +51,7 @@ def adherence(services, sampler: str, n: int, steps: int = 20, schedule: str = "
     start = time.perf_counter()
     for i, (color, shape, position, background) in enumerate(cases(n)):
         req = Txt2ImgRequest(prompt=caption(color, shape, position, background), seed=5000 + i, steps=steps,
-                             cfg_scale=6, sampler_name=sampler, scheduler=schedule, save_images=False)
+                             cfg_scale=6, sampler_name=sampler, scheduler=schedule, eta=eta, save_images=False)
         found = detect(services.submit("txt2img", req).wait(600).images[0])
         color_hits += found.color == color
         position_hits += found.position == position
