@@ -4,6 +4,7 @@
 #   ./launch.sh generate ...    headless txt2img (./launch.sh generate --help)
 #   ./launch.sh install SOURCE  install a model from a HF repo id, URL or file (./launch.sh install --help)
 #   ./launch.sh test [ARGS]     install the test dependencies too and run the whole test suite
+#   ./launch.sh serve ...       the API on Ray Serve replicas (installs requirements-serve.txt on first use; docs/serve.md)
 # Environment: EASEL_VENV (default .venv), EASEL_TORCH_INDEX (a pip index URL for torch, e.g.
 # https://download.pytorch.org/whl/cpu on a CPU machine whose default torch wheel is the CUDA one).
 set -euo pipefail
@@ -82,6 +83,11 @@ if [ "${1:-}" = "test" ]; then
   install_requirements requirements.txt requirements-dev.txt
   install_browser
   exec python -m pytest "$@"
+fi
+if [ "${1:-}" = "serve" ]; then
+  shift
+  install_requirements requirements.txt requirements-serve.txt
+  exec python -m modules.serve "$@"
 fi
 install_requirements requirements.txt
 exec python app.py "$@"
