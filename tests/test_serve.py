@@ -270,3 +270,33 @@ def test_zz_a_replica_killed_during_a_job_the_request_still_completes(cluster):
     info = cluster_info(client)
     assert info["retried_requests"] >= 1
     assert victim["replica"] not in [r["replica"] for r in info["replicas"]]
+
+
+@pytest.mark.slow
+def test_zz_an_async_job_whose_replica_was_killed_is_submitted_again(cluster):
+    """Kill the replica running an async job: polling its id submits it again elsewhere, same id."""
+    _, client = cluster
+    deadline = time.monotonic() + 120
+    while len(cluster_info(client)["replicas"]) < 2:  # the replacement of the replica killed above
+        assert time.monotonic() < deadline, "no replacement replica"
+        time.sleep(0.5)
+    response = client.post("/easel/v1/jobs", json={"type": "txt2img", "request": {
+        **T2I, "steps": 150, "n_iter": 3, "seed": 5, "sd_model_checkpoint": "tiny-folder"}})
+    assert response.status_code == 202, response.text
+    cid = response.json()["id"]
+    owner = ClusterJobId.parse(cid).replica
+    while client.get(f"/easel/v1/jobs/{cid}", params={"preview": "false"}).json()["state"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    pid = next(r["pid"] for r in cluster_info(client)["replicas"] if r["replica"] == owner)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while True:
+        status = client.get(f"/easel/v1/jobs/{cid}", params={"preview": "false"}).json()
+        if status.get("state") not in ("queued", "running"):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["state"] == "done" and status["id"] == cid, status
+    assert "Model: tiny-folder," in status["result"]["info"]["infotexts"][0]
+    assert cluster_info(client)["retried_requests"] >= 1
