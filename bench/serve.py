@@ -115,7 +115,7 @@ def serve_run(settings, args, replicas: int, mix: list[str]) -> dict:
     threads = max(1, args.threads // replicas)
     started = time.perf_counter()
     start(ServeConfig(settings, replicas=replicas, max_models=args.max_models, cpus_per_replica=threads),
-          port=port, num_cpus=max(args.threads, replicas), name=name, quiet=True)
+          port=port, num_cpus=max(args.threads, 2), name=name, quiet=True)  # both runs share one Ray
     ready = time.perf_counter() - started
     base = f"http://127.0.0.1:{port}"
     try:
