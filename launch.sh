@@ -47,7 +47,7 @@ install_torch() {
 }
 
 install_requirements() {
-  local stamp="$VENV/.easel-installed-$#" files=("$@")   # one stamp per set of files
+  local stamp="$VENV/.easel-installed-$(echo "$*" | tr -c "A-Za-z0-9.\n" "_")" files=("$@")   # one stamp per set of files
   local sum
   sum=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
