@@ -156,6 +156,31 @@ def choose_dtype(device: str, precision: str = "auto") -> torch.dtype:
     return PRECISION_DTYPES[name]
 
 
+def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Bring every floating-point parameter and buffer of ``module`` to ``dtype`` (integer buffers
+    such as CLIP's ``position_ids`` stay as they are).
+
+    Unlike a check of ``module.dtype`` (the first parameter's), this also catches a model whose
+    file mixed dtypes (an fp16 UNet with an fp32 VAE, an fp32 file with fp16 norms).
+    """
+    if any(t.is_floating_point() and t.dtype != dtype for t in (*module.parameters(), *module.buffers())):
+        module.to(dtype=dtype)
+    return module
+
+
+def cast_components(components: dict[str, Any], dtype: torch.dtype, vae_dtype: torch.dtype | None = None) -> None:
+    """Bring every torch component of a pipeline (UNet, text encoders, VAE, ControlNet) to the
+    runtime dtype, whatever dtype its file had; the VAE to ``vae_dtype`` when given."""
+    for name, component in components.items():
+        if isinstance(component, torch.nn.Module):
+            cast_module(component, vae_dtype if name == "vae" and vae_dtype is not None else dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"fp32", "fp16" or "bf16" (the precision setting's names); other dtypes as torch names them."""
+    return next((name for name, value in PRECISION_DTYPES.items() if value == dtype), str(dtype).removeprefix("torch."))
+
+
 def xformers_installed() -> bool:
     """Return True when the xformers package can be imported."""
     return importlib.util.find_spec("xformers") is not None

@@ -25,7 +25,7 @@ from modules.extra_networks import ExtraNetworks, build_extra_networks
 from modules.images import ImageSaver, remove_stale_temp_files
 from modules.install_jobs import Installer
 from modules.installer import target_from_settings
-from modules.jobs import Job, JobQueue
+from modules.jobs import Job, JobQueue, one_line_error
 from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, native_size_hint
 from modules.model_manager import CacheSettings, ModelManager
 from modules.processing import extras, img2img, outpaint, txt2img
@@ -38,6 +38,11 @@ from modules.training import job as training_job
 VERSION = "easel-0.1"
 
 
+class ModelRunError(RuntimeError):
+    """A model failed inside a job (a torch or diffusers error); the message names the checkpoint,
+    the dtype and the device, and the original error."""
+
+
 @dataclass
 class Runtime:
     """Device choices made once from the settings."""
@@ -46,6 +51,7 @@ class Runtime:
     dtype: Any
     attention: str
     memory_mode: str
+    vae_dtype: Any = None  # the VAE's dtype when it differs from ``dtype`` (None: the same)
 
 
 def cache_settings(settings: Settings) -> CacheSettings:
@@ -201,11 +207,18 @@ class Services:
             return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
         tiling = bool(getattr(job.request, "tiling", False))
-        with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
-              seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
-            ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
-                             networks=networks)
-            result = runner(job.request, ctx)
+        try:
+            with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
+                  seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
+                ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
+                                 networks=networks)
+                result = runner(job.request, ctx)
+        except RuntimeError as err:
+            if type(err).__module__.startswith("modules."):
+                raise  # Easel's own errors already say what was wrong
+            raise ModelRunError(
+                f"{job.kind} on checkpoint {key!r} ({devices.dtype_name(self.runtime.dtype)} on "
+                f"{self.runtime.device}) failed: {one_line_error(err)}") from err
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
         return result
@@ -246,13 +259,11 @@ def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, key:
     """Load a checkpoint (and VAE file) by cache key; prepare it for the device, dtype and attention."""
     name, vae = split_model_key(key)
     info = registry.get(name)
-    model = load_checkpoint(info, registry.short_hash(info))
+    model = load_checkpoint(info, registry.short_hash(info), services_runtime.dtype, services_runtime.vae_dtype)
     pipe = model.pipe
     if vae:
-        load_vae_file(vae_dir / vae, pipe.vae)
+        load_vae_file(vae_dir / vae, pipe.vae)  # copied into the VAE's own (runtime) dtype
         model.vae_name, model.vae_hash = Path(vae).name, registry.file_short_hash(vae_dir / vae)
-    if pipe.unet.dtype != services_runtime.dtype:
-        pipe.to(dtype=services_runtime.dtype)
     devices.apply_attention(pipe, services_runtime.attention)
     return model
 

@@ -48,8 +48,7 @@ def load_for_runtime(key: str, folder: Path, dtype: Any, attention: str) -> Load
     if info is None:
         raise ControlNetError(f"{key!r} names no ControlNet")
     loaded = load_controlnet(info)
-    if loaded.model.dtype != dtype:
-        loaded.model.to(dtype=dtype)
+    devices.cast_module(loaded.model, dtype)  # every tensor, whatever the file's dtype(s)
     if attention == "xformers":
         loaded.model.enable_xformers_memory_efficient_attention()
     else:
