@@ -52,6 +52,8 @@ class Runtime:
     attention: str
     memory_mode: str
     vae_dtype: Any = None  # the VAE's dtype when it differs from ``dtype`` (None: the same)
+    channels_last: bool = False
+    compile_unet: bool = False
 
 
 def cache_settings(settings: Settings) -> CacheSettings:
@@ -65,11 +67,16 @@ def cache_settings(settings: Settings) -> CacheSettings:
 
 def make_runtime(settings: Settings) -> Runtime:
     device = devices.choose_device(settings.device)
+    dtype = devices.choose_dtype(device, settings.precision)
+    vae_dtype = devices.choose_vae_dtype(device, dtype, settings.vae_precision)
     return Runtime(
         device=device,
-        dtype=devices.choose_dtype(device, settings.precision),
+        dtype=dtype,
         attention=devices.choose_attention(device, settings.attention),
         memory_mode=settings.memory_mode,
+        vae_dtype=vae_dtype if vae_dtype != dtype else None,
+        channels_last=devices.choose_channels_last(device, dtype, settings.channels_last),
+        compile_unet=settings.compile_unet,
     )
 
 
@@ -265,6 +272,10 @@ def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, key:
         load_vae_file(vae_dir / vae, pipe.vae)  # copied into the VAE's own (runtime) dtype
         model.vae_name, model.vae_hash = Path(vae).name, registry.file_short_hash(vae_dir / vae)
     devices.apply_attention(pipe, services_runtime.attention)
+    if services_runtime.channels_last:
+        devices.apply_channels_last(pipe)
+    if services_runtime.compile_unet:
+        devices.compile_unet(pipe)
     return model
 
 
@@ -285,7 +296,8 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
 
     def load(key: str) -> LoadedModel | LoadedControlNet:
         if controlnet_runtime.is_controlnet_key(key):
-            return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention)
+            return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention,
+                                                      runtime.channels_last)
         return load_model_for(runtime, registry, key, settings.models_dir / "VAE")
 
     def move(model: LoadedModel | LoadedControlNet, device: str) -> None:
