@@ -12,6 +12,7 @@ One routine per source, top to bottom:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -80,8 +81,10 @@ def _read_json(path: Path) -> dict:
     return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
+@functools.lru_cache(maxsize=8)
 def shipped_configs(arch: str) -> ArchConfigs:
-    """The configs shipped in ``configs/<arch>/`` (copied from the public model repositories)."""
+    """The configs shipped in ``configs/<arch>/`` (copied from the public model repositories), read
+    once per process (callers copy before changing: ``configs_from_yaml`` builds new dicts)."""
     d = CONFIGS_DIR / arch
     if not d.is_dir():
         raise CheckpointError(f"no shipped configs for architecture {arch!r} (expected folder {d})")
@@ -160,13 +163,20 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
 
 
 def _empty(build):
+    """A module built with its parameters on the meta device and no weight initialisation (the
+    loaders assign every tensor): what would otherwise cost more than reading the weights."""
     from accelerate import init_empty_weights
+    from diffusers.models.modeling_utils import no_init_weights as diffusers_no_init
+    from transformers.initialization import no_init_weights as transformers_no_init
 
-    with init_empty_weights(include_buffers=False):
+    with init_empty_weights(include_buffers=False), diffusers_no_init(), transformers_no_init():
         return build()
 
 
+@functools.lru_cache(maxsize=4)
 def make_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The shipped CLIP tokenizer, built once per process and pad token (0.3 s each) and shared by
+    every pipeline: nothing in Easel changes a tokenizer (embeddings replace vectors, not tokens)."""
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer(
@@ -251,7 +261,9 @@ def assemble_pipeline(arch: str, comps: dict[str, Any]):
 def load_single_file(info: CheckpointInfo, dtype: torch.dtype | None = None,
                      vae_dtype: torch.dtype | None = None) -> tuple[str, Any]:
     """(architecture, pipeline) from a single-file checkpoint and its companion yaml, if any."""
-    state = read_state_dict(info.path)
+    # converted while read, unless the VAE keeps another dtype (fp16 -> bf16 -> fp32 would lose bits)
+    same = vae_dtype is None or vae_dtype == dtype
+    state = read_state_dict(info.path, dtype if same else None)
     yaml_cfg = load_yaml(info.config_path) if info.config_path else None
     arch = detect_architecture(state, yaml_cfg)
     cfg = shipped_configs(arch)
