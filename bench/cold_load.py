@@ -3,7 +3,11 @@
 Writes a random SD 1.5-size fp16 single file once (2 GB, in /tmp, deleted after), then, side by
 side in one run and alternating, ``--repeats`` times:
 
-- raw read: ``read()`` of the whole file in 16 MiB chunks;
+- raw read: ``read()`` of the whole file in 16 MiB chunks into one reused buffer (the floor);
+- read into memory: ``Path.read_bytes()`` (one fresh allocation of the file's size, as any loader
+  that materialises the weights needs);
+- the tensors alone: ``safetensors.load_file`` then a cast to the runtime dtype (Easel's reader
+  before #26) vs ``checkpoints.read_state_dict(path, dtype)`` (one pass from a memory map);
 - Easel's load: ``model_loading.load_checkpoint`` in the runtime dtype (the whole single-file path:
   tensors, architecture, configs, the four components, tokenizer, scheduler);
 
@@ -49,6 +53,36 @@ def raw_read(path: Path) -> float:
     return time.perf_counter() - t0
 
 
+def read_into_memory(path: Path) -> float:
+    t0 = time.perf_counter()
+    data = path.read_bytes()
+    secs = time.perf_counter() - t0
+    del data
+    return secs
+
+
+def tensors_before(path: Path, dtype: torch.dtype) -> float:
+    from safetensors.torch import load_file
+
+    t0 = time.perf_counter()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    secs = time.perf_counter() - t0
+    del state
+    gc.collect()
+    return secs
+
+
+def tensors_now(path: Path, dtype: torch.dtype) -> float:
+    from modules.checkpoints import read_state_dict
+
+    t0 = time.perf_counter()
+    state = read_state_dict(path, dtype)
+    secs = time.perf_counter() - t0
+    del state
+    gc.collect()
+    return secs
+
+
 def easel_load(path: Path, dtype: torch.dtype) -> float:
     from modules.checkpoints import CheckpointInfo
     from modules.model_loading import load_checkpoint
@@ -65,11 +99,15 @@ def easel_load(path: Path, dtype: torch.dtype) -> float:
 
 def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
     easel_load(path, dtype)  # first load in the process: imports, tokenizer and configs built once
-    results: dict[str, list[float]] = {"raw warm": [], "load warm": [], "raw cold": [], "load cold": []}
+    results: dict[str, list[float]] = {"raw warm": [], "load warm": [], "raw cold": [], "load cold": [],
+                                       "read_bytes": [], "before": [], "now": []}
     for _ in range(repeats):
         raw_read(path)  # into the page cache
         results["raw warm"].append(raw_read(path))
         results["load warm"].append(easel_load(path, dtype))
+        results["read_bytes"].append(read_into_memory(path))
+        results["before"].append(tensors_before(path, dtype))
+        results["now"].append(tensors_now(path, dtype))
         drop_from_page_cache(path)
         results["raw cold"].append(raw_read(path))
         drop_from_page_cache(path)
@@ -82,6 +120,11 @@ def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
         raw, load = med[f"raw {state}"], med[f"load {state}"]
         print(f"| {state} (page cache {'kept' if state == 'warm' else 'dropped'}) | {raw:.3f} s "
               f"({size / 1024 / raw:.2f} GiB/s) | {load:.3f} s | {load / raw:.2f}x |")
+    raw = med["raw warm"]
+    print(f"warm, ratios to the chunked raw read: read into memory {med['read_bytes'] / raw:.2f}x; tensors: "
+          f"safetensors.load_file + cast (before) {med['before'] / raw:.2f}x, read_state_dict (now) "
+          f"{med['now'] / raw:.2f}x; whole load {med['load warm'] / raw:.2f}x "
+          f"= {med['load warm'] / med['read_bytes']:.2f}x the read into memory")
 
 
 def main() -> None:
