@@ -207,28 +207,34 @@ class Services:
     def run_job(self, job: Job) -> Any:
         """The worker routine: runs one job on the device."""
         if job.kind == "load_model":
-            with self.models.use(job.request) as model:
+            with self._naming_the_model(job.kind, job.request), self.models.use(job.request) as model:
                 return model.info.name
         runner = RUNNERS[job.kind]
         if job.kind in MODEL_FREE:
             return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
         tiling = bool(getattr(job.request, "tiling", False))
-        try:
-            with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
-                  seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
-                ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
-                                 networks=networks)
-                result = runner(job.request, ctx)
-        except RuntimeError as err:
-            if type(err).__module__.startswith("modules."):
-                raise  # Easel's own errors already say what was wrong
-            raise ModelRunError(
-                f"{job.kind} on checkpoint {key!r} ({devices.dtype_name(self.runtime.dtype)} on "
-                f"{self.runtime.device}) failed: {one_line_error(err)}") from err
+        with (self._naming_the_model(job.kind, key), self.models.use(key) as model,
+              self.networks.for_job(model) as networks,  # LoRAs out after
+              seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
+            ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
+                             networks=networks)
+            result = runner(job.request, ctx)
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
         return result
+
+    @contextmanager
+    def _naming_the_model(self, kind: str, key: str) -> Iterator[None]:
+        """Turn a torch or diffusers RuntimeError inside the block into a one-line ModelRunError that
+        names the checkpoint, dtype and device (Easel's own errors pass unchanged: they say what was wrong)."""
+        try:
+            yield
+        except RuntimeError as err:
+            if type(err).__module__.startswith("modules."):
+                raise
+            raise ModelRunError(f"{kind} on checkpoint {key!r} ({devices.dtype_name(self.runtime.dtype)} on "
+                                f"{self.runtime.device}) failed: {one_line_error(err)}") from err
 
     def close(self) -> None:
         if self.installer is not None:

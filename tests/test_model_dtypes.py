@@ -149,3 +149,20 @@ def test_lora_layers_take_the_model_dtype_whatever_the_file(data, precision):
         for component in (model.pipe.unet, model.pipe.text_encoder):
             assert {t.dtype for n, t in component.named_parameters() if "lora_" in n} == {runtime}, file_dtype
         remove_loras(model.pipe)
+
+
+def test_a_failure_while_loading_names_the_checkpoint(data, monkeypatch, caplog):
+    from modules import services as services_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    monkeypatch.setattr(services_module, "load_checkpoint", broken)
+    services = build_services(load_settings(data, {"show_progress_every_n_steps": 0, "precision": "bf16"}))
+    try:
+        job = services.select_checkpoint("single-fp16.safetensors")
+        with caplog.at_level(logging.CRITICAL), pytest.raises(ModelRunError):
+            job.wait(timeout=120)
+        assert "checkpoint 'single-fp16.safetensors' (bf16 on cpu)" in job.error and "not enough memory" in job.error
+    finally:
+        services.close()
