@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -139,6 +140,8 @@ def adherence(n: int, seed: int = 0) -> None:
                 for f in FIELDS:
                     hits[f] += getattr(found, f) == getattr(scene, f)
                 out.append(np.asarray(image, dtype=np.float32))
+                if (i + 1) % 10 == 0:
+                    print(f"  {name}: {i + 1}/{n} images", file=sys.stderr, flush=True)
             services.close()
             images[name], scores[name], times[name] = out, hits, total / n
     finally:
