@@ -4,6 +4,7 @@
 #   ./launch.sh generate ...    headless txt2img (./launch.sh generate --help)
 #   ./launch.sh install SOURCE  install a model from a HF repo id, URL or file (./launch.sh install --help)
 #   ./launch.sh test [ARGS]     install the test dependencies too and run the whole test suite
+#   ./launch.sh serve ...       the API on Ray Serve replicas (installs requirements-serve.txt on first use; docs/serve.md)
 # Environment: EASEL_VENV (default .venv), EASEL_TORCH_INDEX (a pip index URL for torch, e.g.
 # https://download.pytorch.org/whl/cpu on a CPU machine whose default torch wheel is the CUDA one).
 set -euo pipefail
@@ -46,7 +47,7 @@ install_torch() {
 }
 
 install_requirements() {
-  local stamp="$VENV/.easel-installed-$#" files=("$@")   # one stamp per set of files
+  local stamp="$VENV/.easel-installed-$(echo "$*" | tr -c "A-Za-z0-9.\n" "_")" files=("$@")   # one stamp per set of files
   local sum
   sum=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
@@ -79,9 +80,14 @@ install_browser() {
 
 if [ "${1:-}" = "test" ]; then
   shift
-  install_requirements requirements.txt requirements-dev.txt
+  install_requirements requirements.txt requirements-dev.txt requirements-serve.txt  # ray: the Serve tests run too
   install_browser
   exec python -m pytest "$@"
+fi
+if [ "${1:-}" = "serve" ]; then
+  shift
+  install_requirements requirements.txt requirements-serve.txt
+  exec python -m modules.serve "$@"
 fi
 install_requirements requirements.txt
 exec python app.py "$@"

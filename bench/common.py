@@ -60,3 +60,16 @@ def write_sd15_checkpoint(path: Path, seed: int = 0, dtype_name: str = "fp16") -
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def bundled_data_dir() -> Path:
+    """A temporary data folder holding only the shipped model (and its .yaml)."""
+    import shutil
+
+    bundled = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
+    data = Path(tempfile.mkdtemp(prefix="easel-bench-"))
+    folder = data / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    for src in (bundled, bundled.with_suffix(".yaml")):
+        shutil.copy(src, folder / src.name)
+    return data

@@ -27,7 +27,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from modules import samplers
     from modules.config import load_settings
     from modules.schemas import Txt2ImgRequest
     from modules.services import build_services
@@ -43,9 +42,9 @@ def main() -> None:
     core()  # load the model and warm up
     with services.models.use(services.selected_checkpoint) as model:
         pipe = model.pipe
-    from diffusers import StableDiffusionPipeline
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
-    scheduler = samplers.make_scheduler(pipe.scheduler.config, "Euler a")
+    scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     bare_pipe = StableDiffusionPipeline(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
     bare_pipe.set_progress_bar_config(disable=True)
 

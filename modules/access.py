@@ -29,7 +29,7 @@ CLIENT_FOLDER_SETTINGS = (
     "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples", "lora_dir", "embeddings_dir",
 )
 # Settings a client may never change (set them on the command line or in config.json).
-OPERATOR_ONLY_SETTINGS = ("data_dir", "ckpt_dirs")
+OPERATOR_ONLY_SETTINGS = ("data_dir", "ckpt_dirs", "extensions_dir", "disabled_extensions")  # extensions run code
 
 
 def is_inside(data_dir: Path, path_text: str) -> bool:

@@ -31,11 +31,12 @@ VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 SD2_CONTEXT_KEY = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
 SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+SDXL_REFINER_KEY = "conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight"  # bigG alone
 OPENCLIP_KEY = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
 CLIP_KEYS = ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
              "cond_stage_model.transformer.embeddings.token_embedding.weight")
 
-ARCHITECTURES = ("sd1", "sd1-inpaint", "sd2", "sd2-base", "sdxl")
+ARCHITECTURES = ("sd1", "sd1-inpaint", "sd2", "sd2-base", "sdxl", "sdxl-refiner")
 
 
 class CheckpointError(ValueError):
@@ -237,9 +238,11 @@ def detect_architecture(state: dict[str, torch.Tensor], yaml_config: dict | None
         )
     in_channels = state[UNET_IN_KEY].shape[1]
     if SDXL_KEY in state:
-        if in_channels != 4:
-            raise CheckpointError("SDXL inpainting checkpoints are not supported")
-        return "sdxl"
+        if in_channels not in (4, 9):
+            raise CheckpointError(f"unexpected SDXL UNet input channels {in_channels}: expected 4, or 9 for inpainting")
+        return "sdxl"  # a 9-channel UNet (SDXL inpainting) loads with in_channels from the checkpoint
+    if SDXL_REFINER_KEY in state:  # the refiner: OpenCLIP bigG as the only (first) embedder
+        return "sdxl-refiner"
     is_sd2 = OPENCLIP_KEY in state or (SD2_CONTEXT_KEY in state and state[SD2_CONTEXT_KEY].shape[-1] == 1024)
     if is_sd2:
         if in_channels != 4:

@@ -86,6 +86,7 @@ def settings_from_args(args: argparse.Namespace):
         "vae_precision": "fp32" if args.no_half_vae else None,
         "compile_unet": args.compile_unet,
         "channels_last": args.channels_last,
+        "extensions_dir": getattr(args, "extensions_dir", None),
     }
     return load_settings(args.data_dir, overrides)
 
@@ -175,8 +176,34 @@ def serve_parser() -> argparse.ArgumentParser:
                     help="let clients name folders on this machine in requests (training's instance_dir, class_dir)")
     ap.add_argument("--allow-downloads", action="store_true",
                     help="let the Models tab and /easel/v1/models/install download models (off: nothing is fetched)")
+    ext = ap.add_argument_group("extensions (A1111's flags; an extension's preload.py may add more)")
+    ext.add_argument("--extensions-dir", default=None, metavar="DIR",
+                     help="folder of extensions (default: extensions/ in the data folder; setting extensions_dir)")
+    ext.add_argument("--disable-extra-extensions", action="store_true", help="load no extension (built-in scripts stay)")
+    ext.add_argument("--disable-all-extensions", action="store_true",
+                     help="load no extension and none of Easel's built-in scripts (Prompt matrix, Prompts from file)")
+    ext.add_argument("--enable-insecure-extension-access", action="store_true",
+                     help="let the Extensions tab install, update and enable extensions with --listen or --share")
     add_settings_flags(ap)
     return ap
+
+
+def extensions_mode(args: argparse.Namespace) -> str:
+    """The loader's ``disable`` mode for --disable-all-extensions / --disable-extra-extensions."""
+    if getattr(args, "disable_all_extensions", False):
+        return "all"
+    return "extra" if getattr(args, "disable_extra_extensions", False) else "none"
+
+
+def parse_serve_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    """The serve flags, with the flags that enabled extensions' ``preload.py`` add (A1111's order:
+    preload first, then parse); returns the flags and the preload errors by extension name."""
+    from modules.a1111_compat.loader import preload
+
+    parser = serve_parser()
+    known, _ = parser.parse_known_args(argv)
+    errors = preload(parser, settings_from_args(known), extensions_mode(known))
+    return parser.parse_args(argv), errors
 
 
 def parse_auth(text: str) -> list[tuple[str, str]]:
@@ -199,7 +226,7 @@ ServeUI = Callable[..., None]  # webui.server.serve, handed in by app.py (the co
 
 def run_serve(argv: list[str], serve_ui: ServeUI | None = None) -> int:
     """Serve the web UI through ``serve_ui`` (with the API on ``--api``), or the API alone (``--nowebui``)."""
-    args = serve_parser().parse_args(argv)
+    args, preload_errors = parse_serve_args(argv)
     settings = settings_from_args(args)
     if not args.nowebui and serve_ui is None:
         raise ValueError("this entry point has no web UI: start Easel with ./launch.sh (app.py), or pass --nowebui")
@@ -219,6 +246,10 @@ def run_serve(argv: list[str], serve_ui: ServeUI | None = None) -> int:
     services = build_services(settings, access=ClientAccess(allow_server_paths=args.allow_server_paths),
                               allow_downloads=args.allow_downloads)
     try:
+        from modules.a1111_compat.loader import load_extensions
+
+        extensions = load_extensions(services, args, extensions_mode(args), preload_errors)  # a broken one: disabled
+        extensions.install_allowed = args.enable_insecure_extension_access or not (args.listen or args.share)
         if args.ckpt:
             services.checkpoints.get(args.ckpt)  # an unknown --ckpt fails now, naming what exists
         if args.nowebui:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -57,15 +57,36 @@ class Settings(BaseModel):
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="the API's clip_skip when a request gives none")
     samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field("png", description="format of the API's images")
     enable_pnginfo: bool = Field(True, description="the API's images carry their infotext")
-    eta_noise_seed_delta: int = Field(0, ge=0, le=2**32 - 1, description="A1111's ENSD: stored and reported")
+    # A1111's sampler parameters (modules.samplers.SamplerSettings); a request's eta / s_* fields override them
+    eta_noise_seed_delta: int = Field(0, ge=0, le=2**32 - 1, description="A1111's ENSD: added to the seeds of"
+                                                                         " ancestral samplers' step noise")
+    eta_ancestral: float = Field(1.0, ge=0.0, le=10.0, description="noise amount of ancestral and SDE samplers")
+    eta_ddim: float = Field(0.0, ge=0.0, le=10.0, description="noise amount of DDIM (0: deterministic)")
+    s_churn: float = Field(0.0, ge=0.0, le=100.0, description="Karras' stochastic churn (Euler, Heun, DPM2)")
+    s_tmin: float = Field(0.0, ge=0.0, le=1000.0, description="churn only from this sigma up")
+    s_tmax: float = Field(0.0, ge=0.0, le=1000.0, description="churn only up to this sigma (0: no bound)")
+    s_noise: float = Field(1.0, ge=0.0, le=10.0, description="scale of the noise churn and ancestral steps add")
+    sigma_min: float = Field(0.0, ge=0.0, le=1000.0, description="schedule's lowest sigma (0: the model's)")
+    sigma_max: float = Field(0.0, ge=0.0, le=1000.0, description="schedule's highest sigma (0: the model's)")
+    rho: float = Field(0.0, ge=0.0, le=100.0, description="Karras/Polyexponential rho (0: the schedule's own)")
+    always_discard_next_to_last_sigma: bool = Field(False, description="A1111's 'always discard next-to-last sigma'")
+    sgm_noise_multiplier: bool = Field(False, description="initial noise scaled as SDXL's reference code")
+    uni_pc_order: int = Field(3, ge=1, le=5, description="UniPC's order")
     default_sampler: str = "DPM++ 2M"  # with the Automatic schedule: Karras, as A1111 since 1.6
     default_steps: int = Field(20, ge=1, le=150)
+    default_width: int = Field(0, ge=0, le=2048, multiple_of=8,
+                               description="the tabs' width at page load; 0 = the checkpoint's native size")
+    default_height: int = Field(0, ge=0, le=2048, multiple_of=8,
+                                description="the tabs' height at page load; 0 = the checkpoint's native size")
     max_queue: int = Field(64, ge=1, le=10_000)
     max_side: int = Field(2048, ge=64, le=8192)
     max_batch_images: int = Field(64, ge=1)
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, le=16384 * 16384,
                                   description="largest input image (width x height) a client may send; checked"
                                               " from the header before decoding")
+    extensions_dir: str = Field("extensions", description="folder of A1111-style extensions (--extensions-dir)")
+    disabled_extensions: list[str] = Field(default_factory=list, description="extensions not loaded (Extensions tab)")
+    extension_options: dict[str, Any] = Field(default_factory=dict, description="extensions' own options (on_ui_settings)")
     max_queue_mb: int = Field(2048, ge=16, description="memory the queued jobs' inputs may hold together (MiB);"
                                                        " a request beyond it is answered 429")
 

@@ -81,6 +81,11 @@ class JobNetworks:
             )
         return prompt, negative, self._embeddings_for(prompt, negative)
 
+    def on_model(self, model: Any) -> JobNetworks:
+        """The same library for another model of the job (the refiner): its embeddings only, for
+        prompts whose ``<lora:...>`` tags are already out."""
+        return JobNetworks(self._library, model)
+
     # -- the infotext ------------------------------------------------------------------
     def infotext_params(self) -> dict[str, str]:
         """A1111's ``Lora hashes`` and ``TI hashes`` for the networks this job used."""
@@ -138,14 +143,19 @@ class JobNetworks:
         if not scan.embeddings and not scan.broken:
             return None
         pipe = self._model.pipe
-        width = pipe.text_encoder.get_input_embeddings().embedding_dim
-        singles = {} if self._model.is_sdxl else {name: e.single() for name, e in scan.embeddings.items()}
-        usable = {name: rows for name, rows in singles.items() if rows is not None and rows.shape[1] == width}
+        if self._model.is_sdxl:  # clip_l and clip_g side by side, as wide as the encoders together
+            vectors = {name: sdxl_vectors(pipe, e) for name, e in scan.embeddings.items()}
+            width = sum(encoder.get_input_embeddings().embedding_dim for encoder in _sdxl_text_encoders(pipe))
+        else:
+            vectors = {name: e.single() for name, e in scan.embeddings.items()}
+            width = pipe.text_encoder.get_input_embeddings().embedding_dim
+        usable = {name: rows for name, rows in vectors.items() if rows is not None and rows.shape[1] == width}
         others = [name for name in [*scan.embeddings, *scan.broken] if name not in usable]
+        tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
         for text in (prompt, negative):
-            for name in prompts.embeddings_in_text(pipe.tokenizer, text, others):
+            for name in prompts.embeddings_in_text(tokenizer, text, others):
                 raise RequestError(f"prompt: {self._unusable(name, scan.embeddings.get(name), scan.broken.get(name), width)}")
-            for name in prompts.embeddings_in_text(pipe.tokenizer, text, list(usable)):
+            for name in prompts.embeddings_in_text(tokenizer, text, list(usable)):
                 self._embeddings_used.setdefault(name, scan.embeddings[name])
         return usable
 
@@ -153,12 +163,27 @@ class JobNetworks:
         """Why the embedding ``name`` cannot be used on this model."""
         if embedding is None:
             return f"embedding {name!r} cannot be used: {error}"
-        if self._model.is_sdxl:
-            return f"embedding {name!r}: textual-inversion embeddings are not supported on SDXL checkpoints yet"
+        if self._model.is_sdxl and not embedding.is_sdxl:
+            return (f"embedding {name!r} is a one-encoder ({embedding.shape}-wide) embedding; the SDXL model"
+                    f" {self._model.info.model_name!r} takes clip_l + clip_g pairs ({width} wide together)")
         return (
             f"embedding {name!r} has {embedding.shape}-wide vectors; the model {self._model.info.model_name!r} "
             f"takes {width}-wide ones (an embedding works only on the model family it was trained for)"
         )
+
+
+def _sdxl_text_encoders(pipe: Any) -> list[Any]:
+    return [e for e in (getattr(pipe, "text_encoder", None), pipe.text_encoder_2) if e is not None]
+
+
+def sdxl_vectors(pipe: Any, embedding: Embedding) -> torch.Tensor | None:
+    """An SDXL embedding's vectors for ``pipe``'s encoders, side by side: [n, clip_l + clip_g] for SDXL
+    base, [n, clip_g] for a refiner (bigG alone); None for a one-encoder embedding."""
+    if not embedding.is_sdxl:
+        return None
+    if getattr(pipe, "text_encoder", None) is None:
+        return embedding.tensors["clip_g"]
+    return torch.cat([embedding.tensors["clip_l"], embedding.tensors["clip_g"]], dim=1)
 
 
 def _signature(uses: list[LoraUse]) -> list[tuple[str, float, float]]:

@@ -21,7 +21,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
@@ -210,14 +210,22 @@ class ImageSaver:
 def save_image(
     image: Image.Image,
     outdir: Path,
-    seed: int,
-    infotext: str,
-    *,
+    seed: Any,
+    infotext: Any = None,
+    *a1111_args: Any,
     pattern: str = DEFAULT_PATTERN,
     date: dt.date | None = None,
     use_date_subdir: bool = True,
-) -> Path:
-    """``ImageSaver().save_image(...)`` for one-off saves; concurrent savers should share one ImageSaver."""
+    **a1111_kwargs: Any,
+) -> Any:
+    """``ImageSaver().save_image(...)`` for one-off saves; concurrent savers should share one ImageSaver.
+
+    Called the A1111 way by an extension, ``save_image(image, path, basename, seed, prompt, extension,
+    info, ..., p=p)`` (a ``basename`` string third), it is ``modules.a1111_compat.images.save_image``."""
+    if isinstance(seed, str) or a1111_args or a1111_kwargs:
+        from modules.a1111_compat.images import save_image as a1111_save_image
+
+        return a1111_save_image(image, outdir, seed, infotext, *a1111_args, **a1111_kwargs)
     return ImageSaver().save_image(
         image, outdir, seed, infotext, pattern=pattern, date=date, use_date_subdir=use_date_subdir
     )

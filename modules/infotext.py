@@ -177,6 +177,16 @@ def _to_str(value: Any) -> str:
     return str(value)
 
 
+def _to_bool(value: Any) -> bool:
+    """A1111's ``True``/``False`` (any case; also 1/0)."""
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ValueError(f"{value!r} is not True or False")
+
+
 def _to_inpainting_fill(value: Any) -> int:
     """A1111's masked-content choice: an index 0-3 or its name (``"latent noise"`` -> 2)."""
     text = str(value).strip()
@@ -205,6 +215,8 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Size-2", "height", _to_int),
     ("Denoising strength", "denoising_strength", _to_float),
     ("Clip skip", "clip_skip", _to_int),
+    ("Tiling", "tiling", _to_bool),
+    ("Noise multiplier", "initial_noise_multiplier", _to_float),
     ("Model", "sd_model_checkpoint", _to_str),
     ("Model hash", "sd_model_hash", _to_str),
     ("VAE", "sd_vae", _to_str),
@@ -217,6 +229,8 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Hires schedule type", "hr_scheduler", _to_str),
     ("Hires prompt", "hr_prompt", _to_str),
     ("Hires negative prompt", "hr_negative_prompt", _to_str),
+    ("Refiner", "refiner_checkpoint", _to_str),
+    ("Refiner switch at", "refiner_switch_at", _to_float),
     ("Mask blur", "mask_blur", _to_int),
     ("Masked content", "inpainting_fill", _to_inpainting_fill),
 )

@@ -10,10 +10,14 @@ function, ``run(job) -> result``, which reads ``job.kind`` and
 ``job.request`` and reports through two hooks:
 
 - ``job.token`` (:class:`CancelToken`): the run calls ``token.check()``
-  between steps; it raises :class:`JobCancelled` once the job is cancelled
-  (A1111 "interrupt"). ``token.skipped`` asks the run to abandon the current
-  image of a batch and go on with the next (A1111 "skip"); the run calls
-  ``token.clear_skip()`` once it has done so.
+  between steps; it raises :class:`JobCancelled` once the job is asked to
+  stop. Two ways to stop a running job: ``interrupt()`` (A1111 "interrupt",
+  ``JobQueue.interrupt`` and ``JobQueue.cancel`` of the running job) lets a run
+  that can keep what it made return it (``token.interrupted``: a generation
+  returns its finished images and the partial one, and ends ``done``);
+  ``cancel()`` (the queue stopping) discards it. ``token.skipped`` asks the
+  run to cut the current image of a batch short and go on with the next (A1111
+  "skip"); the run calls ``token.clear_skip()`` once it has done so.
 - ``job.progress`` (:class:`ProgressSink`): the run calls
   ``progress.update(step, total, preview, textinfo)``; pollers call
   ``progress.snapshot()``.
@@ -21,7 +25,8 @@ function, ``run(job) -> result``, which reads ``job.kind`` and
 Outcome of a job:
 
 - the run returns → ``done``, ``job.result`` is the value returned (a run
-  that was interrupted may return its partial results, as A1111 does);
+  that was interrupted returns what it made, as A1111 does; ``job.interrupted``
+  says so);
 - the run raises :class:`JobCancelled` → ``cancelled``;
 - the run raises anything else → ``failed``, ``job.error`` is a one-line
   message, and the worker goes on with the next job.
@@ -68,20 +73,27 @@ class JobTooLarge(ValueError):
 
 
 class CancelToken:
-    """Thread-safe cancel and skip flags for one job.
+    """Thread-safe stop and skip flags for one job.
 
-    ``cancel()`` ends the whole job (A1111 /interrupt); ``skip()`` abandons
-    only the image being made and lets the run continue with the next one
-    (A1111 /skip).
+    ``interrupt()`` ends the whole job and keeps what it made (A1111
+    /interrupt); ``cancel()`` ends it and discards everything; ``skip()`` cuts
+    only the image being made short and lets the run continue with the next
+    one (A1111 /skip).
     """
 
     def __init__(self) -> None:
         self._cancelled = threading.Event()
+        self._interrupted = threading.Event()
         self._skipped = threading.Event()
 
     def cancel(self) -> None:
-        """Ask the run to stop; its next ``check()`` raises :class:`JobCancelled`."""
+        """Ask the run to stop and discard what it made; its next ``check()`` raises :class:`JobCancelled`."""
         self._cancelled.set()
+
+    def interrupt(self) -> None:
+        """Ask the run to stop and keep what it made: a run that can (a generation) returns its finished
+        images and the partial one; any other run's next ``check()`` raises :class:`JobCancelled`."""
+        self._interrupted.set()
 
     def skip(self) -> None:
         """Ask the run to abandon the current image of its batch and go on with the next."""
@@ -89,8 +101,13 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
-        """True once ``cancel()`` was called."""
-        return self._cancelled.is_set()
+        """True once ``cancel()`` or ``interrupt()`` was called: the run should stop."""
+        return self._cancelled.is_set() or self._interrupted.is_set()
+
+    @property
+    def interrupted(self) -> bool:
+        """True once ``interrupt()`` was called and ``cancel()`` was not: the run stops and returns what it made."""
+        return self._interrupted.is_set() and not self._cancelled.is_set()
 
     @property
     def skipped(self) -> bool:
@@ -102,8 +119,8 @@ class CancelToken:
         self._skipped.clear()
 
     def check(self) -> None:
-        """Raise :class:`JobCancelled` if the job was cancelled; otherwise do nothing."""
-        if self._cancelled.is_set():
+        """Raise :class:`JobCancelled` if the job was cancelled or interrupted; otherwise do nothing."""
+        if self.cancelled:
             raise JobCancelled("the job was cancelled (interrupted) while running")
 
 
@@ -240,6 +257,11 @@ class Job:
     def is_finished(self) -> bool:
         """True once the job is done, failed or cancelled."""
         return self._finished_event.is_set()
+
+    @property
+    def interrupted(self) -> bool:
+        """True for a job that was interrupted while running and returned what it made (state ``done``)."""
+        return self.state is JobState.done and self.token.interrupted
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends and return its result.
@@ -491,14 +513,15 @@ class JobQueue:
     # ----- cancelling -----
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a job: a queued one is removed and marked cancelled at once, a running one is asked to stop.
+        """Cancel a job: a queued one is removed and marked cancelled at once, a running one is
+        interrupted (it stops and keeps what it made, as ``interrupt()``).
 
         Returns False if the job had already finished.
         """
         with self._cond:
             job = self._find_locked(job_id)
             if job is self._current:
-                job.token.cancel()
+                job.token.interrupt()
                 return True
             if job.state is JobState.queued:
                 self._queue.remove(job)
@@ -508,10 +531,10 @@ class JobQueue:
             return False
 
     def interrupt(self) -> None:
-        """Cancel the running job, if any (A1111 /sdapi/v1/interrupt)."""
+        """Interrupt the running job, if any (A1111 /sdapi/v1/interrupt): it stops and keeps what it made."""
         with self._cond:
             if self._current is not None:
-                self._current.token.cancel()
+                self._current.token.interrupt()
 
     def skip(self) -> None:
         """Ask the running job to abandon its current image, if any (A1111 /sdapi/v1/skip)."""

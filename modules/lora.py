@@ -36,7 +36,8 @@ SHORT_HASH_CHARS = 12  # A1111's Lora hashes in the infotext: the first 12 hex d
 ADAPTER_PREFIX = "easel_lora_"
 
 WIDTH_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # UNet cross-attention width
-ARCH_FAMILIES = {"sd1": "SD 1.x", "sd1-inpaint": "SD 1.x", "sd2": "SD 2.x", "sd2-base": "SD 2.x", "sdxl": "SDXL"}
+ARCH_FAMILIES = {"sd1": "SD 1.x", "sd1-inpaint": "SD 1.x", "sd2": "SD 2.x", "sd2-base": "SD 2.x", "sdxl": "SDXL",
+                 "sdxl-refiner": "SDXL refiner"}
 
 
 class LoraError(ValueError):

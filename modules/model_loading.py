@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from modules.checkpoints import CheckpointError, CheckpointInfo, detect_architecture, read_state_dict
+from modules.checkpoints import UNET_IN_KEY, CheckpointError, CheckpointInfo, detect_architecture, read_state_dict
 from modules.config import CONFIGS_DIR
 from modules.devices import cast_components
 
@@ -51,7 +51,13 @@ class LoadedModel:
 
     @property
     def is_sdxl(self) -> bool:
-        return self.arch == "sdxl"
+        """SDXL base or refiner: two-encoder (or bigG-only) prompts, pooled text and size conditioning."""
+        return self.arch in ("sdxl", "sdxl-refiner")
+
+    @property
+    def is_refiner(self) -> bool:
+        """An SDXL refiner: bigG only, aesthetic-score time ids."""
+        return self.arch == "sdxl-refiner"
 
     def size_bytes(self) -> int:
         return sum(
@@ -93,7 +99,7 @@ def shipped_configs(arch: str) -> ArchConfigs:
     return ArchConfigs(
         unet=_read_json(d / "unet" / "config.json"),
         vae=_read_json(d / "vae" / "config.json"),
-        text_encoder=_read_json(d / "text_encoder" / "config.json"),
+        text_encoder=_read_json(d / "text_encoder" / "config.json") if (d / "text_encoder").is_dir() else {},
         scheduler=_read_json(d / "scheduler" / "scheduler_config.json"),
         pad_token=meta.get("pad_token", "<|endoftext|>"),
         text_encoder_2=_read_json(te2) if te2.exists() else None,
@@ -244,6 +250,13 @@ def build_components(state: dict, arch: str, cfg: ArchConfigs, dtype: torch.dtyp
         comps["text_encoder_2"] = _load_text(
             te2, convert_open_clip_checkpoint(te2, state, prefix="conditioner.embedders.1.model."), "text encoder 2", dtype)
         comps["tokenizer_2"] = make_tokenizer(cfg.pad_token_2 or "!")
+    elif arch == "sdxl-refiner":  # bigG only, stored as the first embedder
+        te2 = _empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg.text_encoder_2)))
+        comps["text_encoder_2"] = _load_text(
+            te2, convert_open_clip_checkpoint(te2, state, prefix="conditioner.embedders.0.model."), "text encoder 2")
+        comps["tokenizer_2"] = make_tokenizer(cfg.pad_token_2 or "!")
+        comps["text_encoder"] = comps["tokenizer"] = None
+        return comps
     else:
         raise CheckpointError(f"unknown architecture {arch!r}")
     comps["tokenizer"] = make_tokenizer(cfg.pad_token)
@@ -255,6 +268,10 @@ def assemble_pipeline(arch: str, comps: dict[str, Any]):
 
     if arch == "sdxl":
         return StableDiffusionXLPipeline(**comps)
+    if arch == "sdxl-refiner":
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        return StableDiffusionXLImg2ImgPipeline(**comps, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
     return StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
@@ -269,13 +286,16 @@ def load_single_file(info: CheckpointInfo, dtype: torch.dtype | None = None,
     cfg = shipped_configs(arch)
     if yaml_cfg is not None:
         cfg = configs_from_yaml(yaml_cfg, state, cfg)
+    in_channels = int(state[UNET_IN_KEY].shape[1])
+    if cfg.unet.get("in_channels") != in_channels:  # SDXL inpainting: 9 channels on SDXL's config
+        cfg = replace(cfg, unet={**cfg.unet, "in_channels": in_channels})
     return arch, assemble_pipeline(arch, build_components(state, arch, cfg, dtype, vae_dtype))
 
 
 def arch_of_pipeline(pipe) -> str:
     unet = pipe.unet.config
     if getattr(unet, "addition_embed_type", None) == "text_time":
-        return "sdxl"
+        return "sdxl-refiner" if getattr(pipe, "text_encoder", None) is None else "sdxl"
     if unet.cross_attention_dim == 1024:
         return "sd2" if pipe.scheduler.config.get("prediction_type") == "v_prediction" else "sd2-base"
     return "sd1-inpaint" if unet.in_channels == 9 else "sd1"
@@ -310,7 +330,7 @@ def load_checkpoint(info: CheckpointInfo, short_hash: str | None, dtype: torch.d
     return LoadedModel(info, arch, pipe, short_hash, time.perf_counter() - t0)
 
 
-ARCH_NATIVE_SIZES = {"sd1": 512, "sd1-inpaint": 512, "sd2": 768, "sd2-base": 512, "sdxl": 1024}
+ARCH_NATIVE_SIZES = {"sd1": 512, "sd1-inpaint": 512, "sd2": 768, "sd2-base": 512, "sdxl": 1024, "sdxl-refiner": 1024}
 
 
 def native_size_hint(info: CheckpointInfo) -> int:
@@ -330,7 +350,8 @@ def native_size_hint(info: CheckpointInfo) -> int:
 
             with safe_open(str(info.path), "pt") as f:
                 keys = set(f.keys())
-            return 1024 if any(k.startswith("conditioner.embedders.1.") for k in keys) else 512
+            sdxl = any(k.startswith(("conditioner.embedders.1.", "conditioner.embedders.0.model.")) for k in keys)
+            return 1024 if sdxl else 512
     except (OSError, KeyError, TypeError, ValueError, CheckpointError):
         pass
     return 512

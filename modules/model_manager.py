@@ -68,6 +68,7 @@ class _Entry:
     device: str
     locks: int
     last_used: float
+    shared: int = 0  # sharing groups (``share_device``) it is in: locked, yet offloadable for their other models
 
 
 class ModelInUseError(RuntimeError):
@@ -98,6 +99,11 @@ class ModelManager:
        already on the device is not moved again, so switching back to a cached
        model costs no reload. When the CPU is the compute device models stay
        on "cpu" and the reserve is kept by evicting from RAM instead.
+    4b. Sharing. A job that switches models (the refiner) holds both locked and
+       calls ``share_device(a, b)``: inside it, ``to_device(key)`` moves one of
+       them to the device, offloading the other first when room is short
+       (locked models of a group may be offloaded for each other, never evicted
+       from RAM); on leaving, the first key is on the device again.
     5. Shortfall. If memory is still short once nothing unlocked is left to
        free, the manager proceeds anyway and logs a warning: the pipeline's
        own offload mode (medvram/lowvram) handles partial loading.
@@ -173,6 +179,29 @@ class ModelManager:
         finally:
             with self._lock:
                 self._release(entry)
+
+    @contextmanager
+    def share_device(self, *keys: str) -> Iterator[None]:
+        """Let the models ``keys`` (loaded, locked by the caller) take turns on the compute device
+        inside the block (``to_device``): with one model's room, the one not in use is offloaded."""
+        with self._lock:
+            entries = [self._entries[key] for key in keys]
+            for entry in entries:
+                entry.shared += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for entry in entries:
+                    entry.shared -= 1
+                self._place_on_device(entries[0])
+
+    def to_device(self, key: str) -> None:
+        """Move the loaded model ``key`` to the compute device now (after ``share_device`` offloaded it)."""
+        with self._lock:
+            entry = self._entries[key]
+            self._touch(entry)
+            self._place_on_device(entry)
 
     def ensure_loaded(self, key: str) -> None:
         """Load ``key`` into the cache (RAM) without moving it to the device."""
@@ -293,7 +322,8 @@ class ModelManager:
             return
 
         needed = reserve + (0 if entry.device == self._device else entry.size_bytes)
-        on_device = [e for e in self._unlocked_lru(exclude=entry.key) if e.device == self._device]
+        on_device = [e for e in self._entries.values()  # least recent first: unlocked, or sharing with it
+                     if e.key != entry.key and e.device == self._device and (e.locks == 0 or e.shared and entry.shared)]
         for victim in on_device:
             if self._probe.free_bytes(self._device) >= needed:
                 break

@@ -413,7 +413,7 @@ def _check_clip_skip(text_encoder: Any, clip_skip: int) -> None:
 def _chunk_tensors(
     tokenizer: Any, chunks: list[list[tuple[Token, float]]]
 ) -> tuple[torch.Tensor, torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
-    """Token ids [n, 77] (``BOS + tokens + pad``), float32 weights [n, 77] (1.0 on BOS/pad) and the
+    """Token ids [n, 77] (``BOS + tokens + EOS + pad``), float32 weights [n, 77] (1.0 on BOS/pad) and the
     embedding vectors by (chunk, position). An embedding's positions hold the BOS id as a
     placeholder: never the EOS id, which marks where CLIP's pooled output is taken."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -427,7 +427,9 @@ def _chunk_tensors(
                 vectors[(row, column)] = token.vector
                 token = tokenizer.bos_token_id
             tokens.append(token)
-        ids.append([tokenizer.bos_token_id] + tokens + [pad_id] * padding)
+        # BOS, the tokens, EOS, then padding (A1111: the pad id only differs from EOS for OpenCLIP's
+        # tokenizer, SDXL's second, where the EOS must stay: CLIP's pooled output is taken there)
+        ids.append([tokenizer.bos_token_id] + tokens + [tokenizer.eos_token_id] + [pad_id] * (padding - 1))
         weights.append([1.0] + [weight for _, weight in chunk] + [1.0] * padding)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32), vectors
 
@@ -565,3 +567,62 @@ def encode_prompt_pair(
     """Encode prompt and negative prompt, padded to equal length (``encode_prompt_set`` of the two)."""
     cond, uncond = encode_prompt_set(tokenizer, text_encoder, [prompt, negative], clip_skip, limits, device, embeddings)
     return cond, uncond
+
+
+def _encode_chunks_sdxl(
+    tokenizer: Any,
+    text_encoder: Any,
+    chunks: list[list[tuple[Token, float]]],
+    clip_skip: int,
+    device: torch.device | str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One SDXL encoder over every chunk: the weighted penultimate hidden states (``clip_skip`` k > 1:
+    the (k+1)-th from the end; no final LayerNorm, as SDXL's conditioner and diffusers take them),
+    [1, 77*n, hidden], and the projected pooled output of the first chunk (None for an encoder without
+    a projection)."""
+    ids, weights, vectors = _chunk_tensors(tokenizer, chunks)
+    target = torch.device(device) if device is not None else text_encoder.device
+    with torch.no_grad(), _vectors_in_place(text_encoder, vectors):
+        output = text_encoder(input_ids=ids.to(target), output_hidden_states=True)
+        z = _apply_weights(output.hidden_states[-(clip_skip + 1)], weights)
+    pooled = getattr(output, "text_embeds", None)
+    return z.reshape(1, -1, z.shape[-1]), (pooled[:1] if pooled is not None else None)
+
+
+def encode_prompt_set_sdxl(
+    encoders: Sequence[tuple[Any, Any]],
+    texts: Sequence[str],
+    clip_skip: int = 1,
+    limits: PromptLimits = PromptLimits(),
+    device: torch.device | str | None = None,
+    embeddings: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """SDXL's A1111 encoding of several prompts: (embeddings, pooled) per text.
+
+    ``encoders`` are (tokenizer, text encoder) pairs: SDXL base's two (CLIP ViT-L, OpenCLIP bigG),
+    or the refiner's one (bigG). Every 75-token chunk (BREAK as in SD) goes through each encoder; each
+    encoder's hidden states are weighted with A1111's rule (multiply, restore the chunk's mean) and
+    the encoders' results are concatenated on the feature axis, as SDXL's conditioner does. The
+    pooled embedding is the last encoder's, of the first chunk (A1111's), unweighted. Texts are padded
+    with empty chunks to the longest, as ``encode_prompt_set`` does. ``embeddings``: per encoder, the
+    textual-inversion vectors by name (``clip_l``, ``clip_g``), or None.
+    """
+    per_encoder = []
+    tables = embeddings or [None] * len(encoders)
+    for (tokenizer, text_encoder), vectors in zip(encoders, tables, strict=True):
+        _check_clip_skip(text_encoder, clip_skip)
+        table = _embedding_table(tokenizer, text_encoder, vectors)
+        chunked = [tokenize_weighted(tokenizer, text, limits.comma_backtrack, table) for text in texts]
+        for chunks in chunked:
+            _check_length(chunks, limits)
+        per_encoder.append(chunked)
+    count = max((len(chunks) for chunked in per_encoder for chunks in chunked), default=0)
+    out = []
+    for i in range(len(texts)):
+        parts, pooled = [], None
+        for (tokenizer, text_encoder), chunked in zip(encoders, per_encoder, strict=True):
+            chunks = chunked[i] + [[] for _ in range(count - len(chunked[i]))]
+            z, pooled = _encode_chunks_sdxl(tokenizer, text_encoder, chunks, clip_skip, device)
+            parts.append(z)
+        out.append((torch.cat(parts, dim=-1), pooled))
+    return out

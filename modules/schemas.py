@@ -120,6 +120,7 @@ class ControlNetUnit(RequestModel):
     guidance_end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where the unit stops")
     control_mode: int = Field(0, description="0 Balanced, 1 My prompt is more important, 2 ControlNet is more important")
     pixel_perfect: bool = False
+    save_detected_map: bool = Field(True, description="the A1111 API appends the unit's detected map to images")
 
     @field_validator("resize_mode", mode="before")
     @classmethod
@@ -140,6 +141,13 @@ class ControlNetUnit(RequestModel):
         return v
 
 
+class ScriptCall(BaseModel):
+    """An extension script chosen by title (A1111's ``script_name`` + ``script_args``)."""
+
+    title: str = Field(..., min_length=1, max_length=200)
+    args: list[Any] = Field(default_factory=list)
+
+
 class GenerationRequest(RequestModel):
     """Fields shared by every generation mode (A1111's StableDiffusionProcessing)."""
 
@@ -156,6 +164,12 @@ class GenerationRequest(RequestModel):
     sampler_name: str | None = Field(None, description="None: the default sampler from the settings")
     sampler_index: str | None = Field(None, description="old name of sampler_name, still accepted")
     scheduler: str | None = Field(None, description="schedule type: Automatic, Uniform, Karras, ...")
+    eta: float | None = Field(None, ge=0.0, le=10.0, description="noise amount of ancestral, SDE and DDIM"
+                              " samplers; None: the setting (eta_ancestral, or eta_ddim for DDIM)")
+    s_churn: float | None = Field(None, ge=0.0, le=100.0, description="Karras' churn (Euler, Heun, DPM2); None: the setting")
+    s_tmin: float | None = Field(None, ge=0.0, le=1000.0, description="churn from this sigma up; None: the setting")
+    s_tmax: float | None = Field(None, ge=0.0, le=1000.0, description="churn up to this sigma (0: no bound); None: the setting")
+    s_noise: float | None = Field(None, ge=0.0, le=10.0, description="scale of added noise; None: the setting")
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=100, description="batch count")
     steps: int = Field(20, ge=1, le=150)
@@ -173,6 +187,18 @@ class GenerationRequest(RequestModel):
     controlnet_units: list[ControlNetUnit] = Field(
         default_factory=list, max_length=MAX_CONTROLNET_UNITS, description="ControlNet units (disabled ones are ignored)"
     )
+    extension_script: ScriptCall | None = Field(None, description="an extension's selectable script (by title) and its args")
+    extension_alwayson: dict[str, list[Any]] = Field(
+        default_factory=dict, description="args of extensions' always-on scripts, by title (others get their UI defaults)")
+    refiner_checkpoint: str | None = Field(None, description="a checkpoint that takes over at refiner_switch_at"
+                                           " (an SDXL refiner, or any model of the same family); None/\"None\": no refiner")
+    refiner_switch_at: float = Field(0.8, gt=0.0, lt=1.0, description="the fraction of the steps after which the"
+                                     " refiner takes over (A1111's rule: from the first step past it)")
+
+    @field_validator("refiner_checkpoint")
+    @classmethod
+    def _no_refiner(cls, v: str | None) -> str | None:
+        return None if v is None or v.strip() in ("", "None") else v
 
     @field_validator("width", "height")
     @classmethod
@@ -238,6 +264,10 @@ class Img2ImgRequest(GenerationRequest):
     inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 = repaint what is NOT masked")
     include_init_images: bool = False
+    initial_noise_multiplier: float = Field(1.0, ge=0.0, le=10.0, description="scales the noise added to the init"
+                                            " latents (A1111's Noise multiplier for img2img); 1 = unchanged")
+    mask_round: bool = Field(True, description="round the latent mask to 0/1, as A1111 does by default; False:"
+                                               " the blurred mask's soft edge blends the kept and repainted latents")
 
 
 class OutpaintRequest(Img2ImgRequest):
@@ -325,11 +355,15 @@ class GenerationResult:
     sampler_name: str
     scheduler: str
     paths: list[Path] = field(default_factory=list)
-    skipped: int = 0
+    skipped: int = 0  # iterations Skip cut short (their partial images are kept, as in A1111)
+    interrupted: bool = False  # Interrupt stopped the run: the last image is partial, later iterations did not run
     comments: list[str] = field(default_factory=list)  # notes for the user, e.g. "Mask resized ..."
     # why images could not be saved (ImageSaveError messages: disk full, folder not writable); the
     # images are in ``images`` all the same and the job is done, not failed
     save_errors: list[str] = field(default_factory=list)
+    # the ControlNet units' detected maps at the output size (units with save_detected_map), in unit order;
+    # the A1111 API appends them to its images, as sd-webui-controlnet does
+    detected_maps: list[Any] = field(default_factory=list)
 
     def info(self) -> dict[str, Any]:
         """The ``info`` object of A1111's API response (serialised to JSON by the API)."""
@@ -350,6 +384,7 @@ class GenerationResult:
             "sd_model_hash": self.model_hash,
             "infotexts": self.infotexts,
             "comments": self.comments,
+            "interrupted": self.interrupted,
         }
 
 
@@ -370,7 +405,7 @@ def image_bytes(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(image_bytes(item) for item in value)
     if isinstance(value, GenerationResult):
-        return image_bytes(value.images)
+        return image_bytes(value.images) + image_bytes(value.detected_maps)
     if isinstance(value, BaseModel):
         return sum(image_bytes(getattr(value, name, None)) for name in INPUT_IMAGE_FIELDS)
     return 0

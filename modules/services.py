@@ -22,6 +22,7 @@ from modules.controlnet import detect as controlnet_detect
 from modules.controlnet import runtime as controlnet_runtime
 from modules.controlnet.models import ControlNetInfo, LoadedControlNet, find_controlnet, scan_controlnets
 from modules.extra_networks import ExtraNetworks, build_extra_networks
+from modules.hooks import HookedSaver, HookRegistry
 from modules.images import ImageSaver, remove_stale_temp_files
 from modules.install_jobs import Installer
 from modules.installer import target_from_settings
@@ -91,6 +92,8 @@ class Services:
     networks: ExtraNetworks  # LoRA files and embeddings for prompts
     access: ClientAccess = field(default_factory=ClientAccess)  # what clients may touch on disk (operator's flags)
     installer: Installer | None = None  # model installs: a download worker beside the queue (modules.install_jobs)
+    hooks: HookRegistry = field(default_factory=HookRegistry)  # extension hook points (modules.hooks)
+    extensions: Any = None  # the loaded extensions (modules.a1111_compat.loader.Extensions), None: none loaded
     _selected: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -158,6 +161,7 @@ class Services:
             with controlnet_runtime.on_device_while_used(loaded, self.runtime.device, self.runtime.memory_mode):
                 yield loaded
 
+
     # -- settings (added for the HTTP API's POST /sdapi/v1/options) -------------------------
     def update_settings(self, new_settings: Settings) -> None:
         """Replace the settings: jobs that start from now on see them; a running job keeps its own.
@@ -182,12 +186,23 @@ class Services:
             raise RequestError(f"unknown job kind {kind!r}; known: {', '.join(sorted(RUNNERS))}")
         if kind in GENERATION_KINDS:
             check_generation([request], self.settings)
+        if getattr(request, "extension_script", None) or getattr(request, "extension_alwayson", None):
+            if self.extensions is None:
+                raise RequestError("extension_script, extension_alwayson: no extensions are loaded in this app")
+            self.extensions.check_request(kind, request)
         if kind in MODEL_FREE:
             return self.queue.submit(kind, request)
         name = request.sd_model_checkpoint or request.override_settings.get("sd_model_checkpoint")
         name = self.checkpoints.get(name).name if name else self.selected_checkpoint
         vae = self.resolve_vae(request.sd_vae or request.override_settings.get("sd_vae"))
-        request = request.model_copy(update={"sd_model_checkpoint": name, "sd_vae": vae})
+        update = {"sd_model_checkpoint": name, "sd_vae": vae}
+        refiner_name = getattr(request, "refiner_checkpoint", None)
+        if refiner_name:  # an unknown refiner fails now, naming the field
+            try:
+                update["refiner_checkpoint"] = self.checkpoints.get(refiner_name).name
+            except CheckpointError as err:
+                raise RequestError(f"refiner_checkpoint: {err}") from None
+        request = request.model_copy(update=update)
         return self.queue.submit(kind, request)
 
     def submit_all(self, requests: list[tuple[str, Any]]) -> list[Job]:
@@ -211,15 +226,16 @@ class Services:
                 return model.info.name
         runner = RUNNERS[job.kind]
         if job.kind in MODEL_FREE:
-            return runner(job.request, RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION))
+            ctx = RunContext(None, self.settings, self.saver, job.token, job.progress, VERSION, hooks=self.hooks)
+            return self.hooks.run_processing(job.kind, job.request, ctx, runner)
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
         tiling = bool(getattr(job.request, "tiling", False))
         with (self._naming_the_model(job.kind, key), self.models.use(key) as model,
               self.networks.for_job(model) as networks,  # LoRAs out after
               seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
-                             networks=networks)
-            result = runner(job.request, ctx)
+                             networks=networks, hooks=self.hooks, refiners=JobRefiners(self, key, model))
+            result = self.hooks.run_processing(job.kind, job.request, ctx, runner)  # extensions' hooks around it
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
         return result
@@ -241,6 +257,43 @@ class Services:
             self.installer.close()
         self.queue.stop()
         self.models.clear()
+
+
+@dataclass
+class JobRefiners:
+    """A job's refiner (``RunContext.refiners``): from the model cache beside the job's own model; the
+    two take turns on the device (``ModelManager.share_device``), so with one model's room the one
+    not in use is offloaded."""
+
+    services: Services
+    base_key: str
+    base: LoadedModel
+    _refiner_key: str | None = None
+
+    @contextmanager
+    def use_refiner(self, name: str) -> Iterator[LoadedModel]:
+        """The refiner checkpoint ``name``, locked for the block; the job's model stays on the device until
+        ``to_device`` asks for the refiner."""
+        models = self.services.models
+        key = model_key(name, None)
+        models.ensure_loaded(key)
+        with models.share_device(self.base_key, key), models.use(key) as model:
+            models.to_device(self.base_key)
+            self._refiner_key = key
+            try:
+                yield model
+            finally:
+                self._refiner_key = None
+
+    def to_device(self, model: LoadedModel) -> None:
+        """The job's model or the refiner on the device now (the other offloaded if room is short)."""
+        key = self.base_key if model is self.base else self._refiner_key
+        if key is not None:
+            self.services.models.to_device(key)
+
+    def refiner_title(self, name: str) -> str:
+        """A1111's title of a checkpoint (``name [hash]``), as the infotext's ``Refiner`` records it."""
+        return self.services.checkpoints.title(self.services.checkpoints.get(name))
 
 
 RUNNERS = {
@@ -294,6 +347,7 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
                    allow_downloads: bool = False) -> Services:
     """Every service for ``settings``; ``allow_downloads`` is the operator's --allow-downloads (model installs)."""
     runtime = make_runtime(settings)
+    hooks = HookRegistry()
     remove_stale_temp_files(output_folders(settings))  # left by saves that a crash or power cut interrupted
     hashes = HashCache(settings.cache_dir / "hashes.json")
     registry = CheckpointRegistry(settings.checkpoint_dirs, hashes)
@@ -304,7 +358,9 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
         if controlnet_runtime.is_controlnet_key(key):
             return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention,
                                                       runtime.channels_last)
-        return load_model_for(runtime, registry, key, settings.models_dir / "VAE")
+        model = load_model_for(runtime, registry, key, settings.models_dir / "VAE")
+        hooks.model_loaded(model)
+        return model
 
     def move(model: LoadedModel | LoadedControlNet, device: str) -> None:
         if isinstance(model, LoadedControlNet):
@@ -338,8 +394,9 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
                      max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
     access = access or ClientAccess()
-    saver = ImageSaver(settings.samples_format)  # A1111's samples_format: png, jpg or webp files
-    services = Services(settings, runtime, registry, models, saver, queue, build_extra_networks(settings, hashes), access)
+    saver = HookedSaver(settings.samples_format, hooks)  # A1111's samples_format: png, jpg or webp files
+    services = Services(settings, runtime, registry, models, saver, queue, build_extra_networks(settings, hashes), access,
+                        hooks=hooks)
     target = target_from_settings(settings, allow_downloads, access.allow_server_paths)
     services.installer = Installer(target, on_installed=lambda _: training_job.refresh_lists(services))
     holder["s"] = services

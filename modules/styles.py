@@ -65,3 +65,27 @@ def apply_styles(prompt: str, negative: str, names: list[str], styles: dict[str,
         prompt = merge_prompt(styles[name].prompt, prompt)
         negative = merge_prompt(styles[name].negative_prompt, negative)
     return prompt, negative
+
+
+def check_style_name(name: str) -> str:
+    """The name stripped; an empty one is a ValueError saying so."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("style name: empty; give the style a name")
+    return name
+
+
+def put_style(path: Path, style: Style) -> None:
+    """Add ``style`` to the styles.csv at ``path``, or replace the one of the same name (in place)."""
+    styles = load_styles(path)
+    styles[check_style_name(style.name)] = style
+    save_styles(path, list(styles.values()))
+
+
+def delete_style(path: Path, name: str) -> None:
+    """Remove the style ``name`` from the styles.csv at ``path``; an unknown name is a ValueError."""
+    styles = load_styles(path)
+    if name not in styles:
+        raise ValueError(f"style {name!r}: no such style; known: {', '.join(sorted(styles)) or 'none'}")
+    del styles[name]
+    save_styles(path, list(styles.values()))

@@ -23,6 +23,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavy test (several seconds to minutes); deselect with -m 'not slow'")
     config.addinivalue_line("markers", "browser: drives the web UI in Chromium via Playwright; deselect with -m 'not browser'")
     config.addinivalue_line("markers", "soak: bounded load test on a real server (under a minute); deselect with -m 'not soak'")
+    config.addinivalue_line("markers", "heavy: minutes of generation on the shipped model; runs only with EASEL_HEAVY=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``heavy`` tests are left out of the default run (CI) unless EASEL_HEAVY=1."""
+    if os.environ.get("EASEL_HEAVY") == "1":
+        return
+    skip = pytest.mark.skip(reason="heavy: run with EASEL_HEAVY=1 ./launch.sh test -m heavy")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
 
 
 _PIL_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own default, before any server set it

@@ -459,13 +459,13 @@ def test_openapi_request_models_have_every_a1111_field(live):
 
 def test_fields_easel_does_not_implement_are_named_in_warnings(live):
     _, base = live
-    body = {"prompt": "x", "steps": 1, "width": 32, "height": 32, "tiling": True, "eta": 0.5, "restore_faces": False,
-            "do_not_save_samples": True, "s_noise": 1.0, "comments": None}
+    body = {"prompt": "x", "steps": 1, "width": 32, "height": 32, "tiling": True, "eta": 0.5, "restore_faces": True,
+            "do_not_save_samples": True, "s_noise": 1.0, "s_min_uncond": 0.2, "comments": None}
     r = post(f"{base}/sdapi/v1/txt2img", body)
     assert r.status_code == 200, r.text
     warnings = json.loads(r.json()["info"])["warnings"]
-    assert [w.split(":")[0] for w in warnings] == ["eta", "s_noise"]  # tiling is implemented
-    assert "eta: 0.5 was ignored: not implemented in Easel" in warnings
+    assert [w.split(":")[0] for w in warnings] == ["restore_faces", "s_min_uncond"]  # tiling, eta, s_noise are implemented
+    assert "s_min_uncond: 0.2 was ignored: not implemented in Easel" in warnings
     init = encode_image_base64(Image.new("RGB", (32, 32)))
     r = post(f"{base}/sdapi/v1/img2img", {"init_images": [init], "steps": 1, "mask_blur": 8, "mask_blur_x": 8,
                                           "mask_blur_y": 2, "image_cfg_scale": 1.5, "firstpass_image": init})
@@ -584,3 +584,33 @@ def test_tiling_is_honoured_for_that_request(live):
     assert image_of(tiled["images"][0]).tobytes() != image_of(plain["images"][0]).tobytes()
     again = post(f"{base}/sdapi/v1/txt2img", body).json()  # the next request pads with zeros again
     assert image_of(again["images"][0]).tobytes() == image_of(plain["images"][0]).tobytes()
+    text = json.loads(tiled["info"])["infotexts"][0]
+    assert "Tiling: True" in text and "Tiling" not in json.loads(plain["info"])["infotexts"][0]  # A1111's key
+    reread = post(f"{base}/sdapi/v1/txt2img", {"infotext": text, "steps": 2, "width": 32, "height": 32}).json()
+    assert reread["parameters"]["tiling"] is True  # read back from the infotext, as A1111 reads it
+    assert image_of(reread["images"][0]).tobytes() == image_of(tiled["images"][0]).tobytes()
+
+
+def test_img2img_noise_multiplier_and_mask_round_as_a1111(live):
+    _, base = live
+    gradient = Image.fromarray(np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1)))
+    body = {"prompt": "a red circle", "init_images": [encode_image_base64(Image.new("RGB", (32, 32), (40, 90, 200)))],
+            "steps": 4, "width": 32, "height": 32, "seed": 5, "denoising_strength": 0.6, "sampler_name": "Euler"}
+    plain = post(f"{base}/sdapi/v1/img2img", body).json()
+    quiet = post(f"{base}/sdapi/v1/img2img", {**body, "initial_noise_multiplier": 0.5}).json()
+    info = json.loads(quiet["info"])
+    assert info["warnings"] == [] and "Noise multiplier: 0.5" in info["infotexts"][0]
+    assert "Noise multiplier" not in json.loads(plain["info"])["infotexts"][0]  # 1.0 is not written, as in A1111
+    assert image_of(quiet["images"][0]).tobytes() != image_of(plain["images"][0]).tobytes()
+    same = post(f"{base}/sdapi/v1/img2img", {**body, "initial_noise_multiplier": None}).json()  # null: 1.0
+    assert image_of(same["images"][0]).tobytes() == image_of(plain["images"][0]).tobytes()
+    reread = post(f"{base}/sdapi/v1/img2img", {**body, "infotext": info["infotexts"][0]}).json()
+    assert reread["parameters"]["initial_noise_multiplier"] == 0.5
+    bad = post(f"{base}/sdapi/v1/img2img", {**body, "initial_noise_multiplier": -1})
+    assert bad.status_code == 422 and "initial_noise_multiplier" in bad.text
+    inpaint = {**body, "mask": encode_image_base64(gradient), "mask_blur": 0, "inpaint_full_res": False,
+               "inpainting_fill": 1}
+    rounded = post(f"{base}/sdapi/v1/img2img", inpaint).json()
+    soft = post(f"{base}/sdapi/v1/img2img", {**inpaint, "mask_round": False}).json()
+    assert json.loads(soft["info"])["warnings"] == []
+    assert image_of(soft["images"][0]).tobytes() != image_of(rounded["images"][0]).tobytes()

@@ -512,7 +512,8 @@ def test_img2img_and_sketch_generate(page, tmp_path, ui_data_dir, artifacts):
     before = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=int)
     draw_stroke(page, "img2img_sketch", [(0.3, 0.5), (0.5, 0.5), (0.7, 0.5)])
     after = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=int)
-    assert (np.abs(after - before) > 30).mean() > 0.05, "the brush stroke did not show on the sketch canvas"
+    # the default brush is sized to the picture (a stroke about 5% of 64 px wide), so the stroke covers a few %
+    assert (np.abs(after - before) > 30).mean() > 0.005, "the brush stroke did not show on the sketch canvas"
     page.screenshot(path=str(artifacts / "img2img-sketch-stroke.png"))
     sketched = run_img2img(page, "img2img of noise", outputs)
     assert len(list(outputs.rglob("*-77.png"))) == 2

@@ -138,7 +138,11 @@ def test_job_api_takes_controlnet_units(client):
 
 
 @pytest.mark.parametrize("units, loc, message", [
-    ([["tiny-cn", "none", 1.0]], [0], "positional"),
+    ([["tiny-cn", "none", 1.0]], [0, "enabled"], "boolean"),  # positional: enabled comes first
+    ([[]], [0], "field order"),
+    ([[True, "none", "tiny-cn", 1.0, MAP] + [None] * 14], [0], "at most 18"),
+    ([{**UNIT, "module": "reference_only"}], [0, "module"], "not available in Easel"),
+    ([{**UNIT, "module": "no-such-module"}], [0, "module"], "unknown preprocessor"),
     ([{**UNIT, "weight": 5}], [0, "weight"], "less than or equal to 2"),
     ([{**UNIT, "guidance_start": 0.9, "guidance_end": 0.1}], [0, "guidance_end"], "guidance_start"),
     ([{**UNIT, "control_mode": "Loudest"}], [0, "control_mode"], "Balanced"),
@@ -217,12 +221,51 @@ def test_webuiapi_controlnet_unit(server):
     assert "ControlNet 0: \"Module: none, Model: tiny-cn" in r.info["infotexts"][0]
 
 
-def test_a_unit_without_enabled_is_enabled_as_the_extension_defaults(client):
-    """sd-webui-controlnet's ControlNetUnit defaults to enabled; a unit that leaves it out (or sends null) runs."""
-    reference = first_image(client.post("/sdapi/v1/txt2img", json=with_units(UNIT)))
+def test_a_unit_without_enabled_is_off_as_the_extension_defaults_and_says_so(client):
+    """sd-webui-controlnet's current ControlNetUnit defaults to disabled: a unit that leaves ``enabled`` out
+    (or sends null) does not run; info.warnings names it."""
+    plain = first_image(client.post("/sdapi/v1/txt2img", json=T2I))
     for unit in ({k: v for k, v in UNIT.items() if k != "enabled"}, {**UNIT, "enabled": None}):
         r = client.post("/sdapi/v1/txt2img", json=with_units(unit))
-        assert "ControlNet 0:" in info_of(r)["infotexts"][0]
-        assert np.array_equal(first_image(r), reference)
-    off = client.post("/sdapi/v1/txt2img", json=with_units({**UNIT, "enabled": False}))
-    assert "ControlNet 0:" not in info_of(off)["infotexts"][0]
+        info = info_of(r)
+        assert "ControlNet 0:" not in info["infotexts"][0] and np.array_equal(first_image(r), plain)
+        assert len(r.json()["images"]) == 1  # no detected map: the unit did not run
+        assert any(w.startswith('alwayson_scripts.controlnet.args.0: no "enabled"') for w in info["warnings"])
+    on = client.post("/sdapi/v1/txt2img", json=with_units(UNIT))
+    assert "ControlNet 0:" in info_of(on)["infotexts"][0] and info_of(on)["warnings"] == []
+
+
+def test_detected_maps_are_appended_to_images_unless_save_detected_map_is_false(client):
+    canny = {**UNIT, "module": "canny", "threshold_a": 100, "threshold_b": 200, "resize_mode": "Just Resize"}
+    r = client.post("/sdapi/v1/txt2img", json=with_units(canny, UNIT, batch_size=2))
+    info = info_of(r)
+    images = [b64_to_image(text) for text in r.json()["images"]]
+    assert len(images) == 2 + 2 and len(info["infotexts"]) == 2  # 2 generated, then one map per unit
+    assert [im.size for im in images] == [(32, 32)] * 4
+    square = np.asarray(b64_to_image(MAP).convert("RGB"))
+    assert np.array_equal(np.asarray(images[3].convert("RGB")), square)  # module none: the map as sent
+    from modules.controlnet.apply import fit_map
+
+    detect = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [MAP],
+                                                     "controlnet_processor_res": 64, "controlnet_threshold_a": 100,
+                                                     "controlnet_threshold_b": 200}).json()
+    fitted = fit_map(b64_to_image(detect["images"][0]).convert("RGB"), 32, 32, 0)  # canny's map at the output size
+    assert np.array_equal(np.asarray(images[2].convert("RGB")), np.asarray(fitted)) and np.asarray(fitted).max() > 0
+    kept = client.post("/sdapi/v1/txt2img", json=with_units({**canny, "save_detected_map": False}, UNIT, batch_size=2))
+    assert len(kept.json()["images"]) == 3
+    assert np.array_equal(np.asarray(b64_to_image(kept.json()["images"][2]).convert("RGB")), square)
+    nothing = client.post("/sdapi/v1/txt2img", json=with_units({**UNIT, "save_detected_map": False}))
+    assert len(nothing.json()["images"]) == 1
+    sent = client.post("/sdapi/v1/txt2img", json=with_units(UNIT, send_images=False))
+    assert sent.json()["images"] == []
+
+
+def test_units_as_positional_lists_in_the_extensions_field_order(client):
+    reference = client.post("/sdapi/v1/txt2img", json=with_units(UNIT))
+    positional = [True, "none", "tiny-cn", 1.0, MAP, "Crop and Resize", False, 64, -1, -1, 0.0, 1.0, False, "Balanced"]
+    for body in (with_units(positional), with_units(*positional)):  # a list per unit, or one unit flattened
+        r = client.post("/sdapi/v1/txt2img", json=body)
+        assert info_of(r)["infotexts"] == info_of(reference)["infotexts"]
+        assert r.json()["images"] == reference.json()["images"]
+    short = client.post("/sdapi/v1/txt2img", json=with_units([True, "none", "tiny-cn", 0.5, MAP]))
+    assert "Weight: 0.5" in info_of(short)["infotexts"][0]  # the fields left out take their defaults

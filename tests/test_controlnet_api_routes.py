@@ -146,3 +146,17 @@ def test_controlnet_routes_are_behind_the_api_guard(api):
         assert client.get("/controlnet/model_list").status_code == 401
         assert client.post("/controlnet/detect", json={}).status_code == 401
         assert client.get("/controlnet/version", auth=("user", "secret")).json() == {"version": 2}
+
+
+def test_module_list_lists_the_extensions_modules_and_those_easel_cannot_run_say_so(api):
+    client = api[1]
+    body = client.get("/controlnet/module_list").json()
+    for name in ("inpaint_only", "reference_only", "depth_leres", "ip-adapter_clip_sd15", "tile_resample"):
+        assert name in body["module_list"] and body["module_detail"][name]["sliders"]
+    assert body["module_list"].index("canny") < body["module_list"].index("depth_leres")  # Easel's own first
+    aliased = client.get("/controlnet/module_list", params={"alias_names": "true"}).json()["module_list"]
+    assert "inpaint_global_harmonious" in aliased and "seg_ofade20k" in aliased and "t2ia_color_grid" in aliased
+    r = client.post("/controlnet/detect", json={"controlnet_module": "inpaint_only",
+                                                "controlnet_input_images": [encode_image_base64(render(STAR))]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "controlnet_module"]
+    assert "not available in Easel" in r.json()["detail"][0]["msg"]

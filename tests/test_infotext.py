@@ -188,3 +188,11 @@ def test_unparseable_numbers_are_listed_not_raised():
 def test_integral_float_text_is_accepted_for_int_fields():
     fields = infotext_to_fields({"Steps": "20.0", "Seed": "-1"})
     assert fields["steps"] == 20 and fields["seed"] == -1
+
+
+def test_tiling_and_noise_multiplier_read_back():
+    text = "a tile\nSteps: 4, Seed: 1, Size: 64x64, Tiling: True, Noise multiplier: 0.8"
+    fields = infotext_to_fields(parse_infotext(text))
+    assert fields["tiling"] is True and fields["initial_noise_multiplier"] == 0.8 and fields["_unparsed"] == []
+    odd = infotext_to_fields(parse_infotext("x\nSteps: 4, Seed: 1, Size: 64x64, Tiling: maybe"))
+    assert "tiling" not in odd and odd["_unparsed"] == ["Tiling"]

@@ -417,3 +417,38 @@ def test_cancel_token_flags() -> None:
     assert token.cancelled
     with pytest.raises(JobCancelled):
         token.check()
+
+
+def test_interrupt_keeps_what_was_made_and_cancel_discards_it() -> None:
+    token = CancelToken()
+    token.interrupt()
+    assert token.cancelled and token.interrupted  # the run stops, and keeps what it made
+    with pytest.raises(JobCancelled):
+        token.check()  # a run that cannot keep anything just stops
+    token.cancel()
+    assert token.cancelled and not token.interrupted  # a cancel wins: nothing is kept
+
+    def keeps_partial(job: Job) -> list[int]:
+        made = []
+        for step in range(10_000):
+            if job.token.interrupted:
+                return made  # what was made, as a generation returns its partial images
+            job.token.check()
+            made.append(step)
+            job.progress.update(step + 1, 10_000)
+            time.sleep(0.002)
+        return made
+
+    q = JobQueue(keeps_partial)
+    q.start()
+    try:
+        running = q.submit("gen", None)
+        queued = q.submit("gen", None)
+        wait_until(lambda: running.progress.snapshot().step >= 2)
+        assert q.cancel(queued.id) and queued.state is JobState.cancelled and not queued.interrupted
+        assert q.cancel(running.id)  # the running job: interrupted
+        made = running.wait(WAIT)
+        assert running.state is JobState.done and running.interrupted and len(made) >= 2
+        assert not q.submit("gen", None).interrupted
+    finally:
+        q.stop()

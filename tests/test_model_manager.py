@@ -315,3 +315,30 @@ def test_two_threads_using_different_keys():
     assert errors == []
     assert sorted(loader.calls) == ["a", "b"]
     assert all(not info.locked for info in manager.loaded())
+
+
+def test_two_models_of_one_job_share_one_models_room():
+    """The refiner's case: both locked; inside ``share_device`` they take turns on the device, the one
+    not in use offloaded (never evicted); a third locked model (a ControlNet) is not touched; on leaving,
+    the first is on the device again."""
+    memory = FakeMemory(cuda=130)  # room for one of the two beside the ControlNet
+    manager, _, loader = make_manager({"base": 60, "refiner": 60, "cn": 20}, memory=memory, max_models=3)
+    with manager.use("base") as base, manager.use("cn") as cn:
+        manager.ensure_loaded("refiner")
+        with manager.share_device("base", "refiner"), manager.use("refiner") as refiner:
+            assert (base.device, refiner.device) == ("cpu", "cuda")
+            manager.to_device("base")
+            assert (base.device, refiner.device, cn.device) == ("cuda", "cpu", "cuda")
+            manager.to_device("refiner")
+            assert (base.device, refiner.device, cn.device) == ("cpu", "cuda", "cuda")
+        assert (base.device, refiner.device) == ("cuda", "cpu") and loader.calls == ["base", "cn", "refiner"]
+    assert set(keys(manager)) == {"base", "cn", "refiner"}
+
+
+def test_without_sharing_locked_models_stay_on_the_device():
+    memory = FakeMemory(cuda=100)
+    manager, _, _ = make_manager({"base": 60, "refiner": 60}, memory=memory, max_models=2)
+    with manager.use("base") as base, manager.use("refiner") as refiner:
+        assert (base.device, refiner.device) == ("cuda", "cuda")
+        manager.to_device("base")
+        assert refiner.device == "cuda"

@@ -16,6 +16,7 @@ import torch
 from modules import samplers
 from modules.processing import conditioning, sampling
 from modules.processing.context import RunContext
+from modules.samplers.schedules import ModelSigmas
 from modules.schemas import Img2ImgRequest, Txt2ImgRequest
 from tests.tiny_models import noise_image
 
@@ -46,12 +47,20 @@ def schedule(*entries: tuple[int, float]) -> sampling.PromptSchedule:
     return sampling.PromptSchedule(tuple((end, tagged(tag)) for end, tag in entries))
 
 
+CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def core_input(unet, cond, steps: int, cfg: float, sampler: str = "Euler", batch: int = 1) -> sampling.SamplingInput:
+    model_sigmas = ModelSigmas.from_config(CONFIG)
+    return sampling.SamplingInput(
+        unet=unet, sampler=samplers.prepare(sampler, None, model_sigmas, steps, list(range(batch))),
+        model_sigmas=model_sigmas, device=torch.device("cpu"), conditioning=cond,
+        noise=torch.zeros(batch, 4, 2, 2), steps=steps, cfg_scale=cfg)
+
+
 def run_core(cond: sampling.Conditioning, steps: int = 4, cfg: float = 7.0, sampler: str = "Euler", batch: int = 1):
     unet = TagUNet()
-    config = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-    sampling.sample(sampling.SamplingInput(
-        unet=unet, scheduler=samplers.make_scheduler(config, sampler), device=torch.device("cpu"), conditioning=cond,
-        noise=torch.zeros(batch, 4, 2, 2), steps=steps, cfg_scale=cfg))
+    sampling.sample(core_input(unet, cond, steps, cfg, sampler, batch))
     return unet.calls
 
 
@@ -70,9 +79,7 @@ def test_and_parts_are_combined_as_a1111():
     """uncond + sum(weight * cfg * (cond_i - uncond)): the stand-in predicts each row's tag."""
     unet = TagUNet()
     cond = sampling.Conditioning(((schedule((4, 1.0)), 1.0), (schedule((4, 3.0)), 0.5)), schedule((4, -1.0)))
-    inp = sampling.SamplingInput(unet=unet, scheduler=None, device=torch.device("cpu"), conditioning=cond,
-                                 noise=torch.zeros(2, 4, 2, 2), steps=1, cfg_scale=7.0)
-    out = sampling.Denoiser(inp)(torch.zeros(2, 4, 2, 2), torch.tensor(1), 0, 1)
+    out, _ = sampling.GuidedModel(core_input(unet, cond, 1, 7.0, batch=2))(torch.zeros(2, 4, 2, 2), torch.tensor(1), 0, 1)
     assert unet.calls == [[-1.0, -1.0, 1.0, 1.0, 3.0, 3.0]]  # uncond rows, then each part's rows
     expected = -1.0 + 1.0 * 7.0 * (1.0 + 1.0) + 0.5 * 7.0 * (3.0 + 1.0)
     assert torch.allclose(out, torch.full_like(out, expected))
@@ -80,23 +87,23 @@ def test_and_parts_are_combined_as_a1111():
 
 def test_a_weighted_prompt_is_guided_even_at_cfg_1():
     cond = sampling.Conditioning(((schedule((4, 2.0)), 2.0),), schedule((4, -1.0)))
-    inp = sampling.SamplingInput(unet=TagUNet(), scheduler=None, device=torch.device("cpu"), conditioning=cond,
-                                 noise=torch.zeros(1, 4, 2, 2), steps=1, cfg_scale=1.0)
+    inp = core_input(TagUNet(), cond, 1, 1.0)
     assert inp.guided
-    out = sampling.Denoiser(inp)(torch.zeros(1, 4, 2, 2), torch.tensor(1), 0, 1)
+    out, _ = sampling.GuidedModel(inp)(torch.zeros(1, 4, 2, 2), torch.tensor(1), 0, 1)
     assert torch.allclose(out, torch.full_like(out, -1.0 + 2.0 * (2.0 + 1.0)))
     plain = sampling.Conditioning(((schedule((4, 2.0)), 1.0),), schedule((4, -1.0)))
     assert run_core(plain, steps=2, cfg=1.0) == [[2.0], [2.0]]  # plain, CFG 1: the prompt alone, as diffusers
 
 
-def test_second_order_samplers_schedule_over_their_model_calls():
-    """Heun calls the model twice per step: A1111 schedules over 2 x steps calls."""
-    scheduler = samplers.make_scheduler({"num_train_timesteps": 1000}, "Heun")
-    assert conditioning.schedule_length(4, scheduler) == 8
-    assert conditioning.schedule_length(4, samplers.make_scheduler({"num_train_timesteps": 1000}, "Euler a")) == 4
-    cond = sampling.Conditioning(((schedule((4, 1.0), (8, 2.0)), 1.0),), schedule((8, -1.0)))
+def test_second_order_samplers_schedule_over_their_steps():
+    """Heun calls the model about twice per step; each call takes the prompt of the step its noise
+    level belongs to (its second call, at the step's end level, the next step's). A1111 instead
+    counts model calls (2 x steps for second-order samplers): the switch lands at the same fraction
+    of the run for a fractional ``when``, and at the step asked for with a step number."""
+    cond = sampling.Conditioning(((schedule((2, 1.0), (4, 2.0)), 1.0),), schedule((4, -1.0)))
     calls = run_core(cond, sampler="Heun")
-    assert [c[1] for c in calls] == [1.0] * 5 + [2.0] * 2  # diffusers' Heun: 7 calls for 4 steps
+    assert len(calls) == 7  # 4 steps, the last one to sigma 0 a single Euler call
+    assert [c[1] for c in calls] == [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0]  # steps 0, 1, 2 (and 2's start), then 3
 
 
 # ---------------------------------------------------------------------------------------------

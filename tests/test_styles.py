@@ -65,3 +65,20 @@ def test_styles_apply_to_a_txt2img_run(services):
         assert r.infotexts[0].startswith("anime style, a cat, detailed\nNegative prompt: lowres\n")
         with pytest.raises(RequestError, match="unknown style"):
             txt2img.run(Txt2ImgRequest(prompt="a", styles=["zzz"], steps=1, save_images=False), ctx)
+
+
+def test_put_and_delete_styles_keep_the_others_in_order(tmp_path):
+    from modules.styles import Style, delete_style, load_styles, put_style
+
+    path = tmp_path / "styles.csv"
+    put_style(path, Style("a", "{prompt}, sunny", "rain"))
+    put_style(path, Style("b, with comma", "bold"))
+    put_style(path, Style("a", "{prompt}, cloudy", ""))  # edited in place
+    assert list(load_styles(path)) == ["a", "b, with comma"]
+    assert load_styles(path)["a"] == Style("a", "{prompt}, cloudy", "")
+    delete_style(path, "a")
+    assert list(load_styles(path)) == ["b, with comma"]
+    with pytest.raises(ValueError, match="no such style"):
+        delete_style(path, "a")
+    with pytest.raises(ValueError, match="empty"):
+        put_style(path, Style("  ", "x"))

@@ -10,7 +10,7 @@ import pytest
 from modules.checkpoints import CheckpointError
 from modules.images import read_infotext
 from modules.infotext import infotext_to_fields, parse_infotext
-from modules.jobs import JobCancelled, JobState
+from modules.jobs import JobState
 from modules.schemas import RequestError, Txt2ImgRequest, parse_request
 
 
@@ -136,7 +136,7 @@ def test_bad_values_against_the_model_and_settings(services):
     assert run(services, prompt="still fine", seed=1).images  # the queue survived
 
 
-def test_cancel_mid_run_stops_quickly_and_next_job_is_correct(services):
+def test_interrupt_mid_run_stops_quickly_keeps_the_partial_image_and_next_job_is_correct(services):
     reference = run(services, prompt="x", seed=4, steps=2)
     started = threading.Event()
 
@@ -146,10 +146,10 @@ def test_cancel_mid_run_stops_quickly_and_next_job_is_correct(services):
     long = services.submit("txt2img", Txt2ImgRequest(prompt="x", seed=4, steps=150, save_images=False))
     while long.progress.snapshot().step < 2:
         started.wait(0.01)
-    services.queue.cancel(long.id)
-    with pytest.raises(JobCancelled):
-        long.wait(60)
-    assert long.state == JobState.cancelled and long.progress.snapshot().step < 150
+    services.queue.cancel(long.id)  # a running job is interrupted: it keeps what it made
+    partial = long.wait(60)
+    assert long.state == JobState.done and long.interrupted and long.progress.snapshot().step < 150
+    assert partial.interrupted and len(partial.images) == 1 and partial.seeds == [4]
     again = run(services, prompt="x", seed=4, steps=2)
     assert np.array_equal(pixels(reference.images[0]), pixels(again.images[0]))
 
@@ -160,7 +160,8 @@ def test_skip_abandons_the_current_iteration_only(services):
         threading.Event().wait(0.01)
     services.queue.skip()
     result = job.wait(120)
-    assert result.skipped == 1 and len(result.images) == 1 and result.seeds == [2]
+    assert result.skipped == 1 and len(result.images) == 2 and result.seeds == [1, 2]  # the partial one kept
+    assert not result.interrupted
 
 
 def test_progress_reports_steps(services):

@@ -32,6 +32,12 @@ def test_txt2img_request_is_built_from_named_fields():
     assert req.hr_prompt == ""  # None (an unrendered textbox) falls back to the request default
 
 
+def test_txt2img_refiner_fields():
+    assert txt2img.build_request({**TXT2IMG_VALUES, "refiner_checkpoint": "None"}).refiner_checkpoint is None
+    req = txt2img.build_request({**TXT2IMG_VALUES, "refiner_checkpoint": "tiny-b.safetensors", "refiner_switch_at": 0.6})
+    assert (req.refiner_checkpoint, req.refiner_switch_at) == ("tiny-b.safetensors", 0.6)
+
+
 def test_txt2img_bad_width_raises_request_error_naming_the_field():
     with pytest.raises(RequestError, match=r"width: must be a multiple of 8 \(got 100"):
         txt2img.build_request({**TXT2IMG_VALUES, "width": 100})
@@ -202,7 +208,7 @@ def test_interrupt_cancels_only_this_tabs_job(services):
     runner.interrupt(services, first[panel.job_id])
     final = list(stream)[-1]
     assert final[panel.error]["value"] == "Interrupted."
-    assert panel.gallery not in final
+    assert len(final[panel.gallery]) <= 1  # what it made: none, or the partial image of the step it stopped in
     assert other.wait(60).images[0].size == (32, 48)
 
 
@@ -308,3 +314,89 @@ def test_served_ui_has_the_api_from_the_first_request(services):
         assert httpx.get(base, timeout=30).status_code == 200
     finally:
         server.close()
+
+
+def test_settings_apply_writes_only_what_the_user_changed(services):
+    from modules.config import save_settings
+
+    shown = {"default_steps": 20, "default_sampler": "DPM++ 2M", "samples_filename_pattern": "[number]-[seed]"}
+    other = services.settings.model_copy(update={"default_sampler": "Euler"})  # another client saved this meanwhile
+    save_settings(other)
+    services.update_settings(other)
+    summary = settings.apply(services, {**shown, "default_steps": 9}, shown)
+    assert summary.startswith("Saved 1 changed setting(s)") and "default_steps" in summary
+    saved = json.loads(services.settings.config_file.read_text())
+    assert saved["default_steps"] == 9 and saved["default_sampler"] == "Euler"  # the stale form wrote nothing else
+    assert settings.apply(services, {**shown, "default_steps": 9}, {**shown, "default_steps": 9}).startswith("Nothing")
+
+
+def test_tab_defaults_follow_the_saved_settings(services):
+    from webui.widgets import tab_defaults
+
+    native = services.native_size()
+    assert tab_defaults(services) == {"sampler_name": "DPM++ 2M", "steps": 20, "width": native, "height": native}
+    services.update_settings(services.settings.model_copy(update={"default_steps": 7, "default_width": 48}))
+    assert tab_defaults(services) == {"sampler_name": "DPM++ 2M", "steps": 7, "width": 48, "height": native}
+
+
+def test_token_count_takes_the_longest_text_and_counts_chunks():
+    from webui.tokens import count_tokens, counter_html
+
+    assert count_tokens("") == (0, 1)
+    assert count_tokens("a red square") == (3, 1)
+    assert count_tokens("a (red:1.3) [square] <lora:x:0.5>") == (3, 1)  # weights and tags are no tokens
+    assert count_tokens("a cat AND a very big red dog :0.5") == (5, 1)  # the longest AND part
+    assert count_tokens("[a cat:a very big red dog:0.5]", steps=10) == (5, 1)  # the longest scheduled text
+    assert count_tokens("a BREAK b") == (2, 2)
+    assert ">100/150<" in counter_html("word, " * 50)
+
+
+def test_brush_is_sized_to_the_picture():
+    from webui.brushes import brush_size, sized_tools
+
+    assert brush_size(64, 64) == 2  # Gradio's size is a radius: a stroke about 5% (3 px) wide
+    assert brush_size(512, 768) == 13
+    assert brush_size(8, 8) == 1  # never below 1 px
+    with gr.Blocks():
+        editor = gr.ImageEditor(brush=gr.Brush(colors=["#000000"], default_size=25))
+    tools = sized_tools(editor, Image.new("RGB", (192, 64)))
+    assert tools["brush"].default_size == 2 and tools["brush"].colors == ["#000000"]
+    assert tools["eraser"].default_size == 2
+    assert sized_tools(editor, None) == {}
+
+
+def test_errors_are_one_line_without_type_names_and_interrupts_are_no_error(services, tmp_path):
+    from webui.runner import user_message
+    from webui.uploads import is_image_file, open_upload, upload_name
+
+    assert user_message(RequestError("steps: must be at most 150")) == "steps: must be at most 150"
+    assert user_message(KeyError("x")) == "KeyError: 'x'"
+    assert user_message(RuntimeError("out of\nmemory")) == "RuntimeError: out of memory"
+    panel = make_panel()
+    slow = txt2img.build_request({**TXT2IMG_VALUES, "steps": 150, "n_iter": 20})
+    stream = runner.stream_jobs(services, panel, lambda: runner.Batch([("txt2img", slow)]), poll_seconds=0.01)
+    runner.interrupt(services, next(stream)[panel.job_id])
+    final = list(stream)[-1]
+    assert final[panel.error]["value"] == "Interrupted." and final[panel.error]["label"] == "Stopped"
+    # a text file named .png: not an image (the upload check takes it out again with one line)
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    assert not is_image_file(str(fake))
+    assert open_upload({"path": str(fake), "orig_name": "fake.png"}) is None
+    assert upload_name({"path": str(fake), "orig_name": "notes.png"}) == "notes.png"
+    Image.new("RGB", (4, 4)).save(tmp_path / "real.png")
+    assert open_upload({"path": str(tmp_path / "real.png")}).size == (4, 4)
+
+
+def test_sampler_parameters_in_the_settings_tab_reach_the_next_image(services):
+    with gr.Blocks():
+        tab = settings.create_ui(services)
+    assert {"eta_ancestral", "eta_noise_seed_delta", "s_churn", "always_discard_next_to_last_sigma"} <= set(tab.fields)
+    request = txt2img.build_request({**TXT2IMG_VALUES, "steps": 2, "sampler_name": "Euler a", "seed": 3})
+    before = services.submit("txt2img", request).wait(120)
+    settings.apply(services, {"eta_ancestral": 0.5, "eta_noise_seed_delta": 31337})
+    after = services.submit("txt2img", request).wait(120)
+    assert ", Eta: 0.5, ENSD: 31337," in after.infotexts[0] and "Eta" not in before.infotexts[0]
+    assert np.abs(np.asarray(after.images[0], dtype=int) - np.asarray(before.images[0], dtype=int)).max() > 0
+    with pytest.raises(SettingsError, match="eta_ancestral"):
+        settings.apply(services, {"eta_ancestral": -1})

@@ -100,3 +100,46 @@ def tiny_sdxl_pipeline():
 def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
     """A seeded RGB image of uniform random pixels."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+SDXL_TEXT = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
+                 num_attention_heads=4, num_hidden_layers=2, vocab_size=49408, projection_dim=32)
+
+
+def tiny_sdxl_refiner_pipeline():
+    """A tiny random SDXL refiner: only the second (OpenCLIP-like) encoder, aesthetic-score time ids
+    (5 numbers: original size, crop, score), the UNet's context as wide as that encoder; the tiny
+    base's VAE, as the real refiner shares SDXL's."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from modules.model_loading import make_tokenizer
+
+    vae = tiny_sdxl_pipeline().vae
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=72,
+        cross_attention_dim=32, norm_num_groups=1)
+    encoder = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT))
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=encoder, tokenizer=None, tokenizer_2=make_tokenizer("!"),
+        unet=unet, scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_controlnet(seed: int = 0, scale: float = 0.5, hint_scale: float = 16.0):
+    """A ControlNet from the tiny SDXL UNet (SDXL family: text_time added embedding), with seeded
+    zero convolutions and a strong hint encoder, so a unit changes the image."""
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_unet(tiny_sdxl_pipeline().unet, conditioning_embedding_out_channels=(16, 32))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        convs = [(c, scale) for c in [*net.controlnet_down_blocks, net.controlnet_mid_block]]
+        for conv, k in [*convs, (net.controlnet_cond_embedding.conv_out, hint_scale)]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * k / conv.weight[0].numel() ** 0.5)
+    return net.eval()

@@ -11,14 +11,19 @@ import gradio as gr
 
 from modules.checkpoints import CheckpointError
 from modules.config import make_settings, save_settings
-from webui import controlnet, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
+from webui import controlnet, extensions, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
+from webui.brushes import editor_update
+from webui.runner import user_message
 from webui.tab import GenerationTab
-from webui.widgets import SYMBOL_REFRESH
+from webui.widgets import LABEL_REFRESH, style_names, tab_defaults, updates_where_changed
 
 TITLE = "Easel"
+DEFAULT_FIELDS = ("sampler_name", "steps", "width", "height")  # set from the saved settings at page load
 CSS = """
 .easel-progress progress { height: 14px; }
 .easel-error { color: #c00; }
+.easel-token-counter-box { text-align: right; font-size: 0.8em; opacity: 0.75; margin-top: -6px; }
+.easel-token-counter-multi { font-weight: bold; }
 """
 
 
@@ -72,19 +77,22 @@ def switch_checkpoint(services, title: str, poll_seconds: float = 0.2):
         waiting = f" (waiting, queue position {position})" if position > 0 else ""
         yield f"Loading {html.escape(title)}{waiting}… {time.monotonic() - started:.0f}s"
         time.sleep(poll_seconds)
-    if job.error:
-        gr.Warning(job.error)
-        yield f"<span class='easel-error'>{html.escape(job.error)}</span>"
+    try:
+        loaded = job.wait(0)
+    except Exception as err:  # the run's own error, one line without its type name
+        message = user_message(err)
+        gr.Warning(message)
+        yield f"<span class='easel-error'>{html.escape(message)}</span>"
     else:
-        yield f"Loaded {html.escape(str(job.result))} in {time.monotonic() - started:.1f}s"
+        yield f"Loaded {html.escape(str(loaded))} in {time.monotonic() - started:.1f}s"
 
 
-def top_bar(services) -> None:
-    """Checkpoint dropdown with refresh and status; VAE dropdown."""
+def top_bar(services) -> gr.Dropdown:
+    """Checkpoint dropdown with refresh and status; VAE dropdown. Returns the checkpoint dropdown."""
     with gr.Row(elem_id="quicksettings"):
         checkpoint = gr.Dropdown(checkpoint_titles(services), value=selected_title(services),
                                  label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4)
-        refresh = gr.Button(SYMBOL_REFRESH, elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+        refresh = gr.Button(LABEL_REFRESH, elem_id="refresh_sd_model_checkpoint", scale=0, min_width=80, size="sm")
         vae = gr.Dropdown(vae_choices(services), value=services.settings.sd_vae, label="SD VAE",
                           elem_id="sd_vae", scale=2)
         status = gr.HTML(elem_id="sd_model_status")
@@ -100,6 +108,30 @@ def top_bar(services) -> None:
     refresh.click(on_refresh, outputs=[checkpoint, vae])
     checkpoint.input(on_choose, inputs=[checkpoint], outputs=[status], concurrency_limit=None)
     vae.input(lambda name: choose_vae(services, name), inputs=[vae], outputs=[status])
+    return checkpoint
+
+
+def bind_page_load(demo: gr.Blocks, services, tabs: list[GenerationTab], checkpoint: gr.Dropdown) -> None:
+    """At each page load: the saved defaults (sampler, steps, size) into the generation tabs, the styles
+    list, and the checkpoint list and choice as they are now; only what differs from the page as built
+    is sent."""
+    names = (*DEFAULT_FIELDS, "styles")
+    outputs = [tab.fields[name] for tab in tabs for name in names if name in tab.fields]
+
+    def on_load():
+        defaults = tab_defaults(services)
+        updates: dict = {checkpoint: gr.update()}  # never empty: Gradio takes {} for one value
+        styles = style_names(services)  # styles saved from another page since this one was built
+        for tab in tabs:
+            updates.update(updates_where_changed(tab.fields, defaults))
+            if "styles" in tab.fields and styles != [choice[0] for choice in tab.fields["styles"].choices]:
+                updates[tab.fields["styles"]] = gr.update(choices=styles)
+        titles, current = checkpoint_titles(services), selected_title(services)
+        if titles != [choice[0] for choice in checkpoint.choices] or current != checkpoint.value:
+            updates[checkpoint] = gr.update(choices=titles, value=current)
+        return updates
+
+    demo.load(on_load, outputs=[*outputs, checkpoint], queue=False, show_progress="hidden")
 
 
 def gallery_image(gallery: list | None, selected: int) -> Any:
@@ -113,11 +145,17 @@ def gallery_image(gallery: list | None, selected: int) -> Any:
 def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, target_image,
               target: GenerationTab | None) -> None:
     """A "Send to" button: the selected image (and its parameters) to another tab, which opens."""
-    outputs = [target_image, tabs, *(target.infotext_outputs() if target else [])]
+    background = target.extra.get("background") if target else None  # an editor's picture, kept on clear
+    outputs = [target_image, tabs, *(target.infotext_outputs() if target else []), *([background] if background else [])]
 
     def send(gallery, selected, infotexts):
         text = infotexts[selected] if infotexts and 0 <= (selected or 0) < len(infotexts) else ""
-        updates = {target_image: gallery_image(gallery, selected), tabs: gr.Tabs(selected=target_id)}
+        image = gallery_image(gallery, selected)
+        updates = {target_image: image, tabs: gr.Tabs(selected=target_id)}
+        if isinstance(target_image, gr.ImageEditor):  # the brush sized to the picture sent
+            updates[target_image] = editor_update(target_image, image)
+        if background:
+            updates[background] = image
         if target and text:
             updates.update(target.infotext_updates(text))
         return updates
@@ -127,8 +165,9 @@ def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, tar
 
 def create_ui(services) -> gr.Blocks:
     """Build the Blocks app on ``services`` (call ``.queue().launch()`` on it, see webui.server)."""
+    ui_event = extensions.collect(services)  # extensions' tabs and options (A1111 builds them before the page)
     with gr.Blocks(title=TITLE) as demo:
-        top_bar(services)
+        checkpoint = top_bar(services)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.create_ui(services)
@@ -147,8 +186,12 @@ def create_ui(services) -> gr.Blocks:
                 png = pnginfo.create_ui(services)
             with gr.Tab("Models", id="models", elem_id="tab_models"):
                 mdl = models.create_ui(services)
+            extensions.render_tabs(services, ui_event)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 sett = settings.create_ui(services)
+                ext_options = extensions.create_options_ui(services, ui_event.options)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                exts = extensions.create_ui(services)
         txt2img.bind_events(t2i, services)
         img2img.bind_events(i2i, services)
         inpaint.bind_events(inp, services)
@@ -156,9 +199,12 @@ def create_ui(services) -> gr.Blocks:
         extras.bind_events(ext, services)
         controlnet.bind_events(cn, services)
         pnginfo.bind_events(png, services)
-        settings.bind_events(sett, services)
+        settings.bind_events(sett, services, demo)
         models.bind_events(mdl, services)
+        extensions.bind_options(ext_options, services)
+        extensions.bind_events(exts, services)
         bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png, cn)
+        bind_page_load(demo, services, [t2i, i2i, inp, out, cn], checkpoint)
     return demo
 
 

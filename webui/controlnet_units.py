@@ -32,7 +32,7 @@ from modules.schemas import (
     RequestError,
     parse_request,
 )
-from webui.widgets import SYMBOL_REFRESH, Fields, given
+from webui.widgets import LABEL_REFRESH, Fields, given
 
 NO_MODEL = "None"
 NO_MODULE = "none"
@@ -162,7 +162,7 @@ def build_unit(index: int, values: dict[str, Any], image: Image.Image | None, im
     model = values.get("model")
     if not model or model == NO_MODEL:
         raise RequestError(f"{where}: model: no ControlNet model chosen; pick one from models/ControlNet "
-                           f"(press {SYMBOL_REFRESH} after adding files)")
+                           f"(press {LABEL_REFRESH} after adding files)")
     if model_titles is not None and model not in model_titles:
         choices = ", ".join(model_titles) or "none installed (put ControlNet models in models/ControlNet)"
         raise RequestError(f"{where}: model: {model!r} is not in models/ControlNet; choose one of: {choices}")
@@ -342,7 +342,7 @@ def _unit_ui(eid: str, index: int, models: list[str], modules: list[str], size: 
                                 elem_id=f"{eid}_module")
         model = gr.Dropdown(models, value=NO_MODEL, label="Model", allow_custom_value=True, elem_id=f"{eid}_model",
                             scale=2)
-        refresh = gr.Button(SYMBOL_REFRESH, elem_id=f"{eid}_refresh_models", scale=0, min_width=40)
+        refresh = gr.Button(LABEL_REFRESH, elem_id=f"{eid}_refresh_models", scale=0, min_width=80, size="sm")
     with gr.Row():
         weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control weight", elem_id=f"{eid}_weight")
         start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting control step",

@@ -12,6 +12,7 @@ from modules import upscalers
 from modules.schemas import ExtrasRequest, RequestError, parse_request
 from webui import runner
 from webui.runner import Batch, Shown
+from webui.uploads import clear_non_images
 from webui.widgets import Fields, OutputPanel, generate_buttons, given, named_values, output_panel
 
 PREFIX = "extras"
@@ -30,8 +31,8 @@ def create_ui(services) -> ExtrasTab:
     names = [u.name for u in upscalers.list_upscalers(services.settings.models_dir, include_latent=False)]
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="pil", format="png", label="Source", elem_id=f"{PREFIX}_image", sources=["upload", "clipboard"],
-                             height=400)
+            image = gr.Image(type="pil", format="png", label="Source", elem_id=f"{PREFIX}_image",
+                               sources=["upload", "clipboard"], height=400)
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize",
                                    elem_id=f"{PREFIX}_resize_mode")
             scale = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize by", elem_id=f"{PREFIX}_upscaling_resize")
@@ -90,3 +91,4 @@ def bind_events(tab: ExtrasTab, services) -> None:
     tab.panel.generate.click(on_generate, inputs=set(named.values()), outputs=tab.panel.job_outputs(),
                              concurrency_limit=None, show_progress="hidden")
     runner.bind_panel(services, tab.panel)
+    clear_non_images(tab.image)

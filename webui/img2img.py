@@ -9,10 +9,12 @@ import gradio as gr
 from PIL import Image
 
 from modules.schemas import RESIZE_MODES, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
-from webui import xyplot
+from webui import extension_scripts, xyplot
+from webui.brushes import bind_brush_fitting, brush_size, editor_update
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
+from webui.uploads import clear_non_images, open_upload
 from webui.widgets import (
     Fields,
     given,
@@ -20,6 +22,7 @@ from webui.widgets import (
     sampler_row,
     seed_row,
     size_batch_cfg,
+    tab_defaults,
     top_row,
 )
 
@@ -39,11 +42,11 @@ def img2img_options(prefix: str, default_denoise: float = 0.75) -> Fields:
 
 def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> tuple[Fields, Any]:
     """Sampler, size, seed and img2img options: the left column under the image."""
-    settings = services.settings
+    defaults = tab_defaults(services)
     fields: Fields = {**prompt_fields, "styles": styles}
     fields.update(img2img_options(prefix))
-    fields.update(sampler_row(prefix, settings.default_sampler, settings.default_steps))
-    fields.update(size_batch_cfg(prefix, services.native_size()))
+    fields.update(sampler_row(prefix, defaults["sampler_name"], defaults["steps"]))
+    fields.update(size_batch_cfg(prefix, defaults["width"], defaults["height"]))
     seed = seed_row(prefix)
     fields.update(seed.fields)
     return fields, seed
@@ -52,21 +55,28 @@ def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> t
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
     top = top_row(PREFIX, services)
+    native = services.native_size()
+    brush = brush_size(native, native)  # resized to each picture put into the editor (webui.brushes)
     with gr.Row():
         with gr.Column():
             mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", elem_id=f"{PREFIX}_mode")
             image = gr.Image(type="pil", format="png", label="Image for img2img", elem_id=f"{PREFIX}_image",
                              sources=["upload", "clipboard"], height=400)
             sketch = gr.ImageEditor(type="pil", label="Sketch", elem_id=f"{PREFIX}_sketch", visible=False,
-                                    brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0]),
-                                    eraser=gr.Eraser(), format="png", sources=["upload", "clipboard"], height=400)
+                                    brush=gr.Brush(colors=SKETCH_COLORS, default_color=SKETCH_COLORS[0],
+                                                   default_size=brush),
+                                    eraser=gr.Eraser(default_size=brush), format="png",
+                                    sources=["upload", "clipboard"], height=400)
             fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             units = controlnet_accordion(services, PREFIX, image_optional=True)
             script = xyplot.create_ui(PREFIX, services)
+            ext_scripts = extension_scripts.create_ui(services, True, PREFIX)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    extra = {"mode": mode, "sketch": sketch, "xyplot": script}
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image, extra=extra, units=units)
+    extra = {"mode": mode, "sketch": sketch, "xyplot": script, "sketch_background": gr.State(None),
+             "extension_scripts": ext_scripts}
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params,
+                         counters=top.prompt.counters, image=image, extra=extra, units=units)
 
 
 def sketch_image(value: Any) -> Image.Image | None:
@@ -97,12 +107,22 @@ def bind_events(tab: GenerationTab, services) -> None:
         request = build_request(tab.field_values(values), init, tab.units.build(values))
         script_values = {k: v for k, v in values.items() if k in script}
         if script_values.get("xy_enabled"):
-            return xyplot.plan_batch("img2img", request, script_values, services)
-        return Batch([("img2img", request)])
+            planned = xyplot.plan_batch("img2img", request, script_values, services)
+        else:
+            planned = Batch([("img2img", request)])
+        return extension_scripts.with_scripts(planned, ext_scripts, values)
 
-    extra_inputs = {"_mode": mode, "_image": tab.image, "_sketch": sketch, **script}
+    ext_scripts: extension_scripts.ScriptsUi = tab.extra["extension_scripts"]
+    extra_inputs = {"_mode": mode, "_image": tab.image, "_sketch": sketch, **script, **ext_scripts.fields}
     bind_common(tab, services, batch, extra_inputs=extra_inputs)
     mode.change(lambda m: (gr.update(visible=m != "Sketch"), gr.update(visible=m == "Sketch")),
                 inputs=[mode], outputs=[tab.image, sketch], queue=False)
-    # sketching starts from the uploaded image
-    tab.image.change(lambda img: img, inputs=[tab.image], outputs=[sketch], queue=False)
+    # sketching starts from the uploaded image, with the brush sized to it (read raw: see webui.uploads)
+    def to_sketch(payload):
+        picture = open_upload(payload)
+        return editor_update(sketch, picture), picture
+
+    tab.image.change(to_sketch, inputs=[tab.image], outputs=[sketch, tab.extra["sketch_background"]], queue=False,
+                     preprocess=False)
+    bind_brush_fitting(sketch, tab.extra["sketch_background"])
+    clear_non_images(tab.image)

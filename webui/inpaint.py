@@ -1,7 +1,8 @@
 """The inpaint tab: paint the mask with a brush on the image (gr.ImageEditor: brush size, eraser),
 or upload a mask; mask blur, masked content, inpaint area and padding, invert mask.
 
-The mask is every pixel any brush layer covers (alpha > 0); white = repaint. The image is the
+The mask is every pixel any brush layer covers (alpha > 0); white = repaint. The brush paints
+half-transparent white, sized to the picture (``webui.brushes``). The image is the
 editor's background, so brush strokes never leak into the pixels that are kept. ControlNet units
 work as in img2img (a unit without its own image uses the image).
 """
@@ -15,31 +16,34 @@ import numpy as np
 from PIL import Image
 
 from modules.schemas import INPAINTING_FILLS, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
+from webui.brushes import MASK_COLOR, bind_brush_fitting, brush_size
 from webui.controlnet_units import controlnet_accordion
 from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
+from webui.uploads import clear_non_images
 from webui.widgets import given, output_panel, top_row
 
 PREFIX = "inpaint"
 MASK_SOURCES = ("Draw mask", "Upload mask")
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
-BRUSH_SIZE = "auto"  # scales with the image
 
 
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
     top = top_row(PREFIX, services)
+    native = services.native_size()
+    brush = brush_size(native, native)  # resized to each picture put into the editor (webui.brushes)
     with gr.Row():
         with gr.Column():
             source = gr.Radio(list(MASK_SOURCES), value=MASK_SOURCES[0], label="Mask",
                               elem_id=f"{PREFIX}_mask_source")
             editor = gr.ImageEditor(
                 type="pil", label="Image (paint the area to repaint)", elem_id=f"{PREFIX}_editor",
-                brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed",
-                               default_size=BRUSH_SIZE),
-                eraser=gr.Eraser(default_size=BRUSH_SIZE), format="png", layers=False,
+                brush=gr.Brush(colors=[MASK_COLOR], default_color=MASK_COLOR, color_mode="fixed",
+                               default_size=brush),
+                eraser=gr.Eraser(default_size=brush), format="png", layers=False,
                 sources=["upload", "clipboard"], height=420,
             )
             mask_upload = gr.Image(type="pil", format="png", image_mode="L", label="Mask (white = repaint)", visible=False,
@@ -50,8 +54,9 @@ def create_ui(services) -> GenerationTab:
             units = controlnet_accordion(services, PREFIX, image_optional=True)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    extra = {"source": source, "mask_upload": mask_upload}
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=editor, extra=extra, units=units)
+    extra = {"source": source, "mask_upload": mask_upload, "background": gr.State(None)}
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params,
+                         counters=top.prompt.counters, image=editor, extra=extra, units=units)
 
 
 def inpaint_options(prefix: str) -> dict[str, Any]:
@@ -120,3 +125,5 @@ def bind_events(tab: GenerationTab, services) -> None:
     bind_common(tab, services, batch, extra_inputs={"_editor": tab.image, "_mask": mask_upload, "_source": source})
     source.change(lambda s: gr.update(visible=s == MASK_SOURCES[1]), inputs=[source], outputs=[mask_upload],
                   queue=False)
+    bind_brush_fitting(tab.image, tab.extra["background"])
+    clear_non_images(mask_upload)

@@ -11,6 +11,7 @@ from modules.schemas import OUTPAINT_DIRECTIONS, OUTPAINT_FILLS, OutpaintRequest
 from webui.img2img import generation_fields
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
+from webui.uploads import clear_non_images
 from webui.widgets import given, output_panel, top_row
 
 PREFIX = "outpaint"
@@ -38,7 +39,7 @@ def create_ui(services) -> GenerationTab:
             fields["denoising_strength"].value = 0.9
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, image=image)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, counters=top.prompt.counters, image=image)
 
 
 def build_request(values: dict[str, Any], image: Image.Image | None) -> OutpaintRequest:
@@ -57,3 +58,4 @@ def bind_events(tab: GenerationTab, services) -> None:
         return Batch([(request.mode, request)])
 
     bind_common(tab, services, batch, extra_inputs={"_image": tab.image})
+    clear_non_images(tab.image)

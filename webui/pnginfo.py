@@ -10,6 +10,7 @@ import gradio as gr
 
 from modules.images import read_infotext
 from modules.infotext import parse_infotext
+from webui.uploads import clear_non_images, upload_path
 
 PREFIX = "pnginfo"
 
@@ -44,8 +45,8 @@ def describe(path: str | None) -> tuple[str, str]:
         return "", ""
     try:
         text = read_infotext(Path(path))
-    except ValueError as err:
-        return "", f"<p class='easel-error'>{html.escape(str(err))}</p>"
+    except ValueError:
+        return "", f"<p class='easel-error'>{html.escape(f'not an image: {Path(path).name}')}</p>"
     if not text:
         return "", "<p>This image carries no generation parameters.</p>"
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
@@ -55,4 +56,6 @@ def describe(path: str | None) -> tuple[str, str]:
 
 def bind_events(tab: PngInfoTab, services) -> None:
     """Reading the parameters when an image is dropped (the send buttons are wired by the app)."""
-    tab.image.change(describe, inputs=[tab.image], outputs=[tab.parameters, tab.table], queue=False)
+    tab.image.change(lambda payload: describe(upload_path(payload)), inputs=[tab.image],
+                     outputs=[tab.parameters, tab.table], queue=False, preprocess=False)  # raw: see webui.uploads
+    clear_non_images(tab.image)

@@ -22,11 +22,31 @@ POLL_SECONDS = 0.2
 __all__ = ["Batch", "Shown", "shown_from_results", "stream_jobs"]  # the batch types live in the core
 
 
+ERROR_LABEL = "Error"
+STOPPED_LABEL = "Stopped"  # an interrupt is the user's choice, not an error
+INTERRUPTED = "Interrupted."
+
+
+def user_message(err: BaseException) -> str:
+    """An exception as the one line a user reads: the message of Easel's own errors (a ValueError,
+    RequestError or CheckpointError says what was wrong) without the type name; other exceptions
+    keep it (``KeyError: 'x'`` says more than ``'x'``)."""
+    message = " ".join(str(err).split())
+    if isinstance(err, ValueError) and message:
+        return message
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def error_box(panel: OutputPanel, message: str, label: str = ERROR_LABEL) -> dict:
+    """The panel's message box showing ``message`` under ``label``."""
+    return {panel.error: gr.update(value=message, visible=True, label=label)}
+
+
 def error_updates(panel: OutputPanel, message: str) -> dict:
     """Show ``message`` in the error box and as a toast; put the buttons back."""
     gr.Warning(message)
     return {
-        panel.error: gr.update(value=message, visible=True),
+        **error_box(panel, message),
         panel.generate: gr.update(visible=True),
         panel.interrupt: gr.update(visible=False),
         panel.skip: gr.update(visible=False),
@@ -53,7 +73,7 @@ def stream_jobs(
         batch = make_batch()
         jobs = services.submit_all(batch.requests)
     except Exception as err:  # RequestError, CheckpointError, QueueFull, ...: all shown, none raised
-        yield error_updates(panel, str(err))
+        yield error_updates(panel, user_message(err))
         return
     yield {
         panel.generate: gr.update(visible=False),
@@ -86,8 +106,8 @@ def finish_updates(panel: OutputPanel, jobs: list[Job], show: Callable[[list[Gen
             results.append(job.wait(0))
         except JobCancelled:
             problems.append("interrupted")
-        except Exception as err:  # the run's own error, already one line in job.error
-            problems.append(job.error or str(err))
+        except Exception as err:  # the run's own error, as one line without its type name
+            problems.append(user_message(err))
     done = {
         panel.generate: gr.update(visible=True),
         panel.interrupt: gr.update(visible=False),
@@ -99,9 +119,10 @@ def finish_updates(panel: OutputPanel, jobs: list[Job], show: Callable[[list[Gen
     failed = [p for p in problems if p != "interrupted"]
     if failed:
         gr.Warning(failed[0])
-        done[panel.error] = gr.update(value="; ".join(dict.fromkeys(failed)), visible=True)
-    if len(results) < len(jobs) and not failed:
-        done[panel.error] = gr.update(value="Interrupted.", visible=True)
+        done.update(error_box(panel, "; ".join(dict.fromkeys(failed))))
+    interrupted = len(results) < len(jobs) or any(getattr(r, "interrupted", False) for r in results)
+    if interrupted and not failed:
+        done.update(error_box(panel, INTERRUPTED, STOPPED_LABEL))
     if results and len(results) == len(jobs):
         shown = show(results)
         done.update({
@@ -114,7 +135,7 @@ def finish_updates(panel: OutputPanel, jobs: list[Job], show: Callable[[list[Gen
         not_saved = not_saved_warning(results)
         if not_saved:
             gr.Warning(not_saved)
-            done[panel.error] = gr.update(value=not_saved, visible=True)
+            done.update(error_box(panel, not_saved, "Not saved"))
     return done
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -17,12 +18,14 @@ import gradio as gr
 from modules.api.guard import MAX_BODY_BYTES
 from modules.auth import AuthPolicy
 from modules.images import limit_decoded_pixels
-from webui.app import create_ui
+from webui.app import CSS, create_ui
+from webui.extensions import page_head
 
 logger = logging.getLogger(__name__)
 DEFAULT_PORT = 7860
 QUEUE_MAX_SIZE = 256
 THEMES = ("light", "dark")
+SHORTCUTS_JS = Path(__file__).parent / "javascript" / "shortcuts.js"
 
 
 @dataclass
@@ -63,6 +66,11 @@ def theme_head(theme: str | None) -> str | None:
             " })();</script>")
 
 
+def shortcuts_head() -> str:
+    """The keyboard shortcuts and button hints (``webui/javascript/shortcuts.js``) as a <script> for the <head>."""
+    return f"<script>\n{SHORTCUTS_JS.read_text(encoding='utf-8')}\n</script>"
+
+
 def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bool = False, api: bool = False,
           auth: list[tuple[str, str]] | None = None, quiet: bool = False, theme: str | None = None,
           api_auth: list[tuple[str, str]] | None = None) -> Server:
@@ -72,15 +80,16 @@ def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bo
     protects the UI, every Gradio endpoint and the API alike. ``theme`` ("light" or "dark") opens
     the page in that mode; None follows the browser."""
     policy = AuthPolicy(tuple(auth or ()), tuple(api_auth or ()))
-    head = theme_head(theme)
     limit_decoded_pixels(services.settings.max_input_pixels)  # Gradio decodes the UI's uploads itself
     demo = create_ui(services)
+    head = "\n".join(part for part in (theme_head(theme), shortcuts_head(), page_head(services)) if part) or None
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=None)
     app_kwargs = {"lifespan": api_lifespan(services, list(policy.api) or None)} if api else None
     app, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=True, auth=list(policy.ui) or None,
         show_error=True, quiet=quiet, footer_links=["api", "gradio"] if api else ["gradio"], head=head,
         app_kwargs=app_kwargs, max_file_size=MAX_BODY_BYTES,  # the API's body limit for the UI's uploads too
+        css=CSS,
     )
     return Server(demo, local_url, share_url)
 

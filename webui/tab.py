@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from webui import controlnet_units, runner
+from webui.tokens import counter_html
 from webui.widgets import Fields, OutputPanel, SeedRow, infotext_updates, named_values, reuse_seed
 
 
@@ -26,6 +27,7 @@ class GenerationTab:
     image: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
     units: Any = None
+    counters: dict[str, Any] = field(default_factory=dict)  # prompt field name -> its token counter
 
     def field_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """The request fields among a handler's ``{name: value}`` (which also holds its extra inputs)."""
@@ -65,5 +67,25 @@ def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, An
                                 outputs=[tab.fields["seed"]], queue=False)
     if tab.units:
         controlnet_units.bind_units(tab.units, services)
-    tab.read_params.click(tab.infotext_updates, inputs=[tab.fields["prompt"]], outputs=tab.infotext_outputs(),
-                          queue=False)
+
+    def read_params(text: str, infotexts: list[str], selected: int):
+        if not (text or "").strip():  # an empty prompt: restore the last generation shown here
+            text = infotexts[min(max(selected or 0, 0), len(infotexts) - 1)] if infotexts else ""
+            if not text:
+                gr.Info("Nothing to restore yet: generate once, or paste an infotext into the prompt.")
+        return tab.infotext_updates(text) or {tab.fields["prompt"]: gr.update()}
+
+    tab.read_params.click(read_params, inputs=[tab.fields["prompt"], tab.panel.infotexts, tab.panel.selected],
+                          outputs=tab.infotext_outputs(), show_progress="hidden")  # queued: its toast needs it
+    bind_token_counters(tab)
+
+
+def bind_token_counters(tab: GenerationTab) -> None:
+    """Each prompt box's ``n/75`` follows its text (and the steps, which scheduled prompts depend on)."""
+    steps = tab.fields.get("steps")
+    for name, counter in tab.counters.items():
+        box = tab.fields[name]
+        inputs = [box, steps] if steps is not None else [box]
+        for trigger in (box.change, *([steps.change] if steps is not None else [])):
+            trigger(lambda text, n=20: counter_html(text, n), inputs=inputs, outputs=[counter], queue=False,
+                    show_progress="hidden", trigger_mode="always_last")

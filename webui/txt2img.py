@@ -1,4 +1,4 @@
-"""The txt2img tab: prompt, sampler, size, seed, hires fix, ControlNet units and the X/Y plot script.
+"""The txt2img tab: prompt, sampler, size, seed, hires fix, refiner, ControlNet units and the X/Y plot script.
 
 The ControlNet tab is this tab built again with the prefix "controlnet" and its units open on top
 (see webui/controlnet.py)."""
@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules import upscalers
 from modules.schemas import ControlNetUnit, Txt2ImgRequest, parse_request
-from webui import xyplot
+from webui import extension_scripts, xyplot
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
@@ -23,6 +23,7 @@ from webui.widgets import (
     schedule_choices,
     seed_row,
     size_batch_cfg,
+    tab_defaults,
     top_row,
 )
 
@@ -61,6 +62,18 @@ def hires_section(prefix: str, services) -> Fields:
     }
 
 
+def refiner_section(prefix: str, services) -> Fields:
+    """The refiner accordion (A1111's): a checkpoint that takes over at a fraction of the steps."""
+    titles = ["None", *(services.checkpoints.title(info) for info in services.checkpoints.list())]
+    with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}_refiner"):
+        with gr.Row():  # titles, as the infotext's Refiner (pasted parameters) names them
+            checkpoint = gr.Dropdown(titles, value="None", label="Checkpoint", allow_custom_value=True,
+                                     elem_id=f"{prefix}_refiner_checkpoint")
+            switch_at = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Switch at",
+                                  elem_id=f"{prefix}_refiner_switch_at")
+    return {"refiner_checkpoint": checkpoint, "refiner_switch_at": switch_at}
+
+
 def _sampler_names() -> list[str]:
     from modules.samplers import SAMPLER_NAMES
 
@@ -70,24 +83,28 @@ def _sampler_names() -> list[str]:
 def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) -> GenerationTab:
     """Build the tab's components (call inside a ``gr.Tab``). ``controlnet_first``: the ControlNet
     units open above the settings (the ControlNet tab) instead of a closed accordion below them."""
-    settings = services.settings
+    defaults = tab_defaults(services)
     top = top_row(prefix, services)
     with gr.Row():
         with gr.Column():
             if controlnet_first:
                 units = controlnet_accordion(services, prefix, open=True)
             fields: Fields = {**top.prompt.fields, "styles": top.styles}
-            fields.update(sampler_row(prefix, settings.default_sampler, settings.default_steps))
-            fields.update(size_batch_cfg(prefix, services.native_size()))
+            fields.update(sampler_row(prefix, defaults["sampler_name"], defaults["steps"]))
+            fields.update(size_batch_cfg(prefix, defaults["width"], defaults["height"]))
             seed = seed_row(prefix)
             fields.update(seed.fields)
             fields.update(hires_section(prefix, services))
+            fields.update(refiner_section(prefix, services))
             if not controlnet_first:
                 units = controlnet_accordion(services, prefix)
             script = xyplot.create_ui(prefix, services)
+            ext_scripts = extension_scripts.create_ui(services, False, prefix)
         with gr.Column():
             panel = output_panel(prefix, top.generate, top.interrupt, top.skip)
-    return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params, extra={"xyplot": script}, units=units)
+    return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params,
+                         counters=top.prompt.counters, extra={"xyplot": script, "extension_scripts": ext_scripts},
+                         units=units)
 
 
 def build_request(values: dict[str, Any], units: list[ControlNetUnit] | None = None) -> Txt2ImgRequest:
@@ -114,9 +131,11 @@ def make_batch(values: dict[str, Any], script: dict[str, Any], services,
 def bind_events(tab: GenerationTab, services) -> None:
     """Wire Generate (with the X/Y plot), Interrupt/Skip, seed and read-parameters buttons."""
     script: Fields = tab.extra["xyplot"]
+    ext_scripts: extension_scripts.ScriptsUi = tab.extra["extension_scripts"]
 
     def batch(values: dict[str, Any]) -> Batch:
-        return make_batch(tab.field_values(values), {k: v for k, v in values.items() if k in script}, services,
-                          tab.units.build(values))
+        planned = make_batch(tab.field_values(values), {k: v for k, v in values.items() if k in script}, services,
+                             tab.units.build(values))
+        return extension_scripts.with_scripts(planned, ext_scripts, values)
 
-    bind_common(tab, services, batch, extra_inputs=script)
+    bind_common(tab, services, batch, extra_inputs={**script, **ext_scripts.fields})

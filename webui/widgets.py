@@ -19,18 +19,39 @@ from modules import samplers
 from modules.infotext import infotext_to_fields, parse_infotext
 from modules.schemas import MAX_SEED
 from modules.styles import STYLES_FILE, load_styles
+from webui import styles_editor
+from webui.tokens import counter_html
 
 Fields = dict[str, Any]  # field name -> gradio component
 RANDOM_SEED = -1
-SYMBOL_RANDOM = "\U0001f3b2"  # dice
-SYMBOL_REUSE = "\u267b\ufe0f"  # recycle
-SYMBOL_READ_PARAMS = "\u2199\ufe0f"  # arrow down-left, as A1111's "read generation parameters"
-SYMBOL_REFRESH = "\U0001f504"
+# Buttons carry words, not emoji (an emoji renders as an empty box without an emoji font); their
+# tooltips are set by webui/javascript/shortcuts.js.
+LABEL_RANDOM = "Random"
+LABEL_REUSE = "Reuse"
+LABEL_READ_PARAMS = "Read params"  # A1111's "read generation parameters" (↙️)
+LABEL_REFRESH = "Refresh"
 
 
 def named_values(fields: Fields, data: dict) -> dict[str, Any]:
     """``{field name: value}`` from the ``{component: value}`` dict Gradio passes for a set input."""
     return {name: data[comp] for name, comp in fields.items() if comp in data}
+
+
+def updates_where_changed(fields: Fields, values: dict[str, Any]) -> dict:
+    """``{component: value}`` for the named components whose value as built differs from ``values``.
+
+    For page-load events: a new page shows the values the UI was built with, so only what changed
+    since (a saved setting) is sent, and nothing the user may already be typing is touched."""
+    return {fields[name]: value for name, value in values.items() if name in fields and fields[name].value != value}
+
+
+def tab_defaults(services) -> dict[str, Any]:
+    """The generation tabs' defaults from the saved settings: sampler, steps and size (0 in a size
+    setting: the selected checkpoint's native size)."""
+    s = services.settings
+    native = services.native_size() if not (s.default_width and s.default_height) else 0
+    return {"sampler_name": s.default_sampler, "steps": s.default_steps,
+            "width": s.default_width or native, "height": s.default_height or native}
 
 
 def given(values: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +97,8 @@ def seed_row(prefix: str) -> SeedRow:
     with gr.Row():
         seed = gr.Number(label="Seed", value=RANDOM_SEED, precision=0, minimum=-1, maximum=MAX_SEED,
                          elem_id=f"{prefix}_seed", scale=4)
-        random_button = gr.Button(SYMBOL_RANDOM, elem_id=f"{prefix}_random_seed", scale=0, min_width=40)
-        reuse_button = gr.Button(SYMBOL_REUSE, elem_id=f"{prefix}_reuse_seed", scale=0, min_width=40)
+        random_button = gr.Button(LABEL_RANDOM, elem_id=f"{prefix}_random_seed", scale=0, min_width=80, size="sm")
+        reuse_button = gr.Button(LABEL_REUSE, elem_id=f"{prefix}_reuse_seed", scale=0, min_width=80, size="sm")
     with gr.Accordion("Variation seed", open=False):
         with gr.Row():
             subseed = gr.Number(label="Variation seed", value=RANDOM_SEED, precision=0, minimum=-1,
@@ -87,12 +108,12 @@ def seed_row(prefix: str) -> SeedRow:
     return SeedRow({"seed": seed, "subseed": subseed, "subseed_strength": strength}, random_button, reuse_button)
 
 
-def size_batch_cfg(prefix: str, default_size: int = 512) -> Fields:
+def size_batch_cfg(prefix: str, width: int = 512, height: int = 512) -> Fields:
     """Width, height, batch count and size, CFG scale."""
     with gr.Row():
         with gr.Column():
-            width = gr.Slider(8, 2048, value=default_size, step=8, label="Width", elem_id=f"{prefix}_width")
-            height = gr.Slider(8, 2048, value=default_size, step=8, label="Height", elem_id=f"{prefix}_height")
+            width = gr.Slider(8, 2048, value=width, step=8, label="Width", elem_id=f"{prefix}_width")
+            height = gr.Slider(8, 2048, value=height, step=8, label="Height", elem_id=f"{prefix}_height")
         with gr.Column():
             n_iter = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
             batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
@@ -104,22 +125,33 @@ def size_batch_cfg(prefix: str, default_size: int = 512) -> Fields:
 class PromptRow:
     fields: Fields
     read_params: gr.Button
+    counters: dict[str, gr.HTML]  # prompt field name -> its token counter
+
+
+def token_counter(elem_id: str) -> gr.HTML:
+    """The ``n/75`` under a prompt box (filled by ``webui.tokens.counter_html`` as the prompt changes)."""
+    return gr.HTML(counter_html(""), elem_id=elem_id, elem_classes=["easel-token-counter-box"], container=False,
+                   padding=False)
 
 
 def prompt_row(prefix: str) -> PromptRow:
-    """Prompt and negative prompt, with the read-generation-parameters button (↙️)."""
+    """Prompt and negative prompt with their token counters, and the read-generation-parameters button."""
     with gr.Row():
         with gr.Column(scale=8):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
-                                placeholder="Prompt (paste an A1111 infotext and press ↙️ to fill every field)")
+                                placeholder="Prompt (Ctrl+Enter generates; paste an A1111 infotext and press "
+                                            f"{LABEL_READ_PARAMS} to fill every field)")
+            prompt_counter = token_counter(f"{prefix}_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
-        read_params = gr.Button(SYMBOL_READ_PARAMS, elem_id=f"{prefix}_read_params", scale=0, min_width=40)
-    return PromptRow({"prompt": prompt, "negative_prompt": negative}, read_params)
+            negative_counter = token_counter(f"{prefix}_neg_token_counter")
+        read_params = gr.Button(LABEL_READ_PARAMS, elem_id=f"{prefix}_read_params", scale=0, min_width=80, size="sm")
+    return PromptRow({"prompt": prompt, "negative_prompt": negative}, read_params,
+                     {"prompt": prompt_counter, "negative_prompt": negative_counter})
 
 
 @dataclass
 class TopRow:
-    """A generation tab's top row: prompts (with ↙️), Generate/Interrupt/Skip and the styles."""
+    """A generation tab's top row: prompts (with Read params), Generate/Interrupt/Skip and the styles."""
 
     prompt: PromptRow
     generate: gr.Button
@@ -129,7 +161,8 @@ class TopRow:
 
 
 def top_row(prefix: str, services) -> TopRow:
-    """The prompt row on the left; Generate/Interrupt/Skip and the styles dropdown on the right."""
+    """The prompt row on the left; Generate/Interrupt/Skip, the styles dropdown and the styles
+    editor on the right (the editor's events are bound here: they touch only this row)."""
     with gr.Row():
         with gr.Column(scale=6):
             prompt = prompt_row(prefix)
@@ -137,6 +170,8 @@ def top_row(prefix: str, services) -> TopRow:
             generate, interrupt, skip = generate_buttons(prefix)
             styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
                                  elem_id=f"{prefix}_styles")
+            editor = styles_editor.create_ui(prefix, style_names(services))
+    styles_editor.bind_events(editor, services, prompt.fields["prompt"], prompt.fields["negative_prompt"], styles)
     return TopRow(prompt, generate, interrupt, skip, styles)
 
 

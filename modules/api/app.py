@@ -64,8 +64,27 @@ def add_api(app: FastAPI, services: Services, api_auth: list[tuple[str, str]] | 
     install_error_handlers(app)
     app.include_router(create_api(services))
     add_docs(app)
-    app.add_middleware(ApiGuard, credentials=api_auth, max_body_bytes=max_body_bytes)
+    extension_prefixes: list[str] = []
+    app.add_middleware(ApiGuard, credentials=api_auth, max_body_bytes=max_body_bytes, extra_prefixes=extension_prefixes)
+    before = {id(route) for route in app.routes}
+    services.hooks.app_started(app, services)  # extensions add their routes, behind the same guard:
+    extension_prefixes.extend(guarded_prefixes([r for r in app.routes if id(r) not in before]))
     return app
+
+
+def guarded_prefixes(routes: list) -> list[str]:
+    """The path prefixes (first segment) of routes extensions added, for the ApiGuard; an extension
+    route at the root or under Gradio's own paths is guarded by its exact path."""
+    out = []
+    for route in routes:
+        path = getattr(route, "path", "")
+        segment = path.strip("/").split("/", 1)[0]
+        if not segment:
+            continue
+        prefix = f"/{segment}/" if "/" in path.strip("/") and not segment.startswith(("{", "gradio", "file")) else path
+        if prefix not in out:
+            out.append(prefix)
+    return out
 
 
 def add_docs(app: FastAPI) -> None:

@@ -1,5 +1,5 @@
 """``/sdapi/v1`` routes A1111 clients probe that Easel answers in A1111's shapes with little or nothing:
-lists of what Easel does not have (hypernetworks, face restorers, RealESRGAN models, extensions: empty),
+lists of what Easel does not have (hypernetworks, face restorers, RealESRGAN models: empty), the extensions,
 ``script-info``, ``interrogate`` (Easel's shapes-world reader; a 404 naming what is missing otherwise)
 and the reload/refresh/unload routes (Easel loads on demand and reads its folders at each use).
 """
@@ -21,9 +21,22 @@ from .models import (
     InterrogateBody,
     InterrogateResponse,
     RealesrganItem,
+    ScriptArg,
     ScriptInfo,
 )
 from .sdapi import PREFIX, TAG
+
+
+def extension_script_info(services: Services) -> list[ScriptInfo]:
+    """The loaded extensions' scripts (and Easel's built-in ones written on the same API), A1111's shape."""
+    if services.extensions is None:
+        return []
+    out = []
+    for is_img2img in (False, True):
+        for entry in services.extensions.scripts_for(is_img2img):
+            out.append(ScriptInfo(name=entry.title.lower(), is_alwayson=entry.alwayson, is_img2img=is_img2img,
+                                  args=[ScriptArg(**arg) for arg in entry.ui_args(is_img2img)]))
+    return out
 
 
 def create_compat_router(services: Services) -> APIRouter:
@@ -37,7 +50,7 @@ def create_compat_router(services: Services) -> APIRouter:
                       for kind, names in scripts.SCRIPTS.items() for name in names]
         alwayson = [ScriptInfo(name=name, is_alwayson=True, is_img2img=kind == "img2img", args=[])
                     for kind, names in BUILTIN_ALWAYSON.items() for name in (CONTROLNET_SCRIPT, *names)]
-        return selectable + alwayson
+        return selectable + alwayson + extension_script_info(services)
 
     @router.get("/hypernetworks", response_model=list[HypernetworkItem])
     async def get_hypernetworks() -> list[HypernetworkItem]:
@@ -55,9 +68,13 @@ def create_compat_router(services: Services) -> APIRouter:
         return []
 
     @router.get("/extensions", response_model=list[ExtensionItem])
-    async def get_extensions() -> list[ExtensionItem]:
-        """Easel installs no A1111 extensions (ControlNet is built in): always empty."""
-        return []
+    def get_extensions() -> list[ExtensionItem]:
+        """The extensions in the extensions folder (A1111's shape; git fields empty for a folder that is
+        not a git checkout). ``enabled`` is the user's choice; one that failed to load is listed too."""
+        extensions = services.extensions
+        if extensions is None:
+            return []
+        return [ExtensionItem(name=e.name, enabled=e.enabled, **e.git_info()) for e in extensions.items if not e.builtin]
 
     @router.post("/interrogate", response_model=InterrogateResponse,
                  responses={404: {"description": "no interrogator for this model or this image (the message says why)"}})

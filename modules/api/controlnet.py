@@ -101,9 +101,11 @@ def create_controlnet_router(services: Services) -> APIRouter:
 
     @router.get("/module_list")
     async def module_list(alias_names: bool = Query(False)) -> dict[str, Any]:
-        """Preprocessor names (or UI aliases) and their sliders (``module_detail``)."""
-        return {"module_list": preprocessors.list_modules(alias_names),
-                "module_detail": preprocessors.modules_detail(alias_names)}
+        """Preprocessor names (or UI aliases) and their sliders (``module_detail``): the ones Easel runs, then
+        the extension's others, listed as it lists them; a unit or detect that uses one of those is a 422
+        saying it is not available."""
+        return {"module_list": preprocessors.list_modules(alias_names, listed=True),
+                "module_detail": preprocessors.modules_detail(alias_names, listed=True)}
 
     @router.get("/control_types")
     def control_types() -> dict[str, dict[str, dict[str, Any]]]:

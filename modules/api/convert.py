@@ -15,6 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from modules.config import Settings
+from modules.controlnet import preprocessors
 from modules.images import BYTES_PER_PIXEL, ImageTooLarge, decode_image, encode_image_base64
 from modules.schemas import MAX_CONTROLNET_UNITS, ControlNetUnit, GenerationResult
 
@@ -114,11 +115,12 @@ def generation_kind(body: BaseModel) -> str | None:
     return "img2img" if "init_images" in fields else "txt2img"
 
 
-def check_no_alwayson(body: BaseModel) -> None:
-    """Always-on scripts other than ControlNet and A1111's built-ins (on txt2img/img2img bodies) are a 422."""
+def check_no_alwayson(body: BaseModel, extra: tuple[str, ...] = ()) -> None:
+    """Always-on scripts other than ControlNet, A1111's built-ins and ``extra`` (the loaded extensions'
+    always-on titles, lower-case) on txt2img/img2img bodies are a 422."""
     scripts = getattr(body, "alwayson_scripts", None) or {}
     kind = generation_kind(body)
-    known = (CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind]) if kind else ()
+    known = (CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind], *extra) if kind else ()
     unknown = [name for name in scripts if str(name).strip().lower() not in known]
     if unknown:
         names = ", ".join(map(str, unknown))
@@ -259,16 +261,21 @@ def parameters_of(body: BaseModel, hide_images: bool = True) -> dict[str, Any]:
 MASK_EMPTY_BELOW, MASK_FULL_ABOVE = 5, 250
 
 
-def controlnet_units_of(body: BaseModel, budget: InputBudget, where: tuple[Any, ...] = ()) -> list[ControlNetUnit]:
+def controlnet_units_of(body: BaseModel, budget: InputBudget, where: tuple[Any, ...] = (),
+                        warnings: list[str] | None = None) -> list[ControlNetUnit]:
     """The body's ControlNet units, images decoded: from ``alwayson_scripts.controlnet.args`` (the
-    extension's unit objects) or from Easel's own ``controlnet_units``, not both.
+    extension's units) or from Easel's own ``controlnet_units``, not both.
 
-    A unit's ``image`` is base64 text (raw or a data URL), ``{"image": b64, "mask": b64}``, or
-    empty/None for the img2img init image; ``input_image`` is the extension's old name for it. A
-    mask that holds a drawing (a scribble on the extension's canvas) is the map itself, with the
-    preprocessor "none", as the extension does. Units given as positional lists (the extension's
-    oldest form) and bad fields are 422s naming ``alwayson_scripts.controlnet.args.N.field``
-    (under ``where``, the body's place in the HTTP body). Images are decoded within ``budget``.
+    An extension unit is an object with its field names, or a positional list in its field order
+    (``UNIT_POSITIONS``; ``args`` that start with a boolean are one such unit, flattened, the
+    extension's oldest form). A unit without ``enabled`` (or null) is off, as the extension's
+    current units default to disabled; ``warnings`` gets a line for each. A unit's ``image`` is
+    base64 text (raw or a data URL), ``{"image": b64, "mask": b64}``, or empty/None for the img2img
+    init image; ``input_image`` is the extension's old name for it. A mask that holds a drawing (a
+    scribble on the extension's canvas) is the map itself, with the preprocessor "none", as the
+    extension does. Bad fields, and preprocessors Easel does not run, are 422s naming
+    ``alwayson_scripts.controlnet.args.N.field`` (under ``where``, the body's place in the HTTP body).
+    Images are decoded within ``budget``.
     """
     scripts = getattr(body, "alwayson_scripts", None) or {}
     key = next((name for name in scripts if str(name).lower() == CONTROLNET_SCRIPT), None)
@@ -284,15 +291,38 @@ def controlnet_units_of(body: BaseModel, budget: InputBudget, where: tuple[Any, 
                           " extension's field names (enabled, module, model, weight, image, ...)", script)
     args = script["args"]
     loc = (*where, "alwayson_scripts", key, "args")
+    if args and isinstance(args[0], bool):  # one unit, flattened into args (the extension's oldest form)
+        args = [args]
     if len(args) > MAX_CONTROLNET_UNITS:
         raise field_error(loc, f"{len(args)} units; at most {MAX_CONTROLNET_UNITS}", len(args))
     units = []
     for i, arg in enumerate(args):
-        if not isinstance(arg, dict):
-            raise field_error((*loc, i), "a unit is an object with the extension's field names (enabled, module, model,"
-                              " weight, image, ...); units as positional lists are not accepted", arg)
-        units.append(_decoded_unit(arg, (*loc, i), budget))
+        fields = _unit_fields(arg, (*loc, i))
+        if fields.get("enabled") is None:
+            fields["enabled"] = False
+            if warnings is not None:
+                warnings.append(f"alwayson_scripts.{key}.args.{i}: no \"enabled\"; off, as sd-webui-controlnet's units"
+                                ' default to disabled (send "enabled": true to use it)')
+        units.append(_decoded_unit(fields, (*loc, i), budget))
     return units
+
+
+# sd-webui-controlnet's ControlNetUnit fields in their order (since 1.1.136, without guess mode): a unit
+# sent as a positional list gives them in this order, the ones left out take their defaults
+UNIT_POSITIONS = ("enabled", "module", "model", "weight", "image", "resize_mode", "low_vram", "processor_res",
+                  "threshold_a", "threshold_b", "guidance_start", "guidance_end", "pixel_perfect", "control_mode",
+                  "inpaint_crop_input_image", "hr_option", "save_detected_map", "advanced_weighting")
+
+
+def _unit_fields(arg: Any, loc: tuple[Any, ...]) -> dict[str, Any]:
+    """A unit's fields by name: an object as it is, a positional list in ``UNIT_POSITIONS`` order."""
+    if isinstance(arg, dict):
+        return dict(arg)
+    if isinstance(arg, list) and 0 < len(arg) <= len(UNIT_POSITIONS):
+        return dict(zip(UNIT_POSITIONS, arg, strict=False))
+    raise field_error(loc, "a unit is an object with the extension's field names (enabled, module, model, weight,"
+                      f" image, ...) or a list of at most {len(UNIT_POSITIONS)} values in its field order"
+                      f" ({', '.join(UNIT_POSITIONS)})", arg)
 
 
 # sd-webui-controlnet's old unit keys, read as the new ones (its to_processing_unit's ext_compat_keys)
@@ -326,9 +356,15 @@ def _decoded_unit(fields: dict[str, Any], loc: tuple[Any, ...], budget: InputBud
         if not (high <= MASK_EMPTY_BELOW or low >= MASK_FULL_ABOVE):
             data["image"], data["module"] = drawn.convert("RGB"), "none"
     try:
-        return ControlNetUnit.model_validate(data)
+        unit = ControlNetUnit.model_validate(data)
     except ValidationError as err:
         errors = [{"type": e["type"], "loc": ("body", *loc, *e["loc"]), "msg": e["msg"], "input": e.get("input")}
                   for e in err.errors()]
         raise RequestValidationError(errors) from None
+    if unit.enabled:
+        try:
+            preprocessors.get_module(unit.module)
+        except preprocessors.PreprocessorError as err:
+            raise field_error((*loc, "module"), str(err).split(": ", 1)[-1], unit.module) from None
+    return unit
 

@@ -62,13 +62,15 @@ class ApiGuard:
     """ASGI middleware: Basic auth and a body size limit on the API paths (see the module docstring)."""
 
     def __init__(self, app: ASGIApp, credentials: list[tuple[str, str]] | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, extra_prefixes: list[str] | None = None) -> None:
         self.app = app
         self.credentials = list(credentials or [])
         self.max_body_bytes = max_body_bytes
+        # the extensions' routes (on_app_started): the list is filled once their hooks ran, read per request
+        self.extra_prefixes = extra_prefixes if extra_prefixes is not None else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIXES):
+        if scope["type"] != "http" or not scope["path"].startswith((*API_PREFIXES, *self.extra_prefixes)):
             await self.app(scope, receive, send)
             return
         if self.credentials and not credentials_match(basic_credentials(_header(scope, b"authorization")), self.credentials):

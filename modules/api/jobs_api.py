@@ -86,7 +86,7 @@ def job_status(services: Services, job: Job, with_preview: bool = True) -> JobSt
     return JobStatus(
         id=job.id, kind=job.kind, state=job.state.value, position=position_of(services, job),
         progress=JobProgress(step=snap.step, total=snap.total, fraction=snap.fraction, eta=snap.eta_seconds),
-        preview=preview, error=job.error, result=job_result(job),
+        preview=preview, error=job.error, result=job_result(job), interrupted=job.interrupted,
         created=job.created, started=job.started, finished=job.finished,
     )
 
@@ -125,7 +125,8 @@ def create_jobs_router(services: Services) -> APIRouter:
 
     @router.delete("/jobs/{job_id}", response_model=JobCancelResponse)
     async def cancel_job(job_id: str) -> JobCancelResponse:
-        """Cancel: a queued job is removed at once, a running one is interrupted."""
+        """Cancel: a queued job is removed at once (state cancelled); a running one is interrupted: it stops
+        after its current step and ends done with what it made (``interrupted`` true, the last image partial)."""
         job = find_job(services, job_id)
         cancelled = services.queue.cancel(job.id)
         return JobCancelResponse(id=job.id, state=job.state.value, cancelled=cancelled)

@@ -64,23 +64,22 @@ class Lenient:
 # default is named in info.warnings)
 IGNORED_FIELDS = {
     "restore_faces": "no face restorer is installed",
-    "eta": "not implemented", "s_min_uncond": "not implemented", "s_churn": "not implemented",
-    "s_tmax": "not implemented", "s_tmin": "not implemented", "s_noise": "not implemented",
-    "refiner_checkpoint": "the refiner is not implemented", "refiner_switch_at": "the refiner is not implemented",
+    "s_min_uncond": "not implemented",
     "disable_extra_networks": "not implemented", "firstpass_image": "not implemented",
     "firstphase_width": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
     "firstphase_height": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
     "hr_checkpoint_name": "the hires pass runs on the request's checkpoint",
-    "image_cfg_scale": "instruct-pix2pix models are not supported", "mask_round": "not implemented",
+    "image_cfg_scale": "instruct-pix2pix models are not supported",
     "mask_blur_x": "mask_blur blurs both ways", "mask_blur_y": "mask_blur blurs both ways",
-    "initial_noise_multiplier": "not implemented", "latent_mask": "not implemented",
+    "latent_mask": "not implemented",
 }
 
 
 def make_lenient(body: Any, services: Services) -> Lenient:
     """Every A1111 leniency for a txt2img/img2img body, in A1111's order (infotext first)."""
     warnings: list[str] = []
-    body = apply_infotext(body, warnings)
+    pasted = services.extensions.pasted if services.extensions is not None else None
+    body = apply_infotext(body, warnings, pasted)
     warnings.extend(ignored_field_warnings(body))
     warnings.extend(builtin_script_warnings(body))
     body = drop_unknown_styles(body, services, warnings)
@@ -89,15 +88,19 @@ def make_lenient(body: Any, services: Services) -> Lenient:
     return Lenient(body, latent_grid_sizes(body, warnings), warnings)
 
 
-def apply_infotext(body: Any, warnings: list[str]) -> Any:
+def apply_infotext(body: Any, warnings: list[str], pasted: Any = None) -> Any:
     """The body with ``infotext``'s parameters in the fields it did not set (A1111's apply_infotext).
 
     Values that do not fit a field (wrong type, out of range) are left out with a warning.
+    ``pasted(text, params)`` (extensions' ``on_infotext_pasted``) may change the parsed parameters first.
     """
     text = getattr(body, "infotext", None)
     if not text:
         return body
-    parsed = infotext_to_fields(parse_infotext(text))
+    params = parse_infotext(text)
+    if pasted is not None:
+        pasted(text, params)
+    parsed = infotext_to_fields(params)
     unparsed = parsed.pop("_unparsed")
     parsed.pop("controlnet_units", None)  # units need images: not taken from text
     parsed.pop("sd_model_hash", None)

@@ -60,14 +60,7 @@ class AcceptedFields(RequestModel):
     restore_faces: bool | None = Field(None, description=f"{NOT_IMPLEMENTED}: no face restorer is installed")
     do_not_save_samples: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
     do_not_save_grid: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
-    eta: float | None = Field(None, description=NOT_IMPLEMENTED)
     s_min_uncond: float | None = Field(None, description=NOT_IMPLEMENTED)
-    s_churn: float | None = Field(None, description=NOT_IMPLEMENTED)
-    s_tmax: float | None = Field(None, description=NOT_IMPLEMENTED)
-    s_tmin: float | None = Field(None, description=NOT_IMPLEMENTED)
-    s_noise: float | None = Field(None, description=NOT_IMPLEMENTED)
-    refiner_checkpoint: str | None = Field(None, description=NOT_IMPLEMENTED)
-    refiner_switch_at: float | None = Field(None, description=NOT_IMPLEMENTED)
     disable_extra_networks: bool = Field(False, description=NOT_IMPLEMENTED)
     firstpass_image: str | None = Field(None, description=NOT_IMPLEMENTED)
     comments: dict[str, Any] | None = Field(None, description="accepted and ignored")
@@ -83,8 +76,6 @@ class Img2ImgAcceptedFields(AcceptedFields):
     image_cfg_scale: float | None = Field(None, description=f"{NOT_IMPLEMENTED} (instruct-pix2pix models)")
     mask_blur_x: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
     mask_blur_y: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
-    mask_round: bool = Field(True, description=NOT_IMPLEMENTED)
-    initial_noise_multiplier: float | None = Field(None, description=NOT_IMPLEMENTED)
     latent_mask: str | None = Field(None, description=NOT_IMPLEMENTED)
 
 
@@ -410,6 +401,8 @@ class JobStatus(JobCreated):
     preview: str | None = Field(None, description="live preview, base64 PNG")
     error: str | None = None
     result: JobResult | None = Field(None, description="set once the job is done")
+    interrupted: bool = Field(False, description="the job was interrupted while running (state done): the result "
+                                                 "holds what it made, the last image partial")
     created: float
     started: float | None = None
     finished: float | None = None
@@ -418,4 +411,5 @@ class JobStatus(JobCreated):
 class JobCancelResponse(BaseModel):
     id: str
     state: str
-    cancelled: bool = Field(description="False when the job had already finished")
+    cancelled: bool = Field(description="False when the job had already finished; a running job is interrupted "
+                                        "(it ends done, with what it made), a queued one is cancelled")

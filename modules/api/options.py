@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from modules.a1111_compat.option_values import check_option
 from modules.checkpoints import CheckpointError
 from modules.config import Settings, SettingsError, save_settings
 from modules.services import Services
@@ -63,6 +64,8 @@ def read_options(services: Services) -> dict[str, Any]:
     options = {k: v for k, v in A1111_OPTIONS.items() if k not in Settings.model_fields}
     options.update(settings.model_dump(mode="json"))
     options["data_dir"] = str(settings.data_dir)
+    if services.extensions is not None:  # extensions' own options (on_ui_settings), by their names as in A1111
+        options.update({o.key: settings.extension_options.get(o.key, o.default) for o in services.extensions.ui_options()})
     try:
         info = services.checkpoints.get(services.selected_checkpoint)
     except CheckpointError:
@@ -80,8 +83,17 @@ def plan_update(services: Services, values: dict[str, Any]) -> OptionsUpdate:
     changes: dict[str, Any] = {}
     ignored: list[str] = []
     checkpoint = None
+    declared = {o.key: o for o in services.extensions.ui_options()} if services.extensions is not None else {}
+    extension_values: dict[str, Any] = {}
     for key, value in values.items():
-        if key == "sd_model_checkpoint":
+        if key in declared and key not in Settings.model_fields:
+            try:
+                extension_values[key] = check_option(declared[key], value)
+            except SettingsError as err:
+                raise field_error((key,), str(err).removeprefix(f"{key}: "), value) from None
+        elif key == "extension_options":
+            ignored.append(key)  # set each extension option by its own name (checked above)
+        elif key == "sd_model_checkpoint":
             if not isinstance(value, str) or not value:
                 raise field_error((key,), "must be a checkpoint title, name or short hash (see /sdapi/v1/sd-models)", value)
             try:
@@ -108,6 +120,10 @@ def plan_update(services: Services, values: dict[str, Any]) -> OptionsUpdate:
         value = changes.get(field)
         shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)  # JSON has no NaN
         raise field_error((field,), str(err).removeprefix(f"{field}: "), shown) from None
+    if extension_values:
+        merged = {**new_settings.extension_options, **extension_values}
+        new_settings = new_settings.model_copy(update={"extension_options": merged})
+        changes.update(extension_values)
     if checkpoint is not None and checkpoint == services.selected_checkpoint:
         checkpoint = None  # already selected: nothing to switch
     return OptionsUpdate(new_settings, sorted(changes), ignored, checkpoint)

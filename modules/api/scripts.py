@@ -57,17 +57,56 @@ AXIS_LABELS = {"nothing": "Nothing", "seed": "Seed", "steps": "Steps", "cfg scal
 MAX_GRID_CELLS = 64
 
 
-def script_of(body: BaseModel, kind: str) -> str | None:
-    """The requested script's canonical name (None for none); 422 for scripts that do not exist here."""
-    check_no_alwayson(body)
+def extension_titles(extensions: Any, kind: str, alwayson: bool) -> tuple[str, ...]:
+    """Lower-case titles of the loaded extensions' scripts for ``kind`` (always-on or selectable ones)."""
+    if extensions is None:
+        return ()
+    return tuple(s.title.lower() for s in extensions.scripts_for(kind == "img2img") if s.alwayson == alwayson)
+
+
+def script_of(body: BaseModel, kind: str, extensions: Any = None) -> str | None:
+    """The requested built-in script's canonical name (None for none, or for an extension's script:
+    ``extension_fields`` carries that one); 422 for scripts that do not exist here."""
+    check_no_alwayson(body, extension_titles(extensions, kind, alwayson=True))
     name = getattr(body, "script_name", None)
     if not name:
         return None
     wanted = name.strip().lower()
     if wanted in SCRIPTS.get(kind, ()):
         return wanted
-    available = ", ".join(repr(s) for s in SCRIPTS.get(kind, ())) or "none"
+    selectable = (*SCRIPTS.get(kind, ()), *extension_titles(extensions, kind, alwayson=False))
+    if wanted in selectable:
+        return None
+    available = ", ".join(repr(s) for s in selectable) or "none"
     raise field_error(("script_name",), f"script {name!r} not found for {kind}; available: {available}", name)
+
+
+def extension_fields(body: BaseModel, kind: str, extensions: Any) -> dict[str, Any]:
+    """The core request's ``extension_script`` and ``extension_alwayson`` for the body's script fields:
+    ``script_name`` naming an extension's script, ``alwayson_scripts`` entries ``{"args": [...]}`` naming
+    extensions' always-on scripts (each must be that shape: else a 422 naming ``alwayson_scripts.<title>``)."""
+    if extensions is None:
+        return {}
+    from modules.schemas import ScriptCall
+
+    out: dict[str, Any] = {}
+    name = getattr(body, "script_name", None)
+    if name and name.strip().lower() not in SCRIPTS.get(kind, ()) \
+            and name.strip().lower() in extension_titles(extensions, kind, alwayson=False):
+        args = list(getattr(body, "script_args", None) or [])
+        out["extension_script"] = ScriptCall(title=name.strip(), args=args)
+    alwayson = extension_titles(extensions, kind, alwayson=True)
+    given: dict[str, list[Any]] = {}
+    for key, value in (getattr(body, "alwayson_scripts", None) or {}).items():
+        if str(key).strip().lower() not in alwayson:
+            continue
+        args = value.get("args", []) if isinstance(value, dict) else None
+        if not isinstance(args, list):
+            raise field_error(("alwayson_scripts", key), 'must be {"args": [...]}, the script\'s positional args', value)
+        given[str(key).strip().lower()] = args
+    if given:
+        out["extension_alwayson"] = given
+    return out
 
 
 def _arg(args: list[Any], index: int, default: Any) -> Any:

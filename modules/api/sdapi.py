@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from modules import devices, samplers, upscalers
+from modules.batches import shown_from_results
 from modules.checkpoints import CheckpointError
 from modules.images import encode_image_base64, read_infotext
 from modules.infotext import parse_infotext
@@ -82,8 +83,9 @@ class Submitted(NamedTuple):
 
 
 async def wait_for(job: Job) -> Any:
-    """The job's result, awaited without holding a thread; None if it was interrupted. Bad input stays
-    4xx; anything else is a JobFailed (500)."""
+    """The job's result, awaited without holding a thread (an interrupted generation's result holds
+    what it made); None if it was cancelled before it could make anything. Bad input stays 4xx;
+    anything else is a JobFailed (500)."""
     try:
         return await job.wait_async()
     except JobCancelled:
@@ -95,7 +97,8 @@ async def wait_for(job: Job) -> Any:
 
 
 def interrupted_response(job: Job, parameters: dict[str, Any]) -> GenerationResponse:
-    """A1111 answers an interrupted generation with 200 and what was done; Easel keeps no partial images."""
+    """The answer for a job cancelled before it ran (or stopped with the server): 200, as A1111 answers an
+    interrupt, with no images. An interrupted running job answers with what it made (``generation_answer``)."""
     info = {"interrupted": True, "job_id": job.id, "all_prompts": [], "all_seeds": [], "infotexts": []}
     return GenerationResponse(images=[], parameters=parameters, info=json.dumps(info))
 
@@ -114,8 +117,11 @@ async def respond(services: Services, submitted: Submitted, body: Any) -> Genera
 
 
 def generation_answer(job: Job, result: GenerationResult, submitted: Submitted, body: Any) -> GenerationResponse:
-    """A1111's answer for a finished generation (the images encoded: run it in a worker thread)."""
-    images = encode_images(result, submitted.encoding) if body.send_images else []
+    """A1111's answer for a finished generation (the images encoded: run it in a worker thread): the images,
+    then the ControlNet units' detected maps (those with ``save_detected_map``), as sd-webui-controlnet adds them."""
+    images = []
+    if body.send_images:
+        images = encode_images(result, submitted.encoding) + [submitted.encoding.encode(m) for m in result.detected_maps]
     info = info_json(result, submitted.core, job.started, list(submitted.warnings))
     return GenerationResponse(images=images, parameters=parameters_of(body), info=info)
 
@@ -131,7 +137,8 @@ async def grid_response(services: Services, submitted: Submitted, body: Any) -> 
     """Await an "x/y/z plot" request's cells and shape A1111's answer.
 
     Images: the labelled grid first (when every cell made an image), then every cell's images,
-    as A1111 does with "Include Sub Images". An interrupted cell cancels the rest of the grid.
+    as A1111 does with "Include Sub Images". An interrupted cell cancels the rest of the grid: the
+    answer is then the images of the cells made so far (the interrupted one's partial), without a grid.
     """
     jobs = submitted.jobs
     results = []
@@ -142,6 +149,10 @@ async def grid_response(services: Services, submitted: Submitted, body: Any) -> 
                 services.queue.cancel(rest.id)
             return interrupted_response(job, parameters_of(body))
         results.append(result)
+        if result.interrupted:
+            for rest in jobs:
+                services.queue.cancel(rest.id)
+            break
     answer = await run_in_threadpool(grid_answer, submitted, results, body)
     save_errors = [message for r in results for message in r.save_errors]
     return not_saved_response(answer, save_errors) if save_errors else answer
@@ -150,11 +161,12 @@ async def grid_response(services: Services, submitted: Submitted, body: Any) -> 
 def grid_answer(submitted: Submitted, results: list[GenerationResult], body: Any) -> GenerationResponse:
     """The X/Y/Z plot's grid and A1111's answer (images encoded: run it in a worker thread)."""
     batch, core, jobs = submitted.grid, submitted.core, submitted.jobs
-    shown = batch.show(results)
+    shown = batch.show(results) if len(results) == len(jobs) else shown_from_results(results)
     cell_images = sum(len(r.images) for r in results)
     has_grid = len(shown.images) > cell_images
     info = info_dict(results[0], core, jobs[0].started, list(submitted.warnings))
     info.update({
+        "interrupted": any(r.interrupted for r in results), "skipped_images": sum(r.skipped for r in results),
         "all_prompts": ([results[0].prompts[0]] if has_grid else []) + [p for r in results for p in r.prompts],
         "all_seeds": shown.seeds, "infotexts": shown.infotexts, "index_of_first_image": 1 if has_grid else 0,
         "paths": [str(p) for r in results for p in r.paths],
@@ -257,11 +269,12 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     def submit_txt2img(body: Txt2ImgBody) -> Submitted:
         """Check a txt2img body and queue its job(s); decodes ControlNet images (run it in a worker thread)."""
-        script = scripts.script_of(body, "txt2img")
+        script = scripts.script_of(body, "txt2img", services.extensions)
         lenient = make_lenient(body, services)
         body = lenient.body
-        units = controlnet_units_of(body, InputBudget.of(services.settings))
-        core = build_core_request(Txt2ImgRequest, body, services.settings, {"controlnet_units": units, **lenient.sizes})
+        units = controlnet_units_of(body, InputBudget.of(services.settings), warnings=lenient.warnings)
+        core = build_core_request(Txt2ImgRequest, body, services.settings, {
+            "controlnet_units": units, **lenient.sizes, **scripts.extension_fields(body, "txt2img", services.extensions)})
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "txt2img", core, body, lenient.warnings)
         return Submitted(core, [services.submit("txt2img", core)], None, body, tuple(lenient.warnings),
@@ -279,21 +292,22 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     def submit_img2img(body: Img2ImgBody) -> Submitted:
         """Check an img2img body, decode its images and queue its job(s) (run it in a worker thread)."""
-        script = scripts.script_of(body, "img2img")
+        script = scripts.script_of(body, "img2img", services.extensions)
         lenient = make_lenient(body, services)
         body = lenient.body
         if not body.init_images:
             raise field_error(("init_images",), "at least one image is required (base64 or a data:image/...;base64, URL)")
         budget = InputBudget.of(services.settings)
         images = [decode_field(text, ("init_images", i), budget) for i, text in enumerate(body.init_images)]
-        units = controlnet_units_of(body, budget)
+        units = controlnet_units_of(body, budget, warnings=lenient.warnings)
         if script == scripts.OUTPAINTING:
             core = scripts.build_outpaint(body, images, services.settings).model_copy(update={"controlnet_units": units})
             return Submitted(core, [services.submit("outpaint", core)], None, body, tuple(lenient.warnings),
                              ImageEncoding.of(services.settings, body.override_settings))
         mask = decode_field(body.mask, ("mask",), budget) if body.mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings,
-                                  {"init_images": images, "mask": mask, "controlnet_units": units, **lenient.sizes})
+                                  {"init_images": images, "mask": mask, "controlnet_units": units, **lenient.sizes,
+                                   **scripts.extension_fields(body, "img2img", services.extensions)})
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "img2img", core, body, lenient.warnings)
         return Submitted(core, [services.submit("img2img", core)], None, body, tuple(lenient.warnings),
@@ -314,13 +328,15 @@ def create_sdapi_router(services: Services) -> APIRouter:
 
     @router.post("/interrupt")
     async def interrupt() -> dict:
-        """Stop the running job (queued jobs go on)."""
+        """Stop the running job (queued jobs go on). A generation stops after its current step and answers
+        with what it made: the finished images and the partial one, with their infotexts, ``info.interrupted`` true."""
         services.queue.interrupt()
         return {}
 
     @router.post("/skip")
     async def skip() -> dict:
-        """Abandon the image being made and go on with the rest of the batch."""
+        """Cut the iteration being made short (its partial image is kept, as in A1111) and go on with the
+        rest of the batch count; ``info.skipped_images`` counts the iterations cut short."""
         services.queue.skip()
         return {}
 
@@ -416,7 +432,10 @@ def create_sdapi_router(services: Services) -> APIRouter:
     async def get_scripts() -> ScriptsList:
         """The A1111 scripts this server takes, lower-case titles: the selectable ones (``script_name``),
         then the always-on ones (``alwayson_scripts``: ControlNet and A1111's built-ins), as A1111 lists them."""
-        return ScriptsList(**{kind: [*scripts.SCRIPTS[kind], CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind]]
+        ext = services.extensions
+        return ScriptsList(**{kind: [*scripts.SCRIPTS[kind], *scripts.extension_titles(ext, kind, alwayson=False),
+                                     CONTROLNET_SCRIPT, *BUILTIN_ALWAYSON[kind],
+                                     *scripts.extension_titles(ext, kind, alwayson=True)]
                               for kind in ("txt2img", "img2img")})
 
     @router.get("/memory", response_model=MemoryResponse)

@@ -40,6 +40,7 @@ SOFT_INJECTION_BASE = 0.825  # the ControlNet authors' layer decay ("guess mode"
 DEFAULT_PROCESSOR_RES = 512
 
 Residuals = tuple[list[torch.Tensor], torch.Tensor]
+Added = dict[str, torch.Tensor] | None  # SDXL's added_cond_kwargs (text_embeds, time_ids), row for row with the batch
 Crop = tuple[tuple[int, int], tuple[int, int, int, int]]  # (original size, box) of inpainting "only masked"
 
 
@@ -93,9 +94,6 @@ def prepare_units(
     for index, unit in enumerate(units):
         if not unit.enabled or is_untouched(unit):
             continue
-        if ctx.model is not None and ctx.model.is_sdxl:
-            raise unit_error(index, "model", "ControlNet is not supported on SDXL checkpoints yet; choose an SD 1.x/2.x"
-                             " checkpoint")
         title = find_model(ctx, index, unit)
         image = unit_image(index, unit, init_image, crop)
         detected = detect(ctx, index, unit, image, width, height)
@@ -184,6 +182,11 @@ def hint_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
+def detected_maps(prepared: list[PreparedUnit], width: int, height: int) -> list[Image.Image]:
+    """The units' detected maps fitted to the output size, for the units that keep theirs (``save_detected_map``)."""
+    return [fit_map(p.detected, width, height, p.unit.resize_mode) for p in prepared if p.unit.save_detected_map]
+
+
 def infotext_params(prepared: list[PreparedUnit]) -> dict[str, str]:
     """The ``ControlNet N`` infotext keys of the units that ran."""
     return unit_params([(p.index, p.unit, p.title) for p in prepared])
@@ -251,25 +254,33 @@ def soft_scales(count: int) -> list[float]:
     return [SOFT_INJECTION_BASE ** (count - 1 - i) for i in range(count)]
 
 
-def run_net(net, hint: torch.Tensor, sample: torch.Tensor, t, embeds: torch.Tensor, weight: float) -> Residuals:
-    """One ControlNet call on a batch; the hint is repeated over it."""
+def run_net(net, hint: torch.Tensor, sample: torch.Tensor, t, embeds: torch.Tensor, weight: float,
+            added: Added = None) -> Residuals:
+    """One ControlNet call on a batch; the hint is repeated over it. ``added``: SDXL's pooled text and
+    size conditioning (``added_cond_kwargs``), the same the UNet gets."""
     dtype, device = net.dtype, net.device
     cond = hint.to(device, dtype).expand(sample.shape[0], -1, -1, -1)
+    kwargs = {}
+    if added is not None:
+        kwargs["added_cond_kwargs"] = {key: value.to(device, dtype) for key, value in added.items()}
     down, mid = net(sample.to(device, dtype), t, encoder_hidden_states=embeds.to(device, dtype),
-                    controlnet_cond=cond, conditioning_scale=float(weight), return_dict=False)
+                    controlnet_cond=cond, conditioning_scale=float(weight), return_dict=False, **kwargs)
     return list(down), mid
 
 
-def unit_residuals(active: ActiveUnit, sample: torch.Tensor, t, embeds: torch.Tensor, uncond_rows: int) -> Residuals:
+def unit_residuals(active: ActiveUnit, sample: torch.Tensor, t, embeds: torch.Tensor, uncond_rows: int,
+                   added: Added = None) -> Residuals:
     """One unit's residuals for the whole batch, by its control mode; the batch's first
     ``uncond_rows`` rows are the unconditional ones (0: no guidance)."""
     unit = active.prepared.unit
     if unit.control_mode == CONTROL_MORE and uncond_rows:  # the conditional rows only; the uncond rows get zeros
-        down, mid = run_net(active.net, active.prepared.hint, sample[uncond_rows:], t, embeds[uncond_rows:], unit.weight)
+        cond_added = {key: value[uncond_rows:] for key, value in added.items()} if added is not None else None
+        down, mid = run_net(active.net, active.prepared.hint, sample[uncond_rows:], t, embeds[uncond_rows:], unit.weight,
+                            cond_added)
         down = [torch.cat([d.new_zeros((uncond_rows, *d.shape[1:])), d]) for d in down]
         mid = torch.cat([mid.new_zeros((uncond_rows, *mid.shape[1:])), mid])
     else:
-        down, mid = run_net(active.net, active.prepared.hint, sample, t, embeds, unit.weight)
+        down, mid = run_net(active.net, active.prepared.hint, sample, t, embeds, unit.weight, added)
     if unit.control_mode != BALANCED:
         scales = soft_scales(len(down) + 1)
         down = [d * s for d, s in zip(down, scales, strict=False)]
@@ -288,7 +299,8 @@ class Control:
         return Control([ActiveUnit(a.prepared.resized(width, height), a.net) for a in self.active])
 
     def __call__(
-        self, sample: torch.Tensor, t, embeds: torch.Tensor, step: int, total: int, uncond_rows: int
+        self, sample: torch.Tensor, t, embeds: torch.Tensor, step: int, total: int, uncond_rows: int,
+        added: Added = None,
     ) -> Residuals | None:
         """Summed residuals of the units active at ``step`` of ``total`` (None: no unit is); the
         first ``uncond_rows`` rows of the batch are unconditional (composable prompts have several
@@ -298,7 +310,7 @@ class Control:
         for active in self.active:
             if not is_active(active.prepared.unit, step, total):
                 continue
-            down, mid = unit_residuals(active, sample, t, embeds, uncond_rows)
+            down, mid = unit_residuals(active, sample, t, embeds, uncond_rows, added)
             if total_down is None:
                 total_down, total_mid = down, mid
             else:

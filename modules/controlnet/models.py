@@ -156,7 +156,7 @@ def detect_family(state_dict: dict[str, torch.Tensor]) -> str:
 
 def family_of_arch(arch: str) -> str:
     """The ControlNet family a checkpoint architecture takes ("sd1-inpaint" -> "sd1", "sd2-base" -> "sd2")."""
-    return "sdxl" if arch == "sdxl" else "sd2" if arch.startswith("sd2") else "sd1"
+    return "sdxl" if arch.startswith("sdxl") else "sd2" if arch.startswith("sd2") else "sd1"
 
 
 def check_family(controlnet: LoadedControlNet, checkpoint_arch: str, field: str = "controlnet model") -> None:

@@ -17,6 +17,11 @@ Names are sd-webui-controlnet's (internal name, and the UI alias in parentheses)
   ("softedge_hed"): neural annotators of the ``controlnet-aux`` package, loaded only from local
   files in ``models/ControlNet/annotators/`` (names as in lllyasviel/Annotators); never downloaded.
 
+The extension's other preprocessors (``EXTENSION_ONLY``: depth_leres, inpaint_only, reference_only,
+ip-adapter_*, ...) are listed by ``list_modules(listed=True)`` (``GET /controlnet/module_list``), so
+clients that pick names from that list find theirs; using one is a PreprocessorError that says Easel
+does not run it.
+
 Resolution (``processor_res``): before detection the image is resized so its short side is
 ``resolution`` (INTER_CUBIC up, INTER_AREA down, as the extension), and the map is returned at
 that size; the caller fits it to the output. -1 means 512. ``none`` keeps the image's own size.
@@ -93,6 +98,35 @@ MODULES: dict[str, Module] = {m.name: m for m in (
 )}
 
 
+# sd-webui-controlnet's preprocessors (internal name, UI alias) that Easel does not run: listed, not available
+EXTENSION_ONLY: tuple[tuple[str, str], ...] = (
+    ("depth_leres", "depth_leres"), ("depth_leres++", "depth_leres++"), ("depth_zoe", "depth_zoe"),
+    ("depth_anything", "depth_anything"), ("depth_hand_refiner", "depth_hand_refiner"),
+    ("normal_map", "normal_midas"), ("normal_bae", "normal_bae"), ("hed_safe", "softedge_hedsafe"),
+    ("pidinet", "softedge_pidinet"), ("pidinet_safe", "softedge_pidisafe"), ("te_hed", "softedge_teed"),
+    ("pidinet_sketch", "t2ia_sketch_pidi"), ("pidinet_scribble", "scribble_pidinet"), ("scribble_hed", "scribble_hed"),
+    ("mlsd", "mlsd"), ("openpose_hand", "openpose_hand"), ("openpose_face", "openpose_face"),
+    ("openpose_faceonly", "openpose_faceonly"), ("openpose_full", "openpose_full"), ("dw_openpose_full", "dw_openpose_full"),
+    ("animal_openpose", "animal_openpose"), ("densepose", "densepose (pruple bg & purple torso)"),
+    ("densepose_parula", "densepose_parula (black bg & blue torso)"), ("mediapipe_face", "mediapipe_face"),
+    ("segmentation", "seg_ufade20k"), ("oneformer_coco", "seg_ofcoco"), ("oneformer_ade20k", "seg_ofade20k"),
+    ("anime_face_segment", "seg_anime_face"), ("lineart_coarse", "lineart_coarse"), ("lineart_anime", "lineart_anime"),
+    ("lineart_anime_denoise", "lineart_anime_denoise"),
+    ("lineart_standard", "lineart_standard (from white bg & black line)"), ("shuffle", "shuffle"),
+    ("color", "t2ia_color_grid"), ("tile_resample", "tile_resample"), ("tile_colorfix", "tile_colorfix"),
+    ("tile_colorfix+sharp", "tile_colorfix+sharp"), ("blur_gaussian", "blur_gaussian"),
+    ("recolor_luminance", "recolor_luminance"), ("recolor_intensity", "recolor_intensity"),
+    ("inpaint", "inpaint_global_harmonious"), ("inpaint_only", "inpaint_only"), ("inpaint_only+lama", "inpaint_only+lama"),
+    ("reference_only", "reference_only"), ("reference_adain", "reference_adain"),
+    ("reference_adain+attn", "reference_adain+attn"), ("clip_vision", "t2ia_style_clipvision"),
+    ("revision_clipvision", "revision_clipvision"), ("revision_ignore_prompt", "revision_ignore_prompt"),
+    ("ip-adapter_clip_sd15", "ip-adapter_clip_sd15"), ("ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl"),
+    ("ip-adapter_clip_sdxl_plus_vith", "ip-adapter_clip_sdxl_plus_vith"), ("ip-adapter_face_id", "ip-adapter_face_id"),
+    ("ip-adapter_face_id_plus", "ip-adapter_face_id_plus"), ("instant_id_face_embedding", "instant_id_face_embedding"),
+    ("instant_id_face_keypoints", "instant_id_face_keypoints"),
+)
+
+
 @dataclass(frozen=True)
 class Params:
     """Checked preprocessor parameters, defaults filled in."""
@@ -103,18 +137,28 @@ class Params:
     threshold_b: float | None
 
 
-def list_modules(alias_names: bool = False) -> list[str]:
-    """The preprocessor names (the extension's internal names, or its UI aliases)."""
-    return [m.alias if alias_names else m.name for m in MODULES.values()]
+def list_modules(alias_names: bool = False, listed: bool = False) -> list[str]:
+    """The preprocessor names Easel runs (the extension's internal names, or its UI aliases); ``listed``: then
+    the extension's others (``EXTENSION_ONLY``), as its module list has them."""
+    names = [m.alias if alias_names else m.name for m in MODULES.values()]
+    if listed:
+        names += [alias if alias_names else name for name, alias in EXTENSION_ONLY]
+    return names
 
 
 def get_module(name: str | None) -> Module:
-    """The module by internal name or alias (any case); unknown names raise naming the choices."""
+    """The module by internal name or alias (any case); unknown names, and the extension's modules Easel
+    does not run, raise naming the choices."""
     wanted = (name or "none").strip().lower()
     for module in MODULES.values():
         if wanted in (module.name, module.alias.lower()):
             return module
-    raise PreprocessorError("module", f"module: unknown preprocessor {name!r}; choose one of: {', '.join(MODULES)}")
+    choices = ", ".join(MODULES)
+    if any(wanted in (other, alias.lower()) for other, alias in EXTENSION_ONLY):
+        raise PreprocessorError("module", f"module: {name!r} is one of sd-webui-controlnet's preprocessors, but it is not"
+                                          f" available in Easel; the preprocessors Easel runs: {choices} (or send a"
+                                          " ready control map with module none)")
+    raise PreprocessorError("module", f"module: unknown preprocessor {name!r}; choose one of: {choices}")
 
 
 def module_defaults(name: str) -> dict:
@@ -122,9 +166,14 @@ def module_defaults(name: str) -> dict:
     return {"model_free": False, "sliders": get_module(name).sliders()}
 
 
-def modules_detail(alias_names: bool = False) -> dict[str, dict]:
-    """``module_detail`` for every module, keyed like ``list_modules(alias_names)``."""
-    return {(m.alias if alias_names else m.name): module_defaults(m.name) for m in MODULES.values()}
+def modules_detail(alias_names: bool = False, listed: bool = False) -> dict[str, dict]:
+    """``module_detail`` for every module, keyed like ``list_modules(alias_names, listed)``; the extension's
+    modules Easel does not run have the resolution slider only."""
+    detail = {(m.alias if alias_names else m.name): module_defaults(m.name) for m in MODULES.values()}
+    if listed:
+        detail.update({(alias if alias_names else name): {"model_free": False, "sliders": [RESOLUTION_SLIDER]}
+                       for name, alias in EXTENSION_ONLY})
+    return detail
 
 
 def _threshold(module: Module, slider: Slider | None, value: float, field: str) -> float | None:

@@ -20,13 +20,41 @@ from modules.images import ImageSaveError
 from modules.jobs import JobCancelled
 from modules.processing import sampling
 from modules.processing.context import RunContext
+from modules.samplers.schedules import ModelSigmas
 from modules.schemas import GenerationRequest, RequestError
 
 logger = logging.getLogger(__name__)
 
 
-class SkipIteration(Exception):
-    """The user pressed Skip: abandon this iteration of the batch count, go on with the next."""
+def iterations(ctx: RunContext, result, n_iter: int) -> Iterator[int]:
+    """The batch count's iteration numbers, with A1111's Interrupt and Skip between them.
+
+    Interrupt ends the run before the next iteration and Skip goes on with it; the iteration they
+    stopped is kept, its image decoded from where sampling stopped (``step_hook``). Marks the
+    result ``interrupted`` and counts the iterations Skip cut short in ``result.skipped``. A cancel
+    (the queue stopping) raises ``JobCancelled``: nothing is kept.
+    """
+    for n in range(n_iter):
+        if not _go_on(ctx, result):
+            return
+        yield n
+    _go_on(ctx, result)
+
+
+def _go_on(ctx: RunContext, result) -> bool:
+    if ctx.token.skipped:  # the iteration before was cut short; it is kept, the next one runs
+        ctx.token.clear_skip()
+        result.skipped += 1
+    if ctx.token.interrupted:
+        result.interrupted = True
+        return False
+    ctx.token.check()
+    return True
+
+
+def stopped(ctx: RunContext) -> bool:
+    """Whether Interrupt or Skip stopped this iteration's sampling (a hires pass then does not run)."""
+    return ctx.token.interrupted or ctx.token.skipped
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,7 @@ def plan_batch(req: GenerationRequest, ctx: RunContext, rng: random.Random | Non
     settings = ctx.settings
     try:
         sampler_name, schedule = samplers.resolve(req.effective_sampler(settings.default_sampler), req.scheduler)
+        schedule = samplers.effective_schedule_type(sampler_name, schedule)  # what runs, for the infotext
     except ValueError as err:
         raise RequestError(f"sampler_name: {err}") from None
     native = ctx.model.native_size
@@ -88,21 +117,24 @@ def initial_noise(
 def step_hook(
     ctx: RunContext, pipe, done_before: int, steps: int, total: int, strength: float = 1.0
 ) -> sampling.StepCallback:
-    """The core's per-call hook for a pass of ``steps`` at ``strength``: cancel, skip, progress
-    and, every ``show_progress_every_n_steps`` calls, a preview.
+    """The core's per-call hook for a pass of ``steps`` at ``strength``: interrupt, skip, cancel,
+    progress and, every ``show_progress_every_n_steps`` calls, a preview.
 
-    Progress counts the user's sampling steps that run; second-order samplers (Heun, DPM2) evaluate
-    the model about twice per step, so their model calls are scaled down to steps.
+    Interrupt and Skip end the pass after the step that just ran (``sampling.StopSampling``): the
+    core returns that step's denoised latents, which become the iteration's partial image.
+
+    Progress counts the user's sampling steps that run (the sampler reports each step once,
+    however many model calls it takes).
     """
     skipped = steps - sampling.steps_that_run(steps, strength)
     preview_every = ctx.settings.show_progress_every_n_steps
 
     def on_step(index: int, calls: int, latents: torch.Tensor) -> None:
         step = min(steps, -(-(index + 1) * steps // max(1, calls)))
+        if stopped(ctx):
+            raise sampling.StopSampling(latents)
         if ctx.token.cancelled:
-            raise JobCancelled("interrupted")
-        if ctx.token.skipped:
-            raise SkipIteration()
+            raise JobCancelled("cancelled")
         preview = None
         if preview_every and (index + 1) % preview_every == 0:
             preview = decode_preview(pipe, latents)
@@ -117,16 +149,53 @@ def decode_preview(pipe, latents: torch.Tensor):
     from PIL import Image
 
     vae = pipe.vae
-    lat = latents[:1].to(vae.device, vae.dtype) / vae.config.scaling_factor
-    img = vae.decode(lat).sample[0].float().clamp(-1, 1)
+    with vae_upcast(pipe):
+        lat = latents[:1].to(vae.device, vae.dtype) / vae.config.scaling_factor
+        img = vae.decode(lat).sample[0].float().clamp(-1, 1)
     arr = ((img + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr)
 
 
-def scheduler_for(ctx: RunContext, plan: BatchPlan, seed: int | None = None):
-    """A fresh scheduler for one batch iteration; ``seed`` seeds the noise of SDE samplers
-    (DPM++ SDE draws its Brownian noise itself, not from the pipeline's generators)."""
-    return samplers.make_scheduler(ctx.model.pipe.scheduler.config, plan.sampler_name, plan.scheduler, seed=seed)
+def sampler_settings(ctx: RunContext, req: GenerationRequest) -> samplers.SamplerSettings:
+    """A1111's sampler parameters: the settings, with the request's ``eta`` and ``s_*`` fields over them."""
+    s = ctx.settings
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return samplers.SamplerSettings(
+        eta_ancestral=pick(req.eta, s.eta_ancestral), eta_ddim=pick(req.eta, s.eta_ddim),
+        s_churn=pick(req.s_churn, s.s_churn), s_tmin=pick(req.s_tmin, s.s_tmin), s_tmax=pick(req.s_tmax, s.s_tmax),
+        s_noise=pick(req.s_noise, s.s_noise), sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho,
+        always_discard_next_to_last_sigma=s.always_discard_next_to_last_sigma,
+        sgm_noise_multiplier=s.sgm_noise_multiplier, uni_pc_order=s.uni_pc_order,
+        eta_noise_seed_delta=s.eta_noise_seed_delta,
+    )
+
+
+def model_sigmas(pipe) -> ModelSigmas:
+    """The model's noise levels, from its scheduler config (betas, zero-terminal SNR)."""
+    return ModelSigmas.from_config(pipe.scheduler.config)
+
+
+def prediction_type(pipe) -> str:
+    """What the model's UNet predicts: "epsilon" or "v_prediction"."""
+    return pipe.scheduler.config.get("prediction_type", "epsilon")
+
+
+AESTHETIC_SCORES = (6.0, 2.5)  # an SDXL refiner's time ids: A1111's high / low aesthetic scores (prompt / negative)
+
+
+def aesthetic_score(model) -> tuple[float, float] | None:
+    """The aesthetic scores an SDXL refiner's UNet is conditioned on (None for other models)."""
+    return AESTHETIC_SCORES if model.is_refiner else None
+
+
+def sampler_for(ctx: RunContext, req: GenerationRequest, sampler_name: str, scheduler: str, steps: int,
+                batch_seeds: list[int]) -> samplers.SamplerRun:
+    """The sampler of one batch iteration: schedule for ``steps``, step noise from the image seeds."""
+    return samplers.prepare(sampler_name, scheduler, model_sigmas(ctx.model.pipe), steps, batch_seeds,
+                            sampler_settings(ctx, req), sdxl=ctx.model.is_sdxl)
 
 
 def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: int, subseed: int) -> dict[str, Any]:
@@ -141,6 +210,7 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         "Model hash": ctx.model.short_hash,
         "Model": ctx.model.info.model_name,
     }
+    params.update(samplers.infotext_params(plan.sampler_name, plan.scheduler, sampler_settings(ctx, req)))
     if ctx.model.vae_name:
         params["VAE hash"] = ctx.model.vae_hash
         params["VAE"] = ctx.model.vae_name
@@ -151,6 +221,8 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     if req.clip_skip > 1:
         params["Clip skip"] = req.clip_skip
+    if req.tiling:
+        params["Tiling"] = True  # A1111's key: the UNet and VAE padded circularly
     return params
 
 
@@ -251,11 +323,6 @@ def save_if_asked(result, req, ctx: RunContext, image, seed: int, text: str, out
     result.paths.append(path)
 
 
-def require_sd_unet(ctx: RunContext, what: str) -> None:
-    if ctx.model.is_sdxl:
-        raise RequestError(f"{what} is not supported on SDXL checkpoints yet; choose an SD 1.x/2.x checkpoint")
-
-
 @contextmanager
 def vae_tiling_for(pipe, width: int, height: int) -> Iterator[None]:
     """Tile the VAE while working on a large image; the previous setting is put back after."""
@@ -271,31 +338,46 @@ def vae_tiling_for(pipe, width: int, height: int) -> Iterator[None]:
             vae.disable_tiling()
 
 
-@torch.no_grad()
-def encode_images(pipe, images: list) -> torch.Tensor:
-    """PIL images (same size, multiples of 8) to scaled latents: the mean of the VAE posterior
-    (deterministic, so a request reproduces)."""
-    vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
-    with vae_tiling_for(pipe, images[0].width, images[0].height):
-        dist = vae.encode(pixels).latent_dist
-    return dist.mean * vae.config.scaling_factor
+def is_sdxl_pipe(pipe) -> bool:
+    """An SDXL pipeline (base or refiner): it has SDXL's second text encoder."""
+    return getattr(pipe, "text_encoder_2", None) is not None
 
 
-@torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor, upcast: bool = False) -> list:
-    """Latents to PIL images. ``upcast`` (SDXL, as its pipeline does): a float16 VAE whose config
-    says ``force_upcast`` decodes in float32 (SDXL's VAE overflows in float16), then goes back."""
+@contextmanager
+def vae_upcast(pipe, upcast: bool | None = None) -> Iterator[None]:
+    """The VAE in float32 for the block when it is float16 and its config says ``force_upcast``
+    (SDXL's VAE overflows in float16, as its pipelines know), then back; ``upcast`` None: for SDXL
+    pipelines only (SD 1.x/2.x VAEs run in their own dtype, as before)."""
     vae = pipe.vae
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    if upcast is None:
+        upcast = is_sdxl_pipe(pipe)
     own_dtype = vae.dtype
     widen = upcast and own_dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
     if widen:
         vae.to(dtype=torch.float32)
     try:
-        with vae_tiling_for(pipe, latents.shape[-1] * f, latents.shape[-2] * f):
-            pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+        yield
     finally:
         if widen:
             vae.to(dtype=own_dtype)
+
+
+@torch.no_grad()
+def encode_images(pipe, images: list, upcast: bool | None = None) -> torch.Tensor:
+    """PIL images (same size, multiples of the VAE factor) to scaled latents: the mean of the VAE
+    posterior (deterministic, so a request reproduces); ``upcast`` as ``vae_upcast``."""
+    vae = pipe.vae
+    with vae_upcast(pipe, upcast), vae_tiling_for(pipe, images[0].width, images[0].height):
+        pixels = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
+        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return latents.to(vae.dtype)  # the VAE's own dtype again
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor, upcast: bool | None = None) -> list:
+    """Latents to PIL images; ``upcast`` as ``vae_upcast`` (SDXL's float16 VAE decodes in float32)."""
+    vae = pipe.vae
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    with vae_upcast(pipe, upcast), vae_tiling_for(pipe, latents.shape[-1] * f, latents.shape[-2] * f):
+        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
     return pipe.image_processor.postprocess(pixels, output_type="pil")

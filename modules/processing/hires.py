@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from modules import prompt_schedule, samplers, seeds, upscalers
-from modules.processing import common, sampling
+from modules.processing import common, refiner, sampling
 from modules.processing import conditioning as prompt_conditioning
 from modules.processing.context import RunContext
 from modules.schemas import RequestError, Txt2ImgRequest
@@ -48,7 +48,6 @@ def target_size(req: Txt2ImgRequest, width: int, height: int, factor: int) -> tu
 
 def plan_hires(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan) -> HiresPlan:
     """Validate the hires fields: upscaler, sampler and the target size against max_side."""
-    common.require_sd_unet(ctx, "hires fix")
     upscaler = upscalers.get_upscaler(req.hr_upscaler, ctx.settings.models_dir, field="hr_upscaler")
     w, h = target_size(req, plan.width, plan.height, ctx.model.vae_scale_factor)
     upscalers.check_size(w, h, ctx.settings.max_side, "hr_scale/hr_resize")
@@ -90,7 +89,7 @@ def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
 
 
 def conditioning(
-    req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning, first_calls: int, hp: HiresPlan
+    req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning, first_steps: int, hp: HiresPlan
 ) -> sampling.Conditioning:
     """The second pass's prompts: hr_prompt / hr_negative_prompt where given, scheduled as A1111
     schedules the hires pass (edit steps counted on from the first pass); the first pass's
@@ -99,10 +98,8 @@ def conditioning(
     same = (prompt, negative) == (req.prompt, req.negative_prompt)
     if same and prompt_schedule.is_static(prompt) and prompt_schedule.is_static(negative):
         return first
-    scheduler = samplers.make_scheduler(ctx.model.pipe.scheduler.config, hp.sampler_name, hp.scheduler)
-    calls = prompt_conditioning.schedule_length(hp.steps, scheduler)
     with torch.no_grad():
-        return prompt_conditioning.encode(ctx, prompt, negative, req.clip_skip, calls, base_steps=first_calls)
+        return prompt_conditioning.encode(ctx, prompt, negative, req.clip_skip, hp.steps, base_steps=first_steps)
 
 
 def second_pass(
@@ -117,12 +114,17 @@ def second_pass(
     done_before: int,
     total: int,
     control=None,
+    ref=None,
 ) -> list:
-    """Upscale the first pass's latents and run the img2img pass; returns PIL images.
+    """Upscale the first pass's latents and run the img2img pass; returns PIL images (the first
+    pass's, at its size, when Interrupt or Skip stopped it).
 
-    ``control``: the ControlNet units (``modules.controlnet.apply.Control``) with their maps at the target size.
+    ``control``: the ControlNet units (``modules.controlnet.apply.Control``) with their maps at the target size;
+    ``ref``: the refiner (``processing.refiner.Refiner``), which takes over at its switch within this pass.
     """
     pipe = ctx.model.pipe
+    if common.stopped(ctx):  # Interrupt or Skip in the first pass: its partial image, as A1111 returns it
+        return common.decode_latents(pipe, latents, upcast=ctx.model.is_sdxl)
     f = ctx.model.vae_scale_factor
     lh, lw = hp.height // f, hp.width // f
     nothing_to_denoise = pass_steps(req, hp) == 0
@@ -137,9 +139,11 @@ def second_pass(
     if nothing_to_denoise:
         return common.decode_latents(pipe, init)
     noise = seeds.create_noise((latents.shape[1], lh, lw), batch_seeds, batch_subseeds, req.subseed_strength)
-    out = sampling.sample(sampling.SamplingInput(
+    inp = sampling.SamplingInput(
         unet=pipe.unet,
-        scheduler=samplers.make_scheduler(pipe.scheduler.config, hp.sampler_name, hp.scheduler, seed=batch_seeds[0]),
+        sampler=common.sampler_for(ctx, req, hp.sampler_name, hp.scheduler, hp.steps, batch_seeds),
+        model_sigmas=common.model_sigmas(pipe),
+        prediction_type=common.prediction_type(pipe),
         device=pipe._execution_device,
         conditioning=cond,
         noise=noise,
@@ -149,7 +153,12 @@ def second_pass(
         init_latents=init,
         control=control,
         size_condition=(hp.height, hp.width) if ctx.model.is_sdxl else None,
-        generators=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+        aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
-    ))
-    return common.decode_latents(pipe, out, upcast=ctx.model.is_sdxl)
+        hooks=ctx.hooks,
+    )
+    inp = refiner.split(ref, inp)
+    out = sampling.sample(inp)
+    if ref is not None:  # the refiner takes over at its switch within this pass
+        out = refiner.refine(ref, ctx, req, inp, out)
+    return common.decode_latents(pipe, out)

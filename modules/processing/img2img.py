@@ -29,7 +29,7 @@ from PIL import Image
 
 from modules import masks
 from modules.controlnet import apply as controlnet
-from modules.processing import common, conditioning, sampling
+from modules.processing import common, conditioning, refiner, sampling
 from modules.processing.context import RunContext
 from modules.schemas import INPAINTING_FILLS, GenerationResult, Img2ImgRequest, RequestError
 
@@ -68,7 +68,6 @@ def round_down_8(v: int, factor: int) -> int:
 
 def run(req: Img2ImgRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
     # 1. resolve the request
-    common.require_sd_unet(ctx, "img2img")
     req = common.apply_request_styles(req, ctx)
     if not req.init_images:
         raise RequestError("init_images: at least one image is needed for img2img")
@@ -121,6 +120,8 @@ def prepare(req: Img2ImgRequest, plan: common.BatchPlan, image: Image.Image, mas
 def image_params(req: Img2ImgRequest) -> dict[str, Any]:
     """The infotext keys A1111 adds for img2img and inpainting, in its order."""
     params: dict[str, Any] = {"Denoising strength": req.denoising_strength}
+    if req.initial_noise_multiplier != 1.0:
+        params["Noise multiplier"] = req.initial_noise_multiplier
     if req.mask is not None:
         params["Mask blur"] = req.mask_blur
         if req.inpainting_mask_invert:
@@ -132,10 +133,10 @@ def image_params(req: Img2ImgRequest) -> dict[str, Any]:
     return params
 
 
-def latent_mask(mask: Image.Image, latent_w: int, latent_h: int) -> torch.Tensor:
-    """(1, 1, h, w) mask at latent size, rounded to 0/1 as A1111 does."""
+def latent_mask(mask: Image.Image, latent_w: int, latent_h: int, rounded: bool = True) -> torch.Tensor:
+    """(1, 1, h, w) mask at latent size, rounded to 0/1 as A1111 does (its ``mask_round``, on by default)."""
     small = np.asarray(mask.resize((latent_w, latent_h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    return torch.from_numpy(np.around(small))[None, None]
+    return torch.from_numpy(np.around(small) if rounded else small)[None, None]
 
 
 @torch.no_grad()
@@ -143,13 +144,13 @@ def inpaint_channels(pipe, image: Image.Image, mask: Image.Image | None, latent_
     """A 9-channel UNet's extra input: the mask (latent size) and the latents of the image with
     the masked area blanked (no mask: everything is masked, as A1111 does for img2img)."""
     vae = pipe.vae
-    pixels = pipe.image_processor.preprocess([image]).to(vae.device, vae.dtype)
-    if mask is None:
-        pixel_mask = torch.ones_like(pixels[:, :1])
-    else:
-        pixel_mask = torch.from_numpy(np.around(np.asarray(mask, dtype=np.float32) / 255.0))[None, None]
-    masked = pixels * (1 - pixel_mask.to(pixels))
-    with common.vae_tiling_for(pipe, image.width, image.height):
+    with common.vae_upcast(pipe), common.vae_tiling_for(pipe, image.width, image.height):
+        pixels = pipe.image_processor.preprocess([image]).to(vae.device, vae.dtype)
+        if mask is None:
+            pixel_mask = torch.ones_like(pixels[:, :1])
+        else:
+            pixel_mask = torch.from_numpy(np.around(np.asarray(mask, dtype=np.float32) / 255.0))[None, None]
+        masked = pixels * (1 - pixel_mask.to(pixels))
         masked_latents = vae.encode(masked).latent_dist.mean * vae.config.scaling_factor
     small = torch.nn.functional.interpolate(pixel_mask.float(), size=latent_size).round()
     return torch.cat([small.to(masked_latents), masked_latents], dim=1)
@@ -167,34 +168,32 @@ def generate(
     """Steps 3-4 for prepared init images (also used by outpainting), with the request's ControlNet units."""
     pipe = ctx.model.pipe
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height, *control_input(preps[0]))
-    extra_params = {**extra_params, **controlnet.infotext_params(units)}
-    calls = conditioning.schedule_length(req.steps, common.scheduler_for(ctx, plan))
+    rp = refiner.plan(req, ctx)
+    extra_params = {**extra_params, **controlnet.infotext_params(units), **refiner.params(rp)}
     with torch.no_grad():
-        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, calls)
+        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
     run_steps = sampling.steps_that_run(req.steps, req.denoising_strength)
     total = run_steps * req.n_iter
     ctx.progress.update(0, total)
     result = common.new_result(ctx, plan)
     result.comments.extend(notes)
+    result.detected_maps = controlnet.detected_maps(units, plan.width, plan.height)
     f = ctx.model.vae_scale_factor
     lw, lh = plan.width // f, plan.height // f
     nine = pipe.unet.config.in_channels == 9
     encoded: dict[int, torch.Tensor] = {}  # each init image goes through the VAE once per request
-    with controlnet.controlnets_in_use(ctx, units if run_steps else []) as control:
-        for n in range(req.n_iter):
-            ctx.token.check()
+    with (controlnet.controlnets_in_use(ctx, units if run_steps else []) as control,
+          refiner.in_use(ctx, rp if run_steps else None, req, req.steps) as ref):
+        for n in common.iterations(ctx, result, req.n_iter):  # Interrupt and Skip keep the partial image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             batch = [preps[(n * req.batch_size + j) % len(preps)] for j in range(req.batch_size)]
+            ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
             if run_steps == 0:  # nothing to denoise: the input comes back exactly
                 finals = [p.finish(p.image.copy()) for p in batch]
             else:
-                try:
-                    finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
-                                            n * run_steps, total, (lw, lh), nine, encoded, control)
-                except common.SkipIteration:
-                    ctx.token.clear_skip()
-                    result.skipped += 1
-                    continue
+                finals = _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds,
+                                        n * run_steps, total, (lw, lh), nine, encoded, control, ref)
+            finals = ctx.hooks.images_decoded(req.mode, req, n, finals, batch_seeds, ctx)  # extensions' image_decoded
             common.add_batch(result, req, ctx, plan, finals, batch_seeds, batch_subseeds, extra_params, outdir)
     if result.images:
         result.width, result.height = result.images[0].size
@@ -215,7 +214,7 @@ def control_input(prep: Prepared) -> tuple[Image.Image, tuple[tuple[int, int], t
 
 
 def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseeds, done, total, latent_size, nine,
-                   encoded: dict[int, torch.Tensor], control=None):
+                   encoded: dict[int, torch.Tensor], control=None, ref: refiner.Refiner | None = None):
     lw, lh = latent_size
     for p in batch:
         if id(p) not in encoded:
@@ -227,7 +226,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
     blend = None
     if batch[0].mask is not None:
-        blend = torch.cat([latent_mask(p.mask, lw, lh) for p in batch]).to(device, dtype)
+        blend = torch.cat([latent_mask(p.mask, lw, lh, req.mask_round) for p in batch]).to(device, dtype)
         init = init.to(device, dtype)
         if req.inpainting_fill == 2:  # latent noise
             init = init * (1 - blend) + noise.to(device, dtype) * blend
@@ -236,12 +235,14 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     extra = None
     if nine:
         extra = torch.cat([inpaint_channels(pipe, p.image, p.mask, (lh, lw)) for p in batch]).to(device, dtype)
-    latents = sampling.sample(sampling.SamplingInput(
+    inp = sampling.SamplingInput(
         unet=pipe.unet,
-        scheduler=common.scheduler_for(ctx, plan, batch_seeds[0]),
+        sampler=common.sampler_for(ctx, req, plan.sampler_name, plan.scheduler, req.steps, batch_seeds),
+        model_sigmas=common.model_sigmas(pipe),
+        prediction_type=common.prediction_type(pipe),
         device=device,
         conditioning=cond,
-        noise=noise,
+        noise=noise * req.initial_noise_multiplier,  # A1111's Noise multiplier: the noise on the init latents
         steps=req.steps,
         cfg_scale=req.cfg_scale,
         strength=req.denoising_strength,
@@ -249,7 +250,13 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         mask=None if nine else blend,
         inpaint_channels=extra,
         control=control,
-        generators=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+        size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
+        aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
-    ))
+        hooks=ctx.hooks,
+    )
+    inp = refiner.split(ref, inp)
+    latents = sampling.sample(inp)
+    if ref is not None:  # the refiner takes over at its switch
+        latents = refiner.refine(ref, ctx, req, inp, latents, blend)
     return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]

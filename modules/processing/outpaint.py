@@ -50,7 +50,6 @@ def extend_canvas(image: Image.Image, margin: tuple[int, int, int, int], fill: s
 
 
 def run(req: OutpaintRequest, ctx: RunContext, rng: random.Random | None = None) -> GenerationResult:
-    common.require_sd_unet(ctx, "outpainting")
     req = common.apply_request_styles(req, ctx)
     if not req.init_images:
         raise RequestError("init_images: outpainting needs the image to extend")

@@ -2,7 +2,8 @@
 
 The sampling runs through the one core (``processing.sampling``) from seeded noise at strength 1,
 with the ControlNets' residuals when the request has units; the hires fix's second pass is the
-same core's img2img run at the target size.
+same core's img2img run at the target size. A refiner (``processing.refiner``) takes over the
+steps after its switch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 import torch
 
 from modules.controlnet import apply as controlnet
-from modules.processing import common, conditioning, hires, sampling
+from modules.processing import common, conditioning, hires, refiner, sampling
 from modules.processing.context import RunContext
 from modules.schemas import GenerationResult, Txt2ImgRequest
 
@@ -23,37 +24,36 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     plan = common.plan_batch(req, ctx, rng)
     hp = hires.plan_hires(req, ctx, plan) if req.enable_hr else None
     units = controlnet.prepare_units(req.controlnet_units, ctx, plan.width, plan.height)
+    rp = refiner.plan(req, ctx)  # with the hires fix: in the second pass (A1111's default)
     pipe = ctx.model.pipe
-    # 2. prompts to embeddings, each distinct text once for the whole request, scheduled over the denoiser calls
-    calls = conditioning.schedule_length(req.steps, common.scheduler_for(ctx, plan))
+    # 2. prompts to embeddings, each distinct text once for the whole request, scheduled over the steps
     with torch.no_grad():
-        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, calls)
-        hr_cond = hires.conditioning(req, ctx, cond, calls, hp) if hp else None
+        cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
+        hr_cond = hires.conditioning(req, ctx, cond, req.steps, hp) if hp else None
     per_iteration = req.steps + (hires.pass_steps(req, hp) if hp else 0)
     total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
     result = common.new_result(ctx, plan, hp.width if hp else None, hp.height if hp else None)
-    extra_params = {**(hires.params(req, hp) if hp else {}), **controlnet.infotext_params(units)}
-    # 3. the ControlNet models (if any), locked on the device for the whole request
-    with controlnet.controlnets_in_use(ctx, units) as control:
+    result.detected_maps = controlnet.detected_maps(units, plan.width, plan.height)
+    extra_params = {**(hires.params(req, hp) if hp else {}), **controlnet.infotext_params(units), **refiner.params(rp)}
+    # 3. the ControlNet models and the refiner (if any), locked on the device for the whole request
+    with (controlnet.controlnets_in_use(ctx, units) as control,
+          refiner.in_use(ctx, rp, req, hp.steps if hp else req.steps, hires=hp is not None) as ref):
         hr_control = control.resized(hp.width, hp.height) if control and hp else None  # maps at the hires size
-        for n in range(req.n_iter):
-            ctx.token.check()
+        for n in common.iterations(ctx, result, req.n_iter):  # Interrupt and Skip keep the partial image
             # 4. seeded noise on the CPU, one draw per image
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
-            # 5. denoise and decode, with a fresh sampler built from the model's own scheduler config
-            try:
-                latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control)
-                if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
-                    images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
-                                               n * per_iteration + req.steps, total_steps, control=hr_control)
-                else:
-                    images = common.decode_latents(pipe, latents, upcast=ctx.model.is_sdxl)
-            except common.SkipIteration:
-                ctx.token.clear_skip()
-                result.skipped += 1
-                continue
+            ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
+            # 5. denoise and decode (the sampler's step noise seeded from the image seeds)
+            latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control,
+                                 None if hp else ref)
+            if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
+                images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
+                                           n * per_iteration + req.steps, total_steps, control=hr_control, ref=ref)
+            else:
+                images = common.decode_latents(pipe, latents)
+            images = ctx.hooks.images_decoded(req.mode, req, n, images, batch_seeds, ctx)  # extensions' image_decoded
             # 6. infotext per image, saved atomically
             common.add_batch(result, req, ctx, plan, images, batch_seeds, batch_subseeds, extra_params,
                              ctx.settings.outdir_txt2img_samples)
@@ -70,13 +70,16 @@ def first_pass(
     done: int,
     total: int,
     control: controlnet.Control | None,
+    ref: refiner.Refiner | None = None,
 ) -> torch.Tensor:
-    """One iteration's sampling from noise (strength 1) through the core; returns the latents."""
+    """One iteration's sampling from noise (strength 1) through the core; returns the latents. With a
+    refiner, the base runs to the switch and the refiner the rest."""
     pipe = ctx.model.pipe
-    generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-    return sampling.sample(sampling.SamplingInput(
+    inp = sampling.SamplingInput(
         unet=pipe.unet,
-        scheduler=common.scheduler_for(ctx, plan, batch_seeds[0]),
+        sampler=common.sampler_for(ctx, req, plan.sampler_name, plan.scheduler, req.steps, batch_seeds),
+        model_sigmas=common.model_sigmas(pipe),
+        prediction_type=common.prediction_type(pipe),
         device=pipe._execution_device,
         conditioning=cond,
         noise=noise,
@@ -84,6 +87,10 @@ def first_pass(
         cfg_scale=req.cfg_scale,
         control=control,
         size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
-        generators=generators,
+        aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total),
-    ))
+        hooks=ctx.hooks,
+    )
+    inp = refiner.split(ref, inp)
+    latents = sampling.sample(inp)
+    return refiner.refine(ref, ctx, req, inp, latents) if ref else latents

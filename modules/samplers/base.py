@@ -53,6 +53,22 @@ class StepInfo:
 StepCallback = Callable[[StepInfo], None]
 
 
+def report(callback: StepCallback | None, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
+    """Tell the callback (if any) about step ``i``."""
+    if callback is not None:
+        callback(StepInfo(i, x, sigma, denoised))
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of an ancestral step (Karras et al. 2022): step deterministically to
+    sigma_down, then add sigma_up of fresh noise, so that sigma_down^2 + sigma_up^2 = sigma_next^2;
+    eta 1 adds DDPM's posterior noise, eta 0 none."""
+    if not eta or sigma_next == 0:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     """A1111's sampler parameters (Settings > Sampler parameters); each sampler reads what it uses."""

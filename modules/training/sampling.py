@@ -14,6 +14,7 @@ from PIL import Image
 
 from modules import prompts, samplers
 from modules.processing import common, sampling
+from modules.samplers.schedules import ModelSigmas
 
 SAMPLER = "Euler a"
 CFG_SCALE = 7.0
@@ -34,15 +35,17 @@ def sample_images(pipe: Any, method: Any, texts: list[str], seed: int, steps: in
                                                       embeddings=embeddings)
             generator = torch.Generator().manual_seed(seed)
             noise = torch.randn((1, channels, resolution // factor, resolution // factor), generator=generator)
+            model_sigmas = ModelSigmas.from_config(pipe.scheduler.config)
             latents = sampling.sample(sampling.SamplingInput(
                 unet=unet,
-                scheduler=samplers.make_scheduler(pipe.scheduler.config, SAMPLER),
+                sampler=samplers.prepare(SAMPLER, None, model_sigmas, steps, [seed]),
+                model_sigmas=model_sigmas,
+                prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
                 device=device,
                 conditioning=sampling.Conditioning.fixed(cond, uncond),
                 noise=noise,
                 steps=steps,
                 cfg_scale=CFG_SCALE,
-                generators=[generator],
             ))
             images.extend(common.decode_latents(pipe, latents))
     finally:
