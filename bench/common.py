@@ -39,6 +39,29 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def write_sd15_checkpoint(path: Path, seed: int = 0, dtype_name: str = "fp16") -> Path:
+    """A random SD 1.5-size single file (original layout, ``dtype_name`` tensors: 2 GB in fp16, no
+    ``.yaml``: the shipped SD 1.x configs apply, as for a downloaded SD 1.5)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from modules.ldm_export import pipeline_to_ldm
+    from modules.model_loading import shipped_configs
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    cfg = shipped_configs("sd1")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(cfg.unet).to(dtype)
+    vae = AutoencoderKL.from_config(cfg.vae).to(dtype)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)).to(dtype)
+    state = {k: v.contiguous() for k, v in pipeline_to_ldm(unet, vae, text_encoder).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
 def bundled_data_dir() -> Path:
     """A temporary data folder holding only the shipped model (and its .yaml)."""
     import shutil

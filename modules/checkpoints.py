@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
 import os
 import pickle
 import threading
@@ -124,15 +126,70 @@ def scan_checkpoints(dirs: list[Path]) -> list[CheckpointInfo]:
     return sorted(found.values(), key=lambda c: c.name.lower())
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a single-file checkpoint, read without running any code."""
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _safetensors_header(path: Path, size: int) -> tuple[dict[str, Any], int]:
+    """The JSON header of a .safetensors file and where its data starts; CheckpointError if malformed."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= min(size - 8, 100 << 20):
+            raise CheckpointError(f"{path.name} is not a readable .safetensors file: bad header length")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{path.name} is not a readable .safetensors file: header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name} is not a readable .safetensors file: header is not a JSON object")
+    return header, 8 + length
+
+
+def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file in one pass over its bytes: each is read from a private memory
+    map straight into its own memory, its floats converted to ``dtype`` on the way (None: kept), so
+    no second copy of the file is ever held (as ``safetensors.load_file`` followed by a cast would).
+    Dtypes this reader does not know (fp8, ...) go through ``safetensors.load_file``."""
+    size = path.stat().st_size
+    header, data_start = _safetensors_header(path, size)
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if any(not isinstance(v, dict) or v.get("dtype") not in SAFETENSORS_DTYPES for v in entries.values()):
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+        for name, entry in entries.items():
+            file_dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = [int(n) for n in entry["shape"]]
+            start, end = (int(n) for n in entry["data_offsets"])
+            count = math.prod(shape)
+            if end - start != count * file_dtype.itemsize or data_start + end > size or start < 0:
+                raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} lies outside the file")
+            want = dtype if dtype is not None and file_dtype.is_floating_point else file_dtype
+            if count == 0:
+                out[name] = torch.empty(shape, dtype=want)
+                continue
+            view = torch.frombuffer(mapped, dtype=file_dtype, count=count, offset=data_start + start).view(shape)
+            out[name] = torch.empty(shape, dtype=want).copy_(view)  # copies (and converts): the map is closed next
+            del view
+    return out
+
+
+def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a single-file checkpoint, read without running any code; floats in ``dtype``
+    when given (converted while read), else in the file's dtypes."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path))
+            return read_safetensors(path, dtype)
+        except CheckpointError:
+            raise
         except Exception as err:  # safetensors raises several types for a damaged file
             raise CheckpointError(f"{path.name} is not a readable .safetensors file: {err}") from None
     if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
@@ -141,7 +198,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
-        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+                for k, v in obj.items() if isinstance(v, torch.Tensor)}
     raise CheckpointError(f"{path.name}: unsupported checkpoint type; use .safetensors, .ckpt, .pt or .pth")
 
 

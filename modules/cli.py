@@ -26,8 +26,13 @@ def add_settings_flags(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--medvram", action="store_true", help="offload whole models to the CPU between uses")
     g.add_argument("--lowvram", action="store_true", help="offload layer by layer (slowest, least VRAM)")
     g.add_argument("--vae-tiling", action="store_true", default=None, help="decode large images in tiles")
+    g.add_argument("--compile", action="store_true", default=None, dest="compile_unet",
+                   help="torch.compile the UNet: faster steps after a slow first generation per model and size")
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], default=None,
+                   help="UNet/VAE weights in channels_last memory format (auto: where it measured faster)")
     a1111 = ap.add_argument_group("A1111 device flags (shorthands for the settings above)")
     a1111.add_argument("--no-half", action="store_true", help="run in full precision (same as --precision fp32)")
+    a1111.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32 whatever the precision")
     a1111.add_argument("--xformers", action="store_true", help="xformers attention (same as --attention xformers)")
     a1111.add_argument("--opt-sdp-attention", action="store_true",
                        help="PyTorch scaled-dot-product attention (same as --attention sdpa)")
@@ -78,6 +83,9 @@ def settings_from_args(args: argparse.Namespace):
         **a1111_device_settings(args),
         "memory_mode": "lowvram" if args.lowvram else "medvram" if args.medvram else None,
         "vae_tiling": args.vae_tiling,
+        "vae_precision": "fp32" if args.no_half_vae else None,
+        "compile_unet": args.compile_unet,
+        "channels_last": args.channels_last,
         "extensions_dir": getattr(args, "extensions_dir", None),
     }
     return load_settings(args.data_dir, overrides)

@@ -41,6 +41,14 @@ class Settings(BaseModel):
     device: str = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     attention: Literal["auto", "sdpa", "xformers"] = "auto"
+    vae_precision: Literal["auto", "fp32"] = Field(
+        "auto", description="the VAE's dtype: auto = the precision's, except fp32 where that measured better"
+                            " (bench/README.md); fp32 = always fp32 (--no-half-vae)")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="UNet, VAE and ControlNet weights in channels_last memory format; auto = where it measured"
+                            " faster (bf16 on the CPU)")
+    compile_unet: bool = Field(False, description="torch.compile the UNet (--compile): faster steps after a slow first"
+                                                  " call per model and image size")
     memory_mode: Literal["normal", "medvram", "lowvram"] = "normal"
     vae_tiling: bool = False
     vae_slicing: bool = False

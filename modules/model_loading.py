@@ -12,6 +12,7 @@ One routine per source, top to bottom:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ import torch
 
 from modules.checkpoints import UNET_IN_KEY, CheckpointError, CheckpointInfo, detect_architecture, read_state_dict
 from modules.config import CONFIGS_DIR
+from modules.devices import cast_components
 
 TOKENIZER_DIR = CONFIGS_DIR / "tokenizer"
 
@@ -85,8 +87,10 @@ def _read_json(path: Path) -> dict:
     return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
+@functools.lru_cache(maxsize=8)
 def shipped_configs(arch: str) -> ArchConfigs:
-    """The configs shipped in ``configs/<arch>/`` (copied from the public model repositories)."""
+    """The configs shipped in ``configs/<arch>/`` (copied from the public model repositories), read
+    once per process (callers copy before changing: ``configs_from_yaml`` builds new dicts)."""
     d = CONFIGS_DIR / arch
     if not d.is_dir():
         raise CheckpointError(f"no shipped configs for architecture {arch!r} (expected folder {d})")
@@ -141,7 +145,16 @@ def configs_from_yaml(yaml_cfg: dict, state: dict, base: ArchConfigs) -> ArchCon
     return ArchConfigs(unet, vae, text, sched, base.pad_token, base.text_encoder_2, base.pad_token_2)
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+def in_dtype(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The floating-point tensors of ``state`` in ``dtype`` (None: as they are); others unchanged."""
+    if dtype is None:
+        return state
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
+                 dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Assign ``state`` to an empty ``module`` (every key must match), its floats in ``dtype``."""
     expected = set(module.state_dict())
     state = {k: v for k, v in state.items() if k in expected or not k.endswith("position_ids")}
     missing, unexpected = expected - set(state), set(state) - expected
@@ -151,18 +164,25 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
             f"({len(missing)} missing keys, e.g. {sorted(missing)[:3]}; "
             f"{len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]})"
         )
-    module.load_state_dict(state, strict=True, assign=True)
+    module.load_state_dict(in_dtype(state, dtype), strict=True, assign=True)
     return module
 
 
 def _empty(build):
+    """A module built with its parameters on the meta device and no weight initialisation (the
+    loaders assign every tensor): what would otherwise cost more than reading the weights."""
     from accelerate import init_empty_weights
+    from diffusers.models.modeling_utils import no_init_weights as diffusers_no_init
+    from transformers.initialization import no_init_weights as transformers_no_init
 
-    with init_empty_weights(include_buffers=False):
+    with init_empty_weights(include_buffers=False), diffusers_no_init(), transformers_no_init():
         return build()
 
 
+@functools.lru_cache(maxsize=4)
 def make_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The shipped CLIP tokenizer, built once per process and pad token (0.3 s each) and shared by
+    every pipeline: nothing in Easel changes a tokenizer (embeddings replace vectors, not tokens)."""
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer(
@@ -190,12 +210,18 @@ def _text_keys_like(module: torch.nn.Module, state: dict) -> dict:
     return out
 
 
-def _load_text(module: torch.nn.Module, state: dict, what: str) -> torch.nn.Module:
-    return _load_strict(module, _text_keys_like(module, state), what)
+def _load_text(module: torch.nn.Module, state: dict, what: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    return _load_strict(module, _text_keys_like(module, state), what, dtype)
 
 
-def build_components(state: dict, arch: str, cfg: ArchConfigs) -> dict[str, Any]:
-    """Every pipeline component, loaded strictly from an original-layout state dict."""
+def build_components(state: dict, arch: str, cfg: ArchConfigs, dtype: torch.dtype | None = None,
+                     vae_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Every pipeline component, loaded strictly from an original-layout state dict.
+
+    With ``dtype`` every component's floats come in that dtype whatever the file's (the VAE in
+    ``vae_dtype`` when given); None keeps the file's dtypes.
+    """
+    vae_dtype = vae_dtype or dtype
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
         convert_ldm_unet_checkpoint,
@@ -205,23 +231,24 @@ def build_components(state: dict, arch: str, cfg: ArchConfigs) -> dict[str, Any]
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     unet = _empty(lambda: UNet2DConditionModel.from_config(cfg.unet))
-    _load_strict(unet, convert_ldm_unet_checkpoint(state, unet.config), "UNet")
+    _load_strict(unet, convert_ldm_unet_checkpoint(state, unet.config), "UNet", dtype)
     vae = _empty(lambda: AutoencoderKL.from_config(cfg.vae))
-    _load_strict(vae, convert_ldm_vae_checkpoint(state, vae.config), "VAE")
+    _load_strict(vae, convert_ldm_vae_checkpoint(state, vae.config), "VAE", vae_dtype)
     comps: dict[str, Any] = {"unet": unet, "vae": vae, "scheduler": EulerDiscreteScheduler.from_config(cfg.scheduler)}
 
     if arch in ("sd1", "sd1-inpaint"):
         te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
-        comps["text_encoder"] = _load_text(te, _clip_state(state, ("cond_stage_model.transformer.",)), "text encoder")
+        comps["text_encoder"] = _load_text(te, _clip_state(state, ("cond_stage_model.transformer.",)), "text encoder", dtype)
     elif arch in ("sd2", "sd2-base"):
         te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
-        comps["text_encoder"] = _load_text(te, convert_open_clip_checkpoint(te, state), "text encoder")
+        comps["text_encoder"] = _load_text(te, convert_open_clip_checkpoint(te, state), "text encoder", dtype)
     elif arch == "sdxl":
         te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
-        comps["text_encoder"] = _load_text(te, _clip_state(state, ("conditioner.embedders.0.transformer.",)), "text encoder")
+        comps["text_encoder"] = _load_text(
+            te, _clip_state(state, ("conditioner.embedders.0.transformer.",)), "text encoder", dtype)
         te2 = _empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg.text_encoder_2)))
         comps["text_encoder_2"] = _load_text(
-            te2, convert_open_clip_checkpoint(te2, state, prefix="conditioner.embedders.1.model."), "text encoder 2")
+            te2, convert_open_clip_checkpoint(te2, state, prefix="conditioner.embedders.1.model."), "text encoder 2", dtype)
         comps["tokenizer_2"] = make_tokenizer(cfg.pad_token_2 or "!")
     elif arch == "sdxl-refiner":  # bigG only, stored as the first embedder
         te2 = _empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg.text_encoder_2)))
@@ -248,9 +275,12 @@ def assemble_pipeline(arch: str, comps: dict[str, Any]):
     return StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def load_single_file(info: CheckpointInfo) -> tuple[str, Any]:
+def load_single_file(info: CheckpointInfo, dtype: torch.dtype | None = None,
+                     vae_dtype: torch.dtype | None = None) -> tuple[str, Any]:
     """(architecture, pipeline) from a single-file checkpoint and its companion yaml, if any."""
-    state = read_state_dict(info.path)
+    # converted while read, unless the VAE keeps another dtype (fp16 -> bf16 -> fp32 would lose bits)
+    same = vae_dtype is None or vae_dtype == dtype
+    state = read_state_dict(info.path, dtype if same else None)
     yaml_cfg = load_yaml(info.config_path) if info.config_path else None
     arch = detect_architecture(state, yaml_cfg)
     cfg = shipped_configs(arch)
@@ -259,7 +289,7 @@ def load_single_file(info: CheckpointInfo) -> tuple[str, Any]:
     in_channels = int(state[UNET_IN_KEY].shape[1])
     if cfg.unet.get("in_channels") != in_channels:  # SDXL inpainting: 9 channels on SDXL's config
         cfg = replace(cfg, unet={**cfg.unet, "in_channels": in_channels})
-    return arch, assemble_pipeline(arch, build_components(state, arch, cfg))
+    return arch, assemble_pipeline(arch, build_components(state, arch, cfg, dtype, vae_dtype))
 
 
 def arch_of_pipeline(pipe) -> str:
@@ -271,23 +301,31 @@ def arch_of_pipeline(pipe) -> str:
     return "sd1-inpaint" if unet.in_channels == 9 else "sd1"
 
 
-def load_diffusers_folder(info: CheckpointInfo) -> tuple[str, Any]:
+def load_diffusers_folder(info: CheckpointInfo, dtype: torch.dtype | None = None,
+                          vae_dtype: torch.dtype | None = None) -> tuple[str, Any]:
+    """(architecture, pipeline) from a diffusers folder. Without ``dtype`` its components come as
+    diffusers and transformers choose (transformers keeps the file's dtype: an fp16 text encoder
+    beside an fp32 UNet); the caller casts them."""
     from diffusers import DiffusionPipeline
 
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            info.path, local_files_only=True, safety_checker=None, requires_safety_checker=False
+            info.path, local_files_only=True, safety_checker=None, requires_safety_checker=False,
+            **({"torch_dtype": dtype} if dtype is not None else {}),
         )
     except Exception as err:
         raise CheckpointError(f"diffusers folder {info.name} could not be loaded: {err}") from None
     return arch_of_pipeline(pipe), pipe
 
 
-def load_checkpoint(info: CheckpointInfo, short_hash: str | None) -> LoadedModel:
-    """Load a checkpoint onto the CPU in float32; device placement is the model manager's job."""
+def load_checkpoint(info: CheckpointInfo, short_hash: str | None, dtype: torch.dtype = torch.float32,
+                    vae_dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a checkpoint onto the CPU, every component in ``dtype`` (the VAE in ``vae_dtype`` when
+    given) whatever dtypes its files hold; device placement is the model manager's job."""
     t0 = time.perf_counter()
     loader = load_single_file if info.kind == "single" else load_diffusers_folder
-    arch, pipe = loader(info)
+    arch, pipe = loader(info, dtype, vae_dtype)
+    cast_components(pipe.components, dtype, vae_dtype)  # mixed-dtype files, modules a loader kept in fp32
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(info, arch, pipe, short_hash, time.perf_counter() - t0)
 

@@ -26,7 +26,7 @@ from modules.hooks import HookedSaver, HookRegistry
 from modules.images import ImageSaver, remove_stale_temp_files
 from modules.install_jobs import Installer
 from modules.installer import target_from_settings
-from modules.jobs import Job, JobQueue
+from modules.jobs import Job, JobQueue, one_line_error
 from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, native_size_hint
 from modules.model_manager import CacheSettings, ModelManager
 from modules.processing import extras, img2img, outpaint, txt2img
@@ -39,6 +39,11 @@ from modules.training import job as training_job
 VERSION = "easel-0.1"
 
 
+class ModelRunError(RuntimeError):
+    """A model failed inside a job (a torch or diffusers error); the message names the checkpoint,
+    the dtype and the device, and the original error."""
+
+
 @dataclass
 class Runtime:
     """Device choices made once from the settings."""
@@ -47,6 +52,9 @@ class Runtime:
     dtype: Any
     attention: str
     memory_mode: str
+    vae_dtype: Any = None  # the VAE's dtype when it differs from ``dtype`` (None: the same)
+    channels_last: bool = False
+    compile_unet: bool = False
 
 
 def cache_settings(settings: Settings) -> CacheSettings:
@@ -60,11 +68,16 @@ def cache_settings(settings: Settings) -> CacheSettings:
 
 def make_runtime(settings: Settings) -> Runtime:
     device = devices.choose_device(settings.device)
+    dtype = devices.choose_dtype(device, settings.precision)
+    vae_dtype = devices.choose_vae_dtype(device, dtype, settings.vae_precision)
     return Runtime(
         device=device,
-        dtype=devices.choose_dtype(device, settings.precision),
+        dtype=dtype,
         attention=devices.choose_attention(device, settings.attention),
         memory_mode=settings.memory_mode,
+        vae_dtype=vae_dtype if vae_dtype != dtype else None,
+        channels_last=devices.choose_channels_last(device, dtype, settings.channels_last),
+        compile_unet=settings.compile_unet,
     )
 
 
@@ -209,7 +222,7 @@ class Services:
     def run_job(self, job: Job) -> Any:
         """The worker routine: runs one job on the device."""
         if job.kind == "load_model":
-            with self.models.use(job.request) as model:
+            with self._naming_the_model(job.kind, job.request), self.models.use(job.request) as model:
                 return model.info.name
         runner = RUNNERS[job.kind]
         if job.kind in MODEL_FREE:
@@ -217,7 +230,8 @@ class Services:
             return self.hooks.run_processing(job.kind, job.request, ctx, runner)
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
         tiling = bool(getattr(job.request, "tiling", False))
-        with (self.models.use(key) as model, self.networks.for_job(model) as networks,  # LoRAs out after
+        with (self._naming_the_model(job.kind, key), self.models.use(key) as model,
+              self.networks.for_job(model) as networks,  # LoRAs out after
               seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
                              networks=networks, hooks=self.hooks, refiners=JobRefiners(self, key, model))
@@ -225,6 +239,18 @@ class Services:
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
         return result
+
+    @contextmanager
+    def _naming_the_model(self, kind: str, key: str) -> Iterator[None]:
+        """Turn a torch or diffusers RuntimeError inside the block into a one-line ModelRunError that
+        names the checkpoint, dtype and device (Easel's own errors pass unchanged: they say what was wrong)."""
+        try:
+            yield
+        except RuntimeError as err:
+            if type(err).__module__.startswith("modules."):
+                raise
+            raise ModelRunError(f"{kind} on checkpoint {key!r} ({devices.dtype_name(self.runtime.dtype)} on "
+                                f"{self.runtime.device}) failed: {one_line_error(err)}") from err
 
     def close(self) -> None:
         if self.installer is not None:
@@ -299,14 +325,16 @@ def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, key:
     """Load a checkpoint (and VAE file) by cache key; prepare it for the device, dtype and attention."""
     name, vae = split_model_key(key)
     info = registry.get(name)
-    model = load_checkpoint(info, registry.short_hash(info))
+    model = load_checkpoint(info, registry.short_hash(info), services_runtime.dtype, services_runtime.vae_dtype)
     pipe = model.pipe
     if vae:
-        load_vae_file(vae_dir / vae, pipe.vae)
+        load_vae_file(vae_dir / vae, pipe.vae)  # copied into the VAE's own (runtime) dtype
         model.vae_name, model.vae_hash = Path(vae).name, registry.file_short_hash(vae_dir / vae)
-    if pipe.unet.dtype != services_runtime.dtype:
-        pipe.to(dtype=services_runtime.dtype)
     devices.apply_attention(pipe, services_runtime.attention)
+    if services_runtime.channels_last:
+        devices.apply_channels_last(pipe)
+    if services_runtime.compile_unet:
+        devices.compile_unet(pipe)
     return model
 
 
@@ -328,7 +356,8 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
 
     def load(key: str) -> LoadedModel | LoadedControlNet:
         if controlnet_runtime.is_controlnet_key(key):
-            return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention)
+            return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention,
+                                                      runtime.channels_last)
         model = load_model_for(runtime, registry, key, settings.models_dir / "VAE")
         hooks.model_loaded(model)
         return model

@@ -62,11 +62,30 @@ def test_choose_device_refuses_unknown_names():
 
 
 def test_choose_dtype():
-    assert devices.choose_dtype("cpu") == torch.float32
+    assert devices.choose_dtype("cpu", native_bf16=False) == torch.float32
+    assert devices.choose_dtype("cpu", "auto", native_bf16=True) == torch.bfloat16  # AMX / AVX512-BF16
+    assert devices.choose_dtype("cpu", "fp32", native_bf16=True) == torch.float32
     assert devices.choose_dtype("cuda") == torch.float16
     assert devices.choose_dtype("cuda:1", "auto") == torch.float16
     assert devices.choose_dtype("cpu", "bf16") == torch.bfloat16
     assert devices.choose_dtype("cpu", "FP32") == torch.float32
+
+
+CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {extra} avx512_vnni\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
+    assert devices.cpu_bf16_flags(CPUINFO.format(extra="avx512_bf16")) == {"avx512_bf16"}
+    assert devices.cpu_bf16_flags(CPUINFO.format(extra="amx_bf16 amx_tile")) == {"amx_bf16"}
+    assert devices.cpu_bf16_flags(CPUINFO.format(extra="")) == set()
+    assert devices.cpu_bf16_flags("Features\t: fp asimd bf16 i8mm\n") == {"bf16"}  # aarch64
+    monkeypatch.setenv(devices.CPU_BF16_ENV, "1")
+    assert devices.cpu_native_bf16() and devices.choose_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv(devices.CPU_BF16_ENV, "0")
+    assert not devices.cpu_native_bf16() and devices.choose_dtype("cpu") == torch.float32
+    monkeypatch.delenv(devices.CPU_BF16_ENV)
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:  # this machine's own answer
+        assert devices.cpu_native_bf16() == bool(devices.cpu_bf16_flags(handle.read()))
 
 
 def test_choose_dtype_errors():

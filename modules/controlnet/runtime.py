@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from modules import devices
 from modules.controlnet.models import ControlNetError, LoadedControlNet, find_controlnet, load_controlnet, scan_controlnets
 
@@ -41,15 +43,17 @@ def offloads(device: str, memory_mode: str) -> bool:
     return memory_mode in OFFLOAD_MODES and devices.device_type(device) != "cpu"
 
 
-def load_for_runtime(key: str, folder: Path, dtype: Any, attention: str) -> LoadedControlNet:
-    """Load the ControlNet of a cache key (rescanning ``folder``), in the runtime dtype and attention."""
+def load_for_runtime(key: str, folder: Path, dtype: Any, attention: str, channels_last: bool = False) -> LoadedControlNet:
+    """Load the ControlNet of a cache key (rescanning ``folder``), in the runtime dtype, attention and
+    memory format."""
     title = key.removeprefix(KEY_PREFIX)
     info = find_controlnet(title, scan_controlnets(folder))
     if info is None:
         raise ControlNetError(f"{key!r} names no ControlNet")
     loaded = load_controlnet(info)
-    if loaded.model.dtype != dtype:
-        loaded.model.to(dtype=dtype)
+    devices.cast_module(loaded.model, dtype)  # every tensor, whatever the file's dtype(s)
+    if channels_last:
+        loaded.model.to(memory_format=torch.channels_last)
     if attention == "xformers":
         loaded.model.enable_xformers_memory_efficient_attention()
     else:

@@ -1,0 +1,150 @@
+"""Cold load of a checkpoint vs a raw read of its file (#26 item 3: target at most 1.3x).
+
+Writes a random SD 1.5-size fp16 single file once (2 GB, in /tmp, deleted after), then, side by
+side in one run and alternating, ``--repeats`` times:
+
+- raw read: ``read()`` of the whole file in 16 MiB chunks into one reused buffer (the floor);
+- read into memory: ``Path.read_bytes()`` (one fresh allocation of the file's size, as any loader
+  that materialises the weights needs);
+- the tensors alone: ``safetensors.load_file`` then a cast to the runtime dtype (Easel's reader
+  before #26) vs ``checkpoints.read_state_dict(path, dtype)`` (one pass from a memory map);
+- Easel's load: ``model_loading.load_checkpoint`` in the runtime dtype (the whole single-file path:
+  tensors, architecture, configs, the four components, tokenizer, scheduler);
+
+each from the page cache ("warm", the usual case: a file just downloaded or loaded before) and with
+the file's pages dropped first (``posix_fadvise(DONTNEED)``: "cold", read from the disk). The
+bundled model's load is reported the same way (its fixed costs dominate: 26 MiB).
+
+    python -m bench.cold_load [--repeats 3] [--dtype auto|fp32|bf16] [--skip-sd15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import ROOT, write_sd15_checkpoint
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Ask the kernel to forget the file's cached pages (no root needed for clean pages)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def raw_read(path: Path) -> float:
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(1 << 24)
+        view = memoryview(buffer)
+        while f.readinto(view):
+            pass
+    return time.perf_counter() - t0
+
+
+def read_into_memory(path: Path) -> float:
+    t0 = time.perf_counter()
+    data = path.read_bytes()
+    secs = time.perf_counter() - t0
+    del data
+    return secs
+
+
+def tensors_before(path: Path, dtype: torch.dtype) -> float:
+    from safetensors.torch import load_file
+
+    t0 = time.perf_counter()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    secs = time.perf_counter() - t0
+    del state
+    gc.collect()
+    return secs
+
+
+def tensors_now(path: Path, dtype: torch.dtype) -> float:
+    from modules.checkpoints import read_state_dict
+
+    t0 = time.perf_counter()
+    state = read_state_dict(path, dtype)
+    secs = time.perf_counter() - t0
+    del state
+    gc.collect()
+    return secs
+
+
+def easel_load(path: Path, dtype: torch.dtype) -> float:
+    from modules.checkpoints import CheckpointInfo
+    from modules.model_loading import load_checkpoint
+
+    yaml = path.with_suffix(".yaml")
+    info = CheckpointInfo(path.name, path, "single", yaml if yaml.exists() else None)
+    t0 = time.perf_counter()
+    model = load_checkpoint(info, None, dtype)
+    secs = time.perf_counter() - t0
+    del model
+    gc.collect()
+    return secs
+
+
+def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
+    easel_load(path, dtype)  # first load in the process: imports, tokenizer and configs built once
+    results: dict[str, list[float]] = {"raw warm": [], "load warm": [], "raw cold": [], "load cold": [],
+                                       "read_bytes": [], "before": [], "now": []}
+    for _ in range(repeats):
+        raw_read(path)  # into the page cache
+        results["raw warm"].append(raw_read(path))
+        results["load warm"].append(easel_load(path, dtype))
+        results["read_bytes"].append(read_into_memory(path))
+        results["before"].append(tensors_before(path, dtype))
+        results["now"].append(tensors_now(path, dtype))
+        drop_from_page_cache(path)
+        results["raw cold"].append(raw_read(path))
+        drop_from_page_cache(path)
+        results["load cold"].append(easel_load(path, dtype))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    size = path.stat().st_size / 2**20
+    print(f"\n{label}: {size:.0f} MiB file, load in {dtype}, median of {repeats}")
+    print("| | raw read | Easel load | ratio |\n|---|---|---|---|")
+    for state in ("warm", "cold"):
+        raw, load = med[f"raw {state}"], med[f"load {state}"]
+        print(f"| {state} (page cache {'kept' if state == 'warm' else 'dropped'}) | {raw:.3f} s "
+              f"({size / 1024 / raw:.2f} GiB/s) | {load:.3f} s | {load / raw:.2f}x |")
+    raw = med["raw warm"]
+    print(f"warm, ratios to the chunked raw read: read into memory {med['read_bytes'] / raw:.2f}x; tensors: "
+          f"safetensors.load_file + cast (before) {med['before'] / raw:.2f}x, read_state_dict (now) "
+          f"{med['now'] / raw:.2f}x; whole load {med['load warm'] / raw:.2f}x "
+          f"= {med['load warm'] / med['read_bytes']:.2f}x the read into memory")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="auto", help="runtime precision to load in (auto: as Easel picks on this CPU)")
+    ap.add_argument("--skip-sd15", action="store_true", help="only the bundled model")
+    args = ap.parse_args()
+    from modules import devices
+
+    dtype = devices.choose_dtype("cpu", args.dtype)
+    bundled = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
+    compare(bundled, dtype, max(args.repeats, 5), "bundled model (easel-shapes)")
+    if args.skip_sd15:
+        return
+    with tempfile.TemporaryDirectory(prefix="easel-cold-load-") as tmp:
+        path = write_sd15_checkpoint(Path(tmp) / "sd15-random-fp16.safetensors")
+        gc.collect()
+        compare(path, dtype, args.repeats, "SD 1.5-size single file (random weights, fp16)")
+
+
+if __name__ == "__main__":
+    main()
