@@ -206,7 +206,7 @@ def test_progress_previews_and_skip_through_the_core(services):
 
         ctx = RunContext(model, settings, None, progress=SkipFirst())
         result = txt2img.run(Txt2ImgRequest(prompt="x", seed=1, steps=4, n_iter=2, save_images=False), ctx)
-        assert result.skipped == 1 and result.seeds == [2]
+        assert result.skipped == 1 and result.seeds == [1, 2]  # the skipped image is kept as it was (A1111)
 
 
 def test_cfg_denoiser_hooks_see_each_call_and_may_change_it(services):
