@@ -184,7 +184,7 @@ class RecordingProgress:
 
 def test_progress_previews_and_skip_through_the_core(services):
     """Progress counts user steps (the sampler reports each step once, Heun's two calls included),
-    a preview comes every n steps, and Skip abandons the iteration it is pressed in."""
+    a preview comes every n steps, and Skip ends the iteration it is pressed in (its partial image kept)."""
     from modules.processing import txt2img
     from modules.processing.context import RunContext
 
