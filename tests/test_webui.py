@@ -208,7 +208,7 @@ def test_interrupt_cancels_only_this_tabs_job(services):
     runner.interrupt(services, first[panel.job_id])
     final = list(stream)[-1]
     assert final[panel.error]["value"] == "Interrupted."
-    assert len(final[panel.gallery]) <= 1  # what it made: none, or the partial image of the step it stopped in
+    assert len(final.get(panel.gallery) or []) <= 1  # what it made: none (stopped while queued), or the partial image
     assert other.wait(60).images[0].size == (32, 48)
 
 
