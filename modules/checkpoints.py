@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import mmap
-import os
 import pickle
 import threading
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from modules.atomic import write_text_atomic
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
@@ -91,9 +92,7 @@ class HashCache:
         with self._lock:
             self._data[key] = {"size": st.st_size, "mtime": st.st_mtime, "sha256": digest}
             self._file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._data, indent=1))
-            os.replace(tmp, self._file)
+            write_text_atomic(self._file, json.dumps(self._data, indent=1))
         return digest
 
 

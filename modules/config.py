@@ -8,11 +8,12 @@ it; a change makes a new object (``Settings.model_copy(update=...)``) and is sav
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modules.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = ROOT / "configs"
@@ -155,7 +156,4 @@ def load_settings(data_dir: Path = ROOT, overrides: dict | None = None) -> Setti
 def save_settings(settings: Settings) -> None:
     """Write ``config.json`` atomically (everything but data_dir)."""
     data = json.loads(settings.model_dump_json(exclude={"data_dir"}))
-    path = settings.config_file
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(settings.config_file, json.dumps(data, indent=2))

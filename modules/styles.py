@@ -8,9 +8,11 @@ applies to the negative prompt. Styles are applied in the order they are named.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.atomic import write_text_atomic
 from modules.schemas import RequestError
 
 STYLES_FILE = "styles.csv"
@@ -39,13 +41,12 @@ def load_styles(path: Path) -> dict[str, Style]:
 
 def save_styles(path: Path, styles: list[Style]) -> None:
     """Write styles in A1111's format (atomically: a temporary file, then a rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["name", "prompt", "negative_prompt"])
-        for s in styles:
-            writer.writerow([s.name, s.prompt, s.negative_prompt])
-    tmp.replace(path)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["name", "prompt", "negative_prompt"])
+    for s in styles:
+        writer.writerow([s.name, s.prompt, s.negative_prompt])
+    write_text_atomic(path, out.getvalue(), newline="")
 
 
 def merge_prompt(style_text: str, prompt: str) -> str:
