@@ -238,11 +238,14 @@ def test_webuiapi_client_through_the_ingress(cluster):
     host, port = base.removeprefix("http://").split(":")
     api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler a", steps=2)
     api.set_auth(*AUTH)
-    r = api.txt2img(prompt="a red apple", seed=5, width=32, height=32, steps=2)
+    # alwayson_scripts given explicitly: webuiapi mutates its default dict when a call in the same
+    # process (tests/test_api_webuiapi.py) passed ControlNet units, and would resend them here
+    r = api.txt2img(prompt="a red apple", seed=5, width=32, height=32, steps=2, alwayson_scripts={})
     assert r.image.size == (32, 32) and r.info["all_seeds"] == [5] and r.info["sd_model_name"] == "tiny-a"
     titles = api.util_get_model_names()
     b_title = next(t for t in titles if t.startswith("tiny-b.safetensors ["))
-    r = api.txt2img(prompt="x", seed=1, width=32, height=32, steps=2, override_settings={"sd_model_checkpoint": b_title})
+    r = api.txt2img(prompt="x", seed=1, width=32, height=32, steps=2, override_settings={"sd_model_checkpoint": b_title},
+                    alwayson_scripts={})
     assert r.info["sd_model_name"] == "tiny-b"
     assert "Euler a" in api.util_get_sampler_names()
 
