@@ -4,7 +4,9 @@
 Same components, prompt, sampler, steps, size and seed; runs are interleaved so both see the
 same machine load. Prints the median seconds of each and their ratio (target: at most 1.03), and
 the cost of a scheduled prompt (``[red:blue:0.5]``: one more text to encode, the batch's text
-conditioning rebuilt once) against the plain one.
+conditioning rebuilt once) against the plain one. Wall time and process CPU time are both reported:
+on a shared machine the CPU time (all threads of this process, the job worker included) is the
+steadier measure of the work each path does; with ``--threads 1`` it is close to the work itself.
 
     python -m bench.overhead [--steps 20] [--repeats 7]
 """
@@ -12,10 +14,12 @@ conditioning rebuilt once) against the plain one.
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
-from bench.common import bench_data_dir, median_time
+from bench.common import bench_data_dir
 
 
 def main() -> None:
@@ -54,20 +58,23 @@ def main() -> None:
                   generator=g, output_type="pil")
 
     bare()
-    t_bare, t_core, t_save, t_sched = [], [], [], []
+    runs = {"bare": bare, "core": core, "save": core_saving, "sched": core_scheduled}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        t_bare.append(median_time(bare, 1))
-        t_core.append(median_time(core, 1))
-        t_save.append(median_time(core_saving, 1))
-        t_sched.append(median_time(core_scheduled, 1))
+        for name, fn in runs.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
     services.close()
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    b, c, s, sc = med(t_bare), med(t_core), med(t_save), med(t_sched)
     print(f"64x64, {args.steps} steps, Euler a, CFG 7, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"bare diffusers pipeline : {b:.3f} s")
-    print(f"easel txt2img (no save) : {c:.3f} s   ratio {c / b:.3f}")
-    print(f"easel txt2img (+ PNG)   : {s:.3f} s   ratio {s / b:.3f}")
-    print(f"scheduled prompt        : {sc:.3f} s   ratio {sc / c:.3f} against the plain prompt")
+    for label, times in (("wall", wall), ("CPU", cpu)):
+        b, c, s, sc = (statistics.median(times[name]) for name in runs)
+        print(f"[{label} time] bare diffusers pipeline : {b:.3f} s")
+        print(f"[{label} time] easel txt2img (no save) : {c:.3f} s   ratio {c / b:.3f}")
+        print(f"[{label} time] easel txt2img (+ PNG)   : {s:.3f} s   ratio {s / b:.3f}")
+        print(f"[{label} time] scheduled prompt        : {sc:.3f} s   ratio {sc / c:.3f} against the plain prompt")
 
 
 if __name__ == "__main__":

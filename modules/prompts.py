@@ -361,6 +361,13 @@ def _split_into_chunks(
     return chunks
 
 
+def _comma_id(tokenizer: Any) -> int | None:
+    """The id of CLIP's comma token, or None when the vocabulary has none (a lookup, not
+    ``get_vocab()``, which copies the whole 49k-entry vocabulary: 15 ms a call)."""
+    token_id = tokenizer.convert_tokens_to_ids(COMMA_TOKEN)
+    return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
+
+
 def tokenize_weighted(
     tokenizer: Any, text: str, comma_backtrack: int = COMMA_BACKTRACK, embeddings: EmbeddingTable | None = None
 ) -> list[list[tuple[Token, float]]]:
@@ -370,7 +377,7 @@ def tokenize_weighted(
     ends the current chunk (even an empty one, as A1111 does); a trailing BREAK adds nothing. An
     empty prompt gives one empty chunk.
     """
-    comma_id = tokenizer.get_vocab().get(COMMA_TOKEN)
+    comma_id = _comma_id(tokenizer)
     segments = split_breaks(parse_prompt_attention(text))
     chunks: list[list[tuple[Token, float]]] = []
 
