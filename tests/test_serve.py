@@ -376,6 +376,51 @@ def test_an_install_through_the_ingress_answers_a_cluster_id_and_every_replica_s
 
 
 @pytest.mark.slow
+def test_a_training_through_the_ingress_is_followed_and_cancelled_by_its_cluster_id(cluster):
+    """POST /easel/v1/train answers REPLICA.JOB; GET /easel/v1/train/{id} and /easel/v1/jobs/{id} find it;
+    once done, the new LoRA is listed by whichever replica answers; POST .../cancel stops a long one."""
+    import base64
+    import io
+
+    from tests.tiny_models import noise_image
+
+    def b64(image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    _, client = cluster
+    body = {"instance_prompt": "a zwx shape", "class_prompt": "a shape", "steps": 2, "resolution": 32, "save_every": 0,
+            "method": "lora", "output_name": "zwx-serve", "sd_model_checkpoint": "tiny-a",
+            "instance_images": [b64(noise_image(40, 32, seed=i)) for i in range(3)]}
+
+    def follow(cid: str, until: tuple[str, ...]) -> dict:
+        deadline = time.monotonic() + 120
+        while (status := client.get(f"/easel/v1/train/{cid}").json())["state"] not in until:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        return status
+
+    response = client.post("/easel/v1/train", json=body)
+    assert response.status_code == 202, response.text
+    cid = response.json()["id"]
+    assert ClusterJobId.parse(cid) and response.headers["location"] == f"/easel/v1/train/{cid}"
+    assert client.get(f"/easel/v1/jobs/{cid}", params={"preview": "false"}).json()["id"] == cid
+    done = follow(cid, ("done", "failed", "cancelled"))
+    assert done["state"] == "done" and done["id"] == cid and done["step"] == 2, done
+    for _ in range(6):  # whichever replica answers lists it (all were told to rescan)
+        assert "zwx-serve" in [lora["name"] for lora in client.get("/sdapi/v1/loras").json()]
+
+    long = client.post("/easel/v1/train", json={**body, "output_name": "zwx-long", "steps": 100000})
+    assert long.status_code == 202, long.text
+    long_id = long.json()["id"]
+    cancel = client.post(f"/easel/v1/train/{long_id}/cancel")
+    assert cancel.status_code == 200 and cancel.json()["id"] == long_id, cancel.text
+    assert follow(long_id, ("cancelled", "failed", "done"))["state"] == "cancelled"
+    assert client.get("/easel/v1/train/nosuchreplica.0123").status_code == 404
+
+
+@pytest.mark.slow
 def test_webuiapi_client_through_the_ingress(cluster):
     webuiapi = pytest.importorskip("webuiapi")
     base, _ = cluster
