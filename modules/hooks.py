@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.images import ImageSaver
+from modules.images import ImageOutputs, ImageSaver
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SaveEvent:
     infotext: str
     outdir: Path
     seed: int
-    path: Path | None = None  # image_saved: where it went
+    path: Path | str | None = None  # image_saved: where it went (a str: a URL, the serve command's --outputs-url)
 
 
 @dataclass
@@ -285,11 +285,11 @@ class OwnedHooks:
 class HookedSaver(ImageSaver):
     """The image saver with ``before_image_saved`` / ``image_saved`` hooks around each save."""
 
-    def __init__(self, file_format: str, hooks: HookRegistry) -> None:
-        super().__init__(file_format)
+    def __init__(self, file_format: str, hooks: HookRegistry, outputs: ImageOutputs | None = None) -> None:
+        super().__init__(file_format, outputs)
         self.hooks = hooks
 
-    def save_image(self, image, outdir, seed, infotext, **kwargs) -> Path:  # noqa: ANN001 - ImageSaver's
+    def save_image(self, image, outdir, seed, infotext, **kwargs) -> Path | str:  # noqa: ANN001 - ImageSaver's
         event = self.hooks.call("before_image_saved", SaveEvent(image, infotext, Path(outdir), seed))
         path = super().save_image(event.image, outdir, seed, event.infotext, **kwargs)
         event.path = path

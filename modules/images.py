@@ -20,8 +20,9 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
@@ -74,10 +75,15 @@ def prompt_words(prompt: str) -> str:
 
 def next_sequence_number(folder: Path, prefix: str = "") -> int:
     """1 + the highest number that follows ``prefix`` at the start of a name in ``folder`` (else 0)."""
-    highest = -1
     if not folder.is_dir():
         return 0
-    for name in os.listdir(folder):
+    return next_number(os.listdir(folder), prefix)
+
+
+def next_number(names: Iterable[str], prefix: str = "") -> int:
+    """1 + the highest number that follows ``prefix`` at the start of one of ``names`` (else 0)."""
+    highest = -1
+    for name in names:
         if not name.startswith(prefix):
             continue
         match = re.match(r"\d+", name[len(prefix):])
@@ -123,10 +129,10 @@ class ImageSaveError(OSError):
     The image itself is fine: callers keep it and report this message. ``errno`` is the cause's.
     """
 
-    def __init__(self, folder: Path, cause: OSError) -> None:
+    def __init__(self, folder: Path | str, cause: OSError) -> None:
         problem = _SAVE_PROBLEMS.get(cause.errno or 0) or (cause.strerror or str(cause) or type(cause).__name__)
         super().__init__(cause.errno, problem, str(folder))
-        self.folder = Path(folder)
+        self.folder = folder if isinstance(folder, str) else Path(folder)  # a str: an --outputs-url location
         self.problem = problem
 
     def __str__(self) -> str:
@@ -141,6 +147,18 @@ def image_format(name: str) -> str:
     return fmt
 
 
+class ImageOutputs(Protocol):
+    """Somewhere other than the local folder that saved images go (``modules.outputs_url``).
+
+    ``save`` stores one encoded file in the place standing for the local ``folder``: it calls
+    ``write`` to encode it, ``free_name(names, tag)`` with the names already there (holding
+    ``lock``) to name it, and returns where it went. A failure raises :class:`ImageSaveError`.
+    """
+
+    def save(self, folder: Path, write: Callable[[BinaryIO], None],
+             free_name: Callable[[Iterable[str], str], str], lock: threading.Lock) -> str: ...
+
+
 class ImageSaver:
     """Saves images A1111-style; one instance shared by all callers keeps file numbers unique.
 
@@ -150,11 +168,16 @@ class ImageSaver:
     through different ImageSaver objects (or processes) into the same folder are not serialised;
     share one instance. A save that fails for lack of room or rights raises
     :class:`ImageSaveError` and leaves no temporary file.
+
+    ``outputs`` (None: the local folder given to ``save_image``, the default) sends the files
+    elsewhere, e.g. an fsspec URL shared by Serve replicas (``modules.outputs_url``); ``save_image``
+    then returns that location as a string.
     """
 
-    def __init__(self, file_format: str = "png") -> None:
+    def __init__(self, file_format: str = "png", outputs: ImageOutputs | None = None) -> None:
         self._lock = threading.Lock()
         self.file_format = image_format(file_format)
+        self.outputs = outputs
 
     def set_file_format(self, name: str) -> None:
         """Save the next images as ``name`` (png, jpg or webp): the setting ``samples_format`` changed."""
@@ -170,8 +193,9 @@ class ImageSaver:
         pattern: str = DEFAULT_PATTERN,
         date: dt.date | None = None,
         use_date_subdir: bool = True,
-    ) -> Path:
-        """Save ``image`` in ``file_format`` with ``infotext`` (PNG chunk or EXIF); return the path.
+    ) -> Path | str:
+        """Save ``image`` in ``file_format`` with ``infotext`` (PNG chunk or EXIF); return the path
+        (with ``outputs``: the location it gave, a URL).
 
         The path is ``outdir/YYYY-MM-DD/<pattern>.png`` (``.jpg``, ``.webp``; no date folder if ``use_date_subdir`` is
         False). Tokens: [number] (next free 5-digit number), [seed], [date] (YYYY-MM-DD),
@@ -192,6 +216,10 @@ class ImageSaver:
         if "[prompt_words]" in pattern:
             values["prompt_words"] = prompt_words(parse_infotext(infotext)["Prompt"])
         fmt = self.file_format
+        if self.outputs is not None:
+            extension = FILE_EXTENSIONS[fmt]
+            return self.outputs.save(folder, lambda handle: _write_image(handle, image, fmt, infotext),
+                                     lambda names, tag: free_name(names, pattern, values, extension, tag), self._lock)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             temp = _write_temp_image(image, folder, infotext, fmt)
@@ -233,21 +261,33 @@ def save_image(
 
 def _free_path(folder: Path, pattern: str, values: dict[str, str], extension: str = ".png") -> Path:
     """The first unused ``folder/<pattern><extension>``; call with the saver's lock held."""
+    return folder / free_name(os.listdir(folder) if folder.is_dir() else [], pattern, values, extension)
+
+
+def free_name(names: Iterable[str], pattern: str, values: dict[str, str], extension: str = ".png", tag: str = "") -> str:
+    """The first file name ``<pattern>[-<tag>]<extension>`` not among ``names`` (a folder's contents).
+
+    ``[number]`` becomes one more than the highest number already there; a pattern without it gets
+    ``-1``, ``-2``, ... when its name is taken. ``tag`` (a Serve replica's id) keeps the names that
+    two writers of one shared folder choose at the same moment apart.
+    """
+    taken = set(names)
+    ending = f"-{tag}{extension}" if tag else extension
     if "[number]" in pattern:
         prefix = _render(pattern.split("[number]", 1)[0], values)
-        number = next_sequence_number(folder, prefix)
+        number = next_number(taken, prefix)
         while True:
-            path = folder / (_render(pattern, {**values, "number": f"{number:0{NUMBER_DIGITS}d}"}) + extension)
-            if not path.exists():
-                return path
+            name = _render(pattern, {**values, "number": f"{number:0{NUMBER_DIGITS}d}"}) + ending
+            if name not in taken:
+                return name
             number += 1
     stem = _render(pattern, values)
-    path = folder / f"{stem}{extension}"
+    name = f"{stem}{ending}"
     suffix = 1
-    while path.exists():
-        path = folder / f"{stem}-{suffix}{extension}"
+    while name in taken:
+        name = f"{stem}-{suffix}{ending}"
         suffix += 1
-    return path
+    return name
 
 
 def _png_ready(image: Image.Image) -> Image.Image:

@@ -354,7 +354,7 @@ class GenerationResult:
     height: int
     sampler_name: str
     scheduler: str
-    paths: list[Path] = field(default_factory=list)
+    paths: list[Path | str] = field(default_factory=list)  # saved files (a str: a URL, the serve command's --outputs-url)
     skipped: int = 0  # iterations Skip cut short (their partial images are kept, as in A1111)
     interrupted: bool = False  # Interrupt stopped the run: the last image is partial, later iterations did not run
     comments: list[str] = field(default_factory=list)  # notes for the user, e.g. "Mask resized ..."

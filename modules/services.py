@@ -23,7 +23,7 @@ from modules.controlnet import runtime as controlnet_runtime
 from modules.controlnet.models import ControlNetInfo, LoadedControlNet, find_controlnet, scan_controlnets
 from modules.extra_networks import ExtraNetworks, build_extra_networks
 from modules.hooks import HookedSaver, HookRegistry
-from modules.images import ImageSaver, remove_stale_temp_files
+from modules.images import ImageOutputs, ImageSaver, remove_stale_temp_files
 from modules.install_jobs import Installer
 from modules.installer import target_from_settings
 from modules.jobs import Job, JobQueue, one_line_error
@@ -344,8 +344,9 @@ def output_folders(settings: Settings) -> list[Path]:
 
 
 def build_services(settings: Settings, start: bool = True, access: ClientAccess | None = None,
-                   allow_downloads: bool = False) -> Services:
-    """Every service for ``settings``; ``allow_downloads`` is the operator's --allow-downloads (model installs)."""
+                   allow_downloads: bool = False, outputs: ImageOutputs | None = None) -> Services:
+    """Every service for ``settings``; ``allow_downloads`` is the operator's --allow-downloads (model installs);
+    ``outputs`` sends saved images elsewhere than the data folder (``modules.outputs_url``; None: the folder)."""
     runtime = make_runtime(settings)
     hooks = HookRegistry()
     remove_stale_temp_files(output_folders(settings))  # left by saves that a crash or power cut interrupted
@@ -394,7 +395,7 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
                      max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
     access = access or ClientAccess()
-    saver = HookedSaver(settings.samples_format, hooks)  # A1111's samples_format: png, jpg or webp files
+    saver = HookedSaver(settings.samples_format, hooks, outputs)  # A1111's samples_format: png, jpg or webp files
     services = Services(settings, runtime, registry, models, saver, queue, build_extra_networks(settings, hashes), access,
                         hooks=hooks)
     target = target_from_settings(settings, allow_downloads, access.allow_server_paths)

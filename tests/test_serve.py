@@ -20,7 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from modules.serve.routing import ClusterJobId, Route, requested_checkpoint, route_of, with_cluster_ids
+from modules.serve.cli import autoscaling_config
+from modules.serve.cli import main as serve_main
+from modules.serve.routing import (
+    ClusterJobId,
+    Route,
+    is_cancel,
+    requested_checkpoint,
+    route_of,
+    with_cluster_ids,
+    with_job_id,
+)
 
 AUTH = ("alice", "wonderland-7")
 T2I = {"prompt": "a red apple", "steps": 2, "width": 32, "height": 32}
@@ -51,6 +61,67 @@ def test_route_of_each_kind_of_request():
     assert route_of("GET", "/easel/v1/jobs/abc.def") is Route.job
     assert route_of("DELETE", "/easel/v1/jobs/abc.def") is Route.job
     assert route_of("GET", "/easel/v1/cluster") is Route.cluster
+    # trainings and model installs answer cluster job ids too
+    assert route_of("POST", "/easel/v1/train") is Route.job_submit
+    assert route_of("GET", "/easel/v1/train/r.j") is Route.job
+    assert route_of("POST", "/easel/v1/train/r.j/cancel") is Route.job
+    assert route_of("POST", "/easel/v1/models/install") is Route.job_submit
+    assert route_of("GET", "/easel/v1/models/install") is Route.job_list
+    assert route_of("GET", "/easel/v1/models/install/r.j") is Route.job
+    assert route_of("DELETE", "/easel/v1/models/install/r.j") is Route.job
+    assert route_of("GET", "/easel/v1/models") is Route.one
+    assert route_of("DELETE", "/easel/v1/models/lora/x.safetensors") is Route.one
+
+
+def test_job_routes_name_the_replicas_own_job_id():
+    assert with_job_id("/easel/v1/jobs/r.j", "j") == "/easel/v1/jobs/j"
+    assert with_job_id("/easel/v1/train/r.j/cancel", "j") == "/easel/v1/train/j/cancel"
+    assert with_job_id("/easel/v1/models/install/r.j", "j") == "/easel/v1/models/install/j"
+    with pytest.raises(ValueError):
+        with_job_id("/sdapi/v1/txt2img", "j")
+    assert is_cancel("DELETE", "/easel/v1/jobs/r.j") and is_cancel("POST", "/easel/v1/train/r.j/cancel")
+    assert not is_cancel("GET", "/easel/v1/train/r.j")
+
+
+def test_autoscaling_flags_map_onto_serves_autoscaling_config():
+    assert autoscaling_config(None, None, None) is None  # a fixed count (--replicas, default 1)
+    assert autoscaling_config(None, None, None, fixed_replicas=3) is None
+    assert autoscaling_config(2, 6, 1.5) == {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 6,
+                                             "target_ongoing_requests": 1.5}
+    assert autoscaling_config(None, 4, None) == {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4,
+                                                 "target_ongoing_requests": 2.0}
+    for args, words in [((3, 2, None), "--min-replicas 3 is more than --max-replicas 2"),
+                        ((0, 2, None), "must be at least 1"), ((None, 0, None), "must be at least 1"),
+                        ((None, 2, 0.0), "--target-ongoing-requests 0 must be more than 0"),
+                        ((None, 2, 33.0), "at most 32"), ((2, None, None), "need --max-replicas"),
+                        ((None, None, 3.0), "need --max-replicas")]:
+        with pytest.raises(ValueError, match=words):
+            autoscaling_config(*args)
+    with pytest.raises(ValueError, match="--replicas is a fixed count"):
+        autoscaling_config(1, 3, None, fixed_replicas=2)
+
+
+def test_autoscaling_reaches_the_worker_deployment():
+    pytest.importorskip("ray.serve")
+    from modules.serve.worker import WorkerOptions, make_worker
+
+    scaled = make_worker(WorkerOptions(None), 1, autoscaling=autoscaling_config(1, 3, 1.5))._deployment_config
+    auto = scaled.autoscaling_config
+    assert (auto.min_replicas, auto.initial_replicas, auto.max_replicas, auto.target_ongoing_requests) == (1, 1, 3, 1.5)
+    fixed = make_worker(WorkerOptions(None), 2)._deployment_config
+    assert fixed.num_replicas == 2 and fixed.autoscaling_config is None
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--min-replicas", "3", "--max-replicas", "2"], "error: --min-replicas 3 is more than --max-replicas 2"),
+    (["--replicas", "2", "--max-replicas", "4"], "error: --replicas is a fixed count"),
+    (["--outputs-url", "nosuchproto://x"], "error: --outputs-url 'nosuchproto://x': "),
+    (["--outputs-url", "/just/a/path"], "error: --outputs-url '/just/a/path': give a URL"),
+])
+def test_serve_command_refuses_bad_scaling_and_outputs_flags_in_one_line(argv, words, tmp_path, capsys):
+    assert serve_main(["--data-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(words) and "\n" not in err, err
 
 
 def test_cluster_job_ids_name_their_replica():
@@ -79,22 +150,35 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, tiny_models_dir):
-    """(base URL, httpx client with credentials) of a Serve app with 2 worker replicas."""
+def shared_outputs(tmp_path_factory):
+    """The folder behind the cluster's --outputs-url (a file:// URL)."""
+    return tmp_path_factory.mktemp("shared-outputs")
+
+
+@pytest.fixture(scope="module")
+def serve_data(tmp_path_factory):
+    """The cluster's data folder (its replicas share it)."""
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def cluster(serve_data, tiny_models_dir, shared_outputs):
+    """(base URL, httpx client with credentials) of a Serve app with 2 worker replicas, saving images to
+    ``shared_outputs`` through --outputs-url, taking model installs from server paths."""
     pytest.importorskip("ray.serve")
     httpx = pytest.importorskip("httpx")
     from modules.config import load_settings
     from modules.serve.cli import ServeConfig, start, stop
 
-    data = tmp_path_factory.mktemp("serve")
+    data = serve_data
     folder = data / "models" / "Stable-diffusion"
     shutil.copytree(tiny_models_dir, folder)
     (folder / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")  # cannot load
     settings = load_settings(data, {"show_progress_every_n_steps": 0, "sd_model_checkpoint": "tiny-a"})
     port = free_port()
     started = time.monotonic()
-    start(ServeConfig(settings, replicas=2, max_models=2, api_auth=[AUTH], cpus_per_replica=0), port=port,
-          quiet=True, num_cpus=2)
+    start(ServeConfig(settings, replicas=2, max_models=2, api_auth=[AUTH], cpus_per_replica=0, allow_server_paths=True,
+                      outputs_url=shared_outputs.as_uri()), port=port, quiet=True, num_cpus=2)
     print(f"\nRay + Serve with 2 replicas ready in {time.monotonic() - started:.1f} s")
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, auth=AUTH, timeout=180) as client:
@@ -229,6 +313,111 @@ def test_core_api_cases_through_the_ingress(cluster):
     assert client.get("/sdapi/v1/progress").json()["progress"] == 0
     # docs are served by the replicas' app
     assert client.get("/openapi.json").json()["info"]["title"] == "Easel API"
+
+
+@pytest.mark.slow
+def test_saved_images_go_to_the_outputs_url(cluster, shared_outputs, serve_data):
+    """save_images through the ingress: each replica writes under --outputs-url (file names ending in its
+    id); the files are whole PNGs carrying the infotext the response gave, and the data folder gets none."""
+    from PIL import Image
+
+    from modules.images import read_infotext
+
+    _, client = cluster
+    replicas = {r["replica"] for r in cluster_info(client)["replicas"]}
+    saved = []
+    for seed, name in enumerate(["tiny-a", "tiny-b", "tiny-a"]):
+        response = client.post("/sdapi/v1/txt2img", json={**T2I, "seed": seed, "sd_model_checkpoint": name,
+                                                           "save_images": True})
+        text = infotext(response)
+        (url,) = json.loads(response.json()["info"])["paths"]
+        assert url.startswith(shared_outputs.as_uri() + "/txt2img-images/"), url
+        saved.append((url, text))
+    for url, text in saved:
+        path = shared_outputs / url.removeprefix(shared_outputs.as_uri() + "/")
+        assert path.name.removesuffix(".png").rsplit("-", 1)[1] in replicas
+        with Image.open(path) as image:
+            assert image.size == (32, 32) and image.format == "PNG"
+        assert read_infotext(path) == text
+    assert not [p for p in shared_outputs.rglob("*") if p.name.startswith(".")]  # no temporary file left
+    assert not any(serve_data.rglob("*.png"))
+
+
+@pytest.mark.slow
+def test_an_install_through_the_ingress_answers_a_cluster_id_and_every_replica_sees_the_model(
+        cluster, serve_data, tmp_path_factory):
+    """POST /easel/v1/models/install answers REPLICA.JOB, listed and followed on its replica; once it is
+    done, every replica lists the new checkpoint and generates with it."""
+    from tests.tiny_models import write_single_file
+
+    _, client = cluster
+    incoming = tmp_path_factory.mktemp("incoming")
+    write_single_file(incoming, "tiny-new", seed=3)
+    # the tiny model's own config, beside where the install will put it (a real SD checkpoint needs none)
+    models = serve_data / "models" / "Stable-diffusion"
+    shutil.copy(incoming / "tiny-new.yaml", models / "tiny-new.yaml")
+    response = client.post("/easel/v1/models/install", json={"source": str(incoming / "tiny-new.safetensors")})
+    assert response.status_code == 202, response.text
+    cid = response.json()["id"]
+    assert ClusterJobId.parse(cid) and response.headers["location"] == f"/easel/v1/models/install/{cid}"
+    assert cid in [job["id"] for job in client.get("/easel/v1/models/install").json()]
+    deadline = time.monotonic() + 120
+    while (status := client.get(f"/easel/v1/models/install/{cid}").json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert status["state"] == "done" and status["id"] == cid, status
+    assert status["result"]["name"] == "tiny-new.safetensors"
+    for _ in range(6):  # whichever replica answers lists it (all were told to rescan)
+        assert any(m["model_name"] == "tiny-new" for m in client.get("/sdapi/v1/sd-models").json())
+    r = client.post("/sdapi/v1/txt2img", json={**T2I, "seed": 1, "sd_model_checkpoint": "tiny-new"})
+    assert "Model: tiny-new," in infotext(r)
+    missing = client.get("/easel/v1/models/install/nosuchreplica.0123")
+    assert missing.status_code == 404
+
+
+@pytest.mark.slow
+def test_a_training_through_the_ingress_is_followed_and_cancelled_by_its_cluster_id(cluster):
+    """POST /easel/v1/train answers REPLICA.JOB; GET /easel/v1/train/{id} and /easel/v1/jobs/{id} find it;
+    once done, the new LoRA is listed by whichever replica answers; POST .../cancel stops a long one."""
+    import base64
+    import io
+
+    from tests.tiny_models import noise_image
+
+    def b64(image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    _, client = cluster
+    body = {"instance_prompt": "a zwx shape", "class_prompt": "a shape", "steps": 2, "resolution": 32, "save_every": 0,
+            "method": "lora", "output_name": "zwx-serve", "sd_model_checkpoint": "tiny-a",
+            "instance_images": [b64(noise_image(40, 32, seed=i)) for i in range(3)]}
+
+    def follow(cid: str, until: tuple[str, ...]) -> dict:
+        deadline = time.monotonic() + 120
+        while (status := client.get(f"/easel/v1/train/{cid}").json())["state"] not in until:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        return status
+
+    response = client.post("/easel/v1/train", json=body)
+    assert response.status_code == 202, response.text
+    cid = response.json()["id"]
+    assert ClusterJobId.parse(cid) and response.headers["location"] == f"/easel/v1/train/{cid}"
+    assert client.get(f"/easel/v1/jobs/{cid}", params={"preview": "false"}).json()["id"] == cid
+    done = follow(cid, ("done", "failed", "cancelled"))
+    assert done["state"] == "done" and done["id"] == cid and done["step"] == 2, done
+    for _ in range(6):  # whichever replica answers lists it (all were told to rescan)
+        assert "zwx-serve" in [lora["name"] for lora in client.get("/sdapi/v1/loras").json()]
+
+    long = client.post("/easel/v1/train", json={**body, "output_name": "zwx-long", "steps": 100000})
+    assert long.status_code == 202, long.text
+    long_id = long.json()["id"]
+    cancel = client.post(f"/easel/v1/train/{long_id}/cancel")
+    assert cancel.status_code == 200 and cancel.json()["id"] == long_id, cancel.text
+    assert follow(long_id, ("cancelled", "failed", "done"))["state"] == "cancelled"
+    assert client.get("/easel/v1/train/nosuchreplica.0123").status_code == 404
 
 
 @pytest.mark.slow

@@ -35,14 +35,19 @@ from starlette.routing import Route as StarletteRoute
 
 from modules.serve.routing import (
     CLUSTER_PATH,
+    INSTALL_PREFIX,
+    JOBS_PREFIX,
+    TRAIN_PREFIX,
     ClusterJobId,
     Route,
+    is_cancel,
     job_id_in_path,
     job_path,
     json_body,
     requested_checkpoint,
     route_of,
     with_cluster_ids,
+    with_job_id,
 )
 from modules.serve.worker import REPLICA_INFO_PATH, REPLICA_USER, answer
 
@@ -56,6 +61,10 @@ except ImportError:  # pragma: no cover - older ray
     REPLICA_FAULTS = (RayActorError,)
 
 MODEL_PATHS = frozenset({"/sdapi/v1/txt2img", "/sdapi/v1/img2img"})
+NEW_MODEL_PATHS = frozenset({TRAIN_PREFIX, INSTALL_PREFIX})  # jobs that add a model file: all replicas refresh after
+# what every replica is sent when a training or install ends: its lists are scanned again
+REFRESH_LISTS = tuple({"method": "POST", "path": f"/sdapi/v1/refresh-{name}", "query": [], "headers": [], "body": b""}
+                      for name in ("checkpoints", "loras", "vae"))
 HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive"})
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 PINNED_TIMEOUT_S = 30  # a replica that does not describe itself in this time is left out of /easel/v1/cluster
@@ -251,8 +260,8 @@ def make_ingress(options: IngressOptions):
             """The multiplexed model id: the checkpoint of a generation request (else the default)."""
             if route is Route.job_submit:
                 data = json_body(call["body"]) or {}
-                if data.get("type") == "extras":
-                    return None
+                if data.get("type") == "extras" or call["path"] not in (JOBS_PREFIX, TRAIN_PREFIX):
+                    return None  # an upscale, a model install: any replica
             elif not (call["method"] == "POST" and call["path"] in MODEL_PATHS):
                 return None
             return self.title_of(requested_checkpoint(call["body"]))
@@ -273,7 +282,7 @@ def make_ingress(options: IngressOptions):
             cid = str(ClusterJobId(result["replica"], job))
             self.remember(cid, JobRecord(result["replica"], job, call, model, size=len(call["body"])))
             headers = {k: v for k, v in result["headers"] if k.lower() != "location"}
-            headers["location"] = job_path(cid)
+            headers["location"] = job_path(cid, call["path"])
             body = with_cluster_ids(result["body"], result["replica"])
             return Response(body, status_code=202, headers=headers)
 
@@ -299,9 +308,9 @@ def make_ingress(options: IngressOptions):
                 record = JobRecord(parsed.replica, parsed.job, None, None)
             for _ in range(1 + options.retries):
                 try:
-                    result = await self.send_to(record.replica, {**call, "path": job_path(record.job)})
+                    result = await self.send_to(record.replica, {**call, "path": with_job_id(call["path"], record.job)})
                 except ReplicaGone:
-                    if call["method"] == "DELETE":
+                    if is_cancel(call["method"], call["path"]):
                         self.jobs.pop(cid, None)
                         return JSONResponse({"id": cid, "state": "cancelled", "cancelled": True})
                     if record.call is None or record.resubmits >= options.retries:
@@ -311,6 +320,9 @@ def make_ingress(options: IngressOptions):
                     continue
                 state = (json_body(result["body"]) or {}).get("state")
                 if state in TERMINAL and record.call is not None:
+                    if state == "done" and record.call["path"] in NEW_MODEL_PATHS:
+                        for refresh in REFRESH_LISTS:  # the new checkpoint, LoRA or VAE, on every replica
+                            await self.to_all(refresh)
                     self.forget_submission(record)
                 if result["status"] < 300 or result["status"] == 507:
                     result = {**result, "body": with_id(result["body"], cid)}

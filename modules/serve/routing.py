@@ -4,7 +4,9 @@
   at the top of the body or in an ``/easel/v1/jobs`` submission's ``request``);
 - how a request is sent: to one replica chosen by checkpoint, to every replica (settings,
   interrupt, skip, refreshes), to the replica that owns a job, or answered by the ingress itself;
-- cluster job ids: ``<replica>.<job id>``, so a job id finds its replica.
+- cluster job ids: ``<replica>.<job id>``, so a job id finds its replica. Generation jobs
+  (``/easel/v1/jobs``), trainings (``/easel/v1/train``) and model installs
+  (``/easel/v1/models/install``) all answer such ids, and their status and cancel routes take them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ from enum import StrEnum
 from typing import Any
 
 JOBS_PREFIX = "/easel/v1/jobs"
+TRAIN_PREFIX = "/easel/v1/train"
+INSTALL_PREFIX = "/easel/v1/models/install"
+SUBMIT_PATHS = frozenset({JOBS_PREFIX, TRAIN_PREFIX, INSTALL_PREFIX})  # POST answers 202 with a job id
+LIST_PATHS = frozenset({JOBS_PREFIX, INSTALL_PREFIX})  # GET lists the jobs: merged over the replicas
 CLUSTER_PATH = "/easel/v1/cluster"
 JOB_SEP = "."
-_JOB_PATH = re.compile(r"^/easel/v1/jobs/([^/]+)$")
+# a route naming one job: GET/DELETE /easel/v1/jobs/ID, GET /easel/v1/train/ID, POST /easel/v1/train/ID/cancel,
+# GET/DELETE /easel/v1/models/install/ID
+_JOB_PATH = re.compile(r"^(/easel/v1/jobs|/easel/v1/train|/easel/v1/models/install)/([^/]+)(/cancel)?$")
 
 # Routes that change or read every replica's state: sent to all of them.
 BROADCAST_POSTS = frozenset({
@@ -32,8 +40,8 @@ class Route(StrEnum):
     one = "one"  # one replica, by checkpoint (multiplexed model id)
     broadcast = "broadcast"  # every replica; the first answer is returned
     progress = "progress"  # every replica; the busiest answer is returned
-    job = "job"  # the replica that owns the job in the path
-    job_submit = "job_submit"  # one replica by checkpoint; the answer's job id is made a cluster id
+    job = "job"  # the replica that owns the job in the path (a generation job, training or install)
+    job_submit = "job_submit"  # one replica (by checkpoint); the answer's job id is made a cluster id
     job_list = "job_list"  # every replica; the lists are merged
     cluster = "cluster"  # answered by the ingress
 
@@ -43,8 +51,10 @@ def route_of(method: str, path: str) -> Route:
     method = method.upper()
     if path == CLUSTER_PATH:
         return Route.cluster
-    if path == JOBS_PREFIX:
-        return Route.job_submit if method == "POST" else Route.job_list
+    if method == "POST" and path in SUBMIT_PATHS:
+        return Route.job_submit
+    if method == "GET" and path in LIST_PATHS:
+        return Route.job_list
     if _JOB_PATH.match(path):
         return Route.job
     if method == "POST" and path in BROADCAST_POSTS:
@@ -100,7 +110,20 @@ class ClusterJobId:
 
 def job_id_in_path(path: str) -> str | None:
     match = _JOB_PATH.match(path)
-    return match.group(1) if match else None
+    return match.group(2) if match else None
+
+
+def with_job_id(path: str, job_id: str) -> str:
+    """``path`` (a route naming one job) naming ``job_id`` instead."""
+    match = _JOB_PATH.match(path)
+    if match is None:
+        raise ValueError(f"{path!r} names no job")
+    return f"{match.group(1)}/{job_id}{match.group(3) or ''}"
+
+
+def is_cancel(method: str, path: str) -> bool:
+    """Whether a request naming one job cancels it (DELETE, or a training's POST .../cancel)."""
+    return method.upper() == "DELETE" or path.endswith("/cancel")
 
 
 def with_cluster_ids(body: bytes, replica: str) -> bytes:
@@ -116,6 +139,7 @@ def with_cluster_ids(body: bytes, replica: str) -> bytes:
     return json.dumps(value).encode()
 
 
-def job_path(job_id: str) -> str:
-    return f"{JOBS_PREFIX}/{job_id}"
+def job_path(job_id: str, prefix: str = JOBS_PREFIX) -> str:
+    """The status route of a job submitted to ``prefix`` (one of SUBMIT_PATHS)."""
+    return f"{prefix}/{job_id}"
 

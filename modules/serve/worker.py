@@ -39,6 +39,7 @@ class WorkerOptions:
     app_name: str = "easel"  # the Serve application (its replica directory)
     token: str = ""  # what the ingress sends to a replica's own port
     local: bool = True  # a local Ray: replicas listen on 127.0.0.1, else on their node's address
+    outputs_url: str | None = None  # saved images go under this fsspec URL (None: the data folder's outputs)
 
 
 class LoadCounter(logging.Handler):
@@ -97,11 +98,15 @@ def serve_directly(app: Any, host: str, token: str) -> tuple[Any, str]:
 
 
 def make_worker(options: WorkerOptions, num_replicas: int, gpus_per_replica: float = 0,
-                cpus_per_replica: float = 0, max_ongoing_requests: int = 32):
-    """The worker deployment for these options (a class made here: the multiplexing limit is fixed per class)."""
+                cpus_per_replica: float = 0, max_ongoing_requests: int = 32,
+                autoscaling: dict[str, Any] | None = None):
+    """The worker deployment for these options (a class made here: the multiplexing limit is fixed per class).
+    ``autoscaling`` (Serve's ``autoscaling_config``; see ``modules.serve.cli.autoscaling_config``) replaces
+    the fixed ``num_replicas``."""
 
     @serve.deployment(
-        name=DEPLOYMENT, num_replicas=num_replicas, max_ongoing_requests=max_ongoing_requests,
+        name=DEPLOYMENT, num_replicas=None if autoscaling else num_replicas, autoscaling_config=autoscaling,
+        max_ongoing_requests=max_ongoing_requests,
         ray_actor_options={"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica},
         health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5,
     )
@@ -119,13 +124,18 @@ def make_worker(options: WorkerOptions, num_replicas: int, gpus_per_replica: flo
 
                 torch.set_num_threads(options.threads)
             settings = options.settings.model_copy(update={"sd_checkpoints_limit": options.max_models})
+            self.replica = serve.get_replica_context().replica_id.unique_id
+            outputs = None
+            if options.outputs_url:
+                from modules.outputs_url import UrlOutputs
+
+                outputs = UrlOutputs(options.outputs_url, settings.data_dir, tag=self.replica)
             self.services = build_services(settings, access=ClientAccess(allow_server_paths=options.allow_server_paths),
-                                           allow_downloads=options.allow_downloads)
+                                           allow_downloads=options.allow_downloads, outputs=outputs)
             limit_decoded_pixels(settings.max_input_pixels)
             self.app = create_app(self.services)  # auth is the ingress's (same ApiGuard); limits are the app's
             self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://easel",
                                             timeout=None)
-            self.replica = serve.get_replica_context().replica_id.unique_id
             self.loads = LoadCounter()
             logging.getLogger("modules.model_manager").setLevel(logging.INFO)
             logging.getLogger("modules.model_manager").addHandler(self.loads)
@@ -147,8 +157,12 @@ def make_worker(options: WorkerOptions, num_replicas: int, gpus_per_replica: flo
 
             try:
                 name = self.services.checkpoints.get(title).name
-            except CheckpointError as err:
-                raise UnknownCheckpoint(str(err)) from None
+            except CheckpointError:
+                self.services.checkpoints.refresh()  # a file another replica installed or trained since
+                try:
+                    name = self.services.checkpoints.get(title).name
+                except CheckpointError as err:
+                    raise UnknownCheckpoint(str(err)) from None
             key = model_key(name, self.services.resolve_vae(None))
             await self.services.queue.submit("load_model", key).wait_async()
             return CheckpointSlot(self.services, key, title)
