@@ -111,6 +111,9 @@ def generate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--n-iter", "--batch-count", type=int, default=1, dest="n_iter")
     ap.add_argument("--clip-skip", type=int, default=1)
     ap.add_argument("--checkpoint", default=None, help="checkpoint name, title or short hash (see --list-checkpoints)")
+    ap.add_argument("--refiner-checkpoint", default=None,
+                    help="a checkpoint that takes over at --refiner-switch-at (A1111's refiner; e.g. an SDXL refiner)")
+    ap.add_argument("--refiner-switch-at", type=float, default=0.8, help="fraction of the steps before the refiner")
     ap.add_argument("--out", type=Path, default=None,
                     help="write the PNGs into this folder (default: outputs/txt2img-images/DATE)")
     ap.add_argument("--list-samplers", action="store_true")
@@ -135,6 +138,7 @@ def run_generate(argv: list[str]) -> int:
         "seed": args.seed, "subseed": args.subseed, "subseed_strength": args.subseed_strength,
         "width": args.width, "height": args.height, "batch_size": args.batch_size, "n_iter": args.n_iter,
         "clip_skip": args.clip_skip, "sd_model_checkpoint": args.checkpoint,
+        "refiner_checkpoint": args.refiner_checkpoint, "refiner_switch_at": args.refiner_switch_at,
     })
     from modules.services import build_services
 

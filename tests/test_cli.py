@@ -34,11 +34,21 @@ def test_generate_writes_pngs_and_prints_their_paths(data_dir, tmp_path):
     assert text.startswith("a red circle\n") and "Seed: 43," in text and "Model: tiny-a" in text
 
 
+def test_generate_with_a_refiner(data_dir, tmp_path):
+    r = app("generate", "--data-dir", str(data_dir), "--prompt", "a red circle", "--steps", "4", "--seed", "5",
+            "--width", "32", "--height", "32", "--checkpoint", "tiny-a", "--refiner-checkpoint", "tiny-b",
+            "--refiner-switch-at", "0.5", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    text = read_infotext(Path(r.stdout.split()[0]))
+    assert "Model: tiny-a" in text and "Refiner: tiny-b" in text and "Refiner switch at: 0.5" in text
+
+
 def test_generate_errors_are_one_line_and_exit_2(data_dir):
     for args, needle in (
         (["--width", "33"], "width: must be a multiple of 8"),
         (["--sampler", "Bogus"], "Euler a"),
         (["--checkpoint", "missing"], "not found; available"),
+        (["--refiner-switch-at", "1.5"], "refiner_switch_at"),
     ):
         r = app("generate", "--data-dir", str(data_dir), "--steps", "1", *args)
         assert r.returncode == 2, r.stdout

@@ -12,7 +12,7 @@ from PIL import Image
 
 from modules.config import SettingsError
 from modules.schemas import Img2ImgRequest, OutpaintRequest, RequestError, Txt2ImgRequest
-from webui import extras, inpaint, outpaint, runner, settings, txt2img, xyplot
+from webui import extras, img2img, inpaint, outpaint, runner, settings, txt2img, xyplot
 from webui.widgets import fields_from_infotext, given, output_panel, reuse_seed
 
 TXT2IMG_VALUES = {
@@ -220,6 +220,19 @@ def test_create_ui_builds_every_tab(services):
     for elem_id in ("sd_model_checkpoint", "txt2img_generate", "txt2img_gallery", "img2img_sketch", "inpaint_editor",
                     "outpaint_direction", "extras_upscaler_1", "pnginfo_image", "settings_submit", "txt2img_xy_enabled"):
         assert elem_id in ids, elem_id
+    for prefix in ("txt2img", "img2img", "inpaint", "outpaint"):  # the refiner accordion under every generation tab
+        assert {f"{prefix}_refiner_checkpoint", f"{prefix}_refiner_switch_at"} <= ids, prefix
+
+
+def test_img2img_refiner_fields_reach_the_request():
+    image = Image.new("RGB", (32, 32), "red")
+    values = {**TXT2IMG_VALUES, "denoising_strength": 0.5, "refiner_checkpoint": "tiny-b.safetensors",
+              "refiner_switch_at": 0.6}
+    for key in ("enable_hr", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt"):
+        values.pop(key)
+    req = img2img.build_request(values, image)
+    assert (req.refiner_checkpoint, req.refiner_switch_at) == ("tiny-b.safetensors", 0.6)
+    assert img2img.build_request({**values, "refiner_checkpoint": "None"}, image).refiner_checkpoint is None
 
 
 def test_serve_flags_and_auth_parsing():

@@ -19,6 +19,7 @@ from webui.widgets import (
     Fields,
     given,
     output_panel,
+    refiner_section,
     sampler_row,
     seed_row,
     size_batch_cfg,
@@ -41,7 +42,7 @@ def img2img_options(prefix: str, default_denoise: float = 0.75) -> Fields:
 
 
 def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> tuple[Fields, Any]:
-    """Sampler, size, seed and img2img options: the left column under the image."""
+    """Sampler, size, seed, img2img options and the refiner: the left column under the image."""
     defaults = tab_defaults(services)
     fields: Fields = {**prompt_fields, "styles": styles}
     fields.update(img2img_options(prefix))
@@ -49,6 +50,7 @@ def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> t
     fields.update(size_batch_cfg(prefix, defaults["width"], defaults["height"]))
     seed = seed_row(prefix)
     fields.update(seed.fields)
+    fields.update(refiner_section(prefix, services))
     return fields, seed
 
 

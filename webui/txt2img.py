@@ -19,6 +19,7 @@ from webui.widgets import (
     Fields,
     given,
     output_panel,
+    refiner_section,
     sampler_row,
     schedule_choices,
     seed_row,
@@ -60,18 +61,6 @@ def hires_section(prefix: str, services) -> Fields:
         "hr_scale": scale, "hr_resize_x": resize_x, "hr_resize_y": resize_y, "hr_sampler_name": hr_sampler,
         "hr_scheduler": hr_scheduler, "hr_prompt": hr_prompt, "hr_negative_prompt": hr_negative,
     }
-
-
-def refiner_section(prefix: str, services) -> Fields:
-    """The refiner accordion (A1111's): a checkpoint that takes over at a fraction of the steps."""
-    titles = ["None", *(services.checkpoints.title(info) for info in services.checkpoints.list())]
-    with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}_refiner"):
-        with gr.Row():  # titles, as the infotext's Refiner (pasted parameters) names them
-            checkpoint = gr.Dropdown(titles, value="None", label="Checkpoint", allow_custom_value=True,
-                                     elem_id=f"{prefix}_refiner_checkpoint")
-            switch_at = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Switch at",
-                                  elem_id=f"{prefix}_refiner_switch_at")
-    return {"refiner_checkpoint": checkpoint, "refiner_switch_at": switch_at}
 
 
 def _sampler_names() -> list[str]:

@@ -92,6 +92,18 @@ class SeedRow:
     reuse_button: gr.Button
 
 
+def refiner_section(prefix: str, services) -> Fields:
+    """The refiner accordion (A1111's): a checkpoint that takes over at a fraction of the steps."""
+    titles = ["None", *(services.checkpoints.title(info) for info in services.checkpoints.list())]
+    with gr.Accordion("Refiner", open=False, elem_id=f"{prefix}_refiner"):
+        with gr.Row():  # titles, as the infotext's Refiner (pasted parameters) names them
+            checkpoint = gr.Dropdown(titles, value="None", label="Checkpoint", allow_custom_value=True,
+                                     elem_id=f"{prefix}_refiner_checkpoint")
+            switch_at = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Switch at",
+                                  elem_id=f"{prefix}_refiner_switch_at")
+    return {"refiner_checkpoint": checkpoint, "refiner_switch_at": switch_at}
+
+
 def seed_row(prefix: str) -> SeedRow:
     """Seed with random (-1) and reuse-last buttons, plus variation seed and strength."""
     with gr.Row():
