@@ -156,6 +156,7 @@ def second_pass(
         aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
         hooks=ctx.hooks,
+        s_min_uncond=req.s_min_uncond,
     )
     inp = refiner.split(ref, inp)
     out = sampling.sample(inp)

@@ -90,6 +90,7 @@ def first_pass(
         aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total),
         hooks=ctx.hooks,
+        s_min_uncond=req.s_min_uncond,
     )
     inp = refiner.split(ref, inp)
     latents = sampling.sample(inp)
