@@ -56,6 +56,10 @@ def test_explicit_fields_win_over_script_args_with_a_warning(client):  # noqa: F
     assert info["all_seeds"] == [7] and info["steps"] == 1
     assert info["warnings"] == ["alwayson_scripts.seed.args.0: 99 not used: the request's seed (7) wins",
                                 "alwayson_scripts.sampler.args.0: 2 not used: the request's steps (1) wins"]
+    # args not sent (or null) fill nothing: no conflict with the body's seed, the variation seed comes in
+    _, info, _ = post(client, "txt2img", {**T2I, "steps": 1, "alwayson_scripts": {"Seed": {"args": [None, True, 5, 0.5]},
+                                                                                 "Sampler": {"args": []}}})
+    assert info["warnings"] == [] and info["all_seeds"] == [7] and info["subseed_strength"] == 0.5 and info["steps"] == 1
 
 
 def test_refiner_script_sets_the_refiner(client):  # noqa: F811
@@ -141,3 +145,15 @@ def test_s_min_uncond_and_hr_checkpoint_name(client):  # noqa: F811
     assert own[0].tobytes() == same[0].tobytes() and "Hires checkpoint" not in info["infotexts"][0]
     r = client.post("/sdapi/v1/txt2img", json={**hr, "hr_checkpoint_name": "nope"})
     assert r.status_code in (400, 404) and "hr_checkpoint_name" in r.text
+
+
+def test_script_info_describes_the_builtin_args(client):  # noqa: F811
+    info = {(s["name"], s["is_img2img"]): s for s in client.get("/sdapi/v1/script-info").json()}
+    seed = info[("seed", False)]
+    assert seed["is_alwayson"] and [a["label"] for a in seed["args"]] == [
+        "Seed", "Extra", "Variation seed", "Variation strength", "Resize seed from width", "Resize seed from height"]
+    soft = info[("soft inpainting", True)]["args"]
+    assert soft[0] == {"label": "Soft inpainting", "value": False, "minimum": None, "maximum": None, "step": None,
+                       "choices": None}
+    assert (soft[3]["label"], soft[3]["value"], soft[3]["minimum"]) == ("Transition contrast boost", 4.0, 1.0)
+    assert ("soft inpainting", False) not in info

@@ -4,8 +4,8 @@ Soft Inpainting, with A1111's positional ``args``.
 A1111's API skips the setup of Seed, Sampler and Refiner (UI-only there, the body's fields decide);
 Easel runs them all: their args fill the request fields the body did not set itself. A field the body
 set explicitly wins, and an arg that asked for another value is named in ``info.warnings``. Args
-left out or sent as null take the script's UI defaults; a bad arg is a 422 naming
-``alwayson_scripts.<title>.args.<N>``.
+left out or sent as null fill nothing (the script reads its UI defaults for them); a bad arg is a 422
+naming ``alwayson_scripts.<title>.args.<N>``.
 
 - **Seed** ``[seed, extra, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h]``: as
   A1111's ``ScriptSeed.setup``, the variation seed and strength count only with ``extra`` on and a
@@ -32,29 +32,30 @@ from modules.schemas import MAX_SEED, SoftInpainting
 from .convert import field_error
 
 
+# Each script's args in A1111's order, titled with its UI labels (``script_info_args``).
 class SeedArgs(BaseModel):
-    seed: int = Field(-1, ge=-1, le=MAX_SEED)
-    extra: bool = False
-    subseed: int = Field(-1, ge=-1, le=MAX_SEED)
-    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    seed_resize_from_w: int = Field(0, ge=-1, le=8192)
-    seed_resize_from_h: int = Field(0, ge=-1, le=8192)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, title="Seed")
+    extra: bool = Field(False, title="Extra")
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED, title="Variation seed")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, title="Variation strength")
+    seed_resize_from_w: int = Field(0, ge=-1, le=8192, title="Resize seed from width")
+    seed_resize_from_h: int = Field(0, ge=-1, le=8192, title="Resize seed from height")
 
 
 class SamplerArgs(BaseModel):
-    steps: int = Field(20, ge=1, le=150)
-    sampler_name: str | None = None
-    scheduler: str | None = None
+    steps: int = Field(20, ge=1, le=150, title="Sampling steps")
+    sampler_name: str | None = Field(None, title="Sampling method")
+    scheduler: str | None = Field(None, title="Schedule type")
 
 
 class RefinerArgs(BaseModel):
-    enabled: bool = False
-    checkpoint: str | None = None
-    switch_at: float = Field(0.8, ge=0.01, le=1.0, allow_inf_nan=False)
+    enabled: bool = Field(False, title="Refiner")
+    checkpoint: str | None = Field(None, title="Checkpoint")
+    switch_at: float = Field(0.8, ge=0.01, le=1.0, allow_inf_nan=False, title="Switch at")
 
 
 class SoftInpaintingArgs(SoftInpainting):
-    enabled: bool = False  # the script's accordion starts closed
+    enabled: bool = Field(False, title="Soft inpainting")  # the script's accordion starts closed
 
 
 def read_args(model: type[BaseModel], args: Any, where: tuple[Any, ...]) -> BaseModel:
@@ -111,6 +112,24 @@ SCRIPTS = {
 }
 
 
+def script_info_args(name: str) -> list[dict[str, Any]]:
+    """A built-in script's args for ``/sdapi/v1/script-info`` (A1111's shape: label, value, minimum, maximum)."""
+    if name not in SCRIPTS:
+        return []
+    model = SCRIPTS[name][0]
+    out = []
+    for field_name, info in model.model_fields.items():
+        bounds = {"minimum": None, "maximum": None}
+        for rule in info.metadata:
+            if hasattr(rule, "ge"):
+                bounds["minimum"] = rule.ge
+            if hasattr(rule, "le"):
+                bounds["maximum"] = rule.le
+        label = info.title or info.description or field_name
+        out.append({"label": label, "value": info.default, **bounds})
+    return out
+
+
 def explicit_value(body: Any, name: str) -> tuple[bool, Any]:
     """Whether the body set ``name`` itself, and its value (``sampler_index`` counts for ``sampler_name``)."""
     if name == "sampler_name" and "sampler_name" not in body.model_fields_set:
@@ -138,6 +157,8 @@ def apply_builtin_scripts(body: Any, warnings: list[str]) -> Any:
         model, fills_of = SCRIPTS[name]
         parsed = read_args(model, args, ("alwayson_scripts", key, "args"))
         for field, (value, index) in fills_of(parsed).items():
+            if index >= len(args) or args[index] is None:
+                continue  # an arg not sent: its UI default fills nothing
             explicit, current = explicit_value(body, field)
             if not explicit:
                 updates[field] = value
