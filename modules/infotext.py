@@ -231,6 +231,8 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Hires negative prompt", "hr_negative_prompt", _to_str),
     ("Refiner", "refiner_checkpoint", _to_str),
     ("Refiner switch at", "refiner_switch_at", _to_float),
+    ("NGMS", "s_min_uncond", _to_float),
+    ("Hires checkpoint", "hr_checkpoint_name", _to_str),
     ("Mask blur", "mask_blur", _to_int),
     ("Masked content", "inpainting_fill", _to_inpainting_fill),
 )
@@ -260,12 +262,26 @@ def infotext_to_fields(parsed: dict[str, Any]) -> dict[str, Any]:
         except (ValueError, TypeError, OverflowError):
             unparsed.append(key)
     unparsed.extend(key for key in _SPLIT_KEYS if key in parsed)
+    soft = _soft_inpainting(parsed, unparsed)
+    if soft is not None:
+        fields["soft_inpainting"] = soft
     units = _controlnet_units(parsed, unparsed)
     if units:
         fields["controlnet_units"] = units
     fields["enable_hr"] = any(marker in parsed for marker in _HIRES_MARKERS)
     fields["_unparsed"] = unparsed
     return fields
+
+
+def _soft_inpainting(parsed: dict[str, Any], unparsed: list[str]) -> dict[str, Any] | None:
+    """The ``soft_inpainting`` field of A1111's ``Soft inpainting ...`` keys (None when it was off or unreadable)."""
+    from modules.soft_inpainting import ENABLED_KEY, from_infotext
+
+    try:
+        return from_infotext(parsed)
+    except ValueError:
+        unparsed.append(ENABLED_KEY)
+        return None
 
 
 def _controlnet_units(parsed: dict[str, Any], unparsed: list[str]) -> list[Any]:

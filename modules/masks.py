@@ -72,12 +72,13 @@ def resize_image(image: Image.Image, width: int, height: int, resize_mode: int) 
     return out
 
 
-def prepare_mask(mask: object, size: tuple[int, int], invert: bool, notes: list[str]) -> Image.Image:
+def prepare_mask(mask: object, size: tuple[int, int], invert: bool, notes: list[str], field: str = "mask") -> Image.Image:
     """The mask as "L" at ``size`` (resized, with a note, when it was another size), inverted if asked.
 
-    An RGBA mask with transparent pixels uses its alpha channel (strokes on a transparent layer)."""
+    An RGBA mask with transparent pixels uses its alpha channel (strokes on a transparent layer).
+    ``field`` names the request field in errors."""
     if not isinstance(mask, Image.Image):
-        raise RequestError(f"mask: expected an image (PIL.Image), got {type(mask).__name__}")
+        raise RequestError(f"{field}: expected an image (PIL.Image), got {type(mask).__name__}")
     m = mask.convert("L")
     if mask.mode in ("RGBA", "LA") and int(np.asarray(mask.getchannel("A")).min()) < 255:
         m = mask.getchannel("A")  # a drawing on a transparent layer: what is drawn is the mask
@@ -93,9 +94,13 @@ def is_empty(mask: Image.Image) -> bool:
     return int(np.asarray(mask).max()) == 0
 
 
-def blur_mask(mask: Image.Image, radius: int) -> Image.Image:
-    """Gaussian blur of the mask edge (radius 0: unchanged)."""
-    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask.copy()
+def blur_mask(mask: Image.Image, radius: int | tuple[int, int]) -> Image.Image:
+    """Gaussian blur of the mask edge: one radius both ways, or (horizontal, vertical) as A1111's
+    ``mask_blur_x``/``mask_blur_y`` (0: unchanged)."""
+    x, y = (radius, radius) if isinstance(radius, int) else radius
+    if x <= 0 and y <= 0:
+        return mask.copy()
+    return mask.filter(ImageFilter.GaussianBlur(x if x == y else (x, y)))
 
 
 def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int]:

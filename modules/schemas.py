@@ -170,6 +170,8 @@ class GenerationRequest(RequestModel):
     s_tmin: float | None = Field(None, ge=0.0, le=1000.0, description="churn from this sigma up; None: the setting")
     s_tmax: float | None = Field(None, ge=0.0, le=1000.0, description="churn up to this sigma (0: no bound); None: the setting")
     s_noise: float | None = Field(None, ge=0.0, le=10.0, description="scale of added noise; None: the setting")
+    s_min_uncond: float = Field(0.0, ge=0.0, le=1000.0, description="A1111's NGMS: below this sigma every other"
+                                " model call skips the negative prompt's prediction (faster, CFG 1 there); 0: off")
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=100, description="batch count")
     steps: int = Field(20, ge=1, le=150)
@@ -218,6 +220,31 @@ class GenerationRequest(RequestModel):
         return self.sampler_name or self.sampler_index or default
 
 
+SAME_CHECKPOINT = "Use same checkpoint"  # A1111's hr_checkpoint_name for "the first pass's"
+
+
+class SoftInpainting(RequestModel):
+    """A1111's soft inpainting (its built-in "Soft Inpainting" script), for inpainting with a blurred mask.
+
+    During sampling the original latents are blended into the denoised ones through the soft mask
+    raised to ``sigma ** mask_blend_power * mask_blend_scale`` (more of the original at high noise),
+    with magnitudes interpolated with ``inpaint_detail_preservation``; the final picture is
+    composited through a mask made from how much each place changed (``composite_*``), so
+    unchanged places keep the original pixels. Field names are A1111's; the UI labels are in
+    ``modules.soft_inpainting.INFOTEXT_KEYS``.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    enabled: bool = True
+    mask_blend_power: float = Field(1.0, ge=0.0, le=8.0, description="Schedule bias")
+    mask_blend_scale: float = Field(0.5, ge=0.0, le=8.0, description="Preservation strength")
+    inpaint_detail_preservation: float = Field(4.0, ge=1.0, le=32.0, description="Transition contrast boost")
+    composite_mask_influence: float = Field(0.0, ge=0.0, le=1.0, description="Mask influence")
+    composite_difference_threshold: float = Field(0.5, ge=0.0, le=8.0, description="Difference threshold")
+    composite_difference_contrast: float = Field(2.0, ge=0.0, le=8.0, description="Difference contrast")
+
+
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")
 OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
@@ -239,6 +266,13 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: str | None = Field(None, description="None: the first pass's schedule type")
     hr_prompt: str = Field("", description="empty: the first pass's prompt")
     hr_negative_prompt: str = Field("", description="empty: the first pass's negative prompt")
+    hr_checkpoint_name: str | None = Field(None, description="the hires pass runs on this checkpoint (same family);"
+                                           " None/\"\"/\"Use same checkpoint\": the first pass's")
+
+    @field_validator("hr_checkpoint_name")
+    @classmethod
+    def _same_checkpoint(cls, v: str | None) -> str | None:
+        return None if v is None or v.strip() in ("", "None", SAME_CHECKPOINT) else v
 
 
 class Img2ImgRequest(GenerationRequest):
@@ -257,6 +291,11 @@ class Img2ImgRequest(GenerationRequest):
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="0 keeps the image, 1 ignores it")
     mask: Any = Field(None, description="PIL image, white = repaint; None = plain img2img")
     mask_blur: int = Field(4, ge=0, le=64)
+    mask_blur_x: int | None = Field(None, ge=0, le=64, description="horizontal blur of the mask; None: mask_blur")
+    mask_blur_y: int | None = Field(None, ge=0, le=64, description="vertical blur of the mask; None: mask_blur")
+    latent_mask: Any = Field(None, description="PIL image, white = repaint: used instead of the mask for the latent"
+                                               " blend (A1111's latent_mask); None: the blurred mask")
+    soft_inpainting: SoftInpainting | None = Field(None, description="A1111's soft inpainting; None: off")
     inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
     inpaint_full_res: bool = Field(
         True, description="True = 'Only masked': crop the masked region, generate at width x height, paste back"
@@ -391,9 +430,10 @@ class GenerationResult:
 # ---------------------------------------------------------------------------------------------
 # Memory a request or result holds (the job queue's byte budget, setting max_queue_mb)
 
-# request fields that hold input images: img2img/inpaint/outpaint, extras, ControlNet units (and
+# request fields that hold input images: img2img/inpaint/outpaint (and its latent_mask), extras, ControlNet units (and
 # their ``image``), ControlNet detect, training
-INPUT_IMAGE_FIELDS = ("init_images", "mask", "image", "images", "controlnet_units", "instance_images", "class_images")
+INPUT_IMAGE_FIELDS = ("init_images", "mask", "latent_mask", "image", "images", "controlnet_units", "instance_images",
+                      "class_images")
 
 
 def image_bytes(value: Any) -> int:

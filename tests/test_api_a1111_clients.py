@@ -464,40 +464,45 @@ def test_fields_easel_does_not_implement_are_named_in_warnings(live):
     r = post(f"{base}/sdapi/v1/txt2img", body)
     assert r.status_code == 200, r.text
     warnings = json.loads(r.json()["info"])["warnings"]
-    assert [w.split(":")[0] for w in warnings] == ["restore_faces", "s_min_uncond"]  # tiling, eta, s_noise are implemented
-    assert "s_min_uncond: 0.2 was ignored: not implemented in Easel" in warnings
+    assert warnings == ["restore_faces: True was ignored: no face restorer is installed in Easel"]  # s_min_uncond runs
+    assert "NGMS: 0.2" in json.loads(r.json()["info"])["infotexts"][0]
     init = encode_image_base64(Image.new("RGB", (32, 32)))
     r = post(f"{base}/sdapi/v1/img2img", {"init_images": [init], "steps": 1, "mask_blur": 8, "mask_blur_x": 8,
                                           "mask_blur_y": 2, "image_cfg_scale": 1.5, "firstpass_image": init})
     assert r.status_code == 200, r.text
     warnings = json.loads(r.json()["info"])["warnings"]
-    assert [w.split(":")[0] for w in warnings] == ["firstpass_image", "image_cfg_scale", "mask_blur_y"]
+    assert [w.split(":")[0] for w in warnings] == ["firstpass_image", "image_cfg_scale"]  # mask_blur_x/_y run
     assert r.json()["parameters"]["firstpass_image"] is None  # images are not echoed
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. A1111's built-in always-on scripts are accepted (its API skips their UI-only setup)
+# 8. A1111's built-in always-on scripts run (their args fill the fields the body left out;
+# tests/test_api_builtin_scripts.py has the details)
 
 
-def test_builtin_alwayson_scripts_are_accepted(live):
+def test_builtin_alwayson_scripts_run(live):
     _, base = live
     listed = requests.get(f"{base}/sdapi/v1/scripts", timeout=30).json()
     assert "controlnet" in listed["txt2img"] and "controlnet" in listed["img2img"]  # openOutpaint looks for it
     assert "soft inpainting" in listed["img2img"] and "soft inpainting" not in listed["txt2img"]
-    body = {"prompt": "x", "steps": 1, "width": 32, "height": 32, "seed": 7, "alwayson_scripts": {
-        "Seed": {"args": [99, True, 5, 0.5, 0, 0]}, "Sampler": {"args": [3, "Euler", "Karras"]},
+    body = {"prompt": "x", "width": 32, "height": 32, "alwayson_scripts": {
+        "Seed": {"args": [99, True, 5, 0.5, 0, 0]}, "Sampler": {"args": [1, "Euler", "Karras"]},
         "Refiner": {"args": [False, "", 0.8]}, "Extra options": {"args": []}, "ControlNet": {"args": []}}}
     r = post(f"{base}/sdapi/v1/txt2img", body)
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
-    assert info["all_seeds"] == [7] and info["steps"] == 1  # the request's fields decide, as in A1111's API
-    assert [w.split(":")[0] for w in info["warnings"]] == [
-        "alwayson_scripts.Seed", "alwayson_scripts.Sampler", "alwayson_scripts.Refiner"]
+    assert info["all_seeds"] == [99] and info["steps"] == 1 and info["subseed_strength"] == 0.5
+    assert info["warnings"] == []
+    r = post(f"{base}/sdapi/v1/txt2img", {**body, "seed": 7})
+    info = json.loads(r.json()["info"])
+    assert info["all_seeds"] == [7]  # an explicit field wins, with a warning
+    assert info["warnings"] == ["alwayson_scripts.Seed.args.0: 99 not used: the request's seed (7) wins"]
     init = encode_image_base64(Image.new("RGB", (32, 32)))
-    r = post(f"{base}/sdapi/v1/img2img", {"init_images": [init], "steps": 1, "width": 32, "height": 32,
+    mask = encode_image_base64(Image.new("L", (32, 32), 255))
+    r = post(f"{base}/sdapi/v1/img2img", {"init_images": [init], "mask": mask, "steps": 1, "width": 32, "height": 32,
                                           "alwayson_scripts": {"soft inpainting": {"args": [True, 1, 0.5, 4, 0, 0.5, 2]}}})
     assert r.status_code == 200, r.text
-    assert "soft inpainting: not implemented" in json.loads(r.json()["info"])["warnings"][0]
+    assert "Soft inpainting enabled: True" in json.loads(r.json()["info"])["infotexts"][0]
     r = post(f"{base}/sdapi/v1/txt2img", {**body, "alwayson_scripts": {"ADetailer": {"args": []}}})
     assert r.status_code == 422
     assert "ADetailer not found" in r.json()["detail"][0]["msg"] and "'seed'" in r.json()["detail"][0]["msg"]

@@ -12,6 +12,7 @@ from modules import interrogate as captions
 from modules.services import Services
 
 from . import scripts
+from .builtin_scripts import script_info_args
 from .convert import BUILTIN_ALWAYSON, CONTROLNET_SCRIPT, InputBudget, decode_field
 from .errors import ModelNotInstalled
 from .models import (
@@ -48,7 +49,8 @@ def create_compat_router(services: Services) -> APIRouter:
         """The scripts of /sdapi/v1/scripts in A1111's shape (their positional args are described there)."""
         selectable = [ScriptInfo(name=name, is_alwayson=False, is_img2img=kind == "img2img", args=[])
                       for kind, names in scripts.SCRIPTS.items() for name in names]
-        alwayson = [ScriptInfo(name=name, is_alwayson=True, is_img2img=kind == "img2img", args=[])
+        alwayson = [ScriptInfo(name=name, is_alwayson=True, is_img2img=kind == "img2img",
+                               args=[ScriptArg(**arg) for arg in script_info_args(name)])
                     for kind, names in BUILTIN_ALWAYSON.items() for name in (CONTROLNET_SCRIPT, *names)]
         return selectable + alwayson + extension_script_info(services)
 

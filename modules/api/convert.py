@@ -100,9 +100,8 @@ def check_no_scripts(body: BaseModel) -> None:
     check_no_alwayson(body)
 
 
-# A1111's built-in always-on scripts by tab (lower-case titles), accepted in ``alwayson_scripts``: its API
-# skips the setup of Seed, Sampler and Refiner (UI only: the request's fields decide), Extra options and
-# Soft Inpainting are not implemented (``lenient.builtin_script_warnings`` says so in info.warnings).
+# A1111's built-in always-on scripts by tab (lower-case titles), accepted in ``alwayson_scripts`` and run
+# by ``builtin_scripts`` (their args fill the fields the body did not set)
 BUILTIN_ALWAYSON = {"txt2img": ("extra options", "refiner", "sampler", "seed"),
                     "img2img": ("extra options", "refiner", "sampler", "seed", "soft inpainting")}
 

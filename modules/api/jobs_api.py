@@ -46,7 +46,9 @@ def decoded_images(kind: str, request: Any, budget: InputBudget) -> dict[str, An
             raise field_error(("request", "init_images"), "at least one image is required (base64 or a data: URL)")
         images = [decode_field(text, ("request", "init_images", i), budget) for i, text in enumerate(request.init_images)]
         mask = decode_field(request.mask, ("request", "mask"), budget) if kind == "img2img" and request.mask else None
-        return {"init_images": images, "mask": mask, **units}
+        latent = request.latent_mask if mask is not None else None
+        latent = decode_field(latent, ("request", "latent_mask"), budget) if latent else None
+        return {"init_images": images, "mask": mask, "latent_mask": latent, **units}
     if kind == "extras":
         return {"image": decode_field(request.image, ("request", "image"), budget)}
     return units

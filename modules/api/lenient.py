@@ -12,8 +12,11 @@ Easel's limits (sizes, steps, batch).
 - an unknown sampler is the default sampler, an unknown or unsupported schedule type Automatic;
 - ``width``/``height`` not a multiple of 8 are floored to the latent grid (A1111 makes a
   ``size // 8`` latent), at least 8: ``info.width``/``info.height`` give the size drawn;
-- A1111 fields Easel does not implement (``IGNORED_FIELDS``) and args of A1111's built-in always-on
-  scripts are accepted, and named in the warnings when they would have changed the picture;
+- A1111's built-in always-on scripts (Seed, Sampler, Refiner, Soft Inpainting, Extra options) fill
+  the fields the body did not set (``builtin_scripts``; explicit fields win, with a warning);
+- ``mask_blur`` sent sets both ``mask_blur_x`` and ``mask_blur_y``, as A1111's setter does;
+- A1111 fields Easel does not implement (``IGNORED_FIELDS``) are accepted, and named in the
+  warnings when they would have changed the picture;
 - extras: ``upscaler_1`` "None" leaves the image as it is; face restoration is noted, not done.
 """
 
@@ -30,6 +33,8 @@ from modules.infotext import infotext_to_fields, parse_infotext
 from modules.schemas import RequestError
 from modules.services import Services
 from modules.styles import STYLES_FILE, load_styles
+
+from .builtin_scripts import apply_builtin_scripts
 
 LATENT_GRID = 8
 # infotext values that are A1111 options: they go to override_settings (option name) unless set there
@@ -61,17 +66,14 @@ class Lenient:
 
 
 # A1111 fields the bodies accept but Easel does not implement, and why (a value other than the
-# default is named in info.warnings)
+# default is named in info.warnings; docs/api.md says more)
 IGNORED_FIELDS = {
     "restore_faces": "no face restorer is installed",
-    "s_min_uncond": "not implemented",
-    "disable_extra_networks": "not implemented", "firstpass_image": "not implemented",
+    "disable_extra_networks": "<lora:...> and embeddings in prompts always apply",
+    "firstpass_image": "the hires fix always makes its own first pass",
     "firstphase_width": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
     "firstphase_height": "A1111's old hires fix is not implemented; use hr_scale or hr_resize_x/y",
-    "hr_checkpoint_name": "the hires pass runs on the request's checkpoint",
     "image_cfg_scale": "instruct-pix2pix models are not supported",
-    "mask_blur_x": "mask_blur blurs both ways", "mask_blur_y": "mask_blur blurs both ways",
-    "latent_mask": "not implemented",
 }
 
 
@@ -79,9 +81,11 @@ def make_lenient(body: Any, services: Services) -> Lenient:
     """Every A1111 leniency for a txt2img/img2img body, in A1111's order (infotext first)."""
     warnings: list[str] = []
     pasted = services.extensions.pasted if services.extensions is not None else None
+    sent = set(body.model_fields_set)
+    body = apply_builtin_scripts(body, warnings)  # before the infotext: the scripts' args beat its values
     body = apply_infotext(body, warnings, pasted)
+    body = mask_blur_both_ways(body, sent)
     warnings.extend(ignored_field_warnings(body))
-    warnings.extend(builtin_script_warnings(body))
     body = drop_unknown_styles(body, services, warnings)
     body = drop_unknown_overrides(body, services, warnings)
     body = sampler_fallback(body, services.settings.default_sampler, warnings)
@@ -126,37 +130,26 @@ def apply_infotext(body: Any, warnings: list[str], pasted: Any = None) -> Any:
 
 def ignored_field_warnings(body: Any) -> list[str]:
     """A warning for each field the body set that Easel does not implement, unless it has no effect
-    (its default, off, or ``mask_blur_x``/``_y`` equal to ``mask_blur``)."""
+    (None, off or its default)."""
     warnings = []
     for name, reason in IGNORED_FIELDS.items():
         if name not in body.model_fields_set or name not in type(body).model_fields:
             continue
         value = getattr(body, name)
-        unchanged = value is None or value is False or value == type(body).model_fields[name].default
-        same_blur = name in ("mask_blur_x", "mask_blur_y") and value == getattr(body, "mask_blur", None)
-        if unchanged or same_blur:
+        if value is None or value is False or value == type(body).model_fields[name].default:
             continue
         warnings.append(f"{name}: {value!r} was ignored: {reason} in Easel")
     return warnings
 
 
-def builtin_script_warnings(body: Any) -> list[str]:
-    """A warning for each A1111 built-in always-on script whose args would do something in A1111's UI
-    or are not implemented here (``convert.BUILTIN_ALWAYSON``)."""
-    warnings = []
-    for key, script in (body.alwayson_scripts or {}).items():
-        name = str(key).strip().lower()
-        args = script.get("args") if isinstance(script, dict) else None
-        if not isinstance(args, list) or not args:
-            continue
-        if name in ("seed", "sampler", "refiner"):
-            warnings.append(f"alwayson_scripts.{key}: args ignored; A1111's API runs this script in its UI only,"
-                            " the request's own fields decide")
-        elif name == "extra options":
-            warnings.append(f"alwayson_scripts.{key}: args ignored; set options with override_settings")
-        elif name == "soft inpainting" and args[0]:
-            warnings.append(f"alwayson_scripts.{key}: not implemented in Easel; the mask is applied as usual")
-    return warnings
+def mask_blur_both_ways(body: Any, sent: set[str]) -> Any:
+    """``mask_blur`` sent in the body (``sent``: the fields it set) sets ``mask_blur_x`` and ``mask_blur_y``
+    too, as A1111's ``mask_blur`` setter does; without it ``mask_blur_x``/``_y`` blur each way."""
+    if "mask_blur" not in sent or "mask_blur_x" not in type(body).model_fields:
+        return body
+    if body.mask_blur_x is None and body.mask_blur_y is None:
+        return body
+    return body.model_copy(update={"mask_blur_x": None, "mask_blur_y": None})
 
 
 def drop_unknown_styles(body: Any, services: Services, warnings: list[str]) -> Any:

@@ -16,7 +16,8 @@ every core field, validator and limit, and change only what A1111's API does dif
   ``override_settings_restore_afterwards=False`` does not make them stick as in A1111;
 - ``script_name``/``script_args``: the scripts of ``GET /sdapi/v1/scripts`` ("outpainting mk2" on
   img2img, "x/y/z plot" on both) with A1111's positional args; any other name is a 422 listing
-  them. ``alwayson_scripts`` takes ``controlnet`` only (sd-webui-controlnet's ``{"args": [unit, ...]}``).
+  them. ``alwayson_scripts`` takes ``controlnet`` (sd-webui-controlnet's ``{"args": [unit, ...]}``),
+  A1111's built-ins (``builtin_scripts``) and the loaded extensions' always-on scripts.
 
 Without ``sampler_name`` the sampler is ``sampler_index``, whose default is "Euler", as in A1111's API
 (the web UI's and the job API's default is the setting ``default_sampler``).
@@ -45,7 +46,8 @@ class ScriptFields(RequestModel):
     script_name: str | None = Field(None, description="A1111 script title from GET /sdapi/v1/scripts (case-insensitive)")
     script_args: list[Any] = Field(default_factory=list, description="positional arguments of script_name, as A1111's")
     alwayson_scripts: dict[str, Any] = Field(
-        default_factory=dict, description='A1111 always-on scripts: only {"controlnet": {"args": [unit, ...]}}')
+        default_factory=dict, description='A1111 always-on scripts by title, {"args": [...]}: controlnet, Seed, Sampler,'
+                                           ' Refiner, Soft Inpainting, Extra options and the extensions\' ones')
     force_task_id: str | None = Field(None, description="accepted and ignored")
     infotext: str | None = Field(None, description="an A1111 infotext: fills the fields this body does not set")
 
@@ -60,7 +62,6 @@ class AcceptedFields(RequestModel):
     restore_faces: bool | None = Field(None, description=f"{NOT_IMPLEMENTED}: no face restorer is installed")
     do_not_save_samples: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
     do_not_save_grid: bool = Field(False, description="accepted; save_images decides, as in A1111's API")
-    s_min_uncond: float | None = Field(None, description=NOT_IMPLEMENTED)
     disable_extra_networks: bool = Field(False, description=NOT_IMPLEMENTED)
     firstpass_image: str | None = Field(None, description=NOT_IMPLEMENTED)
     comments: dict[str, Any] | None = Field(None, description="accepted and ignored")
@@ -69,14 +70,10 @@ class AcceptedFields(RequestModel):
 class Txt2ImgAcceptedFields(AcceptedFields):
     firstphase_width: int = Field(0, description=f"{NOT_IMPLEMENTED} (A1111's old hires fix)")
     firstphase_height: int = Field(0, description=f"{NOT_IMPLEMENTED} (A1111's old hires fix)")
-    hr_checkpoint_name: str | None = Field(None, description=NOT_IMPLEMENTED)
 
 
 class Img2ImgAcceptedFields(AcceptedFields):
     image_cfg_scale: float | None = Field(None, description=f"{NOT_IMPLEMENTED} (instruct-pix2pix models)")
-    mask_blur_x: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
-    mask_blur_y: int = Field(4, description=f"{NOT_IMPLEMENTED}: mask_blur blurs both ways")
-    latent_mask: str | None = Field(None, description=NOT_IMPLEMENTED)
 
 
 SAMPLER_INDEX_DESCRIPTION = ("A1111's old name for sampler_name, used when sampler_name is not given; its default,"
@@ -111,6 +108,11 @@ class Img2ImgBody(NullMeansDefault, Img2ImgRequest, ScriptFields, Img2ImgAccepte
 
     init_images: list[str] | None = Field(None, description=f"the images to start from: {IMAGE_DESCRIPTION}")
     mask: str | None = Field(None, description=f"inpainting mask, white = repaint: {IMAGE_DESCRIPTION}")
+    latent_mask: str | None = Field(None, description="with mask: the mask of the latent blend instead of the blurred"
+                                                      f" mask (A1111's latent_mask), white = repaint: {IMAGE_DESCRIPTION}")
+    mask_blur_x: int | None = Field(None, ge=0, le=64, description="horizontal mask blur; null: mask_blur (a mask_blur"
+                                                                   " sent sets both, as in A1111)")
+    mask_blur_y: int | None = Field(None, ge=0, le=64, description="vertical mask blur; null: mask_blur")
     width: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     height: int | None = Field(512, ge=8, le=8192, description=SIZE_DESCRIPTION)
     steps: int = Field(50, ge=1, le=150)
@@ -343,11 +345,13 @@ class ScriptsList(BaseModel):
 class Img2ImgJobRequest(Img2ImgRequest):
     init_images: list[str] = Field(default_factory=list, description=IMAGE_DESCRIPTION)
     mask: str | None = Field(None, description=f"white = repaint; {IMAGE_DESCRIPTION}")
+    latent_mask: str | None = Field(None, description=f"with mask: the latent blend's own mask; {IMAGE_DESCRIPTION}")
 
 
 class OutpaintJobRequest(OutpaintRequest):
     init_images: list[str] = Field(default_factory=list, description=IMAGE_DESCRIPTION)
     mask: str | None = Field(None, description="ignored: outpainting makes its own mask")
+    latent_mask: str | None = Field(None, description="ignored: outpainting makes its own mask")
 
 
 class ExtrasJobRequest(ExtrasRequest):

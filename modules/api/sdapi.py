@@ -305,8 +305,10 @@ def create_sdapi_router(services: Services) -> APIRouter:
             return Submitted(core, [services.submit("outpaint", core)], None, body, tuple(lenient.warnings),
                              ImageEncoding.of(services.settings, body.override_settings))
         mask = decode_field(body.mask, ("mask",), budget) if body.mask else None
+        latent = decode_field(body.latent_mask, ("latent_mask",), budget) if body.latent_mask and mask else None
         core = build_core_request(Img2ImgRequest, body, services.settings,
-                                  {"init_images": images, "mask": mask, "controlnet_units": units, **lenient.sizes,
+                                  {"init_images": images, "mask": mask, "latent_mask": latent, "controlnet_units": units,
+                                   **lenient.sizes,
                                    **scripts.extension_fields(body, "img2img", services.extensions)})
         if script == scripts.XYZ_PLOT:
             return submit_grid(services, "img2img", core, body, lenient.warnings)

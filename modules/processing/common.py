@@ -219,6 +219,8 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         params["Variation seed strength"] = req.subseed_strength
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
         params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+    if req.s_min_uncond > 0:
+        params["NGMS"] = req.s_min_uncond  # A1111's key for s_min_uncond
     if req.clip_skip > 1:
         params["Clip skip"] = req.clip_skip
     if req.tiling:

@@ -7,16 +7,25 @@ down to a multiple of the VAE factor. A "Latent ..." upscaler interpolates the l
 upscaler decodes, upscales the pixels and encodes again. The second pass draws its noise from the
 same seeds at the target size, so a request reproduces. A target past ``settings.max_side`` is a
 RequestError before anything runs.
+
+``hr_checkpoint_name`` runs the second pass on another checkpoint of the same family
+(``checkpoint_in_use``): it comes from the model cache beside the job's model, as the refiner does
+(the two take turns on the device), encodes the prompts with its own text encoders and decodes with
+its own VAE; the infotext's ``Hires checkpoint`` names it. It cannot be combined with a refiner.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from modules import prompt_schedule, samplers, seeds, upscalers
+from modules.checkpoints import CheckpointError
 from modules.processing import common, refiner, sampling
 from modules.processing import conditioning as prompt_conditioning
 from modules.processing.context import RunContext
@@ -88,15 +97,50 @@ def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def checkpoint_in_use(ctx: RunContext, req: Txt2ImgRequest) -> Iterator[RunContext]:
+    """The context the second pass runs in: ``ctx`` on ``hr_checkpoint_name``'s model (locked beside the
+    job's model for the block), or ``ctx`` itself without one (or when it names the job's own checkpoint).
+    RequestError naming ``hr_checkpoint_name`` when it cannot be used."""
+    name = req.hr_checkpoint_name
+    if not name:
+        yield ctx
+        return
+    if ctx.refiners is None:
+        raise RequestError("hr_checkpoint_name: no other checkpoint can be used in this context")
+    try:
+        title = ctx.refiners.refiner_title(name)
+    except CheckpointError as err:
+        raise RequestError(f"hr_checkpoint_name: {err}") from None
+    if title == ctx.refiners.refiner_title(ctx.model.info.name):
+        yield ctx
+        return
+    if req.refiner_checkpoint:
+        raise RequestError("hr_checkpoint_name: a hires checkpoint and a refiner (refiner_checkpoint) cannot be used"
+                           " together; leave one out")
+    with ctx.refiners.use_refiner(name) as model:
+        refiner.check_compatible(ctx.model, model, "hr_checkpoint_name")
+        networks = ctx.networks.on_model(model) if ctx.networks is not None else None
+        yield dataclasses.replace(ctx, model=model, networks=networks)
+
+
+def checkpoint_params(ctx: RunContext, hr_ctx: RunContext) -> dict[str, Any]:
+    """A1111's ``Hires checkpoint`` key when the second pass ran on another checkpoint."""
+    if hr_ctx.model is ctx.model or ctx.refiners is None:
+        return {}
+    return {"Hires checkpoint": ctx.refiners.refiner_title(hr_ctx.model.info.name)}
+
+
 def conditioning(
-    req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning, first_steps: int, hp: HiresPlan
+    req: Txt2ImgRequest, ctx: RunContext, first: sampling.Conditioning | None, first_steps: int, hp: HiresPlan
 ) -> sampling.Conditioning:
     """The second pass's prompts: hr_prompt / hr_negative_prompt where given, scheduled as A1111
     schedules the hires pass (edit steps counted on from the first pass); the first pass's
-    conditioning when the prompts are the same and have no edits."""
+    conditioning when the prompts are the same and have no edits (``first`` None: encoded again,
+    for a hires checkpoint)."""
     prompt, negative = req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
     same = (prompt, negative) == (req.prompt, req.negative_prompt)
-    if same and prompt_schedule.is_static(prompt) and prompt_schedule.is_static(negative):
+    if first is not None and same and prompt_schedule.is_static(prompt) and prompt_schedule.is_static(negative):
         return first
     with torch.no_grad():
         return prompt_conditioning.encode(ctx, prompt, negative, req.clip_skip, hp.steps, base_steps=first_steps)
@@ -156,6 +200,7 @@ def second_pass(
         aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
         hooks=ctx.hooks,
+        s_min_uncond=req.s_min_uncond,
     )
     inp = refiner.split(ref, inp)
     out = sampling.sample(inp)

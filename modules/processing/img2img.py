@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import masks
+from modules import masks, soft_inpainting
 from modules.controlnet import apply as controlnet
 from modules.processing import common, conditioning, refiner, sampling
 from modules.processing.context import RunContext
@@ -43,11 +43,27 @@ class Prepared:
     original: Image.Image | None = None  # the result is pasted into this...
     box: tuple[int, int, int, int] | None = None  # ...at this box...
     overlay_mask: Image.Image | None = None  # ...through this mask (original's size)
+    latent_source: Image.Image | None = None  # "L", same size as image: the latent blend's mask (A1111's latent_mask)
 
-    def finish(self, generated: Image.Image) -> Image.Image:
+    @property
+    def blend_mask(self) -> Image.Image | None:
+        """The mask the latents are blended through: ``latent_source`` where given, else ``mask``."""
+        return self.latent_source if self.latent_source is not None else self.mask
+
+    def finish(self, generated: Image.Image, overlay: Image.Image | None = None) -> Image.Image:
+        """The generated image put back into the original; ``overlay`` (image size, 255 = generated)
+        replaces the blurred mask there (soft inpainting's composite mask)."""
         if self.original is None:
             return generated
-        return masks.paste_back(self.original, generated, self.box, self.overlay_mask)
+        mask = self.overlay_mask if overlay is None else self.uncrop(overlay)
+        return masks.paste_back(self.original, generated, self.box, mask)
+
+    def uncrop(self, overlay: Image.Image) -> Image.Image:
+        """``overlay`` (model size) placed at ``box`` on a black mask of the original's size."""
+        x1, y1, x2, y2 = self.box
+        canvas = Image.new("L", self.original.size, 0)
+        canvas.paste(overlay.resize((x2 - x1, y2 - y1), masks.LANCZOS), (x1, y1))
+        return canvas
 
 
 def composite_sketch(background: Image.Image, sketch: Image.Image) -> Image.Image:
@@ -79,19 +95,30 @@ def run(req: Img2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     })
     plan = common.plan_batch(req, ctx, rng)
     notes: list[str] = []
-    mask = None
+    mask = latent = None
     if req.mask is not None:
         mask = masks.prepare_mask(req.mask, images[0].size, bool(req.inpainting_mask_invert), notes)
         if masks.is_empty(mask):
             what = "all white before inversion" if req.inpainting_mask_invert else "all black"
             raise RequestError(f"mask: the mask is empty ({what}); paint the area to repaint in white")
+        if req.latent_mask is not None:  # as A1111: neither inverted nor blurred
+            latent = masks.prepare_mask(req.latent_mask, images[0].size, False, [], field="latent_mask")
     # 2. prepare every init image
-    preps = [prepare(req, plan, image, mask, factor) for image in images]
+    preps = [prepare(req, plan, image, mask, factor, latent) for image in images]
     return generate(req, ctx, plan, preps, image_params(req), ctx.settings.outdir_img2img_samples, notes)
 
 
-def prepare(req: Img2ImgRequest, plan: common.BatchPlan, image: Image.Image, mask: Image.Image | None, factor: int) -> Prepared:
-    """Resize or crop ``image`` (and ``mask``, same size as the image) for the model."""
+def blur_radii(req: Img2ImgRequest) -> tuple[int, int]:
+    """The mask's horizontal and vertical blur: ``mask_blur_x``/``_y`` where given, else ``mask_blur``."""
+    x = req.mask_blur if req.mask_blur_x is None else req.mask_blur_x
+    y = req.mask_blur if req.mask_blur_y is None else req.mask_blur_y
+    return x, y
+
+
+def prepare(req: Img2ImgRequest, plan: common.BatchPlan, image: Image.Image, mask: Image.Image | None, factor: int,
+            latent: Image.Image | None = None) -> Prepared:
+    """Resize or crop ``image`` (and ``mask`` and ``latent``, the latent blend's own mask, same size as
+    the image) for the model; ``latent`` goes through the same crop and resize as the mask."""
     w, h = plan.width, plan.height
     if mask is None:
         if req.resize_mode == 3:  # encoded at its own size, the latents are upscaled
@@ -100,18 +127,27 @@ def prepare(req: Img2ImgRequest, plan: common.BatchPlan, image: Image.Image, mas
         return Prepared(masks.resize_image(image, w, h, req.resize_mode))
     if mask.size != image.size:
         mask = mask.resize(image.size, masks.LANCZOS)
-    blurred = masks.blur_mask(mask, req.mask_blur)
+    if latent is not None and latent.size != image.size:
+        latent = latent.resize(image.size, masks.LANCZOS)
+    blurred = masks.blur_mask(mask, blur_radii(req))
     if req.inpaint_full_res:
         region = masks.crop_region(blurred, req.inpaint_full_res_padding)
         region = masks.expand_crop_region(region, w, h, image.width, image.height)
-        model_image = image.crop(region).resize((w, h), masks.LANCZOS)
-        model_mask = blurred.crop(region).resize((w, h), masks.LANCZOS)
-        prep = Prepared(model_image, model_mask, image, region, blurred)
+
+        def to_model(im: Image.Image) -> Image.Image:
+            return im.crop(region).resize((w, h), masks.LANCZOS)
+
+        prep = Prepared(to_model(image), to_model(blurred), image, region, blurred)
     else:
         mode = 0 if req.resize_mode == 3 else req.resize_mode
-        base = masks.resize_image(image, w, h, mode)
-        model_mask = masks.resize_image(blurred, w, h, mode)
+
+        def to_model(im: Image.Image) -> Image.Image:
+            return masks.resize_image(im, w, h, mode)
+
+        base, model_mask = to_model(image), to_model(blurred)
         prep = Prepared(base, model_mask, base, (0, 0, w, h), model_mask)
+    if latent is not None:
+        prep.latent_source = to_model(latent)
     if req.inpainting_fill == 0:
         prep.image = masks.fill_masked(prep.image, prep.mask)
     return prep
@@ -123,13 +159,16 @@ def image_params(req: Img2ImgRequest) -> dict[str, Any]:
     if req.initial_noise_multiplier != 1.0:
         params["Noise multiplier"] = req.initial_noise_multiplier
     if req.mask is not None:
-        params["Mask blur"] = req.mask_blur
+        blur_x, blur_y = blur_radii(req)
+        if blur_x == blur_y:  # A1111 writes no Mask blur when the two differ
+            params["Mask blur"] = blur_x
         if req.inpainting_mask_invert:
             params["Mask mode"] = "Inpaint not masked"
         params["Masked content"] = INPAINTING_FILLS[req.inpainting_fill]
         if req.inpaint_full_res:
             params["Inpaint area"] = "Only masked"
             params["Masked area padding"] = req.inpaint_full_res_padding
+        params.update(soft_inpainting.infotext_params(req.soft_inpainting))
     return params
 
 
@@ -225,8 +264,10 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
     device, dtype = pipe._execution_device, pipe.unet.dtype
     noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
     blend = None
+    soft = req.soft_inpainting if req.soft_inpainting is not None and req.soft_inpainting.enabled else None
     if batch[0].mask is not None:
-        blend = torch.cat([latent_mask(p.mask, lw, lh, req.mask_round) for p in batch]).to(device, dtype)
+        rounded = req.mask_round and soft is None  # soft inpainting turns the rounding off, as A1111's script does
+        blend = torch.cat([latent_mask(p.blend_mask, lw, lh, rounded) for p in batch]).to(device, dtype)
         init = init.to(device, dtype)
         if req.inpainting_fill == 2:  # latent noise
             init = init * (1 - blend) + noise.to(device, dtype) * blend
@@ -254,9 +295,16 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
         hooks=ctx.hooks,
+        s_min_uncond=req.s_min_uncond,
+        soft_inpainting=soft if blend is not None else None,
     )
     inp = refiner.split(ref, inp)
     latents = sampling.sample(inp)
     if ref is not None:  # the refiner takes over at its switch
         latents = refiner.refine(ref, ctx, req, inp, latents, blend)
-    return [p.finish(img) for p, img in zip(batch, common.decode_latents(pipe, latents), strict=True)]
+    images = common.decode_latents(pipe, latents)
+    if soft is None or blend is None:
+        return [p.finish(img) for p, img in zip(batch, images, strict=True)]
+    # soft inpainting: the original comes back wherever the latents did not move
+    overlays = soft_inpainting.composite_mask(soft, blend, init, latents, (plan.width, plan.height))
+    return [p.finish(img, overlay) for p, img, overlay in zip(batch, images, overlays, strict=True)]

@@ -89,15 +89,16 @@ def params(rp: RefinerPlan | None) -> dict[str, Any]:
     return {"Refiner": rp.title, "Refiner switch at": rp.switch_at} if rp else {}
 
 
-def check_compatible(base: LoadedModel, refiner: LoadedModel) -> None:
-    """The refiner must continue the base's latents: the same family, latent channels and VAE factor."""
+def check_compatible(base: LoadedModel, refiner: LoadedModel, field: str = "refiner_checkpoint") -> None:
+    """The refiner (or a hires checkpoint: ``field``) must continue the base's latents: the same family,
+    latent channels and VAE factor."""
     ours, theirs = family_of_arch(base.arch), family_of_arch(refiner.arch)
     same_latents = (refiner.pipe.vae.config.latent_channels == base.pipe.vae.config.latent_channels
                     and refiner.vae_scale_factor == base.vae_scale_factor
                     and refiner.pipe.unet.config.in_channels == refiner.pipe.vae.config.latent_channels)
     if ours != theirs or not same_latents:
-        raise RequestError(f"refiner_checkpoint: {refiner.info.name} is {FAMILY_NAMES[theirs]} and does not continue the"
-                           f" latents of {base.info.name} ({FAMILY_NAMES[ours]}); choose a refiner of the same family")
+        raise RequestError(f"{field}: {refiner.info.name} is {FAMILY_NAMES[theirs]} and does not continue the"
+                           f" latents of {base.info.name} ({FAMILY_NAMES[ours]}); choose a checkpoint of the same family")
 
 
 @contextmanager

@@ -33,11 +33,13 @@ from typing import Any, Protocol
 
 import torch
 
+from modules import soft_inpainting
 from modules.hooks import CFGDenoiserParams, HookRegistry
 from modules.prompt_schedule import entry_at
 from modules.samplers import SamplerRun
 from modules.samplers.base import StepInfo
 from modules.samplers.schedules import ModelSigmas
+from modules.schemas import SoftInpainting
 
 
 class ControlResiduals(Protocol):
@@ -143,6 +145,10 @@ class SamplingInput:
     resume_latents: torch.Tensor | None = None
     on_step: StepCallback | None = None
     hooks: HookRegistry | None = None  # extensions' ``cfg_denoiser`` hooks, before each model call
+    # A1111's soft inpainting: ``mask`` (soft, not rounded) blends the init latents in by noise level,
+    # with no hard blend at the end (``modules.soft_inpainting``); None: the hard blend
+    soft_inpainting: SoftInpainting | None = None
+    s_min_uncond: float = 0.0  # A1111's NGMS: below this sigma, every other model call runs without the negative rows
 
     @property
     def guided(self) -> bool:
@@ -225,30 +231,42 @@ class GuidedModel:
         return self.embeds[self.batch:], self.embeds[: self.batch]
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, step: int, total: int,
-                 embeds: torch.Tensor | None = None,
-                 extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 embeds: torch.Tensor | None = None, extra: torch.Tensor | None = None,
+                 skip_uncond: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(guided output, unconditional output or None) for ``latents`` (already scaled) at
         timestep ``t``; ``step`` of ``total`` is the place among the steps that run (prompt
         schedules, ControlNet windows). ``embeds`` / ``extra``: this call's text rows and extra
-        channels where a hook replaced them (the schedule's otherwise)."""
+        channels where a hook replaced them (the schedule's otherwise). ``skip_uncond`` (A1111's
+        NGMS): the negative rows do not run, the first prompt part's output stands in for them."""
         count = self._build(step)
         embeds = self.embeds if embeds is None else embeds
         extra = self.extra if extra is None else extra
+        added = self.added
+        skip = skip_uncond and self.guided
+        if skip:  # drop the unconditional rows
+            count -= 1
+            embeds = embeds[self.batch:]
+            if added is not None:
+                added = {key: value[self.batch:] for key, value in added.items()}
         model_in = torch.cat([latents] * count) if count > 1 else latents
         kwargs: dict[str, Any] = {}
         if self.control is not None:
-            uncond_rows = self.batch if self.guided else 0
-            residuals = self.control(model_in, t, embeds, step, total, uncond_rows, self.added)
+            uncond_rows = self.batch if self.guided and not skip else 0
+            residuals = self.control(model_in, t, embeds, step, total, uncond_rows, added)
             if residuals is not None:
                 kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = residuals
-        if self.added is not None:
-            kwargs["added_cond_kwargs"] = self.added
+        if added is not None:
+            kwargs["added_cond_kwargs"] = added
         if extra is not None:
             model_in = torch.cat([model_in, torch.cat([extra] * count) if count > 1 else extra], dim=1)
         pred = self.unet(model_in, t, encoder_hidden_states=embeds, **kwargs).sample
         if not self.guided:
             return pred, None
-        uncond_pred, *cond_preds = pred.chunk(count)
+        if skip:
+            cond_preds = list(pred.chunk(count))
+            uncond_pred = cond_preds[0]
+        else:
+            uncond_pred, *cond_preds = pred.chunk(count)
         out = uncond_pred
         for cond_pred, weight in zip(cond_preds, self.weights, strict=True):
             out = out + (cond_pred - uncond_pred) * (weight * self.cfg_scale)
@@ -263,7 +281,10 @@ class ModelDenoiser:
     ``x / sqrt(sigma^2 + 1)`` at the timestep whose level is sigma. An epsilon model's output n
     gives ``x - sigma * n``; a v model's gives ``x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)``.
     With a mask (inpainting with an ordinary checkpoint) the kept area's estimate is the init
-    latents, as A1111's denoiser does, so every sampler walks it back to the picture.
+    latents, as A1111's denoiser does, so every sampler walks it back to the picture; with soft
+    inpainting the init latents are blended in by noise level instead (``modules.soft_inpainting``).
+    With ``s_min_uncond`` (A1111's NGMS) every other call below that level skips the negative rows,
+    counting calls as A1111 does (the 2nd, 4th, ...).
     """
 
     def __init__(self, model: GuidedModel, inp: SamplingInput, sigmas: torch.Tensor,
@@ -274,6 +295,9 @@ class ModelDenoiser:
         self.levels = sigmas[1:].double()  # the steps' end levels: a sigma's step is how many it lies under
         self.total = len(sigmas) - 1
         self.init, self.mask = init, mask
+        self.soft = inp.soft_inpainting if inp.soft_inpainting is not None and inp.soft_inpainting.enabled else None
+        self.s_min_uncond = inp.s_min_uncond
+        self.calls = 0  # model calls so far (NGMS skips on odd ones)
         self.hooks = inp.hooks if inp.hooks is not None and inp.hooks.has("cfg_denoiser") else None
         self._uncond: torch.Tensor | None = None
 
@@ -292,7 +316,9 @@ class ModelDenoiser:
             d = x - sigma * out
         else:
             d = x / (sigma**2 + 1) - out * sigma / torch.sqrt(sigma**2 + 1)
-        if self.mask is not None:
+        if self.mask is not None and self.soft is not None:
+            d = soft_inpainting.blend_latents(self.soft, self.init, d, soft_inpainting.step_mask(self.soft, self.mask, sigma))
+        elif self.mask is not None:
             d = self.init * (1 - self.mask) + d * self.mask
         return d
 
@@ -315,7 +341,9 @@ class ModelDenoiser:
             x, embeds, extra = self._hooked(x, sigma, step)
         scaled = (x / torch.sqrt(sigma**2 + 1)).to(self.model.dtype)
         t = self.model_sigmas.sigma_to_t(sigma.cpu()).to(x.device)
-        out, uncond = self.model(scaled, t, step, self.total, embeds, extra)
+        skip_uncond = self.calls % 2 == 1 and 0 < float(sigma) < self.s_min_uncond
+        self.calls += 1
+        out, uncond = self.model(scaled, t, step, self.total, embeds, extra, skip_uncond)
         self._uncond = self._denoised(x, sigma, uncond) if uncond is not None else None
         return self._denoised(x, sigma, out)
 
@@ -363,6 +391,6 @@ def sample(inp: SamplingInput) -> torch.Tensor:
         x = stop.denoised.to(device, torch.float32)
     if end < run:  # another model goes on from here: full precision
         return x
-    if mask is not None:  # the kept area exactly as it was
+    if mask is not None and denoiser.soft is None:  # the kept area exactly as it was
         x = init * (1 - mask) + x * mask
     return x.to(inp.unet.dtype)

@@ -9,6 +9,7 @@ steps after its switch.
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 
 import torch
 
@@ -29,16 +30,21 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
     # 2. prompts to embeddings, each distinct text once for the whole request, scheduled over the steps
     with torch.no_grad():
         cond = conditioning.encode(ctx, req.prompt, req.negative_prompt, req.clip_skip, req.steps)
-        hr_cond = hires.conditioning(req, ctx, cond, req.steps, hp) if hp else None
     per_iteration = req.steps + (hires.pass_steps(req, hp) if hp else 0)
     total_steps = per_iteration * req.n_iter
     ctx.progress.update(0, total_steps)
     result = common.new_result(ctx, plan, hp.width if hp else None, hp.height if hp else None)
     result.detected_maps = controlnet.detected_maps(units, plan.width, plan.height)
     extra_params = {**(hires.params(req, hp) if hp else {}), **controlnet.infotext_params(units), **refiner.params(rp)}
-    # 3. the ControlNet models and the refiner (if any), locked on the device for the whole request
+    # 3. the ControlNet models, the refiner and the hires checkpoint (if any), locked for the whole request
     with (controlnet.controlnets_in_use(ctx, units) as control,
-          refiner.in_use(ctx, rp, req, hp.steps if hp else req.steps, hires=hp is not None) as ref):
+          refiner.in_use(ctx, rp, req, hp.steps if hp else req.steps, hires=hp is not None) as ref,
+          hires.checkpoint_in_use(ctx, req) if hp else nullcontext(ctx) as hr_ctx):
+        hr_cond = None
+        if hp:  # the second pass's prompts (encoded again on a hires checkpoint)
+            with torch.no_grad():
+                hr_cond = hires.conditioning(req, hr_ctx, cond if hr_ctx is ctx else None, req.steps, hp)
+            extra_params.update(hires.checkpoint_params(ctx, hr_ctx))
         hr_control = control.resized(hp.width, hp.height) if control and hp else None  # maps at the hires size
         for n in common.iterations(ctx, result, req.n_iter):  # Interrupt and Skip keep the partial image
             # 4. seeded noise on the CPU, one draw per image
@@ -49,8 +55,12 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control,
                                  None if hp else ref)
             if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
-                images = hires.second_pass(req, ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
+                if hr_ctx is not ctx:  # the hires checkpoint takes the device for its pass
+                    ctx.refiners.to_device(hr_ctx.model)
+                images = hires.second_pass(req, hr_ctx, plan, hp, latents, hr_cond, batch_seeds, batch_subseeds,
                                            n * per_iteration + req.steps, total_steps, control=hr_control, ref=ref)
+                if hr_ctx is not ctx:
+                    ctx.refiners.to_device(ctx.model)
             else:
                 images = common.decode_latents(pipe, latents)
             images = ctx.hooks.images_decoded(req.mode, req, n, images, batch_seeds, ctx)  # extensions' image_decoded
@@ -90,6 +100,7 @@ def first_pass(
         aesthetic_score=common.aesthetic_score(ctx.model),
         on_step=common.step_hook(ctx, pipe, done, req.steps, total),
         hooks=ctx.hooks,
+        s_min_uncond=req.s_min_uncond,
     )
     inp = refiner.split(ref, inp)
     latents = sampling.sample(inp)
