@@ -40,19 +40,34 @@ def tensor_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for _, _, t in _tensors(module))
 
 
+def _subtree_bytes(module: torch.nn.Module) -> dict[int, int]:
+    """id(m) -> bytes of the tensors of every submodule ``m`` of ``module`` (one pass, bottom up)."""
+    sizes: dict[int, int] = {}
+
+    def visit(m: torch.nn.Module) -> int:
+        own = sum(t.numel() * t.element_size()
+                  for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)) if t is not None)
+        sizes[id(m)] = own + sum(visit(child) for child in m.children())
+        return sizes[id(m)]
+
+    visit(module)
+    return sizes
+
+
 def blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The blocks of ``module`` in registration order (see the module docstring)."""
-    limit = max(1, tensor_bytes(module) // SPLIT_FRACTION)
+    sizes = _subtree_bytes(module)
+    limit = max(1, sizes[id(module)] // SPLIT_FRACTION)
     found: list[torch.nn.Module] = []
 
     def visit(m: torch.nn.Module) -> None:
         children = list(m.children())
         container = isinstance(m, (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential))
         own = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
-        if children and not own and (container or tensor_bytes(m) > limit or m is module):
+        if children and not own and (container or sizes[id(m)] > limit or m is module):
             for child in children:
                 visit(child)
-        elif tensor_bytes(m) > 0:
+        elif sizes[id(m)] > 0:
             found.append(m)
 
     visit(module)
