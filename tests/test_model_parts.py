@@ -145,3 +145,32 @@ def test_partial_placement_keeps_a_prefix_of_blocks_within_the_budget(models):
     assert hooked == blocks[len(blocks) - len(hooked):]  # the device part is a prefix
     assert torch.equal(unet_out(unet), expected)
     assert partial_offload.place(unet, "cpu") == 0 and not any(hasattr(b, "_easel_offload_hooks") for b in blocks)
+
+
+def test_memory_flags_map_onto_the_cache(data_dir):
+    from modules.config import load_settings
+    from modules.services import build_services
+
+    services = build_services(load_settings(data_dir, {"memory_mode": "lowvram"}), start=False)
+    try:
+        assert services.models.settings.memory_mode == "lowvram"
+        services.update_settings(services.settings.model_copy(update={"sd_checkpoints_limit": 3}))
+        assert services.models.settings.memory_mode == "lowvram"  # read once at start-up
+        assert services.models.settings.max_models == 3
+    finally:
+        services.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_unet_placed_partly_on_cuda_computes_the_same(models):
+    path = models / "Stable-diffusion" / "ft1.safetensors"
+    unet = load_checkpoint(CheckpointInfo(path.name, path, "single", path.with_suffix(".yaml")), None).pipe.unet
+    expected = unet_out(unet)
+    placed = partial_offload.place(unet, "cuda", devices.module_bytes(unet) // 3)
+    torch.manual_seed(0)
+    x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        got = unet(x.cuda(), torch.tensor([500]).cuda(), ctx.cuda()).sample.cpu()
+    assert 0 < placed < devices.module_bytes(unet) and torch.allclose(got, expected, atol=1e-4)
+    assert all(p.device.type == "cpu" for b in partial_offload.blocks(unet) if hasattr(b, "_easel_offload_hooks")
+               for p in b.parameters())
