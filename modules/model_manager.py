@@ -128,6 +128,7 @@ class _Component:
     last_used: float
     locks: int = 0
     device_bytes: int = 0  # on the compute device: 0 (cpu), size_bytes (wholly) or between (partly)
+    budget: int = 0  # the byte budget of its partial placement (0: not partly placed)
 
 
 @dataclass
@@ -338,10 +339,10 @@ class ModelManager:
         try:
             for name, ckey in order:
                 acquired[name] = self._acquire_component(ckey, name, recipe)
+            value = recipe.assemble({name: c.value for name, c in acquired.items()})  # no tensors copied
             with self._lock:
                 model = self._models.get(key)  # another thread may have assembled it meanwhile
                 if model is None:
-                    value = recipe.assemble({name: c.value for name, c in acquired.items()})
                     model = _Model(key, dict(recipe.parts), value, self._clock(),
                                    components=list({id(c): c for c in acquired.values()}.values()))
                     self._models[key] = model
@@ -478,7 +479,7 @@ class ModelManager:
 
     def _offload(self, component: _Component, why: str) -> None:
         self._move(component.value, CPU, None)
-        component.device_bytes = 0
+        component.device_bytes = component.budget = 0
         logger.info("offloaded %s to cpu (%s)", component.key, why)
 
     def _room(self) -> int:
@@ -513,9 +514,11 @@ class ModelManager:
         room = self._room()
         if not (lowvram and splittable) and component.size_bytes - component.device_bytes <= room:
             self._move(component.value, self._device, None)
-            component.device_bytes = component.size_bytes
+            component.device_bytes, component.budget = component.size_bytes, 0
             return
         budget = component.min_device_bytes if lowvram else component.device_bytes + max(room, 0)
+        if component.device_bytes and budget <= max(component.budget, component.device_bytes):
+            return  # already placed with as much room: moving it again would gain nothing
         if budget < component.min_device_bytes or not splittable:
             raise DeviceMemoryError(
                 f"{model_key!r} does not fit on {self._device}: {component.key} needs at least "
@@ -523,6 +526,7 @@ class ModelManager:
                 f"beyond the {self._settings.reserve_bytes / 2**20:.0f} MiB reserve, with every unused model offloaded"
             )
         component.device_bytes = int(self._move(component.value, self._device, budget))
+        component.budget = budget
         logger.info("loaded %s partly: %.0f of %.0f MiB on %s", component.key, component.device_bytes / 2**20,
                     component.size_bytes / 2**20, self._device)
 

@@ -559,3 +559,15 @@ def test_medvram_offloads_after_the_job_and_lowvram_keeps_the_least():
     assert memory.free_bytes("cuda") == 1000
     with pytest.raises(ValueError, match="memory_mode"):
         CacheSettings(memory_mode="highvram")
+
+
+def test_a_partly_placed_unet_is_not_moved_again_without_more_room():
+    memory = FakeMemory(cuda=70)
+    manager, _, _ = make_manager(FT_SIZES, memory=memory, parts=FINE_TUNES, min_bytes={"unet1": 15})
+    use_all(manager, "ft1")
+    moves = [e for e in memory.events if e[0] == "move"]
+    use_all(manager, "ft1", "ft1")
+    assert [e for e in memory.events if e[0] == "move"] == moves  # no re-placement per job
+    memory.totals["cuda"] = 200  # room appeared (another process freed memory): now it goes wholly
+    with manager.use("ft1") as model:
+        assert model["unet"].device == "cuda"
