@@ -111,10 +111,13 @@ def safetensors_part_digests(path: Path) -> dict[str, str]:
         try:
             for name in sorted(k for k in header if k != "__metadata__"):
                 prefix = next((p for p in ALL_PREFIXES if name.startswith(p)), None)
-                entry = header[name]
-                if prefix is None or not isinstance(entry, dict):
+                if prefix is None:
                     continue
-                start, end = (int(n) for n in entry["data_offsets"])
+                try:
+                    entry = header[name]
+                    start, end = (int(n) for n in entry["data_offsets"])
+                except (KeyError, TypeError, ValueError) as err:
+                    raise CheckpointError(f"{path.name}: tensor {name!r} has a bad header entry ({err})") from None
                 if not 0 <= start <= end <= size - data_start:
                     raise CheckpointError(f"{path.name}: tensor {name!r} lies outside the file")
                 h = hashers.setdefault(prefix, hashlib.sha256())
@@ -129,9 +132,12 @@ def meta_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file as meta tensors (names, shapes, dtypes; no data): enough to
     detect the architecture and build configs without reading weights."""
     header, _ = _safetensors_header(path, path.stat().st_size)
-    return {name: torch.empty([int(n) for n in entry["shape"]], dtype=SAFETENSORS_DTYPES.get(entry["dtype"], torch.uint8),
-                              device="meta")
-            for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)}
+    try:
+        return {name: torch.empty([int(n) for n in entry["shape"]],
+                                  dtype=SAFETENSORS_DTYPES.get(entry["dtype"], torch.uint8), device="meta")
+                for name, entry in header.items() if name != "__metadata__"}
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path.name} is not a readable .safetensors file: bad tensor entry ({err})") from None
 
 
 def read_part(path: Path, prefix: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

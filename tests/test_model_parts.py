@@ -174,3 +174,14 @@ def test_a_unet_placed_partly_on_cuda_computes_the_same(models):
     assert 0 < placed < devices.module_bytes(unet) and torch.allclose(got, expected, atol=1e-4)
     assert all(p.device.type == "cpu" for b in partial_offload.blocks(unet) if hasattr(b, "_easel_offload_hooks")
                for p in b.parameters())
+
+
+def test_a_damaged_header_is_a_checkpoint_error(models):
+    from modules.checkpoints import CheckpointError
+
+    header = json.dumps({"model.diffusion_model.x": {"dtype": "F32", "data_offsets": [0, 4]}}).encode()
+    (models / "Stable-diffusion" / "bad.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    manager, loads = make_manager(models)
+    with pytest.raises(CheckpointError, match="bad.safetensors is not a readable .safetensors file"):
+        manager.ensure_loaded("bad.safetensors")
+    assert loads == [] and manager.loaded() == []
