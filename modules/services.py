@@ -387,7 +387,7 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
         compute_device=runtime.device,
         settings=cache_settings(settings, runtime.memory_mode),
         discard=lambda component: devices.empty_cache(runtime.device),
-        min_device_bytes=component_min_device_bytes,
+        min_device_bytes=None if runtime.device == "cpu" else component_min_device_bytes,  # the CPU: never partial
     )
     holder: dict[str, Services] = {}
     queue_bytes = settings.max_queue_mb * 1024 * 1024  # waiting jobs' input images; kept results, the same
