@@ -147,6 +147,11 @@ def _safetensors_header(path: Path, size: int) -> tuple[dict[str, Any], int]:
     return header, 8 + length
 
 
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a .safetensors file and where its data starts; CheckpointError if malformed."""
+    return _safetensors_header(path, path.stat().st_size)
+
+
 def read_safetensors(path: Path, dtype: torch.dtype | None = None,
                      prefixes: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file in one pass over its bytes: each is read from a private memory

@@ -46,10 +46,10 @@ from modules.checkpoints import (
     CheckpointInfo,
     CheckpointRegistry,
     HashCache,
-    _safetensors_header,
     detect_architecture,
     read_safetensors,
     read_state_dict,
+    safetensors_header,
 )
 from modules.model_loading import (
     PART_NAMES,
@@ -104,7 +104,7 @@ def safetensors_part_digests(path: Path) -> dict[str, str]:
     """prefix -> sha256 of the tensors under that prefix (``ALL_PREFIXES``): names without the prefix,
     dtypes, shapes and data bytes, by name; one pass over the file's memory map."""
     size = path.stat().st_size
-    header, data_start = _safetensors_header(path, size)
+    header, data_start = safetensors_header(path)
     hashers: dict[str, Any] = {}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = memoryview(mapped)
@@ -131,7 +131,7 @@ def safetensors_part_digests(path: Path) -> dict[str, str]:
 def meta_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file as meta tensors (names, shapes, dtypes; no data): enough to
     detect the architecture and build configs without reading weights."""
-    header, _ = _safetensors_header(path, path.stat().st_size)
+    header, _ = safetensors_header(path)
     try:
         return {name: torch.empty([int(n) for n in entry["shape"]],
                                   dtype=SAFETENSORS_DTYPES.get(entry["dtype"], torch.uint8), device="meta")
@@ -257,7 +257,7 @@ def _single_file_recipe(source: CheckpointSource, info: CheckpointInfo, vae: str
 
 def _part_sizes(path: Path, prefixes: dict[str, str]) -> dict[str, int]:
     """Stored bytes of each component (for the cache's room-making before it is read)."""
-    header, _ = _safetensors_header(path, path.stat().st_size)
+    header, _ = safetensors_header(path)
     sizes = dict.fromkeys(prefixes, 0)
     for name, entry in header.items():
         for part, prefix in prefixes.items():
