@@ -346,6 +346,8 @@ class ModelManager:
                     model = _Model(key, dict(recipe.parts), value, self._clock(),
                                    components=list({id(c): c for c in acquired.values()}.values()))
                     self._models[key] = model
+                    logger.info("loaded %r (%.1f MiB in %d components)", key,  # one record per model (serve counts them)
+                                sum(c.size_bytes for c in model.components) / 2**20, len(model.components))
                 self._lock_model(model)
         finally:
             with self._lock:
@@ -392,7 +394,7 @@ class ModelManager:
             self._components[ckey] = component
             del self._loading[ckey]
         future.set_result(None)
-        logger.info("loaded %s (%.1f MiB) in %.2f s", ckey, size / 2**20, time.perf_counter() - started)
+        logger.info("component %s read (%.1f MiB) in %.2f s", ckey, size / 2**20, time.perf_counter() - started)
         return component
 
     # -- internals (callers hold self._lock) -----------------------------------------------------

@@ -571,3 +571,12 @@ def test_a_partly_placed_unet_is_not_moved_again_without_more_room():
     memory.totals["cuda"] = 200  # room appeared (another process freed memory): now it goes wholly
     with manager.use("ft1") as model:
         assert model["unet"].device == "cuda"
+
+
+def test_one_loaded_record_per_model_whatever_its_components(caplog):
+    """The Serve replica counts checkpoint loads by the cache's "loaded ..." records."""
+    manager, _, _ = make_manager(FT_SIZES, parts=FINE_TUNES)
+    with caplog.at_level(logging.INFO, logger="modules.model_manager"):
+        use_all(manager, "ft1", "ft2", "ft1")
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert len(loaded) == 2 and loaded[0].startswith("loaded 'ft1'") and "3 components" in loaded[0]
