@@ -147,19 +147,27 @@ def _safetensors_header(path: Path, size: int) -> tuple[dict[str, Any], int]:
     return header, 8 + length
 
 
-def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a .safetensors file and where its data starts; CheckpointError if malformed."""
+    return _safetensors_header(path, path.stat().st_size)
+
+
+def read_safetensors(path: Path, dtype: torch.dtype | None = None,
+                     prefixes: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file in one pass over its bytes: each is read from a private memory
     map straight into its own memory, its floats converted to ``dtype`` on the way (None: kept), so
     no second copy of the file is ever held (as ``safetensors.load_file`` followed by a cast would).
-    Dtypes this reader does not know (fp8, ...) go through ``safetensors.load_file``."""
+    Dtypes this reader does not know (fp8, ...) go through ``safetensors.load_file``. With ``prefixes``
+    only the tensors whose names start with one of them are read (one component of a checkpoint)."""
     size = path.stat().st_size
     header, data_start = _safetensors_header(path, size)
-    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    entries = {k: v for k, v in header.items() if k != "__metadata__" and (prefixes is None or k.startswith(prefixes))}
     if any(not isinstance(v, dict) or v.get("dtype") not in SAFETENSORS_DTYPES for v in entries.values()):
         from safetensors.torch import load_file
 
         state = load_file(str(path))
-        return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}
+        return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()
+                if prefixes is None or k.startswith(prefixes)}
     out: dict[str, torch.Tensor] = {}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
         for name, entry in entries.items():

@@ -252,8 +252,13 @@ def compile_unet(pipe: Any) -> None:
     """torch.compile the UNet in place (``nn.Module.compile``: the module keeps its type, config and
     LoRA hooks). The first call per image size compiles (minutes for SD 1.5 on a small CPU; inductor
     keeps its compiled graphs in its on-disk cache, so later starts are faster); later calls are faster."""
+    compile_module(pipe.unet)
+
+
+def compile_module(module: Any) -> None:
+    """torch.compile a UNet in place (see ``compile_unet``); done once, when the model cache loads it."""
     logger.info("torch.compile of the UNet: the first generation at each size compiles it (slow once)")
-    pipe.unet.compile()
+    module.compile()
 
 
 def dtype_name(dtype: torch.dtype) -> str:

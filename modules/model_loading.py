@@ -214,15 +214,14 @@ def _load_text(module: torch.nn.Module, state: dict, what: str, dtype: torch.dty
     return _load_strict(module, _text_keys_like(module, state), what, dtype)
 
 
-def build_components(state: dict, arch: str, cfg: ArchConfigs, dtype: torch.dtype | None = None,
-                     vae_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Every pipeline component, loaded strictly from an original-layout state dict.
+PART_NAMES = ("unet", "vae", "text_encoder", "text_encoder_2")  # the torch components of a pipeline
 
-    With ``dtype`` every component's floats come in that dtype whatever the file's (the VAE in
-    ``vae_dtype`` when given); None keeps the file's dtypes.
-    """
-    vae_dtype = vae_dtype or dtype
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+def build_part(part: str, state: dict, arch: str, cfg: ArchConfigs, dtype: torch.dtype | None = None) -> Any:
+    """One torch component (``PART_NAMES``), loaded strictly from an original-layout state dict (the
+    whole checkpoint's, or only that component's tensors), its floats in ``dtype`` (None: the file's).
+    None when the architecture has no such component (SD 1.x has no ``text_encoder_2``)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
@@ -230,36 +229,54 @@ def build_components(state: dict, arch: str, cfg: ArchConfigs, dtype: torch.dtyp
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    unet = _empty(lambda: UNet2DConditionModel.from_config(cfg.unet))
-    _load_strict(unet, convert_ldm_unet_checkpoint(state, unet.config), "UNet", dtype)
-    vae = _empty(lambda: AutoencoderKL.from_config(cfg.vae))
-    _load_strict(vae, convert_ldm_vae_checkpoint(state, vae.config), "VAE", vae_dtype)
-    comps: dict[str, Any] = {"unet": unet, "vae": vae, "scheduler": EulerDiscreteScheduler.from_config(cfg.scheduler)}
-
-    if arch in ("sd1", "sd1-inpaint"):
-        te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
-        comps["text_encoder"] = _load_text(te, _clip_state(state, ("cond_stage_model.transformer.",)), "text encoder", dtype)
-    elif arch in ("sd2", "sd2-base"):
-        te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
-        comps["text_encoder"] = _load_text(te, convert_open_clip_checkpoint(te, state), "text encoder", dtype)
-    elif arch == "sdxl":
-        te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
-        comps["text_encoder"] = _load_text(
-            te, _clip_state(state, ("conditioner.embedders.0.transformer.",)), "text encoder", dtype)
-        te2 = _empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg.text_encoder_2)))
-        comps["text_encoder_2"] = _load_text(
-            te2, convert_open_clip_checkpoint(te2, state, prefix="conditioner.embedders.1.model."), "text encoder 2", dtype)
-        comps["tokenizer_2"] = make_tokenizer(cfg.pad_token_2 or "!")
-    elif arch == "sdxl-refiner":  # bigG only, stored as the first embedder
-        te2 = _empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg.text_encoder_2)))
-        comps["text_encoder_2"] = _load_text(
-            te2, convert_open_clip_checkpoint(te2, state, prefix="conditioner.embedders.0.model."), "text encoder 2")
-        comps["tokenizer_2"] = make_tokenizer(cfg.pad_token_2 or "!")
-        comps["text_encoder"] = comps["tokenizer"] = None
-        return comps
-    else:
+    if arch not in ARCH_NATIVE_SIZES:
         raise CheckpointError(f"unknown architecture {arch!r}")
-    comps["tokenizer"] = make_tokenizer(cfg.pad_token)
+    if part == "unet":
+        unet = _empty(lambda: UNet2DConditionModel.from_config(cfg.unet))
+        return _load_strict(unet, convert_ldm_unet_checkpoint(state, unet.config), "UNet", dtype)
+    if part == "vae":
+        vae = _empty(lambda: AutoencoderKL.from_config(cfg.vae))
+        return _load_strict(vae, convert_ldm_vae_checkpoint(state, vae.config), "VAE", dtype)
+    if part == "text_encoder":
+        if arch == "sdxl-refiner":
+            return None
+        te = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg.text_encoder)))
+        if arch in ("sd2", "sd2-base"):
+            return _load_text(te, convert_open_clip_checkpoint(te, state), "text encoder", dtype)
+        prefix = "conditioner.embedders.0.transformer." if arch == "sdxl" else "cond_stage_model.transformer."
+        return _load_text(te, _clip_state(state, (prefix,)), "text encoder", dtype)
+    if part == "text_encoder_2":
+        if arch not in ("sdxl", "sdxl-refiner"):
+            return None
+        te2 = _empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg.text_encoder_2)))
+        prefix = "conditioner.embedders.1.model." if arch == "sdxl" else "conditioner.embedders.0.model."  # refiner: bigG only
+        return _load_text(te2, convert_open_clip_checkpoint(te2, state, prefix=prefix), "text encoder 2", dtype)
+    raise ValueError(f"unknown component {part!r}; expected one of {', '.join(PART_NAMES)}")
+
+
+def light_components(arch: str, cfg: ArchConfigs) -> dict[str, Any]:
+    """The components that hold no weights: the scheduler and the shared tokenizers."""
+    from diffusers import EulerDiscreteScheduler
+
+    comps: dict[str, Any] = {"scheduler": EulerDiscreteScheduler.from_config(cfg.scheduler)}
+    comps["tokenizer"] = None if arch == "sdxl-refiner" else make_tokenizer(cfg.pad_token)
+    if arch in ("sdxl", "sdxl-refiner"):
+        comps["tokenizer_2"] = make_tokenizer(cfg.pad_token_2 or "!")
+    return comps
+
+
+def build_components(state: dict, arch: str, cfg: ArchConfigs, dtype: torch.dtype | None = None,
+                     vae_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Every pipeline component, loaded strictly from an original-layout state dict.
+
+    With ``dtype`` every component's floats come in that dtype whatever the file's (the VAE in
+    ``vae_dtype`` when given); None keeps the file's dtypes.
+    """
+    comps = light_components(arch, cfg)
+    for part in PART_NAMES:
+        module = build_part(part, state, arch, cfg, (vae_dtype or dtype) if part == "vae" else dtype)
+        if module is not None or part == "text_encoder":
+            comps[part] = module
     return comps
 
 
@@ -357,20 +374,35 @@ def native_size_hint(info: CheckpointInfo) -> int:
     return 512
 
 
-def load_vae_file(path: Path, vae) -> None:
-    """Replace a pipeline VAE's weights with a standalone VAE file (``models/VAE``): the original
-    (LDM) layout, as A1111 users download it, or diffusers' (``encoder.down_blocks.*``, e.g. the
-    ``diffusion_pytorch_model.safetensors`` of a VAE repo on the hub)."""
+def vae_file_state(path: Path, vae_config: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a standalone VAE file (``models/VAE``) in diffusers' key names, checked against a
+    VAE config: the original (LDM) layout, as A1111 users download it, or diffusers' (``encoder.down_blocks.*``,
+    e.g. the ``diffusion_pytorch_model.safetensors`` of a VAE repo on the hub)."""
+    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     state = read_state_dict(path)
     is_diffusers = any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state)
     is_ldm = not is_diffusers and any(
         k.startswith(("encoder.", "first_stage_model.", "vae.")) and "conv_in" in k for k in state)
-    converted = convert_ldm_vae_checkpoint(state, vae.config) if is_ldm else state
-    missing = set(vae.state_dict()) - set(converted)
+    converted = convert_ldm_vae_checkpoint(state, vae_config) if is_ldm else state
+    expected = set(_empty(lambda: AutoencoderKL.from_config(vae_config)).state_dict())
+    missing = expected - set(converted)
     if missing:
         raise CheckpointError(
             f"VAE {path.name} does not fit this model ({len(missing)} missing keys, e.g. {sorted(missing)[:3]})"
         )
-    vae.load_state_dict(converted, strict=True)
+    return converted
+
+
+def build_vae_from_file(path: Path, vae_config: Any, dtype: torch.dtype | None = None) -> Any:
+    """A VAE of ``vae_config`` with the weights of a standalone VAE file, its floats in ``dtype``."""
+    from diffusers import AutoencoderKL
+
+    vae = _empty(lambda: AutoencoderKL.from_config(vae_config))
+    return _load_strict(vae, vae_file_state(path, vae.config), f"VAE {path.name}", dtype)
+
+
+def load_vae_file(path: Path, vae) -> None:
+    """Replace a pipeline VAE's weights with a standalone VAE file (copied into the VAE's own dtype)."""
+    vae.load_state_dict(vae_file_state(path, vae.config), strict=True)

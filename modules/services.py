@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules import devices
+from modules import devices, partial_offload
 from modules.access import ClientAccess
 from modules.checkpoints import CheckpointError, CheckpointRegistry, HashCache, scan_vaes
 from modules.config import Settings
@@ -27,8 +27,9 @@ from modules.images import ImageOutputs, ImageSaver, remove_stale_temp_files
 from modules.install_jobs import Installer
 from modules.installer import target_from_settings
 from modules.jobs import Job, JobQueue, one_line_error
-from modules.model_loading import LoadedModel, load_checkpoint, load_vae_file, native_size_hint
-from modules.model_manager import CacheSettings, ModelManager
+from modules.model_loading import LoadedModel, native_size_hint
+from modules.model_manager import CacheSettings, ModelManager, ModelRecipe
+from modules.model_parts import CheckpointSource, PartHashes, PartOptions, checkpoint_recipe
 from modules.processing import extras, img2img, outpaint, txt2img
 from modules.processing.context import RunContext
 from modules.request_checks import GENERATION_KINDS, check_generation
@@ -57,12 +58,14 @@ class Runtime:
     compile_unet: bool = False
 
 
-def cache_settings(settings: Settings) -> CacheSettings:
+def cache_settings(settings: Settings, memory_mode: str = "normal") -> CacheSettings:
+    """The model cache's limits from the settings; ``memory_mode`` is the runtime's (read at start-up)."""
     gb = 1 << 30
     return CacheSettings(
         max_models=settings.sd_checkpoints_limit,
         max_ram_bytes=int(settings.sd_checkpoints_max_ram_gb * gb) if settings.sd_checkpoints_max_ram_gb else None,
         reserve_bytes=int(settings.reserve_vram_gb * gb),
+        memory_mode=memory_mode,
     )
 
 
@@ -172,7 +175,7 @@ class Services:
         """
         with self._lock:
             self.settings = new_settings
-        self.models.set_settings(cache_settings(new_settings))
+        self.models.set_settings(cache_settings(new_settings, self.runtime.memory_mode))
         self.saver.set_file_format(new_settings.samples_format)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -231,7 +234,7 @@ class Services:
         key = model_key(job.request.sd_model_checkpoint, job.request.sd_vae)
         tiling = bool(getattr(job.request, "tiling", False))
         with (self._naming_the_model(job.kind, key), self.models.use(key) as model,
-              self.networks.for_job(model) as networks,  # LoRAs out after
+              self._vae_tiling(model), self.networks.for_job(model) as networks,  # LoRAs out after
               seamless_tiling(model.pipe, tiling)):  # circular padding for this job only
             ctx = RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
                              networks=networks, hooks=self.hooks, refiners=JobRefiners(self, key, model))
@@ -239,6 +242,13 @@ class Services:
         if job.kind == "train":  # a new checkpoint or LoRA file: listed at once, no restart
             training_job.refresh_lists(self)
         return result
+
+    @contextmanager
+    def _vae_tiling(self, model: LoadedModel) -> Iterator[None]:
+        """VAE tiling and slicing as the settings say, on an accelerator (a shared VAE may serve several models)."""
+        if self.runtime.device != "cpu":
+            devices.apply_vae_tiling(model.pipe, self.settings.vae_tiling, self.settings.vae_slicing)
+        yield
 
     @contextmanager
     def _naming_the_model(self, kind: str, key: str) -> Iterator[None]:
@@ -321,21 +331,27 @@ def split_model_key(key: str) -> tuple[str, str | None]:
     return checkpoint, vae or None
 
 
-def load_model_for(services_runtime: Runtime, registry: CheckpointRegistry, key: str, vae_dir: Path) -> LoadedModel:
-    """Load a checkpoint (and VAE file) by cache key; prepare it for the device, dtype and attention."""
-    name, vae = split_model_key(key)
-    info = registry.get(name)
-    model = load_checkpoint(info, registry.short_hash(info), services_runtime.dtype, services_runtime.vae_dtype)
-    pipe = model.pipe
-    if vae:
-        load_vae_file(vae_dir / vae, pipe.vae)  # copied into the VAE's own (runtime) dtype
-        model.vae_name, model.vae_hash = Path(vae).name, registry.file_short_hash(vae_dir / vae)
-    devices.apply_attention(pipe, services_runtime.attention)
-    if services_runtime.channels_last:
-        devices.apply_channels_last(pipe)
-    if services_runtime.compile_unet:
-        devices.compile_unet(pipe)
-    return model
+def component_bytes(component: Any) -> int:
+    """Bytes of a cached component: a torch module, or a LoadedControlNet."""
+    return component.size_bytes() if isinstance(component, LoadedControlNet) else devices.module_bytes(component)
+
+
+def component_min_device_bytes(component: Any) -> int:
+    """The least a component runs with on the device: a UNet its largest block (the rest can run from
+    the CPU, ``modules.partial_offload``); anything else all of it."""
+    from diffusers import UNet2DConditionModel
+
+    if isinstance(component, UNet2DConditionModel):
+        return partial_offload.min_device_bytes(component)
+    return component_bytes(component)
+
+
+def move_component(component: Any, device: str, max_bytes: int | None, memory_mode: str) -> int:
+    """The model cache's move: a component wholly or partly (``max_bytes``) to ``device``; the bytes placed."""
+    if isinstance(component, LoadedControlNet):
+        controlnet_runtime.move(component, device, memory_mode)
+        return 0 if device == "cpu" else component.size_bytes()
+    return partial_offload.place(component, device, max_bytes)
 
 
 def output_folders(settings: Settings) -> list[Path]:
@@ -354,41 +370,25 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     registry = CheckpointRegistry(settings.checkpoint_dirs, hashes)
 
     controlnet_dir = settings.models_dir / "ControlNet"
+    part_hashes = PartHashes(settings.cache_dir / "component_hashes.json", hashes)
+    options = PartOptions(runtime.dtype, runtime.vae_dtype, runtime.attention, runtime.channels_last, runtime.compile_unet)
+    source = CheckpointSource(registry, part_hashes, settings.models_dir / "VAE", options, hooks.model_loaded)
 
-    def load(key: str) -> LoadedModel | LoadedControlNet:
+    def recipe(key: str) -> ModelRecipe:
         if controlnet_runtime.is_controlnet_key(key):
-            return controlnet_runtime.load_for_runtime(key, controlnet_dir, runtime.dtype, runtime.attention,
-                                                      runtime.channels_last)
-        model = load_model_for(runtime, registry, key, settings.models_dir / "VAE")
-        hooks.model_loaded(model)
-        return model
-
-    def move(model: LoadedModel | LoadedControlNet, device: str) -> None:
-        if isinstance(model, LoadedControlNet):
-            controlnet_runtime.move(model, device, runtime.memory_mode)
-            return
-        mode = runtime.memory_mode if device != "cpu" else "normal"
-        devices.apply_memory_mode(model.pipe, mode, device)
-        devices.apply_vae_tiling(model.pipe, settings.vae_tiling, settings.vae_slicing)
-
-    def estimate(key: str) -> int:
-        if controlnet_runtime.is_controlnet_key(key):
-            return controlnet_runtime.estimate_bytes(key, controlnet_dir)
-        try:
-            info = registry.get(split_model_key(key)[0])
-        except CheckpointError:
-            return 0
-        return info.path.stat().st_size if info.kind == "single" else 0
+            return controlnet_runtime.recipe(key, controlnet_dir, part_hashes.of_files, runtime.dtype,
+                                             runtime.attention, runtime.channels_last)
+        return checkpoint_recipe(source, *split_model_key(key))
 
     models = ModelManager(
-        load=load,
-        size_of=lambda m: m.size_bytes(),
-        move=move,
+        recipe=recipe,
+        size_of=component_bytes,
+        move=lambda component, device, max_bytes: move_component(component, device, max_bytes, runtime.memory_mode),
         probe=devices.TorchMemoryProbe(),
         compute_device=runtime.device,
-        settings=cache_settings(settings),
-        estimate_size=estimate,
-        discard=lambda m: devices.empty_cache(runtime.device),
+        settings=cache_settings(settings, runtime.memory_mode),
+        discard=lambda component: devices.empty_cache(runtime.device),
+        min_device_bytes=None if runtime.device == "cpu" else component_min_device_bytes,  # the CPU: never partial
     )
     holder: dict[str, Services] = {}
     queue_bytes = settings.max_queue_mb * 1024 * 1024  # waiting jobs' input images; kept results, the same

@@ -152,12 +152,12 @@ def test_lora_layers_take_the_model_dtype_whatever_the_file(data, precision):
 
 
 def test_a_failure_while_loading_names_the_checkpoint(data, monkeypatch, caplog):
-    from modules import services as services_module
+    from modules import model_parts
 
     def broken(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: not enough memory")
 
-    monkeypatch.setattr(services_module, "load_checkpoint", broken)
+    monkeypatch.setattr(model_parts, "build_part", broken)
     services = build_services(load_settings(data, {"show_progress_every_n_steps": 0, "precision": "bf16"}))
     try:
         job = services.select_checkpoint("single-fp16.safetensors")

@@ -1,8 +1,9 @@
 """ControlNets in the model cache: cache keys, loading for the runtime, placement per memory mode.
 
 ControlNets share the checkpoints' ``ModelManager`` (one bytes budget, one LRU order) under the
-key ``controlnet:<title>``; ``modules.services`` dispatches its load/size/move functions here for
-those keys. They count toward the cache's model limit (``sd_checkpoints_limit``) like checkpoints.
+model key ``controlnet:<title>``, made of one component (``recipe``); ``modules.services`` dispatches
+its recipe/size/move functions here for those keys. They count toward the cache's model limit
+(``sd_checkpoints_limit``) like checkpoints.
 
 Memory modes. With ``normal`` a ControlNet moves to the compute device with ``use`` and stays
 there until the manager offloads it to make room, like a checkpoint. With ``medvram`` or
@@ -15,7 +16,8 @@ On the CPU every mode is normal placement.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import torch
 
 from modules import devices
 from modules.controlnet.models import ControlNetError, LoadedControlNet, find_controlnet, load_controlnet, scan_controlnets
+from modules.model_manager import ComponentKey, ModelRecipe
 
 KEY_PREFIX = "controlnet:"
 OFFLOAD_MODES = ("medvram", "lowvram")
@@ -61,6 +64,25 @@ def load_for_runtime(key: str, folder: Path, dtype: Any, attention: str, channel
 
         loaded.model.set_attn_processor(AttnProcessor2_0())
     return loaded
+
+
+def recipe(key: str, folder: Path, file_digest: Callable[[list[Path]], str], dtype: Any, attention: str,
+           channels_last: bool = False) -> ModelRecipe:
+    """The model cache's recipe of a ControlNet key: one component, ``ComponentKey("controlnet", digest)``
+    where the digest covers its files' sha256 (``file_digest``) and the runtime dtype, so two titles
+    naming the same weights share one entry."""
+    title = key.removeprefix(KEY_PREFIX)
+    info = find_controlnet(title, scan_controlnets(folder))
+    if info is None:
+        raise ControlNetError(f"{key!r} names no ControlNet")
+    paths = [info.path] if info.kind == "single" else sorted(p for p in info.path.rglob("*") if p.is_file())
+    digest = hashlib.sha256(f"{file_digest(paths)} {dtype} {attention} {channels_last}".encode()).hexdigest()
+    return ModelRecipe(
+        {"controlnet": ComponentKey("controlnet", digest)},
+        lambda part: load_for_runtime(key, folder, dtype, attention, channels_last),
+        lambda parts: parts["controlnet"],
+        lambda part: estimate_bytes(key, folder),
+    )
 
 
 def estimate_bytes(key: str, folder: Path) -> int:
