@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from modules.schemas import RESIZE_MODES, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
-from webui import extension_scripts, xyplot
+from webui import extension_scripts, extra_networks, xyplot
 from webui.brushes import bind_brush_fitting, brush_size, editor_update
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
@@ -57,6 +57,7 @@ def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> t
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
     top = top_row(PREFIX, services)
+    cards = extra_networks.create_ui(PREFIX, services)
     native = services.native_size()
     brush = brush_size(native, native)  # resized to each picture put into the editor (webui.brushes)
     with gr.Row():
@@ -76,7 +77,7 @@ def create_ui(services) -> GenerationTab:
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
     extra = {"mode": mode, "sketch": sketch, "xyplot": script, "sketch_background": gr.State(None),
-             "extension_scripts": ext_scripts}
+             "extension_scripts": ext_scripts, "cards": cards}
     return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params,
                          counters=top.prompt.counters, image=image, extra=extra, units=units)
 

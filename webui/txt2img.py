@@ -11,7 +11,7 @@ import gradio as gr
 
 from modules import upscalers
 from modules.schemas import ControlNetUnit, Txt2ImgRequest, parse_request
-from webui import extension_scripts, xyplot
+from webui import extension_scripts, extra_networks, xyplot
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
@@ -74,6 +74,7 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
     units open above the settings (the ControlNet tab) instead of a closed accordion below them."""
     defaults = tab_defaults(services)
     top = top_row(prefix, services)
+    cards = None if controlnet_first else extra_networks.create_ui(prefix, services)
     with gr.Row():
         with gr.Column():
             if controlnet_first:
@@ -92,7 +93,7 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
         with gr.Column():
             panel = output_panel(prefix, top.generate, top.interrupt, top.skip)
     return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params,
-                         counters=top.prompt.counters, extra={"xyplot": script, "extension_scripts": ext_scripts},
+                         counters=top.prompt.counters, extra={"xyplot": script, "extension_scripts": ext_scripts, "cards": cards},
                          units=units)
 
 

@@ -266,6 +266,14 @@ def progress_html(step: int | None, total: int | None, eta: float | None = None,
 # Seed buttons and infotext -> fields
 
 
+def gallery_image(gallery: list | None, selected: int) -> Any:
+    """The selected image of a gallery value (``[(image, caption), ...]``); None when empty."""
+    if not gallery:
+        return None
+    item = gallery[min(max(selected or 0, 0), len(gallery) - 1)]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
 def reuse_seed(seeds: list[int], selected: int) -> int:
     """The seed of the selected gallery image of the last run (-1 when there is none)."""
     if not seeds:
