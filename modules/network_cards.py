@@ -192,9 +192,7 @@ def set_preview(card: NetworkCard, image: Image.Image) -> Path:
         raise CardError(f"card: the preview of {card.name!r} would be written outside {card.root}")
     picture = image.convert("RGB")
     picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    temporary = path.with_name(f".{path.name}.tmp")
-    if path.is_symlink():
-        path.unlink()
+    temporary = path.with_name(f".{path.name}.tmp")  # renamed over the old file (or link): never written through
     picture.save(temporary, format="PNG")
     temporary.replace(path)
     return path

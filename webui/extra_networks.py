@@ -150,7 +150,7 @@ def toggle_in_prompt(prompt: str, text: str) -> str:
         name = text[len("<lora:"):-len(":1>")]
         pattern = re.compile(r"\s*<lora:" + re.escape(name) + r"(:[^>]*)?>")
     else:
-        pattern = re.compile(r"(?<![\w-])\s*" + re.escape(text) + r"(?![\w-])")
+        pattern = re.compile(r"\s*(?<![\w-])" + re.escape(text) + r"(?![\w-])")
     if pattern.search(prompt):
         return pattern.sub("", prompt, count=1).strip()
     return f"{prompt.rstrip()} {text}".strip()
