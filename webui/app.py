@@ -72,7 +72,7 @@ def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, tar
         if background:
             updates[background] = image
         if target and text:
-            updates.update(target.infotext_updates(text))
+            updates.update(target.sent_updates(text))
         return updates
 
     source_send.click(send, inputs=[source.gallery, source.selected, source.infotexts], outputs=outputs)
