@@ -31,6 +31,16 @@ CSS = extra_networks.CSS + """
 .easel-error { color: #c00; }
 .easel-token-counter-box { text-align: right; font-size: 0.8em; opacity: 0.75; margin-top: -6px; }
 .easel-token-counter-multi { font-weight: bold; }
+.easel-warning { color: #b36b00; font-size: 0.9em; }
+@media (max-width: 640px) {
+  /* a phone: the checkpoint dropdown takes the whole row, so its name is readable */
+  #quicksettings { flex-wrap: wrap !important; }
+  #quicksettings > .form:has(#sd_model_checkpoint) { min-width: 100% !important; flex-basis: 100% !important; }
+  /* the editors' tool column sits beside the picture, not over its left edge */
+  #inpaint_editor .pixi-target, #inpaint_editor .pixi-target-crop,
+  #img2img_sketch .pixi-target, #img2img_sketch .pixi-target-crop {
+    left: 48px !important; width: calc(100% - 48px) !important; }
+}
 """
 
 
