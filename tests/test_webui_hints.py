@@ -28,11 +28,13 @@ def test_the_one_installed_controlnet_is_preselected(services, data_dir):
 
 
 def test_the_placeholder_tells_what_the_bundled_model_knows_and_is_true():
-    text = hints.prompt_placeholder("easel-shapes", 64, LABEL_READ_PARAMS)
-    assert "a large red circle on the left, blue background" in text and "64x64" in text
-    assert "Ctrl+Enter" in text
-    own = hints.prompt_placeholder("my-model", 512, LABEL_READ_PARAMS)
+    text = hints.prompt_placeholder("easel-shapes", LABEL_READ_PARAMS)
+    assert "a large red circle on the left, blue background" in text and "Ctrl+Enter" in text
+    assert len(text) < 80  # one line: the box keeps its height when typing starts
+    own = hints.prompt_placeholder("my-model", LABEL_READ_PARAMS)
     assert "circle" not in own and "Ctrl+Enter" in own
+    hint = hints.bundled_hint(64)
+    assert "64x64" in hint and all(word in hint for word in (*shapes.SHAPES, *shapes.PALETTE))
     # every word the hint names is one the bundled model was trained on
     assert set(hints.BUNDLED_SHAPES) == set(shapes.SHAPES)
     assert set(hints.BUNDLED_COLOURS) == set(shapes.PALETTE)
@@ -58,6 +60,8 @@ def test_ui_shows_the_examples_and_the_size_line(bundled_services):
     demo = create_ui(bundled_services)
     blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
     assert "a large red circle on the left" in blocks["txt2img_prompt"].placeholder
+    assert "circle" not in blocks["img2img_prompt"].placeholder  # the example is txt2img's
+    assert "64x64" in blocks["txt2img_examples"].label
     assert {"txt2img_examples", "txt2img_size_warning", "img2img_size_warning", "inpaint_size_warning"} <= set(blocks)
     assert blocks["txt2img_width"].value == 64  # the native size: no warning at first
     handlers = [dep for dep in demo.fns.values() if any(blocks["txt2img_size_warning"]._id == getattr(o, "_id", o)

@@ -21,18 +21,18 @@ FAR_FACTOR = 2.0  # a side more than twice, or less than half, the native size i
 
 
 def bundled_hint(native: int) -> str:
-    """What the bundled model knows, in one paragraph."""
-    return (f"The bundled model draws one shape ({', '.join(BUNDLED_SHAPES)}), {len(BUNDLED_COLOURS)} colours "
+    """What the bundled model knows, in one paragraph (the examples row's label)."""
+    return (f"Examples: the bundled model draws one shape ({', '.join(BUNDLED_SHAPES)}), {len(BUNDLED_COLOURS)} colours "
             f"({', '.join(BUNDLED_COLOURS)}), {' or '.join(BUNDLED_SIZES)}, {', '.join(BUNDLED_PLACES)}, on a "
-            f"solid background, at {native}x{native}. E.g. \"{BUNDLED_EXAMPLES[0]}\".")
+            f"solid background, at {native}x{native}")
 
 
-def prompt_placeholder(model_name: str | None, native: int, read_params: str) -> str:
-    """The prompt box's placeholder: the shortcuts, and what the bundled model knows when it is selected."""
-    general = GENERAL_PLACEHOLDER.format(read=read_params)
-    if model_name != BUNDLED_MODEL:
-        return general
-    return f"{bundled_hint(native)}\n{general}"
+def prompt_placeholder(model_name: str | None, read_params: str) -> str:
+    """The prompt box's placeholder: with the bundled model selected, an example it knows; else the
+    shortcuts. Short, so the box keeps its height when the user starts typing."""
+    if model_name == BUNDLED_MODEL:
+        return f"e.g. {BUNDLED_EXAMPLES[0]} (Ctrl+Enter generates)"
+    return GENERAL_PLACEHOLDER.format(read=read_params)
 
 
 def size_warning(width: int | float | None, height: int | float | None, native: int) -> str:

@@ -13,7 +13,7 @@ from modules import upscalers
 from modules.schemas import ControlNetUnit, Txt2ImgRequest, parse_request
 from webui import extension_scripts, extra_networks, xyplot
 from webui.controlnet_units import controlnet_accordion
-from webui.hints import BUNDLED_EXAMPLES, BUNDLED_MODEL, selected_model_name
+from webui.hints import BUNDLED_EXAMPLES, BUNDLED_MODEL, bundled_hint, selected_model_name
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.widgets import (
@@ -75,10 +75,10 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
     """Build the tab's components (call inside a ``gr.Tab``). ``controlnet_first``: the ControlNet
     units open above the settings (the ControlNet tab) instead of a closed accordion below them."""
     defaults = tab_defaults(services)
-    top = top_row(prefix, services)
+    top = top_row(prefix, services, example=not controlnet_first)
     if not controlnet_first and selected_model_name(services) == BUNDLED_MODEL:
         gr.Examples([[text] for text in BUNDLED_EXAMPLES], inputs=[top.prompt.fields["prompt"]],
-                    label="Examples the bundled model knows", elem_id=f"{prefix}_examples")
+                    label=bundled_hint(services.native_size()), elem_id=f"{prefix}_examples")
     cards = None if controlnet_first else extra_networks.create_ui(prefix, services)
     with gr.Row():
         with gr.Column():

@@ -159,7 +159,7 @@ def prompt_row(prefix: str, placeholder: str | None = None) -> PromptRow:
     with gr.Row():
         with gr.Column(scale=8):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
-                                placeholder=placeholder or prompt_placeholder(None, 0, LABEL_READ_PARAMS))
+                                placeholder=placeholder or prompt_placeholder(None, LABEL_READ_PARAMS))
             prompt_counter = token_counter(f"{prefix}_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
             negative_counter = token_counter(f"{prefix}_neg_token_counter")
@@ -179,14 +179,14 @@ class TopRow:
     styles: gr.Dropdown
 
 
-def top_row(prefix: str, services) -> TopRow:
+def top_row(prefix: str, services, example: bool = False) -> TopRow:
     """The prompt row on the left; Generate/Interrupt/Skip, the styles dropdown and the styles
-    editor on the right (the editor's events are bound here: they touch only this row)."""
+    editor on the right (the editor's events are bound here: they touch only this row).
+    ``example``: the prompt's placeholder is an example the selected model knows (the bundled one's)."""
     with gr.Row():
         with gr.Column(scale=6):
-            placeholder = prompt_placeholder(selected_model_name(services), services.native_size(),
-                                             LABEL_READ_PARAMS)
-            prompt = prompt_row(prefix, placeholder)
+            model = selected_model_name(services) if example else None
+            prompt = prompt_row(prefix, prompt_placeholder(model, LABEL_READ_PARAMS))
         with gr.Column(scale=2):
             generate, interrupt, skip = generate_buttons(prefix)
             styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
