@@ -21,6 +21,7 @@ from tests.test_browser import (  # noqa: F401 - browser and context are fixture
     set_slider,
 )
 from tests.test_installer import lora_bytes
+from tests.tiny_controlnet import write_controlnet
 
 pytestmark = pytest.mark.browser
 
@@ -44,6 +45,8 @@ def server(tmp_path_factory, tiny_models_dir):
     (data / "models" / "Lora").mkdir(parents=True)
     (data / "models" / "Lora" / "style-a.safetensors").write_bytes(lora_bytes(3))
     (data / "models" / "Lora" / "style-a.txt").write_text("Bold outlines, trained on ten pictures.\n")
+    for seed, name in enumerate(("cn-one", "cn-two")):  # two: the unit's model is not preselected
+        write_controlnet(data / "models" / "ControlNet", name, seed=seed, yaml=False)
     with running_server(data) as running:
         yield running
 
@@ -85,6 +88,11 @@ def test_card_click_inserts_the_lora_tag_search_and_set_preview(page, server, tm
     assert preview.is_file()
     card(page, "txt2img", "checkpoint", name).locator("img").wait_for()
     page.screenshot(path=str(tmp_path / "cards.png"))
+    # a ControlNet card becomes the model of the tab's unit 0
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    assert page.locator("#txt2img_cn0_model input").input_value() == "None"
+    card(page, "txt2img", "controlnet", services.controlnet_infos()[1].name).locator(".easel-card-name").click()
+    page.wait_for_function("document.querySelector('#txt2img_cn0_model input').value.startsWith('cn-two [')")
     # a checkpoint card selects the checkpoint in the top dropdown and loads it
     card(page, "txt2img", "checkpoint", "tiny-b.safetensors").locator(".easel-card-name").click()
     page.wait_for_function("document.querySelector('#sd_model_checkpoint input').value.startsWith('tiny-b.safetensors')")
