@@ -3,112 +3,45 @@
 
 from __future__ import annotations
 
-import html
-import time
-from typing import Any
-
 import gradio as gr
 
-from modules.checkpoints import CheckpointError
-from modules.config import make_settings, save_settings
-from webui import controlnet, extensions, extras, img2img, inpaint, models, outpaint, pnginfo, settings, train, txt2img
+from webui import (
+    controlnet,
+    extensions,
+    extra_networks,
+    extras,
+    img2img,
+    inpaint,
+    models,
+    outpaint,
+    pnginfo,
+    settings,
+    train,
+    txt2img,
+)
 from webui.brushes import editor_update
-from webui.runner import user_message
 from webui.tab import GenerationTab
-from webui.widgets import LABEL_REFRESH, style_names, tab_defaults, updates_where_changed
+from webui.top_bar import TopBar, checkpoint_titles, selected_title, top_bar
+from webui.widgets import gallery_image, style_names, tab_defaults, updates_where_changed
 
 TITLE = "Easel"
 DEFAULT_FIELDS = ("sampler_name", "steps", "width", "height")  # set from the saved settings at page load
-CSS = """
+CSS = extra_networks.CSS + """
 .easel-progress progress { height: 14px; }
 .easel-error { color: #c00; }
 .easel-token-counter-box { text-align: right; font-size: 0.8em; opacity: 0.75; margin-top: -6px; }
 .easel-token-counter-multi { font-weight: bold; }
+.easel-warning { color: #b36b00; font-size: 0.9em; }
+@media (max-width: 640px) {
+  /* a phone: the checkpoint dropdown takes the whole row, so its name is readable */
+  #quicksettings { flex-wrap: wrap !important; }
+  #quicksettings > .form:has(#sd_model_checkpoint) { min-width: 100% !important; flex-basis: 100% !important; }
+  /* the editors' tool column sits beside the picture, not over its left edge */
+  #inpaint_editor .pixi-target, #inpaint_editor .pixi-target-crop,
+  #img2img_sketch .pixi-target, #img2img_sketch .pixi-target-crop {
+    left: 48px !important; width: calc(100% - 48px) !important; }
+}
 """
-
-
-def checkpoint_titles(services) -> list[str]:
-    """A1111 titles (``name [hash]``) of the checkpoints found in the model folders."""
-    return [services.checkpoints.title(info) for info in services.checkpoints.list()]
-
-
-def selected_title(services) -> str | None:
-    """The title of the checkpoint new jobs run on; None when there are no checkpoints."""
-    try:
-        return services.checkpoints.title(services.checkpoints.get(services.selected_checkpoint))
-    except CheckpointError:
-        return None
-
-
-def vae_choices(services) -> list[str]:
-    """"Automatic", "None" and the files in models/VAE."""
-    return ["Automatic", "None", *services.vae_files()]
-
-
-def choose_vae(services, name: str) -> str:
-    """Save the VAE choice (A1111's sd_vae option); jobs submitted from now on use it."""
-    try:
-        services.resolve_vae(name)
-        new = make_settings(**{**services.settings.model_dump(), "sd_vae": name})
-    except ValueError as err:
-        gr.Warning(str(err))
-        return f"<span class='easel-error'>{html.escape(str(err))}</span>"
-    save_settings(new)
-    services.update_settings(new)
-    return f"VAE: {html.escape(name)} (used by jobs submitted from now on)"
-
-
-def switch_checkpoint(services, title: str, poll_seconds: float = 0.2):
-    """Queue the model switch and stream its status line; errors are shown, never raised."""
-    if not title:
-        return
-    try:
-        job = services.select_checkpoint(title)
-    except (CheckpointError, ValueError, RuntimeError) as err:
-        gr.Warning(str(err))
-        yield f"<span class='easel-error'>{html.escape(str(err))}</span>"
-        return
-    started = time.monotonic()
-    while not job.is_finished:
-        try:
-            position = services.queue.position(job.id)
-        except KeyError:
-            position = -1
-        waiting = f" (waiting, queue position {position})" if position > 0 else ""
-        yield f"Loading {html.escape(title)}{waiting}… {time.monotonic() - started:.0f}s"
-        time.sleep(poll_seconds)
-    try:
-        loaded = job.wait(0)
-    except Exception as err:  # the run's own error, one line without its type name
-        message = user_message(err)
-        gr.Warning(message)
-        yield f"<span class='easel-error'>{html.escape(message)}</span>"
-    else:
-        yield f"Loaded {html.escape(str(loaded))} in {time.monotonic() - started:.1f}s"
-
-
-def top_bar(services) -> gr.Dropdown:
-    """Checkpoint dropdown with refresh and status; VAE dropdown. Returns the checkpoint dropdown."""
-    with gr.Row(elem_id="quicksettings"):
-        checkpoint = gr.Dropdown(checkpoint_titles(services), value=selected_title(services),
-                                 label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=4)
-        refresh = gr.Button(LABEL_REFRESH, elem_id="refresh_sd_model_checkpoint", scale=0, min_width=80, size="sm")
-        vae = gr.Dropdown(vae_choices(services), value=services.settings.sd_vae, label="SD VAE",
-                          elem_id="sd_vae", scale=2)
-        status = gr.HTML(elem_id="sd_model_status")
-
-    def on_refresh():
-        services.checkpoints.refresh()
-        return gr.update(choices=checkpoint_titles(services), value=selected_title(services)), \
-            gr.update(choices=vae_choices(services))
-
-    def on_choose(title: str):
-        yield from switch_checkpoint(services, title)
-
-    refresh.click(on_refresh, outputs=[checkpoint, vae])
-    checkpoint.input(on_choose, inputs=[checkpoint], outputs=[status], concurrency_limit=None)
-    vae.input(lambda name: choose_vae(services, name), inputs=[vae], outputs=[status])
-    return checkpoint
 
 
 def bind_page_load(demo: gr.Blocks, services, tabs: list[GenerationTab], checkpoint: gr.Dropdown) -> None:
@@ -134,14 +67,6 @@ def bind_page_load(demo: gr.Blocks, services, tabs: list[GenerationTab], checkpo
     demo.load(on_load, outputs=[*outputs, checkpoint], queue=False, show_progress="hidden")
 
 
-def gallery_image(gallery: list | None, selected: int) -> Any:
-    """The selected image of a gallery value (``[(image, caption), ...]``); None when empty."""
-    if not gallery:
-        return None
-    item = gallery[min(max(selected or 0, 0), len(gallery) - 1)]
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
 def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, target_image,
               target: GenerationTab | None) -> None:
     """A "Send to" button: the selected image (and its parameters) to another tab, which opens."""
@@ -157,7 +82,7 @@ def bind_send(source_send: gr.Button, source, tabs: gr.Tabs, target_id: str, tar
         if background:
             updates[background] = image
         if target and text:
-            updates.update(target.infotext_updates(text))
+            updates.update(target.sent_updates(text))
         return updates
 
     source_send.click(send, inputs=[source.gallery, source.selected, source.infotexts], outputs=outputs)
@@ -167,7 +92,7 @@ def create_ui(services) -> gr.Blocks:
     """Build the Blocks app on ``services`` (call ``.queue().launch()`` on it, see webui.server)."""
     ui_event = extensions.collect(services)  # extensions' tabs and options (A1111 builds them before the page)
     with gr.Blocks(title=TITLE) as demo:
-        checkpoint = top_bar(services)
+        top = top_bar(services)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.create_ui(services)
@@ -204,8 +129,22 @@ def create_ui(services) -> gr.Blocks:
         extensions.bind_options(ext_options, services)
         extensions.bind_events(exts, services)
         bind_cross_tab(tabs, t2i, i2i, inp, out, ext, png, cn)
-        bind_page_load(demo, services, [t2i, i2i, inp, out, cn], checkpoint)
+        bind_page_load(demo, services, [t2i, i2i, inp, out, cn], top.checkpoint)
+        bind_extra_networks(services, top, [t2i, i2i])
     return demo
+
+
+def bind_extra_networks(services, top: TopBar, tabs: list[GenerationTab]) -> None:
+    """Each tab's extra-networks cards (into its prompt and its ControlNet unit 0), and the timer
+    that keeps the cards and the checkpoint list current."""
+    panels = []
+    for tab in tabs:
+        ui = tab.extra["cards"]
+        unit_model = tab.units.units[0].fields["model"] if tab.units and tab.units.units else None
+        extra_networks.bind_events(ui, services, tab.fields["prompt"], tab.panel.gallery, tab.panel.selected, top,
+                                   unit_model)
+        panels.append(ui)
+    extra_networks.bind_auto_refresh(services, top, panels)
 
 
 def bind_cross_tab(tabs: gr.Tabs, t2i: GenerationTab, i2i: GenerationTab, inp: GenerationTab,

@@ -60,6 +60,15 @@ def model_choices(services) -> list[str]:
     return [NO_MODEL, *model_titles(services)]
 
 
+def default_model(choices: list[str], current: str | None = None) -> str:
+    """The Model dropdown's value: ``current`` while it is a choice other than "None", else the one
+    installed model when there is exactly one, else "None"."""
+    if current and current != NO_MODEL and current in choices:
+        return current
+    installed = [choice for choice in choices if choice != NO_MODEL]
+    return installed[0] if len(installed) == 1 else NO_MODEL
+
+
 def module_choices() -> list[str]:
     """The preprocessor names ("none" first when the backend lists it)."""
     from modules.controlnet.preprocessors import list_modules
@@ -340,7 +349,7 @@ def _unit_ui(eid: str, index: int, models: list[str], modules: list[str], size: 
     with gr.Row():
         module_dd = gr.Dropdown(modules, value=module, label="Preprocessor", allow_custom_value=True,
                                 elem_id=f"{eid}_module")
-        model = gr.Dropdown(models, value=NO_MODEL, label="Model", allow_custom_value=True, elem_id=f"{eid}_model",
+        model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=True, elem_id=f"{eid}_model",
                             scale=2)
         refresh = gr.Button(LABEL_REFRESH, elem_id=f"{eid}_refresh_models", scale=0, min_width=80, size="sm")
     with gr.Row():
@@ -419,7 +428,7 @@ def _bind_unit(unit: UnitUI, services) -> None:
 
     def refresh(current: str):
         choices = model_choices(services)
-        return gr.update(choices=choices, value=current if current in choices else NO_MODEL)
+        return gr.update(choices=choices, value=default_model(choices, current))
 
     unit.refresh.click(refresh, inputs=[fields["model"]], outputs=[fields["model"]], queue=False)
 

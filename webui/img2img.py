@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from modules.schemas import RESIZE_MODES, ControlNetUnit, Img2ImgRequest, RequestError, parse_request
-from webui import extension_scripts, xyplot
+from webui import extension_scripts, extra_networks, xyplot
 from webui.brushes import bind_brush_fitting, brush_size, editor_update
 from webui.controlnet_units import controlnet_accordion
 from webui.runner import Batch
@@ -23,6 +23,7 @@ from webui.widgets import (
     sampler_row,
     seed_row,
     size_batch_cfg,
+    size_warning_line,
     tab_defaults,
     top_row,
 )
@@ -41,22 +42,25 @@ def img2img_options(prefix: str, default_denoise: float = 0.75) -> Fields:
     return {"resize_mode": resize_mode, "denoising_strength": denoise}
 
 
-def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> tuple[Fields, Any]:
-    """Sampler, size, seed, img2img options and the refiner: the left column under the image."""
+def generation_fields(prefix: str, services, prompt_fields: Fields, styles) -> tuple[Fields, Any, gr.HTML]:
+    """Sampler, size, seed, img2img options and the refiner: the left column under the image. Returns the
+    fields, the seed row and the size warning line."""
     defaults = tab_defaults(services)
     fields: Fields = {**prompt_fields, "styles": styles}
     fields.update(img2img_options(prefix))
     fields.update(sampler_row(prefix, defaults["sampler_name"], defaults["steps"]))
     fields.update(size_batch_cfg(prefix, defaults["width"], defaults["height"]))
+    warning = size_warning_line(prefix)
     seed = seed_row(prefix)
     fields.update(seed.fields)
     fields.update(refiner_section(prefix, services))
-    return fields, seed
+    return fields, seed, warning
 
 
 def create_ui(services) -> GenerationTab:
     """Build the tab (call inside a ``gr.Tab``)."""
     top = top_row(PREFIX, services)
+    cards = extra_networks.create_ui(PREFIX, services)
     native = services.native_size()
     brush = brush_size(native, native)  # resized to each picture put into the editor (webui.brushes)
     with gr.Row():
@@ -69,16 +73,16 @@ def create_ui(services) -> GenerationTab:
                                                    default_size=brush),
                                     eraser=gr.Eraser(default_size=brush), format="png",
                                     sources=["upload", "clipboard"], height=400)
-            fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
+            fields, seed, warning = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             units = controlnet_accordion(services, PREFIX, image_optional=True)
             script = xyplot.create_ui(PREFIX, services)
             ext_scripts = extension_scripts.create_ui(services, True, PREFIX)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
     extra = {"mode": mode, "sketch": sketch, "xyplot": script, "sketch_background": gr.State(None),
-             "extension_scripts": ext_scripts}
+             "extension_scripts": ext_scripts, "cards": cards}
     return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params,
-                         counters=top.prompt.counters, image=image, extra=extra, units=units)
+                         counters=top.prompt.counters, image=image, extra=extra, units=units, size_warning=warning)
 
 
 def sketch_image(value: Any) -> Image.Image | None:

@@ -49,14 +49,14 @@ def create_ui(services) -> GenerationTab:
             mask_upload = gr.Image(type="pil", format="png", image_mode="L", label="Mask (white = repaint)", visible=False,
                                    elem_id=f"{PREFIX}_mask_upload", sources=["upload", "clipboard"])
             options = inpaint_options(PREFIX)
-            fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
+            fields, seed, warning = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             fields.update(options)
             units = controlnet_accordion(services, PREFIX, image_optional=True)
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
     extra = {"source": source, "mask_upload": mask_upload, "background": gr.State(None)}
     return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params,
-                         counters=top.prompt.counters, image=editor, extra=extra, units=units)
+                         counters=top.prompt.counters, image=editor, extra=extra, units=units, size_warning=warning)
 
 
 def inpaint_options(prefix: str) -> dict[str, Any]:

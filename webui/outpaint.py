@@ -15,6 +15,9 @@ from webui.uploads import clear_non_images
 from webui.widgets import given, output_panel, top_row
 
 PREFIX = "outpaint"
+# its own defaults, which parameters sent from another tab leave alone (the new canvas sets the size)
+SEND_KEEPS = ("denoising_strength", "mask_blur", "width", "height", "direction", "pixels", "outpaint_fill",
+              "fill_color")
 
 
 def create_ui(services) -> GenerationTab:
@@ -33,13 +36,14 @@ def create_ui(services) -> GenerationTab:
                                 elem_id=f"{PREFIX}_fill")
                 color = gr.ColorPicker(value="#808080", label="Solid fill colour", elem_id=f"{PREFIX}_fill_color")
                 blur = gr.Slider(0, 64, value=8, step=1, label="Mask blur", elem_id=f"{PREFIX}_mask_blur")
-            fields, seed = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
+            fields, seed, _ = generation_fields(PREFIX, services, top.prompt.fields, top.styles)
             fields.update({"direction": direction, "pixels": pixels, "outpaint_fill": fill, "fill_color": color,
                            "mask_blur": blur})
             fields["denoising_strength"].value = 0.9
         with gr.Column():
             panel = output_panel(PREFIX, top.generate, top.interrupt, top.skip)
-    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, counters=top.prompt.counters, image=image)
+    return GenerationTab(PREFIX, fields, panel, seed, top.prompt.read_params, counters=top.prompt.counters, image=image,
+                         send_keeps=SEND_KEEPS)
 
 
 def build_request(values: dict[str, Any], image: Image.Image | None) -> OutpaintRequest:

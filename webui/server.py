@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 7860
 QUEUE_MAX_SIZE = 256
 THEMES = ("light", "dark")
-SHORTCUTS_JS = Path(__file__).parent / "javascript" / "shortcuts.js"
+JAVASCRIPT = Path(__file__).parent / "javascript"  # shortcuts.js, layout.js: loaded in name order
 
 
 @dataclass
@@ -66,9 +66,11 @@ def theme_head(theme: str | None) -> str | None:
             " })();</script>")
 
 
-def shortcuts_head() -> str:
-    """The keyboard shortcuts and button hints (``webui/javascript/shortcuts.js``) as a <script> for the <head>."""
-    return f"<script>\n{SHORTCUTS_JS.read_text(encoding='utf-8')}\n</script>"
+def scripts_head() -> str:
+    """Every ``webui/javascript/*.js`` (keyboard shortcuts and button hints, phone scrolling, pixel-exact
+    small results) as <script> tags for the <head>."""
+    return "\n".join(f"<script>\n{path.read_text(encoding='utf-8')}\n</script>"
+                     for path in sorted(JAVASCRIPT.glob("*.js")))
 
 
 def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bool = False, api: bool = False,
@@ -82,7 +84,7 @@ def start(services, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bo
     policy = AuthPolicy(tuple(auth or ()), tuple(api_auth or ()))
     limit_decoded_pixels(services.settings.max_input_pixels)  # Gradio decodes the UI's uploads itself
     demo = create_ui(services)
-    head = "\n".join(part for part in (theme_head(theme), shortcuts_head(), page_head(services)) if part) or None
+    head = "\n".join(part for part in (theme_head(theme), scripts_head(), page_head(services)) if part) or None
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=None)
     app_kwargs = {"lifespan": api_lifespan(services, list(policy.api) or None)} if api else None
     app, local_url, share_url = demo.launch(

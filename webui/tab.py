@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from webui import controlnet_units, runner
+from webui.hints import size_warning
 from webui.tokens import counter_html
 from webui.widgets import Fields, OutputPanel, SeedRow, infotext_updates, named_values, reuse_seed
 
@@ -28,6 +29,8 @@ class GenerationTab:
     extra: dict[str, Any] = field(default_factory=dict)
     units: Any = None
     counters: dict[str, Any] = field(default_factory=dict)  # prompt field name -> its token counter
+    size_warning: Any = None  # the line under the size sliders (webui.widgets.size_warning_line)
+    send_keeps: tuple[str, ...] = ()  # fields that parameters sent from another tab leave as they are
 
     def field_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """The request fields among a handler's ``{name: value}`` (which also holds its extra inputs)."""
@@ -36,6 +39,11 @@ class GenerationTab:
     def infotext_outputs(self) -> list:
         """The components an infotext fills: the request fields and the ControlNet units' fields."""
         return [*self.fields.values(), *(self.units.infotext_outputs() if self.units else [])]
+
+    def sent_updates(self, text: str) -> dict:
+        """``infotext_updates`` for parameters sent from another tab: ``send_keeps`` left out."""
+        kept = {self.fields[name] for name in self.send_keeps if name in self.fields}
+        return {comp: value for comp, value in self.infotext_updates(text).items() if comp not in kept}
 
     def infotext_updates(self, text: str) -> dict:
         """``{component: value}`` for everything of the tab that the infotext sets."""
@@ -78,6 +86,17 @@ def bind_common(tab: GenerationTab, services, make_batch: Callable[[dict[str, An
     tab.read_params.click(read_params, inputs=[tab.fields["prompt"], tab.panel.infotexts, tab.panel.selected],
                           outputs=tab.infotext_outputs(), show_progress="hidden")  # queued: its toast needs it
     bind_token_counters(tab)
+    bind_size_warning(tab, services)
+
+
+def bind_size_warning(tab: GenerationTab, services) -> None:
+    """The size warning follows width and height (against the selected checkpoint's native size)."""
+    if tab.size_warning is None:
+        return
+    inputs = [tab.fields["width"], tab.fields["height"]]
+    for slider in inputs:
+        slider.change(lambda w, h: size_warning(w, h, services.native_size()), inputs=inputs,
+                      outputs=[tab.size_warning], queue=False, show_progress="hidden", trigger_mode="always_last")
 
 
 def bind_token_counters(tab: GenerationTab) -> None:

@@ -11,8 +11,9 @@ import gradio as gr
 
 from modules import upscalers
 from modules.schemas import ControlNetUnit, Txt2ImgRequest, parse_request
-from webui import extension_scripts, xyplot
+from webui import extension_scripts, extra_networks, xyplot
 from webui.controlnet_units import controlnet_accordion
+from webui.hints import BUNDLED_EXAMPLES, BUNDLED_MODEL, bundled_hint, selected_model_name
 from webui.runner import Batch
 from webui.tab import GenerationTab, bind_common
 from webui.widgets import (
@@ -24,6 +25,7 @@ from webui.widgets import (
     schedule_choices,
     seed_row,
     size_batch_cfg,
+    size_warning_line,
     tab_defaults,
     top_row,
 )
@@ -73,7 +75,11 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
     """Build the tab's components (call inside a ``gr.Tab``). ``controlnet_first``: the ControlNet
     units open above the settings (the ControlNet tab) instead of a closed accordion below them."""
     defaults = tab_defaults(services)
-    top = top_row(prefix, services)
+    top = top_row(prefix, services, example=not controlnet_first)
+    if not controlnet_first and selected_model_name(services) == BUNDLED_MODEL:
+        gr.Examples([[text] for text in BUNDLED_EXAMPLES], inputs=[top.prompt.fields["prompt"]],
+                    label=bundled_hint(services.native_size()), elem_id=f"{prefix}_examples")
+    cards = None if controlnet_first else extra_networks.create_ui(prefix, services)
     with gr.Row():
         with gr.Column():
             if controlnet_first:
@@ -81,6 +87,7 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
             fields: Fields = {**top.prompt.fields, "styles": top.styles}
             fields.update(sampler_row(prefix, defaults["sampler_name"], defaults["steps"]))
             fields.update(size_batch_cfg(prefix, defaults["width"], defaults["height"]))
+            warning = size_warning_line(prefix)
             seed = seed_row(prefix)
             fields.update(seed.fields)
             fields.update(hires_section(prefix, services))
@@ -92,8 +99,8 @@ def create_ui(services, prefix: str = PREFIX, controlnet_first: bool = False) ->
         with gr.Column():
             panel = output_panel(prefix, top.generate, top.interrupt, top.skip)
     return GenerationTab(prefix, fields, panel, seed, top.prompt.read_params,
-                         counters=top.prompt.counters, extra={"xyplot": script, "extension_scripts": ext_scripts},
-                         units=units)
+                         counters=top.prompt.counters, extra={"xyplot": script, "extension_scripts": ext_scripts, "cards": cards},
+                         units=units, size_warning=warning)
 
 
 def build_request(values: dict[str, Any], units: list[ControlNetUnit] | None = None) -> Txt2ImgRequest:

@@ -20,6 +20,7 @@ from modules.infotext import infotext_to_fields, parse_infotext
 from modules.schemas import MAX_SEED
 from modules.styles import STYLES_FILE, load_styles
 from webui import styles_editor
+from webui.hints import prompt_placeholder, selected_model_name
 from webui.tokens import counter_html
 
 Fields = dict[str, Any]  # field name -> gradio component
@@ -133,6 +134,12 @@ def size_batch_cfg(prefix: str, width: int = 512, height: int = 512) -> Fields:
     return {"width": width, "height": height, "n_iter": n_iter, "batch_size": batch_size, "cfg_scale": cfg}
 
 
+def size_warning_line(prefix: str) -> gr.HTML:
+    """The one line under the size sliders that warns of a size far from the checkpoint's native one
+    (filled by ``webui.hints.size_warning`` as width and height change)."""
+    return gr.HTML("", elem_id=f"{prefix}_size_warning", container=False, padding=False)
+
+
 @dataclass
 class PromptRow:
     fields: Fields
@@ -146,13 +153,13 @@ def token_counter(elem_id: str) -> gr.HTML:
                    padding=False)
 
 
-def prompt_row(prefix: str) -> PromptRow:
-    """Prompt and negative prompt with their token counters, and the read-generation-parameters button."""
+def prompt_row(prefix: str, placeholder: str | None = None) -> PromptRow:
+    """Prompt and negative prompt with their token counters, and the read-generation-parameters button.
+    ``placeholder``: the prompt box's (default: the shortcuts)."""
     with gr.Row():
         with gr.Column(scale=8):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt",
-                                placeholder="Prompt (Ctrl+Enter generates; paste an A1111 infotext and press "
-                                            f"{LABEL_READ_PARAMS} to fill every field)")
+                                placeholder=placeholder or prompt_placeholder(None, LABEL_READ_PARAMS))
             prompt_counter = token_counter(f"{prefix}_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
             negative_counter = token_counter(f"{prefix}_neg_token_counter")
@@ -172,12 +179,14 @@ class TopRow:
     styles: gr.Dropdown
 
 
-def top_row(prefix: str, services) -> TopRow:
+def top_row(prefix: str, services, example: bool = False) -> TopRow:
     """The prompt row on the left; Generate/Interrupt/Skip, the styles dropdown and the styles
-    editor on the right (the editor's events are bound here: they touch only this row)."""
+    editor on the right (the editor's events are bound here: they touch only this row).
+    ``example``: the prompt's placeholder is an example the selected model knows (the bundled one's)."""
     with gr.Row():
         with gr.Column(scale=6):
-            prompt = prompt_row(prefix)
+            model = selected_model_name(services) if example else None
+            prompt = prompt_row(prefix, prompt_placeholder(model, LABEL_READ_PARAMS))
         with gr.Column(scale=2):
             generate, interrupt, skip = generate_buttons(prefix)
             styles = gr.Dropdown(style_names(services), value=[], multiselect=True, label="Styles",
@@ -264,6 +273,14 @@ def progress_html(step: int | None, total: int | None, eta: float | None = None,
 
 # ---------------------------------------------------------------------------------------------
 # Seed buttons and infotext -> fields
+
+
+def gallery_image(gallery: list | None, selected: int) -> Any:
+    """The selected image of a gallery value (``[(image, caption), ...]``); None when empty."""
+    if not gallery:
+        return None
+    item = gallery[min(max(selected or 0, 0), len(gallery) - 1)]
+    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 def reuse_seed(seeds: list[int], selected: int) -> int:
