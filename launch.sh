@@ -26,8 +26,8 @@ fi
 
 has_cuda() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
-# True when EASEL_SYSTEM_SITE_PACKAGES=1 and the venv sees a usable system torch: at least
-# TORCH_MIN, and a CUDA build where there is a GPU. Then neither torch nor its pin is installed.
+# True (printing its version) when EASEL_SYSTEM_SITE_PACKAGES=1 and the venv sees a usable system
+# torch: at least TORCH_MIN, and a CUDA build where there is a GPU. Then neither torch nor its pin is installed.
 use_system_torch() {
   [ "$SYSTEM_SITE" = 1 ] || return 1
   local cuda=0
@@ -37,14 +37,16 @@ import sys
 import torch
 least = tuple(int(p) for p in sys.argv[1].split("."))
 have = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-sys.exit(0 if have >= least and (sys.argv[2] == "0" or torch.version.cuda) else 1)
+ok = have >= least and (sys.argv[2] == "0" or torch.version.cuda)
+print(torch.__version__ if ok else "")
+sys.exit(0 if ok else 1)
 PYEOF
 }
 
 # The system's torch instead of install_torch: only the optional CUDA extras that do not pin torch
 # (xformers is left out: its wheel pins one torch version and would replace the system's).
 system_torch_extras() {
-  echo "launch.sh: using the system's torch $(python -c 'import torch; print(torch.__version__)' 2>/dev/null)" \
+  echo "launch.sh: using the system's torch $1" \
        "(EASEL_SYSTEM_SITE_PACKAGES=1; Easel is tested with 2.13.0)" >&2
   if has_cuda; then
     pip install spandrel==0.4.2 controlnet-aux==0.0.10 ||
@@ -85,8 +87,8 @@ install_requirements() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
     return
   fi
-  local args=() f reuse=0
-  if use_system_torch; then reuse=1; system_torch_extras; else install_torch; fi
+  local args=() f reuse=0 version
+  if version=$(use_system_torch); then reuse=1; system_torch_extras "$version"; else install_torch; fi
   for f in "${files[@]}"; do
     if [ "$reuse" = 1 ]; then  # the torch pin would install a second torch over the system's
       grep -v -E '^torch==' "$f" > "$VENV/.easel-$(basename "$f")"

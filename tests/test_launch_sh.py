@@ -14,14 +14,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The venv's python: the system torch check (a script on stdin) answers $FAKE_SYSTEM_TORCH; the venv
-# has no torch 2.13.0; the CPU-build check passes; the app exits at once.
+# The venv's python: the system torch check (a script on stdin) answers $FAKE_SYSTEM_TORCH (0: a usable
+# torch 2.9.1+cu126); the venv has no torch 2.13.0; the CPU-build check passes; the app exits at once.
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 echo "python $*" >> "$FAKE_LOG"
 case "$*" in
-  "- "*) cat > /dev/null; exit "${FAKE_SYSTEM_TORCH:-1}" ;;
+  "- "*) cat > /dev/null; [ "${FAKE_SYSTEM_TORCH:-1}" = 0 ] && echo "2.9.1+cu126"; exit "${FAKE_SYSTEM_TORCH:-1}" ;;
   *"__version__.split('+')[0] == "*) exit 1 ;;
-  *"print(torch.__version__)"*) echo "2.9.1+cu126" ;;
 esac
 exit 0
 """
@@ -39,7 +38,7 @@ echo "export PATH=\"$dir/bin:\$PATH\"" > "$dir/bin/activate"
 """
 
 
-def run_launch(tmp_path: Path, system_site: bool, system_torch_ok: bool) -> tuple[list[str], Path]:
+def run_launch(tmp_path: Path, system_site: bool, system_torch_ok: bool) -> tuple[list[str], Path, str]:
     fake = tmp_path / "fake"
     fake.mkdir()
     for name, text in (("python3", FAKE_BASE), ("venv-python", FAKE_PYTHON), ("venv-pip", FAKE_PIP)):
@@ -58,7 +57,7 @@ def run_launch(tmp_path: Path, system_site: bool, system_torch_ok: bool) -> tupl
     r = subprocess.run(["bash", str(ROOT / "launch.sh"), "install", "--help"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    return log.read_text().splitlines(), venv
+    return log.read_text().splitlines(), venv, r.stderr
 
 
 def requirement_files(calls: list[str]) -> list[Path]:
@@ -71,7 +70,8 @@ pytestmark = pytest.mark.skipif(shutil.which("sha256sum") is None, reason="launc
 
 
 def test_system_site_packages_reuses_the_system_torch(tmp_path):
-    calls, venv = run_launch(tmp_path, system_site=True, system_torch_ok=True)
+    calls, venv, stderr = run_launch(tmp_path, system_site=True, system_torch_ok=True)
+    assert "using the system's torch 2.9.1+cu126" in stderr
     assert calls[0] == f"base -m venv --system-site-packages {venv}"
     assert not [c for c in calls if c.startswith("pip install") and "torch==" in c]  # no second torch
     [reqs] = requirement_files(calls)
@@ -82,14 +82,15 @@ def test_system_site_packages_reuses_the_system_torch(tmp_path):
 
 
 def test_a_system_torch_too_old_or_missing_is_not_used(tmp_path):
-    calls, venv = run_launch(tmp_path, system_site=True, system_torch_ok=False)
+    calls, venv, stderr = run_launch(tmp_path, system_site=True, system_torch_ok=False)
+    assert "using the system's torch" not in stderr
     assert calls[0] == f"base -m venv --system-site-packages {venv}"
     assert "pip install torch==2.13.0" in calls
     assert requirement_files(calls) == [Path("requirements.txt")]  # the pin kept
 
 
 def test_without_the_variable_the_venv_is_plain_and_installs_torch(tmp_path):
-    calls, venv = run_launch(tmp_path, system_site=False, system_torch_ok=True)
+    calls, venv, _ = run_launch(tmp_path, system_site=False, system_torch_ok=True)
     assert calls[0] == f"base -m venv {venv}"
     assert "pip install torch==2.13.0" in calls
     assert requirement_files(calls) == [Path("requirements.txt")]
