@@ -191,6 +191,8 @@ def test_a_killed_install_is_not_listed_locks_out_others_and_resumes(tmp_path, h
         child.wait(30)
         host.release.set()
     assert scan_checkpoints([tmp_path / "models/Stable-diffusion"]) == []
+    assert scan_checkpoints([tmp_path / "models"]) == []  # --ckpt-dir models: models/.downloads is not scanned
+    assert list((tmp_path / "models/.downloads").glob("*-tiny-pipe.folder/model_index.json"))  # though it is there
     assert [r for r in list_installed(target) if r["type"] == "checkpoint"] == []
 
     on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock")
