@@ -6,19 +6,53 @@
 #   ./launch.sh test [ARGS]     install the test dependencies too and run the whole test suite
 #   ./launch.sh serve ...       the API on Ray Serve replicas (installs requirements-serve.txt on first use; docs/serve.md)
 # Environment: EASEL_VENV (default .venv), EASEL_TORCH_INDEX (a pip index URL for torch, e.g.
-# https://download.pytorch.org/whl/cpu on a CPU machine whose default torch wheel is the CUDA one).
+# https://download.pytorch.org/whl/cpu on a CPU machine whose default torch wheel is the CUDA one),
+# EASEL_SYSTEM_SITE_PACKAGES=1 (Colab: a new venv sees the system Python's packages, and a torch
+# already there, with CUDA on a GPU machine, is used instead of installing a second copy;
+# docs/experiments/colab-setup.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${EASEL_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
+SYSTEM_SITE="${EASEL_SYSTEM_SITE_PACKAGES:-0}"
+TORCH_MIN="2.6"   # the oldest system torch used (transformers' torch floor); Easel is tested with 2.13.0
+
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PY" -m venv "$VENV"
+  if [ "$SYSTEM_SITE" = 1 ]; then "$PY" -m venv --system-site-packages "$VENV"; else "$PY" -m venv "$VENV"; fi
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 
 has_cuda() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+# True (printing its version) when EASEL_SYSTEM_SITE_PACKAGES=1 and the venv sees a usable system
+# torch: at least TORCH_MIN, and a CUDA build where there is a GPU. Then neither torch nor its pin is installed.
+use_system_torch() {
+  [ "$SYSTEM_SITE" = 1 ] || return 1
+  local cuda=0
+  if has_cuda; then cuda=1; fi
+  python - "$TORCH_MIN" "$cuda" <<'PYEOF' 2>/dev/null
+import sys
+import torch
+least = tuple(int(p) for p in sys.argv[1].split("."))
+have = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+ok = have >= least and (sys.argv[2] == "0" or torch.version.cuda)
+print(torch.__version__ if ok else "")
+sys.exit(0 if ok else 1)
+PYEOF
+}
+
+# The system's torch instead of install_torch: only the optional CUDA extras that do not pin torch
+# (xformers is left out: its wheel pins one torch version and would replace the system's).
+system_torch_extras() {
+  echo "launch.sh: using the system's torch $1" \
+       "(EASEL_SYSTEM_SITE_PACKAGES=1; Easel is tested with 2.13.0)" >&2
+  if has_cuda; then
+    pip install spandrel==0.4.2 controlnet-aux==0.0.10 ||
+      echo "spandrel/controlnet-aux not installed: ESRGAN upscalers and neural preprocessors unavailable"
+  fi
+}
 
 install_torch() {
   local want="2.13.0"
@@ -53,9 +87,15 @@ install_requirements() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
     return
   fi
-  install_torch
-  local args=()
-  for f in "${files[@]}"; do args+=(-r "$f"); done
+  local args=() f reuse=0 version
+  if version=$(use_system_torch); then reuse=1; system_torch_extras "$version"; else install_torch; fi
+  for f in "${files[@]}"; do
+    if [ "$reuse" = 1 ]; then  # the torch pin would install a second torch over the system's
+      grep -v -E '^torch==' "$f" > "$VENV/.easel-$(basename "$f")"
+      f="$VENV/.easel-$(basename "$f")"
+    fi
+    args+=(-r "$f")
+  done
   pip install --disable-pip-version-check "${args[@]}"
   echo "$sum" > "$stamp"
 }

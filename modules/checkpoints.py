@@ -104,18 +104,23 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def hidden_below(root: Path, path: Path) -> bool:
+    """``path`` lies in a hidden folder under ``root`` (``.downloads``: unfinished installs, never listed)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+
+
 def scan_checkpoints(dirs: list[Path]) -> list[CheckpointInfo]:
-    """Every single-file checkpoint and diffusers folder under ``dirs``, sorted by name."""
+    """Every single-file checkpoint and diffusers folder under ``dirs`` (not in hidden folders), sorted by name."""
     found: dict[str, CheckpointInfo] = {}
     for root in dirs:
         if not root.is_dir():
             continue
-        diffusers_dirs = {p.parent for p in root.rglob("model_index.json")}
+        diffusers_dirs = {p.parent for p in root.rglob("model_index.json") if not hidden_below(root, p)}
         for d in sorted(diffusers_dirs):
             name = d.relative_to(root).as_posix()
             found.setdefault(name, CheckpointInfo(name, d, "diffusers", None))
         for p in sorted(root.rglob("*")):
-            if p.suffix.lower() not in SINGLE_FILE_SUFFIXES or not p.is_file():
+            if p.suffix.lower() not in SINGLE_FILE_SUFFIXES or not p.is_file() or hidden_below(root, p):
                 continue
             if any(parent in diffusers_dirs for parent in p.parents):
                 continue  # weights inside a diffusers folder

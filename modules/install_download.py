@@ -5,6 +5,7 @@ connection resumed, week-old leftovers removed."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from modules.install_sources import login_hint
 from modules.install_types import (
     RETRIES,
     STALE_PART_DAYS,
+    AlreadyInstalling,
     Cancelled,
     DownloadFailed,
     GiB,
@@ -46,26 +48,34 @@ def part_path(target: InstallTarget, resolved: Resolved) -> Path:
 
 
 @contextmanager
-def part_lock(part: Path) -> Iterator[None]:
-    """Hold ``part`` for one install: another (the CLI while the server fetches the same file) is
-    refused instead of writing into it too. Without ``fcntl`` (Windows) nothing is locked."""
+def install_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold ``path`` (a ``.part`` file or a pipeline's folder) for one install: another one, in this
+    process or another (the CLI while the server fetches, a second Serve replica), is refused with
+    AlreadyInstalling instead of writing into it too. The lock is ``PATH.lock``, held with ``flock``,
+    so a killed install never leaves it held. Without ``fcntl`` (Windows) nothing is locked."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    part.parent.mkdir(parents=True, exist_ok=True)
-    lock = part.with_name(part.name + ".lock")
-    with open(lock, "a") as handle:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    while True:
+        handle = open(lock, "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InstallError(f"{part.name.split('-', 1)[-1].removesuffix('.part')} is being downloaded by "
-                               "another install right now; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+            handle.close()
+            raise AlreadyInstalling(f"{what} is being installed by another install right now (in this server or "
+                                    "another process); wait for it to finish") from None
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+            break  # else the holder removed the file between our open and flock: lock the new one
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
 
 
 def check_space(folder: Path, size: int | None, already: int, target: InstallTarget) -> None:
@@ -89,6 +99,8 @@ def download(resolved: Resolved, part: Path, target: InstallTarget, client: Any,
     part.parent.mkdir(parents=True, exist_ok=True)
     progress.stage, progress.total_bytes = "downloading", resolved.size
     for attempt in range(RETRIES + 1):
+        if cancelled():
+            raise InstallCancelled("the install was cancelled")
         have = part.stat().st_size if part.exists() else 0
         check_space(part.parent, resolved.size, have, target)
         if resolved.size is not None and have == resolved.size:
@@ -114,6 +126,9 @@ def fetch_once(resolved: Resolved, part: Path, have: int, target: InstallTarget,
         if response.status_code == 416 and have:  # asked past the end: start again
             part.unlink()
             return False
+        if response.status_code >= 500 or response.status_code == 429:  # the server's trouble: try again later
+            raise DownloadFailed(f"{resolved.name}: the server answered {response.status_code} "
+                                 f"{response.reason_phrase}; what was fetched is kept, try again to resume")
         if response.status_code >= 400:
             raise InstallError(f"{resolved.name}: the server answered {response.status_code} {response.reason_phrase}"
                                f"{login_hint(response.status_code)}")

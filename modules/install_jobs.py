@@ -23,7 +23,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from modules.install_sources import check_downloads_allowed, check_public_url, local_path, parse_source
-from modules.install_types import InstallCancelled, Installed, InstallError, InstallRequest, InstallTarget, Progress
+from modules.install_types import (
+    AlreadyInstalling,
+    InstallCancelled,
+    Installed,
+    InstallError,
+    InstallRequest,
+    InstallStopped,
+    InstallTarget,
+    Progress,
+)
 from modules.installer import install
 
 KEEP_FINISHED = 100  # finished installs remembered for GET
@@ -83,9 +92,11 @@ class Installer:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="easel-install")
         self._jobs: OrderedDict[str, InstallJob] = OrderedDict()
         self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     def submit(self, request: InstallRequest, from_client: bool = True) -> InstallJob:
-        """Queue an install; a source that cannot work (bad text, downloads off) fails now, as an InstallError."""
+        """Queue an install; a source that cannot work (bad text, downloads off) fails now, as an InstallError;
+        one already queued or running (the same repo, file and revision, or URL) as AlreadyInstalling."""
         source = parse_source(request.source, request.file, request.revision, self.target.endpoint)
         check_downloads_allowed(source, self.target)
         if source.kind == "path":
@@ -94,6 +105,12 @@ class Installer:
             check_public_url(source.text, self.target)
         job = InstallJob(request, self.target.data_dir)
         with self._lock:
+            busy = next((j for j in self._jobs.values() if j.state in ("queued", "running")
+                         and parse_source(j.request.source, j.request.file, j.request.revision,
+                                          self.target.endpoint) == source), None)
+            if busy is not None:
+                raise AlreadyInstalling(f"source: {shown_source(request.source)} is already being installed (install "
+                                        f"{busy.id}, {busy.state}); follow it with GET {busy.id} or cancel it first")
             self._jobs[job.id] = job
             self._forget_old()
         self._pool.submit(self._run, job, from_client)
@@ -117,16 +134,24 @@ class Installer:
         return job
 
     def close(self) -> None:
-        for job in self.jobs():
-            job.cancel_event.set()
+        """Stop at shutdown: running installs stop keeping what they fetched (the next install of the same
+        source resumes it), queued ones are dropped."""
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def _stopped(self, job: InstallJob) -> bool:
+        """The install's ``cancelled`` callback: True when its client cancelled it (its files are removed);
+        at shutdown it raises InstallStopped instead, which keeps them."""
+        if self._closing.is_set():
+            raise InstallStopped("the server is shutting down; what was fetched is kept for the next install")
+        return job.cancel_event.is_set()
+
     def _run(self, job: InstallJob, from_client: bool) -> None:
-        if job.cancel_event.is_set():
+        if job.cancel_event.is_set() or self._closing.is_set():
             return
         job.state = "running"
         try:
-            job.result = install(job.request, self.target, job.progress, job.cancel_event.is_set, from_client)
+            job.result = install(job.request, self.target, job.progress, lambda: self._stopped(job), from_client)
             self._on_installed(job.result)
             self._end(job, "done", None)
         except InstallCancelled:

@@ -18,6 +18,7 @@ from modules.install_types import (
     GENERIC_STEMS,
     PICKLE_SUFFIXES,
     SAFE_SUFFIX,
+    DownloadFailed,
     InstallError,
     InstallTarget,
     RepoEntry,
@@ -182,9 +183,11 @@ def hub_errors(source: Source) -> Iterator[None]:
     except EntryNotFoundError:
         raise InstallError(f"{source.file!r} not found in {source.text}") from None
     except HfHubHTTPError as err:
-        raise InstallError(f"the hub refused {source.text}: {str(err).splitlines()[0]}") from None
-    except OSError as err:  # httpx's network errors too (no connection, timeout)
-        raise InstallError(f"cannot reach the hub for {source.text}: {type(err).__name__}: {err}") from None
+        status = err.response.status_code if err.response is not None else 0
+        error = DownloadFailed if status >= 500 or status == 429 else InstallError  # the hub's trouble: try again
+        raise error(f"the hub refused {source.text}: {str(err).splitlines()[0]}") from None
+    except OSError as err:  # httpx's network errors too (no connection, timeout): what was fetched stays
+        raise DownloadFailed(f"cannot reach the hub for {source.text}: {type(err).__name__}: {err}") from None
 
 
 def resolve_hub(source: Source, target: InstallTarget, path: str | None = None) -> Resolved:
@@ -200,7 +203,8 @@ def resolve_hub(source: Source, target: InstallTarget, path: str | None = None) 
     sha = meta.etag if meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) else None  # LFS files: the sha256
     headers = build_hf_headers() if same_host(meta.location, url) else {}
     key = f"hub:{source.text}@{meta.commit_hash or source.revision or 'main'}/{filename}"
-    return Resolved(meta.location, local_hub_name(source.text, filename), meta.size, sha, headers, key)
+    return Resolved(meta.location, local_hub_name(source.text, filename), meta.size, sha, headers, key,
+                    meta.commit_hash)
 
 
 def local_hub_name(repo: str, filename: str) -> str:

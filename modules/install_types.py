@@ -39,6 +39,15 @@ class InstallCancelled(InstallError):
     """The install was cancelled; its partial file was removed."""
 
 
+class AlreadyInstalling(InstallError):
+    """Another install (in this server or another process) is writing the same file or folder right
+    now; the API answers 409."""
+
+
+class InstallStopped(DownloadFailed):
+    """The server is shutting down; what was fetched is kept, so the next install resumes it."""
+
+
 class InstallRequest(RequestModel):
     """What a client asks to install. It never names a destination: the file's contents choose it."""
 
@@ -112,6 +121,7 @@ class Resolved:
     sha256: str | None
     headers: dict[str, str]
     key: str  # names the .part file: the same source resumes the same file
+    commit: str | None = None  # a hub file's commit (its repo revision pinned)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from typing import Any
 
 from modules.checkpoints import file_sha256
 from modules.install_detect import choose_type, detect_kind, tensor_meta
-from modules.install_download import check_space, download, part_lock, part_path, remove_stale_parts
+from modules.install_download import check_space, download, install_lock, part_path, remove_stale_parts
 from modules.install_sources import (
     check_downloads_allowed,
     check_name,
@@ -129,7 +129,7 @@ def install(request: InstallRequest, target: InstallTarget, progress: Progress |
             progress.stage = "done"
             return found
         part = part_path(target, resolved)
-        with part_lock(part):
+        with install_lock(part, resolved.name):
             try:
                 download(resolved, part, target, client, progress, cancelled)
                 return finish(part, resolved.name, expected, request, target, progress)

@@ -8,12 +8,16 @@
   ``Content-Disposition`` (as Civitai's ``/api/download/models/123``), with Range.
 
 ``host.drop_first`` makes each response that starts at byte 0 close the connection after half the
-body (a dropped connection); ``host.ranges`` records the Range headers the server saw.
+body (a dropped connection); a path in ``host.stall`` sends half its body from byte 0, then waits for
+``host.release`` before dropping (an install caught mid-file, to be killed); ``host.ranges`` records
+the Range headers the server saw and ``host.sent`` the body bytes sent, by path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -31,10 +35,14 @@ class ModelHost:
     ranges: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)  # Authorization headers the resolve route saw
     seen: list[str] = field(default_factory=list)  # every request, as "METHOD /path"
+    sent: Counter = field(default_factory=Counter)  # body bytes sent, by repo path or file key
+    stall: set[str] = field(default_factory=set)  # paths whose first response stops halfway until release
+    release: threading.Event = field(default_factory=threading.Event)
 
 
-def body_response(request: Request, data: bytes, headers: dict[str, str], host: ModelHost) -> Response:
-    """``data`` with Range support; with ``host.drop_first``, a response from byte 0 stops halfway."""
+def body_response(request: Request, data: bytes, headers: dict[str, str], host: ModelHost, key: str) -> Response:
+    """``data`` with Range support; with ``host.drop_first`` (or ``key`` in ``host.stall``), a response
+    from byte 0 stops halfway."""
     headers = {**headers, "Accept-Ranges": "bytes"}
     start = 0
     status = 200
@@ -49,13 +57,18 @@ def body_response(request: Request, data: bytes, headers: dict[str, str], host: 
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
     body = data[start:]
-    drop = host.drop_first and start == 0
+    drop = (host.drop_first or key in host.stall) and start == 0
+    stall = key in host.stall and start == 0
 
     def chunks():
         half = len(body) // 2
+        host.sent[key] += half
         yield body[:half]
+        if stall:
+            host.release.wait(60)
         if drop:
             raise ConnectionResetError("dropped on purpose")
+        host.sent[key] += len(body) - half
         yield body[half:]
 
     return StreamingResponse(chunks(), status_code=status, headers=headers, media_type="application/octet-stream")
@@ -87,7 +100,7 @@ def create_host_app(host: ModelHost) -> FastAPI:
         sha = hashlib.sha256(data + (b"!" if path in host.wrong_sha else b"")).hexdigest()
         headers = {"X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
                    "ETag": f'"{sha}"'}
-        return body_response(request, data, headers, host)
+        return body_response(request, data, headers, host, path)
 
     @app.get("/api/models/{owner}/{name}/tree/{revision}")
     def tree(owner: str, name: str, revision: str) -> list[dict]:
@@ -104,6 +117,6 @@ def create_host_app(host: ModelHost) -> FastAPI:
         if key not in host.files:
             raise HTTPException(404)
         name, data = host.files[key]
-        return body_response(request, data, {"Content-Disposition": f'attachment; filename="{name}"'}, host)
+        return body_response(request, data, {"Content-Disposition": f'attachment; filename="{name}"'}, host, key)
 
     return app

@@ -52,6 +52,8 @@ def test_notebook_clones_installs_and_reaches_the_launch_cell(tmp_path, monkeypa
             "\n".join(f"{k} = {json.dumps(v) if not isinstance(v, bool) else v}" for k, v in overrides.items())))
         launch = next(i for i, c in enumerate(nb.cells) if "launch.sh --share" in c.source and c.cell_type == "code")
         nb.cells = nb.cells[:launch]  # everything before the launch cell (it serves until stopped)
+        nb.cells.append(nbformat.v4.new_code_cell(  # the environment launch.sh gets in the launch cell
+            'print("launch env:", os.environ.get("EASEL_SYSTEM_SITE_PACKAGES"))'))
         monkeypatch.setenv("PYTHONPATH", str(stub_google_colab(tmp_path / "stubs")))
         monkeypatch.setenv("EASEL_VENV", str(Path(sys.executable).parent.parent))  # this venv: no new install
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -67,4 +69,15 @@ def test_notebook_clones_installs_and_reaches_the_launch_cell(tmp_path, monkeypa
     assert (tmp_path / "easel" / "models" / "Lora" / "style.safetensors").is_file(), outputs
     assert host.tokens and set(host.tokens) == {"Bearer hf_test_token"}  # the Colab secret reached the hub
     assert (tmp_path / "drive").is_dir()
+    assert "launch env: 1" in outputs  # launch.sh reuses Colab's torch (a --system-site-packages venv)
     assert os.path.isfile(tmp_path / "easel" / "launch.sh")
+
+
+def test_notebook_reuses_colabs_torch_before_the_first_launch_sh():
+    """EASEL_SYSTEM_SITE_PACKAGES=1 is set before any cell runs launch.sh (the install cell makes the venv)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    first_launch = next(i for i, c in enumerate(code) if "launch.sh" in c)
+    sets = [i for i, c in enumerate(code) if 'os.environ["EASEL_SYSTEM_SITE_PACKAGES"] = "1"' in c]
+    assert sets and sets[0] < first_launch
+    # what launch.sh does with it: tests/test_launch_sh.py

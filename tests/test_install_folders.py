@@ -120,3 +120,98 @@ def test_a_pipeline_is_listed_and_deleted_as_one(tmp_path, host):
         delete_installed(target, "checkpoint", "tiny-pipe/unet/diffusion_pytorch_model.safetensors")
     delete_installed(target, "checkpoint", "tiny-pipe")
     assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- resuming and locking
+
+UNET = "unet/diffusion_pytorch_model.safetensors"
+
+
+def fetched(pipeline_files: dict[str, bytes]) -> int:
+    return sum(len(d) for d in pipeline_files.values())
+
+
+def test_a_dropped_connection_mid_file_resumes(tmp_path, host, pipeline_files):
+    host.drop_first = True  # every file's first response closes halfway
+    install(InstallRequest(source="tiny-org/tiny-pipe"), make_target(tmp_path, host))
+    dest = tmp_path / "models/Stable-diffusion/tiny-pipe"
+    assert (dest / UNET).read_bytes() == pipeline_files[UNET]
+    assert f"bytes={len(pipeline_files[UNET]) // 2}-" in host.ranges
+    assert sum(host.sent.values()) == fetched(pipeline_files)  # each byte once: resumed, never restarted
+
+
+def test_a_second_install_of_the_same_repo_is_refused(tmp_path, host, pipeline_files):
+    from modules.install_jobs import Installer
+    from modules.install_types import AlreadyInstalling
+
+    host.stall.add(UNET)
+    installer = Installer(make_target(tmp_path, host))
+    try:
+        first = installer.submit(InstallRequest(source="tiny-org/tiny-pipe"))
+        wait_for(lambda: host.sent[UNET] > 0)
+        with pytest.raises(AlreadyInstalling, match=f"already being installed \\(install {first.id}"):
+            installer.submit(InstallRequest(source=f"{host.base}/tiny-org/tiny-pipe"))  # the same repo, as a URL
+        host.release.set()
+        assert first.wait(30) and first.snapshot()["state"] == "done", first.snapshot()
+    finally:
+        host.release.set()
+        installer.close()
+    assert (tmp_path / "models/Stable-diffusion/tiny-pipe" / UNET).read_bytes() == pipeline_files[UNET]
+
+
+def test_a_killed_install_is_not_listed_locks_out_others_and_resumes(tmp_path, host, pipeline_files):
+    """`./launch.sh install` killed mid-file: while it runs another install of the repo is refused
+    (409's AlreadyInstalling) and touches nothing; once killed nothing is listed; the next install
+    resumes from what is on disk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from modules.install_types import AlreadyInstalling
+    from modules.installer import list_installed
+
+    host.stall.add(UNET)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": host.base, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, str(root / "app.py"), "install", "tiny-org/tiny-pipe", "--allow-downloads",
+                              "--data-dir", str(tmp_path)], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        half = len(pipeline_files[UNET]) // 2
+        wait_for(lambda: any(p.stat().st_size == half for p in tmp_path.rglob("diffusion_pytorch_model*.part")),
+                 timeout=120, why=lambda: child.stderr.read() if child.poll() is not None else "")
+        target = make_target(tmp_path, host)
+        before = leftovers(tmp_path)
+        with pytest.raises(AlreadyInstalling, match="being installed by another install"):
+            install(InstallRequest(source="tiny-org/tiny-pipe"), target)
+        assert leftovers(tmp_path) == before  # the refused install wrote nothing
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        host.release.set()
+    assert scan_checkpoints([tmp_path / "models/Stable-diffusion"]) == []
+    assert scan_checkpoints([tmp_path / "models"]) == []  # --ckpt-dir models: models/.downloads is not scanned
+    assert list((tmp_path / "models/.downloads").glob("*-tiny-pipe.folder/model_index.json"))  # though it is there
+    assert [r for r in list_installed(target) if r["type"] == "checkpoint"] == []
+
+    on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock")
+    assert on_disk >= half
+    host.sent.clear()
+    install(InstallRequest(source="tiny-org/tiny-pipe"), target)
+    dest = tmp_path / "models/Stable-diffusion/tiny-pipe"
+    assert {p: (dest / p).read_bytes() for p in pipeline_files} == pipeline_files
+    assert f"bytes={half}-" in host.ranges  # the unet file continued from where the killed install stopped
+    assert sum(host.sent.values()) == fetched(pipeline_files) - on_disk  # only what was missing
+    assert leftovers(tmp_path) == sorted(f"models/Stable-diffusion/tiny-pipe/{p}" for p in pipeline_files)
+    [info] = scan_checkpoints([tmp_path / "models/Stable-diffusion"])
+    assert info.path == dest
+
+
+def wait_for(condition, timeout: float = 30, why=lambda: "") -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out; {why()}"
+        time.sleep(0.05)

@@ -182,13 +182,13 @@ def test_old_unfinished_downloads_are_removed_at_the_next_install(tmp_path, host
 
 
 def test_a_file_being_downloaded_is_not_fetched_twice(tmp_path, host):
-    from modules.install_download import part_lock, part_path
-    from modules.install_types import Resolved
+    from modules.install_download import install_lock, part_path
+    from modules.install_types import AlreadyInstalling, Resolved
 
     target = make_target(tmp_path)
     part = part_path(target, Resolved("", "tiny-lora.safetensors", None, None, {}, f"url:{host.base}/files/123"))
-    with part_lock(part):
-        with pytest.raises(InstallError, match="being downloaded by another install"):
+    with install_lock(part, "tiny-lora.safetensors"):
+        with pytest.raises(AlreadyInstalling, match="tiny-lora.safetensors is being installed by another install"):
             install(InstallRequest(source=f"{host.base}/files/123"), target)
     assert install(InstallRequest(source=f"{host.base}/files/123"), target).type == "lora"
     assert leftovers(tmp_path) == ["models/Lora/tiny-lora.safetensors"]
@@ -320,6 +320,30 @@ def test_cancel_removes_the_partial_file(tmp_path, host):
     with pytest.raises(InstallCancelled):
         install(InstallRequest(source=f"{host.base}/files/123"), make_target(tmp_path), cancelled=lambda: True)
     assert leftovers(tmp_path) == []
+
+
+def test_shutdown_keeps_the_partial_file_for_the_next_install(tmp_path, host):
+    """Closing the installer (the server stopping) mid-download is not a cancel: the next install resumes."""
+    import time
+
+    host.stall.add("123")
+    installer = Installer(make_target(tmp_path))
+    try:
+        job = installer.submit(InstallRequest(source=f"{host.base}/files/123"))
+        deadline = time.monotonic() + 30
+        while host.sent["123"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        installer.close()
+    finally:
+        host.release.set()
+    assert job.wait(30) and job.state == "failed" and "shutting down" in job.error
+    data = host.files["123"][1]
+    [part] = [p for p in leftovers(tmp_path) if p.endswith(".part")]
+    assert (tmp_path / part).stat().st_size == len(data) // 2
+    install(InstallRequest(source=f"{host.base}/files/123"), make_target(tmp_path))
+    assert host.ranges == [f"bytes={len(data) // 2}-"]
+    assert leftovers(tmp_path) == ["models/Lora/tiny-lora.safetensors"]
 
 
 def test_a_failed_install_does_not_show_the_token(tmp_path, host):

@@ -130,3 +130,23 @@ def test_start_up_downloads_nothing(data_dir, host, monkeypatch):
         assert host.seen == ["GET /files/7"]  # the host does record requests
     finally:
         services.close()
+
+
+def test_a_second_install_of_the_same_source_is_a_409(online_services, host, data_dir):
+    host.stall.add("7")  # the first install is caught mid-file
+    client = TestClient(create_app(online_services))
+    try:
+        first = client.post("/easel/v1/models/install", json={"source": f"{host.base}/files/7"})
+        assert first.status_code == 202, first.text
+        deadline = time.monotonic() + 30
+        while host.sent["7"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        again = client.post("/easel/v1/models/install", json={"source": f"{host.base}/files/7"})
+        assert again.status_code == 409, again.text
+        assert again.json()["error"] == "AlreadyInstalling" and first.json()["id"] in again.json()["detail"]
+    finally:
+        host.release.set()
+    done = wait_install(client, first.json()["id"])
+    assert done["state"] == "done", done
+    assert (data_dir / "models/Lora/api-lora.safetensors").read_bytes() == host.files["7"][1]

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from modules.checkpoints import CheckpointError
 from modules.images import ImageTooLarge
+from modules.install_types import AlreadyInstalling
 from modules.jobs import JobCancelled, JobTooLarge, QueueFull, one_line_error
 from modules.schemas import RequestError
 
@@ -50,6 +51,7 @@ class JobFailed(RuntimeError):
 # exception have handlers of their own below).
 STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
     (RequestError, 400),
+    (AlreadyInstalling, 409),  # a RequestError too: the most specific handler answers
     (CheckpointError, 404),
     (JobNotFound, 404),
     (ModelNotInstalled, 404),

@@ -4,7 +4,8 @@ list and delete installed models.
 Installs run on the download worker (``modules.install_jobs``), beside the generation queue, so a
 long download never holds up generation. They are behind the same guard as settings (``--api-auth``)
 and a client never names a destination: the file's contents choose the folder. Downloads need
-the server to be started with ``--allow-downloads``; without it the POST answers 400 saying so.
+the server to be started with ``--allow-downloads``; without it the POST answers 400 saying so. One
+source is installed once at a time: a second POST of it while it runs answers 409.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def create_models_router(services: Services) -> APIRouter:
     @router.post("/install", status_code=202, response_model=InstallStatus)
     def start_install(request: InstallRequest, response: Response) -> InstallStatus:
         """Queue an install (202) and return its id; follow it with GET, cancel with DELETE. 400 when the
-        source cannot work (not a repo id/URL, downloads off, a server path without --allow-server-paths)."""
+        source cannot work (not a repo id/URL, downloads off, a server path without --allow-server-paths);
+        409 when the same source is already queued or being installed (the answer names that install)."""
         job = installer_of(services).submit(request, from_client=True)
         response.headers["Location"] = f"{PREFIX}/install/{job.id}"
         return InstallStatus(**job.snapshot())
@@ -90,7 +92,7 @@ def create_models_router(services: Services) -> APIRouter:
 
     @router.delete("/install/{job_id}", response_model=InstallStatus)
     def cancel_install(job_id: str) -> InstallStatus:
-        """Cancel a queued or running install (its partial file is removed); a finished one is unchanged."""
+        """Cancel a queued or running install (its partial file or folder is removed); a finished one is unchanged."""
         installer = installer_of(services)
         job = find_install(installer, job_id)
         installer.cancel(job.id)
