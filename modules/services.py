@@ -39,6 +39,9 @@ from modules.training import job as training_job
 VERSION = "easel-0.1"
 
 
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor")  # where torch.compile's errors come from (--compile)
+
+
 class ModelRunError(RuntimeError):
     """A model failed inside a job (a torch or diffusers error); the message names the checkpoint,
     the dtype and the device, and the original error."""
@@ -260,7 +263,7 @@ class Services:
                                networks=stack.enter_context(self.networks.for_job(model)), hooks=self.hooks)
                     for job in jobs]
             outcomes = txt2img_group.run([job.request for job in jobs], ctxs)
-        return [self._model_error(jobs[0].kind, key, o) if isinstance(o, RuntimeError) else o for o in outcomes]
+        return [self.model_run_error(jobs[0].kind, key, o) if isinstance(o, RuntimeError) else o for o in outcomes]
 
     @contextmanager
     def _naming_the_model(self, kind: str, key: str) -> Iterator[None]:
@@ -269,17 +272,21 @@ class Services:
         try:
             yield
         except RuntimeError as err:
-            named = self._model_error(kind, key, err)
+            named = self.model_run_error(kind, key, err)
             if named is err:
                 raise
             raise named from err
 
-    def _model_error(self, kind: str, key: str, err: RuntimeError) -> RuntimeError:
+    def model_run_error(self, kind: str, key: str, err: RuntimeError) -> RuntimeError:
         """``err`` as a ModelRunError naming the checkpoint, dtype and device; Easel's own errors unchanged."""
         if type(err).__module__.startswith("modules."):
             return err
+        hint = ""
+        if self.runtime.compile_unet and type(err).__module__.startswith(COMPILER_MODULES):
+            hint = (" (--compile: torch.compile of the UNet failed; it needs a working C++ compiler, g++, on the CPU"
+                    " and Triton on CUDA: install it or start Easel without --compile)")
         named = ModelRunError(f"{kind} on checkpoint {key!r} ({devices.dtype_name(self.runtime.dtype)} on "
-                              f"{self.runtime.device}) failed: {one_line_error(err)}")
+                              f"{self.runtime.device}) failed: {one_line_error(err)}{hint}")
         named.__cause__ = err
         return named
 
