@@ -11,6 +11,8 @@ LoRA and other ``<...>`` tags, and any job while extensions hook into processing
 
 The group is the run of fitting jobs at the head of the queue: a job that does not fit ends it,
 so no job ever runs before one submitted earlier that it was not merged with (FIFO order is kept).
+A job's own error before sampling (its prompt, its sampler) fails that job alone; an error inside
+the shared sampling (the model itself) fails every job of the group, as it would each alone.
 """
 
 from __future__ import annotations

@@ -57,8 +57,8 @@ def test_row_slices_follow_the_jobs_image_counts():
     assert job_batching.row_slices([1, 2, 1]) == [slice(0, 1), slice(1, 3), slice(3, 4)]
 
 
-def test_the_settings_are_checked_as_the_others(data_dir):
-    settings = load_settings(data_dir)
+def test_the_settings_are_checked_as_the_others(tmp_path):
+    settings = load_settings(tmp_path)
     assert settings.batch_queue_jobs is False and settings.batch_queue_max == 4
     new = validate_change(settings, {"batch_queue_jobs": True, "batch_queue_max": 6}, _access())
     assert (new.batch_queue_jobs, new.batch_queue_max) == (True, 6)
