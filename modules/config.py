@@ -80,6 +80,9 @@ class Settings(BaseModel):
     default_height: int = Field(0, ge=0, le=2048, multiple_of=8,
                                 description="the tabs' height at page load; 0 = the checkpoint's native size")
     max_queue: int = Field(64, ge=1, le=10_000)
+    batch_queue_jobs: bool = Field(False, description="batched queue: waiting txt2img jobs with the same model, size,"
+                                                      " sampler, steps and CFG run as one batch (modules.job_batching)")
+    batch_queue_max: int = Field(4, ge=1, le=64, description="most images in one batch of the batched queue")
     max_side: int = Field(2048, ge=64, le=8192)
     max_batch_images: int = Field(64, ge=1)
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, le=16384 * 16384,

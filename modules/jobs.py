@@ -31,6 +31,13 @@ Outcome of a job:
 - the run raises anything else → ``failed``, ``job.error`` is a one-line
   message, and the worker goes on with the next job.
 
+Batching (opt-in): a queue built with ``group_size`` and ``run_group`` may start several waiting
+jobs at once. When the worker takes the next job, ``group_size(head, waiting)`` says how many of
+the jobs waiting right behind it (in order) run with it; ``run_group(jobs)`` then runs them
+together and returns one outcome per job (its result, or the exception it ended with). Each job
+keeps its own token, progress, state and result: cancelling one job of a group stops that job
+only. The queue knows nothing of what makes jobs fit together (``modules.job_batching`` does).
+
 Memory: the queue is bounded in jobs (``max_queued``) and, with a ``size_of``
 estimate (bytes a request or result holds, e.g. its decoded images), in bytes:
 the waiting jobs' requests together stay within ``max_queued_bytes``. A
@@ -363,6 +370,8 @@ class JobQueue:
         max_finished_bytes: int | None = None,
         size_of: Callable[[Any], int] = lambda value: 0,
         release: Callable[[Any], Any] = lambda request: request,
+        group_size: Callable[[Job, list[Job]], int] | None = None,
+        run_group: Callable[[list[Job]], list[Any]] | None = None,
     ) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
@@ -378,11 +387,13 @@ class JobQueue:
         self._max_finished_bytes = max_finished_bytes
         self._size_of = size_of
         self._release = release
+        self._group_size = group_size if run_group is not None else None
+        self._run_group = run_group
         self._queued_bytes = 0
         self._finished_bytes = 0
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
-        self._current: Job | None = None
+        self._running: list[Job] = []  # the job running now, or the jobs of a group running together
         self._finished: OrderedDict[str, Job] = OrderedDict()
         self._accepting = True
         self._stopping = False
@@ -410,8 +421,8 @@ class JobQueue:
         with self._cond:
             self._accepting = False
             self._stopping = True
-            if self._current is not None:
-                self._current.token.cancel()
+            for job in self._running:
+                job.token.cancel()
             while self._queue:
                 self._cancel_queued_locked(self._dequeue_locked())
             self._cond.notify_all()
@@ -479,16 +490,21 @@ class JobQueue:
         """0 if the job is running, 1.. its place in line if queued, -1 if it has finished."""
         with self._cond:
             job = self._find_locked(job_id)
-            if job is self._current:
+            if job in self._running:
                 return 0
             if job.state is JobState.queued:
                 return self._queue.index(job) + 1
             return -1
 
     def current(self) -> Job | None:
-        """The running job, or None when the worker is idle."""
+        """The running job (the first of a group running together), or None when the worker is idle."""
         with self._cond:
-            return self._current
+            return self._running[0] if self._running else None
+
+    def running(self) -> list[Job]:
+        """The jobs running now: one, several for a group run together, none when idle (a copy)."""
+        with self._cond:
+            return list(self._running)
 
     def pending(self) -> list[Job]:
         """The queued jobs, next first (a copy)."""
@@ -498,7 +514,7 @@ class JobQueue:
     def job_count(self) -> int:
         """How many jobs are running or queued."""
         with self._cond:
-            return len(self._queue) + (1 if self._current is not None else 0)
+            return len(self._queue) + len(self._running)
 
     def queued_bytes(self) -> int:
         """What the waiting jobs' requests hold together, as ``size_of`` estimates it."""
@@ -514,13 +530,14 @@ class JobQueue:
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: a queued one is removed and marked cancelled at once, a running one is
-        interrupted (it stops and keeps what it made, as ``interrupt()``).
+        interrupted (it stops and keeps what it made, as ``interrupt()``); the other jobs of its
+        group, if it runs in one, go on.
 
         Returns False if the job had already finished.
         """
         with self._cond:
             job = self._find_locked(job_id)
-            if job is self._current:
+            if job in self._running:
                 job.token.interrupt()
                 return True
             if job.state is JobState.queued:
@@ -531,23 +548,25 @@ class JobQueue:
             return False
 
     def interrupt(self) -> None:
-        """Interrupt the running job, if any (A1111 /sdapi/v1/interrupt): it stops and keeps what it made."""
+        """Interrupt the running job, if any (A1111 /sdapi/v1/interrupt): it stops and keeps what it made.
+        Every job of a group running together is interrupted (together they are what runs)."""
         with self._cond:
-            if self._current is not None:
-                self._current.token.interrupt()
+            for job in self._running:
+                job.token.interrupt()
 
     def skip(self) -> None:
-        """Ask the running job to abandon its current image, if any (A1111 /sdapi/v1/skip)."""
+        """Ask the running job (each of a group) to abandon its current image, if any (A1111 /sdapi/v1/skip)."""
         with self._cond:
-            if self._current is not None:
-                self._current.token.skip()
+            for job in self._running:
+                job.token.skip()
 
     # ----- internals -----
 
     def _find_locked(self, job_id: str) -> Job:
         """Look a job up by id; the caller holds the lock."""
-        if self._current is not None and self._current.id == job_id:
-            return self._current
+        for job in self._running:
+            if job.id == job_id:
+                return job
         if job_id in self._finished:
             return self._finished[job_id]
         for job in self._queue:
@@ -596,45 +615,76 @@ class JobQueue:
             _, old = self._finished.popitem(last=False)
             self._finished_bytes -= old.result_bytes
 
-    def _next_job(self) -> Job | None:
-        """Block until a job is queued and make it current; None when the queue is stopping."""
+    def _next_jobs(self) -> list[Job]:
+        """Block until a job is queued and make it current, with the waiting jobs ``group_size`` puts
+        in its group; an empty list when the queue is stopping."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
             if self._stopping:
-                return None
-            job = self._dequeue_locked()
-            job.state = JobState.running
-            job.started = time.time()
-            job.progress.start()
-            self._current = job
-            return job
+                return []
+            jobs = [self._dequeue_locked()]
+            if self._group_size is not None and self._queue:
+                try:
+                    more = self._group_size(jobs[0], list(self._queue))
+                except Exception:  # noqa: BLE001 - a grouping error must never kill the worker: run alone
+                    logger.exception("job %s (%s): could not group it with the waiting jobs", jobs[0].id, jobs[0].kind)
+                    more = 0
+                jobs += [self._dequeue_locked() for _ in range(max(0, min(more, len(self._queue))))]
+            now = time.time()
+            for job in jobs:
+                job.state = JobState.running
+                job.started = now
+                job.progress.start()
+            self._running = jobs
+            return jobs
 
     def _work(self) -> None:
-        """The worker loop: run jobs one at a time, in order, until stopped."""
+        """The worker loop: run jobs one at a time (or one group at a time), in order, until stopped."""
         while True:
-            job = self._next_job()
-            if job is None:
+            jobs = self._next_jobs()
+            if not jobs:
                 return
-            state, result, exception = self._run_one(job)
+            outcomes = [self._run_one(jobs[0])] if len(jobs) == 1 else self._run_together(jobs)
             with self._cond:
-                self._drop_inputs_locked(job)
-                job._finish(state, result, exception)
-                self._current = None
-                self._remember_locked(job)
+                for job, (state, result, exception) in zip(jobs, outcomes, strict=True):
+                    self._drop_inputs_locked(job)
+                    job._finish(state, result, exception)
+                    self._remember_locked(job)
+                self._running = []
                 self._cond.notify_all()
 
     def _run_one(self, job: Job) -> tuple[JobState, Any, BaseException | None]:
         """Call the run function and turn its outcome into (state, result, exception)."""
         try:
             result = self._run(job)
-        except JobCancelled:
-            logger.info("job %s (%s) cancelled", job.id, job.kind)
-            return JobState.cancelled, None, None
-        except ValueError as exc:  # bad input found inside the job: the caller reports it, no traceback
-            logger.info("job %s (%s) refused: %s", job.id, job.kind, one_line_error(exc))
-            return JobState.failed, None, exc
         except Exception as exc:  # noqa: BLE001 - one failing job must never kill the worker
-            logger.exception("job %s (%s) failed", job.id, job.kind)
-            return JobState.failed, None, exc
+            return _failed(job, exc)
         return JobState.done, result, None
+
+    def _run_together(self, jobs: list[Job]) -> list[tuple[JobState, Any, BaseException | None]]:
+        """Call ``run_group`` and turn its outcomes into one (state, result, exception) per job; if it
+        raises, every job of the group ends with that exception."""
+        try:
+            outcomes = self._run_group(jobs)
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"run_group returned {len(outcomes)} outcomes for {len(jobs)} jobs")
+        except Exception as exc:  # noqa: BLE001 - one failing group must never kill the worker
+            return [_failed(job, exc) for job in jobs]
+        return [_failed(job, outcome) if isinstance(outcome, BaseException) else (JobState.done, outcome, None)
+                for job, outcome in zip(jobs, outcomes, strict=True)]
+
+
+def _failed(job: Job, exc: BaseException) -> tuple[JobState, Any, BaseException | None]:
+    """The outcome of a job that ended with ``exc``: cancelled for :class:`JobCancelled`, else failed
+    (a ValueError is bad input found inside the job: logged without a traceback)."""
+    if isinstance(exc, JobCancelled):
+        logger.info("job %s (%s) cancelled", job.id, job.kind)
+        return JobState.cancelled, None, None
+    if isinstance(exc, ValueError):
+        logger.info("job %s (%s) refused: %s", job.id, job.kind, one_line_error(exc))
+        return JobState.failed, None, exc
+    if not isinstance(exc, Exception):
+        raise exc  # KeyboardInterrupt, SystemExit: not a job's outcome
+    logger.error("job %s (%s) failed", job.id, job.kind, exc_info=exc)
+    return JobState.failed, None, exc

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules import devices, partial_offload
+from modules import devices, job_batching, partial_offload
 from modules.access import ClientAccess
 from modules.checkpoints import CheckpointError, CheckpointRegistry, HashCache, scan_vaes
 from modules.config import Settings
@@ -30,7 +30,7 @@ from modules.jobs import Job, JobQueue, one_line_error
 from modules.model_loading import LoadedModel, native_size_hint
 from modules.model_manager import CacheSettings, ModelManager, ModelRecipe
 from modules.model_parts import CheckpointSource, PartHashes, PartOptions, checkpoint_recipe
-from modules.processing import extras, img2img, outpaint, txt2img
+from modules.processing import extras, img2img, outpaint, txt2img, txt2img_group
 from modules.processing.context import RunContext
 from modules.request_checks import GENERATION_KINDS, check_generation
 from modules.schemas import GenerationRequest, RequestError, image_bytes, without_input_images
@@ -38,6 +38,9 @@ from modules.tiling import seamless_tiling
 from modules.training import job as training_job
 
 VERSION = "easel-0.1"
+
+
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor")  # where torch.compile's errors come from (--compile)
 
 
 class ModelRunError(RuntimeError):
@@ -243,6 +246,28 @@ class Services:
             training_job.refresh_lists(self)
         return result
 
+    def group_size(self, head: Job, waiting: list[Job]) -> int:
+        """The queue's batching rule: how many waiting jobs run in one batch with ``head`` (0 unless the
+        setting ``batch_queue_jobs`` is on and no extension hooks into processing; ``modules.job_batching``)."""
+        settings = self.settings
+        if not settings.batch_queue_jobs or any(self.hooks.has(p) for p in job_batching.PROCESSING_HOOKS):
+            return 0
+        return job_batching.group_size((head.kind, head.request), [(job.kind, job.request) for job in waiting],
+                                       settings.batch_queue_max)
+
+    def run_group(self, jobs: list[Job]) -> list[Any]:
+        """The worker routine for a group of txt2img jobs sampled as one batch (``processing.txt2img_group``):
+        one outcome per job, its result or its exception."""
+        first = jobs[0].request
+        key = model_key(first.sd_model_checkpoint, first.sd_vae)
+        with (self._naming_the_model(jobs[0].kind, key), self.models.use(key) as model, self._vae_tiling(model),
+              seamless_tiling(model.pipe, bool(first.tiling)), ExitStack() as stack):
+            ctxs = [RunContext(model, self.settings, self.saver, job.token, job.progress, VERSION, controlnets=self,
+                               networks=stack.enter_context(self.networks.for_job(model)), hooks=self.hooks)
+                    for job in jobs]
+            outcomes = txt2img_group.run([job.request for job in jobs], ctxs)
+        return [self.model_run_error(jobs[0].kind, key, o) if isinstance(o, RuntimeError) else o for o in outcomes]
+
     @contextmanager
     def _vae_tiling(self, model: LoadedModel) -> Iterator[None]:
         """VAE tiling and slicing as the settings say, on an accelerator (a shared VAE may serve several models)."""
@@ -257,10 +282,23 @@ class Services:
         try:
             yield
         except RuntimeError as err:
-            if type(err).__module__.startswith("modules."):
+            named = self.model_run_error(kind, key, err)
+            if named is err:
                 raise
-            raise ModelRunError(f"{kind} on checkpoint {key!r} ({devices.dtype_name(self.runtime.dtype)} on "
-                                f"{self.runtime.device}) failed: {one_line_error(err)}") from err
+            raise named from err
+
+    def model_run_error(self, kind: str, key: str, err: RuntimeError) -> RuntimeError:
+        """``err`` as a ModelRunError naming the checkpoint, dtype and device; Easel's own errors unchanged."""
+        if type(err).__module__.startswith("modules."):
+            return err
+        hint = ""
+        if self.runtime.compile_unet and type(err).__module__.startswith(COMPILER_MODULES):
+            hint = (" (--compile: torch.compile of the UNet failed; it needs a working C++ compiler, g++, on the CPU"
+                    " and Triton on CUDA: install it or start Easel without --compile)")
+        named = ModelRunError(f"{kind} on checkpoint {key!r} ({devices.dtype_name(self.runtime.dtype)} on "
+                              f"{self.runtime.device}) failed: {one_line_error(err)}{hint}")
+        named.__cause__ = err
+        return named
 
     def close(self) -> None:
         if self.installer is not None:
@@ -393,7 +431,9 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
     holder: dict[str, Services] = {}
     queue_bytes = settings.max_queue_mb * 1024 * 1024  # waiting jobs' input images; kept results, the same
     queue = JobQueue(lambda job: holder["s"].run_job(job), max_queued=settings.max_queue, max_queued_bytes=queue_bytes,
-                     max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images)
+                     max_finished_bytes=queue_bytes, size_of=image_bytes, release=without_input_images,
+                     group_size=lambda head, waiting: holder["s"].group_size(head, waiting),
+                     run_group=lambda jobs: holder["s"].run_group(jobs))
     access = access or ClientAccess()
     saver = HookedSaver(settings.samples_format, hooks, outputs)  # A1111's samples_format: png, jpg or webp files
     services = Services(settings, runtime, registry, models, saver, queue, build_extra_networks(settings, hashes), access,

@@ -99,6 +99,23 @@ def test_compile_compiles_the_unet_in_place(data_dir):
         services.close()
 
 
+def test_a_torch_compile_failure_says_to_start_without_compile(data_dir):
+    """A compiler error inside a job (no g++, no Triton) fails it naming the model and the way out."""
+    from torch._dynamo.exc import InternalTorchDynamoError
+
+    from modules.services import ModelRunError
+
+    for compile_unet, hint in ((True, True), (False, False)):
+        services = build_services(load_settings(data_dir, {"precision": "fp32", "compile_unet": compile_unet}),
+                                  start=False)
+        try:
+            err = services.model_run_error("txt2img", "tiny-a.safetensors", InternalTorchDynamoError("g++ not found"))
+        finally:
+            services.close()
+        assert isinstance(err, ModelRunError) and "tiny-a.safetensors" in str(err) and "g++ not found" in str(err)
+        assert ("start Easel without --compile" in str(err)) is hint
+
+
 @pytest.fixture(scope="module")
 def bundled_bf16(tmp_path_factory):
     bundled = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"

@@ -1,4 +1,4 @@
-"""The Settings tab: output folders, file name pattern, checkpoint cache, memory mode, live preview,
+"""The Settings tab: output folders, file name pattern, checkpoint cache, memory mode, batched queue, live preview,
 default sampler, steps and size. Saved to config.json and applied at once where possible; a bad
 value shows its error and nothing is saved.
 
@@ -67,6 +67,13 @@ def create_ui(services) -> SettingsTab:
             fields["memory_mode"] = gr.Radio(["normal", "medvram", "lowvram"], value=s.memory_mode,
                                              label="Memory mode (applies at the next start)",
                                              elem_id=f"{PREFIX}_memory_mode")
+            fields["batch_queue_jobs"] = gr.Checkbox(
+                s.batch_queue_jobs, label="Batched queue: run waiting txt2img jobs with the same model, size, sampler,"
+                                          " steps and CFG as one batch (same images, more images per second)",
+                elem_id=f"{PREFIX}_batch_queue_jobs")
+            fields["batch_queue_max"] = gr.Number(s.batch_queue_max, precision=0,
+                                                  label="Batched queue: most images in one batch (1-64)",
+                                                  elem_id=f"{PREFIX}_batch_queue_max")
         with gr.Accordion("Generation (new defaults reach the tabs at the next page load: Reload UI)", open=True):
             fields["show_progress_every_n_steps"] = gr.Number(
                 s.show_progress_every_n_steps, precision=0, label="Live preview every N steps (0 = off)",

@@ -35,13 +35,15 @@ def iterations(ctx: RunContext, result, n_iter: int) -> Iterator[int]:
     (the queue stopping) raises ``JobCancelled``: nothing is kept.
     """
     for n in range(n_iter):
-        if not _go_on(ctx, result):
+        if not go_on(ctx, result):
             return
         yield n
-    _go_on(ctx, result)
+    go_on(ctx, result)
 
 
-def _go_on(ctx: RunContext, result) -> bool:
+def go_on(ctx: RunContext, result) -> bool:
+    """Between iterations: count a Skip of the one before, False after Interrupt (the result marked
+    ``interrupted``), ``JobCancelled`` after a cancel, else True (the next iteration runs)."""
     if ctx.token.skipped:  # the iteration before was cut short; it is kept, the next one runs
         ctx.token.clear_skip()
         result.skipped += 1

@@ -149,6 +149,10 @@ class SamplingInput:
     # with no hard blend at the end (``modules.soft_inpainting``); None: the hard blend
     soft_inpainting: SoftInpainting | None = None
     s_min_uncond: float = 0.0  # A1111's NGMS: below this sigma, every other model call runs without the negative rows
+    # a merged batch of several jobs (``modules.job_batching``): each job's conditioning and its number
+    # of images, in batch order; all have the same AND parts' weights and token count. Empty:
+    # ``conditioning`` for every image.
+    segments: tuple[tuple[Conditioning, int], ...] = ()
 
     @property
     def guided(self) -> bool:
@@ -186,8 +190,8 @@ class GuidedModel:
         self.cfg_scale = inp.cfg_scale / inp.sampler.sampler.cfg_divisor
         self.guided = inp.guided
         self.control = inp.control
-        self.conditioning = inp.conditioning
         self.batch = inp.noise.shape[0]
+        self.segments = inp.segments or ((inp.conditioning, self.batch),)
         self.device, self.dtype = inp.device, inp.unet.dtype
         self.size_condition = inp.size_condition
         self.aesthetic_score = inp.aesthetic_score
@@ -199,17 +203,23 @@ class GuidedModel:
 
     def _build(self, step: int) -> int:
         """The UNet batch's text conditioning for ``step`` (rebuilt only when the schedule moves); its row count."""
-        parts, uncond = self.conditioning.at(step)
-        rows = [uncond, *(embedding for embedding, _ in parts)] if self.guided else [parts[0][0]]
-        key = tuple(id(row) for row in rows)
+        segments = []  # per job of the batch: (its rows' embeddings, its image count)
+        for conditioning, count in self.segments:
+            parts, uncond = conditioning.at(step)
+            segments.append(([uncond, *(embedding for embedding, _ in parts)] if self.guided else [parts[0][0]], count))
+        rows = segments[0][0]
+        key = tuple(id(row) for job_rows, _ in segments for row in job_rows)
         if key != self._rows:
             b, device, dtype = self.batch, self.device, self.dtype
-            self.embeds = torch.cat([row.tokens.to(device, dtype).repeat(b, 1, 1) for row in rows])
+            # row r of the UNet batch (negative, then each AND part): every job's embedding, once per image
+            self.embeds = torch.cat([job_rows[r].tokens.to(device, dtype).repeat(n, 1, 1)
+                                     for r in range(len(rows)) for job_rows, n in segments])
             self.added = None
             if rows[0].pooled is not None:  # SDXL: pooled text and size conditioning
                 if self.size_condition is None:
                     raise ValueError("an SDXL conditioning needs size_condition (the image's height and width)")
-                pooled = torch.cat([row.pooled.to(device, dtype).repeat(b, 1) for row in rows])
+                pooled = torch.cat([job_rows[r].pooled.to(device, dtype).repeat(n, 1)
+                                    for r in range(len(rows)) for job_rows, n in segments])
                 if self.aesthetic_score is None:
                     time_ids = sdxl_time_ids(*self.size_condition, dtype).repeat(pooled.shape[0], 1)
                 else:  # the refiner: the negative score on the unconditional rows
@@ -219,7 +229,7 @@ class GuidedModel:
                                           for score in scores])
                 time_ids = time_ids.to(device)
                 self.added = {"text_embeds": pooled, "time_ids": time_ids}
-            self.weights = [weight for _, weight in parts]
+            self.weights = [weight for _, weight in self.segments[0][0].parts]
             self._rows = key
         return len(rows)
 

@@ -84,8 +84,25 @@ def first_pass(
 ) -> torch.Tensor:
     """One iteration's sampling from noise (strength 1) through the core; returns the latents. With a
     refiner, the base runs to the switch and the refiner the rest."""
+    on_step = common.step_hook(ctx, ctx.model.pipe, done, req.steps, total)
+    inp = refiner.split(ref, first_pass_input(req, ctx, plan, cond, noise, batch_seeds, on_step, control))
+    latents = sampling.sample(inp)
+    return refiner.refine(ref, ctx, req, inp, latents) if ref else latents
+
+
+def first_pass_input(
+    req: Txt2ImgRequest,
+    ctx: RunContext,
+    plan: common.BatchPlan,
+    cond: sampling.Conditioning,
+    noise: torch.Tensor,
+    batch_seeds: list[int],
+    on_step: sampling.StepCallback,
+    control: controlnet.Control | None = None,
+) -> sampling.SamplingInput:
+    """The core's input for sampling ``noise`` (one image per seed of ``batch_seeds``) at strength 1."""
     pipe = ctx.model.pipe
-    inp = sampling.SamplingInput(
+    return sampling.SamplingInput(
         unet=pipe.unet,
         sampler=common.sampler_for(ctx, req, plan.sampler_name, plan.scheduler, req.steps, batch_seeds),
         model_sigmas=common.model_sigmas(pipe),
@@ -98,10 +115,7 @@ def first_pass(
         control=control,
         size_condition=(plan.height, plan.width) if ctx.model.is_sdxl else None,
         aesthetic_score=common.aesthetic_score(ctx.model),
-        on_step=common.step_hook(ctx, pipe, done, req.steps, total),
+        on_step=on_step,
         hooks=ctx.hooks,
         s_min_uncond=req.s_min_uncond,
     )
-    inp = refiner.split(ref, inp)
-    latents = sampling.sample(inp)
-    return refiner.refine(ref, ctx, req, inp, latents) if ref else latents
