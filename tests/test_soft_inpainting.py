@@ -157,7 +157,7 @@ def test_ngms_model_call_runs_without_the_negative_rows():
     cond = sampling.Conditioning.fixed(torch.ones(1, 2, 4), torch.zeros(1, 2, 4))
     inp = type("Inp", (), {"unet": Unet(), "cfg_scale": 7.0, "guided": True, "control": None, "conditioning": cond,
                            "noise": torch.zeros(1, 4, 2, 2), "device": torch.device("cpu"), "size_condition": None,
-                           "aesthetic_score": None, "inpaint_channels": None,
+                           "aesthetic_score": None, "inpaint_channels": None, "segments": (),
                            "sampler": type("S", (), {"sampler": type("X", (), {"cfg_divisor": 1.0})()})()})()
     model = sampling.GuidedModel(inp)
     model(torch.zeros(1, 4, 2, 2), torch.tensor(1), 0, 2)
