@@ -298,15 +298,23 @@ def load_single_file(info: CheckpointInfo, dtype: torch.dtype | None = None,
     # converted while read, unless the VAE keeps another dtype (fp16 -> bf16 -> fp32 would lose bits)
     same = vae_dtype is None or vae_dtype == dtype
     state = read_state_dict(info.path, dtype if same else None)
+    arch, cfg = single_file_configs(info, state)
+    return arch, assemble_pipeline(arch, build_components(state, arch, cfg, dtype, vae_dtype))
+
+
+def single_file_configs(info: CheckpointInfo, state: dict[str, Any]) -> tuple[str, Any]:
+    """(architecture, component configs) of a single file from its keys (tensors or their shapes) and
+    its companion yaml, if any: the shipped configs, the yaml's values over them, and the UNet's input
+    channels as the weights have them (SDXL inpainting: 9 channels on SDXL's config)."""
     yaml_cfg = load_yaml(info.config_path) if info.config_path else None
     arch = detect_architecture(state, yaml_cfg)
     cfg = shipped_configs(arch)
     if yaml_cfg is not None:
         cfg = configs_from_yaml(yaml_cfg, state, cfg)
     in_channels = int(state[UNET_IN_KEY].shape[1])
-    if cfg.unet.get("in_channels") != in_channels:  # SDXL inpainting: 9 channels on SDXL's config
+    if cfg.unet.get("in_channels") != in_channels:
         cfg = replace(cfg, unet={**cfg.unet, "in_channels": in_channels})
-    return arch, assemble_pipeline(arch, build_components(state, arch, cfg, dtype, vae_dtype))
+    return arch, cfg
 
 
 def arch_of_pipeline(pipe) -> str:

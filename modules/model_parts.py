@@ -41,12 +41,10 @@ import torch
 from modules import devices
 from modules.checkpoints import (
     SAFETENSORS_DTYPES,
-    UNET_IN_KEY,
     CheckpointError,
     CheckpointInfo,
     CheckpointRegistry,
     HashCache,
-    detect_architecture,
     read_safetensors,
     read_state_dict,
     safetensors_header,
@@ -58,10 +56,8 @@ from modules.model_loading import (
     assemble_pipeline,
     build_part,
     build_vae_from_file,
-    configs_from_yaml,
     light_components,
-    load_yaml,
-    shipped_configs,
+    single_file_configs,
 )
 from modules.model_manager import ComponentKey, ModelRecipe
 
@@ -217,16 +213,7 @@ def _single_file_recipe(source: CheckpointSource, info: CheckpointInfo, vae: str
     is_safetensors = info.path.suffix.lower() == ".safetensors"
     whole = functools.cache(lambda: read_state_dict(info.path, options.dtype))  # pickles: read once per recipe
     state = meta_state(info.path) if is_safetensors else whole()
-    yaml_cfg = load_yaml(info.config_path) if info.config_path else None
-    arch = detect_architecture(state, yaml_cfg)
-    cfg = shipped_configs(arch)
-    if yaml_cfg is not None:
-        cfg = configs_from_yaml(yaml_cfg, state, cfg)
-    in_channels = int(state[UNET_IN_KEY].shape[1])
-    if cfg.unet.get("in_channels") != in_channels:  # SDXL inpainting: 9 channels on SDXL's config
-        from dataclasses import replace
-
-        cfg = replace(cfg, unet={**cfg.unet, "in_channels": in_channels})
+    arch, cfg = single_file_configs(info, state)
     digests = source.hashes.of_single_file(info.path)
     prefixes = PART_PREFIXES[arch]
     configs = {"unet": cfg.unet, "vae": cfg.vae, "text_encoder": cfg.text_encoder, "text_encoder_2": cfg.text_encoder_2}
