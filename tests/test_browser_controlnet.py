@@ -130,7 +130,10 @@ def test_scribble_preview_and_generate_with_a_controlnet(page, artifacts):
     assert detected.shape == (512, 768)
     assert detected[:256].max() == 255, "the stroke is not in the detected map"
     assert detected[320:].max() == 0, "the map has lines where nothing was drawn"
-    # an enabled unit without a model: a visible message naming the unit and the field
+    # the one installed model is preselected (#24 item 6); an enabled unit with the model set back to
+    # "None": a visible message naming the unit and the field
+    assert page.locator(f"#{CN}_model input").input_value() == MODEL
+    choose(page, f"{CN}_model", "None")
     page.locator(f"#{CN}_enabled input").check()
     page.locator("#controlnet_prompt textarea").fill("a shape")
     set_slider(page, "controlnet_steps", 2)
