@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import mmap
+import os
 import pickle
 import threading
 from collections.abc import Callable
@@ -81,18 +81,29 @@ class HashCache:
             except (OSError, json.JSONDecodeError):
                 self._data = {}
 
-    def sha256(self, path: Path) -> str:
+    def cached(self, path: Path) -> str | None:
+        """The cached digest of ``path``, or None when it was never computed or the file changed."""
         st = path.stat()
-        key = str(path.resolve())
         with self._lock:
-            hit = self._data.get(key)
-            if hit and hit["size"] == st.st_size and hit["mtime"] == st.st_mtime:
-                return hit["sha256"]
-        digest = self._digest(path)
+            hit = self._data.get(str(path.resolve()))
+        if hit and hit["size"] == st.st_size and hit["mtime"] == st.st_mtime:
+            return hit["sha256"]
+        return None
+
+    def store(self, path: Path, digest: str) -> None:
+        """Keep ``digest`` as the digest of ``path`` as it is now (computed by the caller while reading it)."""
+        st = path.stat()
         with self._lock:
-            self._data[key] = {"size": st.st_size, "mtime": st.st_mtime, "sha256": digest}
+            self._data[str(path.resolve())] = {"size": st.st_size, "mtime": st.st_mtime, "sha256": digest}
             self._file.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self._file, json.dumps(self._data, indent=1))
+
+    def sha256(self, path: Path) -> str:
+        hit = self.cached(path)
+        if hit is not None:
+            return hit
+        digest = self._digest(path)
+        self.store(path, digest)
         return digest
 
 
@@ -157,38 +168,130 @@ def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return _safetensors_header(path, path.stat().st_size)
 
 
-def read_safetensors(path: Path, dtype: torch.dtype | None = None,
-                     prefixes: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file in one pass over its bytes: each is read from a private memory
-    map straight into its own memory, its floats converted to ``dtype`` on the way (None: kept), so
-    no second copy of the file is ever held (as ``safetensors.load_file`` followed by a cast would).
-    Dtypes this reader does not know (fp8, ...) go through ``safetensors.load_file``. With ``prefixes``
-    only the tensors whose names start with one of them are read (one component of a checkpoint)."""
+READ_CHUNK = 1 << 20  # bytes read (and converted, hashed) at a time: small enough to stay in the CPU cache
+
+
+class ReadDigests:
+    """sha256 digests computed while a .safetensors file is read (no second pass over it): each
+    tensor's data, by tensor name, and (``whole_file``) the whole file's, A1111's hash."""
+
+    def __init__(self, whole_file: bool = True) -> None:
+        self.file = hashlib.sha256() if whole_file else None
+        self.tensors: dict[str, str] = {}
+
+
+def _readinto_full(f: Any, view: memoryview, path: Path) -> None:
+    """Fill ``view`` from ``f`` (a read may return less than asked: large reads, signals)."""
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise CheckpointError(f"{path.name} is not a readable .safetensors file: it ends early")
+        done += n
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor's memory."""
+    return memoryview(tensor.view(-1).view(torch.uint8).numpy())
+
+
+def read_safetensors(path: Path, dtype: torch.dtype | None | Callable[[str], torch.dtype | None] = None,
+                     prefixes: tuple[str, ...] | None = None,
+                     digests: ReadDigests | None = None, chunk_bytes: int = READ_CHUNK) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file in one sequential pass over its bytes, their floats in ``dtype``
+    (None: kept; a function of the tensor name: per tensor). A tensor kept in the file's dtype is
+    read straight into its own memory; one converted goes through a small reused buffer, in chunks,
+    so no second copy of the file is ever held (as ``safetensors.load_file`` plus a cast would).
+    With ``prefixes`` only the tensors whose names start with one of them are returned (one
+    component; ``()``: none). With ``digests`` every byte of the file is read and hashed on the way
+    (its sha256 and each tensor's data). ``chunk_bytes``: the buffer's size. Dtypes this reader
+    does not know (fp8, ...) go through ``safetensors.load_file``."""
+    dtype_of = dtype if callable(dtype) else (lambda name: dtype)
     size = path.stat().st_size
     header, data_start = _safetensors_header(path, size)
-    entries = {k: v for k, v in header.items() if k != "__metadata__" and (prefixes is None or k.startswith(prefixes))}
-    if any(not isinstance(v, dict) or v.get("dtype") not in SAFETENSORS_DTYPES for v in entries.values()):
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    wanted = {k for k in entries if prefixes is None or k.startswith(prefixes)}
+    if any(not isinstance(entries[k], dict) or entries[k].get("dtype") not in SAFETENSORS_DTYPES for k in wanted):
         from safetensors.torch import load_file
 
+        if digests is not None:
+            read_safetensors(path, prefixes=(), digests=digests)
         state = load_file(str(path))
-        return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()
-                if prefixes is None or k.startswith(prefixes)}
-    out: dict[str, torch.Tensor] = {}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
-        for name, entry in entries.items():
+        return {k: v.to(dtype_of(k)) if dtype_of(k) is not None and v.is_floating_point() else v
+                for k, v in state.items() if k in wanted}
+    planned = []
+    for name, entry in entries.items():
+        if name not in wanted and digests is None:
+            continue
+        try:
+            start, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path.name}: tensor {name!r} has a bad header entry ({err})") from None
+        if not 0 <= start <= end <= size - data_start:
+            raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} lies outside the file")
+        plan = None
+        if name in wanted:
             file_dtype = SAFETENSORS_DTYPES[entry["dtype"]]
             shape = [int(n) for n in entry["shape"]]
-            start, end = (int(n) for n in entry["data_offsets"])
-            count = math.prod(shape)
-            if end - start != count * file_dtype.itemsize or data_start + end > size or start < 0:
-                raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} lies outside the file")
-            want = dtype if dtype is not None and file_dtype.is_floating_point else file_dtype
-            if count == 0:
-                out[name] = torch.empty(shape, dtype=want)
-                continue
-            view = torch.frombuffer(mapped, dtype=file_dtype, count=count, offset=data_start + start).view(shape)
-            out[name] = torch.empty(shape, dtype=want).copy_(view)  # copies (and converts): the map is closed next
-            del view
+            if end - start != math.prod(shape) * file_dtype.itemsize:
+                raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} has the wrong size")
+            want = dtype_of(name) if file_dtype.is_floating_point and dtype_of(name) is not None else file_dtype
+            plan = (file_dtype, shape, want)
+        planned.append((data_start + start, data_start + end, name, plan))
+    planned.sort(key=lambda p: p[0])
+    out: dict[str, torch.Tensor] = {}
+    buffer = memoryview(bytearray(chunk_bytes))
+    file_hash = digests.file if digests is not None else None
+    with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        pos = 0
+
+        def stream(end: int, tensor_hash: Any = None, into: torch.Tensor | None = None, file_dtype: Any = None) -> None:
+            """Read up to ``end`` through the buffer: hashed when hashing, converted into ``into``."""
+            nonlocal pos
+            done = 0
+            while pos < end:
+                view = buffer[:min(chunk_bytes, end - pos)]
+                _readinto_full(f, view, path)
+                if file_hash is not None:
+                    file_hash.update(view)
+                if tensor_hash is not None:
+                    tensor_hash.update(view)
+                if into is not None:
+                    count = len(view) // file_dtype.itemsize
+                    into[done:done + count].copy_(torch.frombuffer(view, dtype=file_dtype, count=count))
+                    done += count
+                pos += len(view)
+
+        for start, end, name, plan in planned:
+            if start < pos:
+                raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} overlaps another")
+            if file_hash is not None:
+                stream(start)  # the header and any gap are part of the file's hash
+            elif pos != start:
+                f.seek(start)
+                pos = start
+            tensor_hash = hashlib.sha256() if digests is not None else None
+            if plan is None:  # hashed only
+                stream(end, tensor_hash)
+            else:
+                file_dtype, shape, want = plan
+                tensor = torch.empty(shape, dtype=want)
+                if want == file_dtype and end > start:  # straight into the tensor's memory
+                    view = _bytes_of(tensor)
+                    _readinto_full(f, view, path)
+                    pos = end
+                    if tensor_hash is not None:
+                        tensor_hash.update(view)
+                    if file_hash is not None:
+                        file_hash.update(view)
+                else:
+                    stream(end, tensor_hash, tensor.view(-1), file_dtype)
+                out[name] = tensor
+            if digests is not None:
+                digests.tensors[name] = tensor_hash.hexdigest()
+        if file_hash is not None:
+            stream(size)
     return out
 
 
