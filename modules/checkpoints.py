@@ -17,6 +17,7 @@ import os
 import pickle
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,11 @@ def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return _safetensors_header(path, path.stat().st_size)
 
 
-READ_CHUNK = 1 << 20  # bytes read (and converted, hashed) at a time: small enough to stay in the CPU cache
+READ_CHUNK = 64 << 10  # bytes read, hashed and converted at a time: stays in the CPU cache, and torch
+# converts a chunk this small on the calling thread (no thread-pool hand-off per chunk: 3-8x faster here)
+
+
+READ_BLOCK = 4 << 20  # bytes read at a time, then hashed and converted by a worker thread while the next is read
 
 
 class ReadDigests:
@@ -195,18 +200,16 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.view(-1).view(torch.uint8).numpy())
 
 
-def read_safetensors(path: Path, dtype: torch.dtype | None | Callable[[str], torch.dtype | None] = None,
-                     prefixes: tuple[str, ...] | None = None,
+def read_safetensors(path: Path, dtype: torch.dtype | None = None, prefixes: tuple[str, ...] | None = None,
                      digests: ReadDigests | None = None, chunk_bytes: int = READ_CHUNK) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file in one sequential pass over its bytes, their floats in ``dtype``
-    (None: kept; a function of the tensor name: per tensor). A tensor kept in the file's dtype is
-    read straight into its own memory; one converted goes through a small reused buffer, in chunks,
-    so no second copy of the file is ever held (as ``safetensors.load_file`` plus a cast would).
-    With ``prefixes`` only the tensors whose names start with one of them are returned (one
-    component; ``()``: none). With ``digests`` every byte of the file is read and hashed on the way
-    (its sha256 and each tensor's data). ``chunk_bytes``: the buffer's size. Dtypes this reader
-    does not know (fp8, ...) go through ``safetensors.load_file``."""
-    dtype_of = dtype if callable(dtype) else (lambda name: dtype)
+    (None: kept). A tensor kept in the file's dtype is read straight into its own memory; one
+    converted is read in blocks that a worker thread converts (``chunk_bytes`` at a time, a multiple
+    of 8) while the next block is read, so no second copy of the file is ever held (as
+    ``safetensors.load_file`` plus a cast would). With ``prefixes`` only the tensors whose names
+    start with one of them are returned (one component; ``()``: none). With ``digests`` every byte
+    of the file is read and hashed on the way (its sha256 and each tensor's data). Dtypes this
+    reader does not know (fp8, ...) go through ``safetensors.load_file``."""
     size = path.stat().st_size
     header, data_start = _safetensors_header(path, size)
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
@@ -217,7 +220,7 @@ def read_safetensors(path: Path, dtype: torch.dtype | None | Callable[[str], tor
         if digests is not None:
             read_safetensors(path, prefixes=(), digests=digests)
         state = load_file(str(path))
-        return {k: v.to(dtype_of(k)) if dtype_of(k) is not None and v.is_floating_point() else v
+        return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
                 for k, v in state.items() if k in wanted}
     planned = []
     for name, entry in entries.items():
@@ -235,32 +238,55 @@ def read_safetensors(path: Path, dtype: torch.dtype | None | Callable[[str], tor
             shape = [int(n) for n in entry["shape"]]
             if end - start != math.prod(shape) * file_dtype.itemsize:
                 raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} has the wrong size")
-            want = dtype_of(name) if file_dtype.is_floating_point and dtype_of(name) is not None else file_dtype
+            want = dtype if file_dtype.is_floating_point and dtype is not None else file_dtype
             plan = (file_dtype, shape, want)
         planned.append((data_start + start, data_start + end, name, plan))
     planned.sort(key=lambda p: p[0])
     out: dict[str, torch.Tensor] = {}
-    buffer = memoryview(bytearray(chunk_bytes))
     file_hash = digests.file if digests is not None else None
-    with open(path, "rb", buffering=0) as f:
+    hashes: dict[str, Any] = {}
+    float_buffer = torch.empty(chunk_bytes // 2, dtype=torch.float32)  # the widest chunk of 2-byte floats
+
+    def process(view: memoryview, tensor_hash: Any, into: torch.Tensor | None, file_dtype: Any, via_fp32: bool) -> None:
+        """Hash ``view`` and convert it into ``into`` (the worker thread's part), ``chunk_bytes`` at a time."""
+        for at in range(0, len(view), chunk_bytes):
+            piece = view[at:at + chunk_bytes]
+            if file_hash is not None:
+                file_hash.update(piece)
+            if tensor_hash is not None:
+                tensor_hash.update(piece)
+            if into is not None:
+                first, count = at // file_dtype.itemsize, len(piece) // file_dtype.itemsize
+                chunk = torch.frombuffer(piece, dtype=file_dtype, count=count)
+                if via_fp32:  # fp16 <-> bf16: two vectorised steps beat torch's direct copy
+                    chunk = float_buffer[:count].copy_(chunk)
+                into[first:first + count].copy_(chunk)
+
+    # The calling thread reads (the disk, or copies from the page cache) while one worker thread hashes
+    # and converts the block read before: the two overlap, and the worker keeps the file's byte order.
+    blocks = [memoryview(bytearray(READ_BLOCK)) for _ in range(2)]
+    pending: list[Any] = [None, None]
+    turn = 0
+    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=1) as worker:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         pos = 0
 
-        def stream(end: int, tensor_hash: Any = None, into: torch.Tensor | None = None, file_dtype: Any = None) -> None:
-            """Read up to ``end`` through the buffer: hashed when hashing, converted into ``into``."""
-            nonlocal pos
-            done = 0
+        def stream(end: int, tensor_hash: Any = None, into: torch.Tensor | None = None, file_dtype: Any = None,
+                   via_fp32: bool = False) -> None:
+            """Read up to ``end`` through the blocks, each handed to the worker to hash and convert."""
+            nonlocal pos, turn
             while pos < end:
-                view = buffer[:min(chunk_bytes, end - pos)]
+                if pending[turn] is not None:
+                    pending[turn].result()  # that block's last use is done (and raised nothing)
+                view = blocks[turn][:min(READ_BLOCK, end - pos)]
                 _readinto_full(f, view, path)
-                if file_hash is not None:
-                    file_hash.update(view)
-                if tensor_hash is not None:
-                    tensor_hash.update(view)
                 if into is not None:
-                    count = len(view) // file_dtype.itemsize
-                    into[done:done + count].copy_(torch.frombuffer(view, dtype=file_dtype, count=count))
-                    done += count
+                    done = (pos - start) // file_dtype.itemsize
+                    into_part = into[done:done + len(view) // file_dtype.itemsize]
+                else:
+                    into_part = None
+                pending[turn] = worker.submit(process, view, tensor_hash, into_part, file_dtype, via_fp32)
+                turn = 1 - turn
                 pos += len(view)
 
         for start, end, name, plan in planned:
@@ -281,17 +307,21 @@ def read_safetensors(path: Path, dtype: torch.dtype | None | Callable[[str], tor
                     view = _bytes_of(tensor)
                     _readinto_full(f, view, path)
                     pos = end
-                    if tensor_hash is not None:
-                        tensor_hash.update(view)
-                    if file_hash is not None:
-                        file_hash.update(view)
+                    if digests is not None:
+                        pending.append(worker.submit(process, view, tensor_hash, None, None, False))
                 else:
-                    stream(end, tensor_hash, tensor.view(-1), file_dtype)
+                    via_fp32 = torch.float32 not in (want, file_dtype) and file_dtype.is_floating_point
+                    stream(end, tensor_hash, tensor.view(-1), file_dtype, via_fp32)
                 out[name] = tensor
-            if digests is not None:
-                digests.tensors[name] = tensor_hash.hexdigest()
+            if tensor_hash is not None:
+                hashes[name] = tensor_hash
         if file_hash is not None:
             stream(size)
+        for future in pending:
+            if future is not None:
+                future.result()
+    if digests is not None:
+        digests.tensors.update((name, h.hexdigest()) for name, h in hashes.items())
     return out
 
 
