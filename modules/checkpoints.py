@@ -245,10 +245,9 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, prefixes: tup
     out: dict[str, torch.Tensor] = {}
     file_hash = digests.file if digests is not None else None
     hashes: dict[str, Any] = {}
-    float_buffer = torch.empty(chunk_bytes // 2, dtype=torch.float32)  # the widest chunk of 2-byte floats
-
     def process(view: memoryview, tensor_hash: Any, into: torch.Tensor | None, file_dtype: Any, via_fp32: bool) -> None:
-        """Hash ``view`` and convert it into ``into`` (the worker thread's part), ``chunk_bytes`` at a time."""
+        """Hash ``view`` and convert it into ``into`` (a worker thread's part), ``chunk_bytes`` at a time."""
+        scratch = torch.empty(chunk_bytes // 2, dtype=torch.float32) if via_fp32 else None  # 2-byte floats' chunk
         for at in range(0, len(view), chunk_bytes):
             piece = view[at:at + chunk_bytes]
             if file_hash is not None:
@@ -259,15 +258,17 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, prefixes: tup
                 first, count = at // file_dtype.itemsize, len(piece) // file_dtype.itemsize
                 chunk = torch.frombuffer(piece, dtype=file_dtype, count=count)
                 if via_fp32:  # fp16 <-> bf16: two vectorised steps beat torch's direct copy
-                    chunk = float_buffer[:count].copy_(chunk)
+                    chunk = scratch[:count].copy_(chunk)
                 into[first:first + count].copy_(chunk)
 
-    # The calling thread reads (the disk, or copies from the page cache) while one worker thread hashes
-    # and converts the block read before: the two overlap, and the worker keeps the file's byte order.
-    blocks = [memoryview(bytearray(READ_BLOCK)) for _ in range(2)]
-    pending: list[Any] = [None, None]
+    # The calling thread reads (the disk, or copies from the page cache) while worker threads hash and
+    # convert the blocks read before: they overlap. Hashing needs the file's byte order: one worker;
+    # a conversion alone fills disjoint slices: one worker per core.
+    workers = 1 if digests is not None else max(1, min(2, torch.get_num_threads()))
+    blocks = [memoryview(bytearray(READ_BLOCK)) for _ in range(workers + 1)]
+    pending: list[Any] = [None] * len(blocks)
     turn = 0
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=1) as worker:
+    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=workers) as worker:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         pos = 0
 
@@ -286,7 +287,7 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, prefixes: tup
                 else:
                     into_part = None
                 pending[turn] = worker.submit(process, view, tensor_hash, into_part, file_dtype, via_fp32)
-                turn = 1 - turn
+                turn = (turn + 1) % len(blocks)
                 pos += len(view)
 
         for start, end, name, plan in planned:
