@@ -7,9 +7,12 @@ side in one run and alternating, ``--repeats`` times:
 - read into memory: ``Path.read_bytes()`` (one fresh allocation of the file's size, as any loader
   that materialises the weights needs);
 - the tensors alone: ``safetensors.load_file`` then a cast to the runtime dtype (Easel's reader
-  before #26) vs ``checkpoints.read_state_dict(path, dtype)`` (one pass from a memory map);
+  before #26) vs ``checkpoints.read_state_dict(path, dtype)`` (one sequential read; a conversion
+  runs on a worker thread while the next block is read);
 - Easel's load: ``model_loading.load_checkpoint`` in the runtime dtype (the whole single-file path:
   tensors, architecture, configs, the four components, tokenizer, scheduler);
+- the first use of a new file as the app does it (``model_parts.checkpoint_recipe`` with empty hash
+  caches): the one pass that hashes its components and its A1111 sha256, then the load;
 
 each from the page cache ("warm", the usual case: a file just downloaded or loaded before) and with
 the file's pages dropped first (``posix_fadvise(DONTNEED)``: "cold", read from the disk). The
@@ -97,10 +100,30 @@ def easel_load(path: Path, dtype: torch.dtype) -> float:
     return secs
 
 
+def first_use(path: Path, dtype: torch.dtype) -> float:
+    """The app's first load of a file never seen: component digests and A1111 hash, then the parts."""
+    from modules.checkpoints import CheckpointRegistry, HashCache
+    from modules.model_parts import CheckpointSource, PartHashes, PartOptions, checkpoint_recipe
+
+    with tempfile.TemporaryDirectory(prefix="easel-cold-cache-") as tmp:
+        cache = Path(tmp)
+        t0 = time.perf_counter()
+        hashes = HashCache(cache / "hashes.json")
+        registry = CheckpointRegistry([path.parent], hashes)
+        source = CheckpointSource(registry, PartHashes(cache / "component_hashes.json", hashes), cache / "VAE",
+                                  PartOptions(dtype))
+        recipe = checkpoint_recipe(source, path.name, None)
+        model = recipe.assemble({part: recipe.load(part) for part in recipe.parts})
+        secs = time.perf_counter() - t0
+    del model
+    gc.collect()
+    return secs
+
+
 def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
     easel_load(path, dtype)  # first load in the process: imports, tokenizer and configs built once
     results: dict[str, list[float]] = {"raw warm": [], "load warm": [], "raw cold": [], "load cold": [],
-                                       "read_bytes": [], "before": [], "now": []}
+                                       "read_bytes": [], "before": [], "now": [], "first warm": [], "first cold": []}
     for _ in range(repeats):
         raw_read(path)  # into the page cache
         results["raw warm"].append(raw_read(path))
@@ -108,10 +131,13 @@ def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
         results["read_bytes"].append(read_into_memory(path))
         results["before"].append(tensors_before(path, dtype))
         results["now"].append(tensors_now(path, dtype))
+        results["first warm"].append(first_use(path, dtype))
         drop_from_page_cache(path)
         results["raw cold"].append(raw_read(path))
         drop_from_page_cache(path)
         results["load cold"].append(easel_load(path, dtype))
+        drop_from_page_cache(path)
+        results["first cold"].append(first_use(path, dtype))
     med = {k: statistics.median(v) for k, v in results.items()}
     size = path.stat().st_size / 2**20
     print(f"\n{label}: {size:.0f} MiB file, load in {dtype}, median of {repeats}")
@@ -125,6 +151,9 @@ def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
           f"safetensors.load_file + cast (before) {med['before'] / raw:.2f}x, read_state_dict (now) "
           f"{med['now'] / raw:.2f}x; whole load {med['load warm'] / raw:.2f}x "
           f"= {med['load warm'] / med['read_bytes']:.2f}x the read into memory")
+    print(f"first use of the file (hashes + load): warm {med['first warm']:.3f} s "
+          f"({med['first warm'] / raw:.2f}x), cold {med['first cold']:.3f} s "
+          f"({med['first cold'] / med['raw cold']:.2f}x the cold raw read)")
 
 
 def main() -> None:

@@ -8,11 +8,14 @@ Where a component's key comes from. ``ComponentKey(kind, digest)``: the digest i
 
 * the component's **tensors as stored**: for a ``.safetensors`` file, each tensor under the
   component's key prefix (``model.diffusion_model.``, ``first_stage_model.``, ...), sorted by name,
-  contributes its name without the prefix, dtype, shape and data bytes; two fine-tunes that carry
+  contributes its name without the prefix, dtype, shape and the sha256 of its data; two fine-tunes that carry
   the same VAE or text encoder bytes therefore get the same digest and share one entry. The digests
-  of a file are computed in one pass over it the first time it is used and kept in
-  ``cache/component_hashes.json`` by path, size and modification time (``HashCache``), so a later
-  start reads only the header. Diffusers folders hash their component files (whole-file sha256,
+  of a file are computed in one pass over it the first time it is used (the same pass gives the
+  file's sha256, A1111's hash) and kept in ``cache/component_hashes.json`` by path, size and
+  modification time (``HashCache``), so a later start reads only the header. The pass hashes
+  without keeping tensors: the cache makes room before a component is read, so a switch never
+  holds the old model and the new file at once (the read that follows comes from the page cache).
+  Diffusers folders hash their component files (whole-file sha256,
   cached in ``hashes.json``), a VAE file from ``models/VAE`` and ControlNets likewise. A ``.ckpt``
   pickle cannot be read by ranges: its components are keyed by the file's sha256 and the prefix
   (shared only between keys of the same file, e.g. with and without a VAE file);
@@ -29,7 +32,6 @@ import functools
 import hashlib
 import importlib
 import json
-import mmap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from modules.checkpoints import (
     CheckpointInfo,
     CheckpointRegistry,
     HashCache,
+    ReadDigests,
     read_safetensors,
     read_state_dict,
     safetensors_header,
@@ -96,32 +99,26 @@ def _digest(*pieces: Any) -> str:
     return hashlib.sha256(json.dumps(pieces, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def safetensors_part_digests(path: Path) -> dict[str, str]:
-    """prefix -> sha256 of the tensors under that prefix (``ALL_PREFIXES``): names without the prefix,
-    dtypes, shapes and data bytes, by name; one pass over the file's memory map."""
-    size = path.stat().st_size
-    header, data_start = safetensors_header(path)
+def part_digests(header: dict[str, Any], tensor_digests: dict[str, str]) -> dict[str, str]:
+    """prefix -> sha256 of the tensors under that prefix (``ALL_PREFIXES``), by name: each one's name
+    without the prefix, dtype, shape and the sha256 of its data (``ReadDigests.tensors``)."""
     hashers: dict[str, Any] = {}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        view = memoryview(mapped)
-        try:
-            for name in sorted(k for k in header if k != "__metadata__"):
-                prefix = next((p for p in ALL_PREFIXES if name.startswith(p)), None)
-                if prefix is None:
-                    continue
-                try:
-                    entry = header[name]
-                    start, end = (int(n) for n in entry["data_offsets"])
-                except (KeyError, TypeError, ValueError) as err:
-                    raise CheckpointError(f"{path.name}: tensor {name!r} has a bad header entry ({err})") from None
-                if not 0 <= start <= end <= size - data_start:
-                    raise CheckpointError(f"{path.name}: tensor {name!r} lies outside the file")
-                h = hashers.setdefault(prefix, hashlib.sha256())
-                h.update(json.dumps([name[len(prefix):], entry.get("dtype"), entry.get("shape")]).encode())
-                h.update(view[data_start + start:data_start + end])
-        finally:
-            view.release()
+    for name in sorted(tensor_digests):
+        prefix = next((p for p in ALL_PREFIXES if name.startswith(p)), None)
+        if prefix is None:
+            continue
+        entry = header[name]
+        h = hashers.setdefault(prefix, hashlib.sha256())
+        h.update(json.dumps([name[len(prefix):], entry.get("dtype"), entry.get("shape"), tensor_digests[name]]).encode())
     return {prefix: h.hexdigest() for prefix, h in hashers.items()}
+
+
+def safetensors_part_digests(path: Path) -> dict[str, str]:
+    """prefix -> digest of the tensors under that prefix (``part_digests``): one pass over the file,
+    no tensor kept."""
+    digests = ReadDigests(whole_file=False)
+    read_safetensors(path, prefixes=(), digests=digests)
+    return part_digests(safetensors_header(path)[0], digests.tensors)
 
 
 def meta_state(path: Path) -> dict[str, torch.Tensor]:
@@ -145,15 +142,26 @@ class PartHashes:
     """Per-component digests of single files, cached by path, size and mtime (one pass over a new file)."""
 
     def __init__(self, cache_file: Path, files: HashCache):
-        self._parts = HashCache(cache_file, lambda path: json.dumps(safetensors_part_digests(path)))
+        self._parts = HashCache(cache_file)
         self._files = files
 
     def of_single_file(self, path: Path) -> dict[str, str]:
-        """prefix -> digest for a .safetensors file; for a pickle, the file's sha256 with each prefix."""
-        if path.suffix.lower() == ".safetensors":
-            return json.loads(self._parts.sha256(path))
-        whole = self._files.sha256(path)
-        return {prefix: _digest("file", whole, prefix) for prefix in ALL_PREFIXES}
+        """prefix -> digest for a .safetensors file; for a pickle, the file's sha256 with each prefix.
+        A new .safetensors file is hashed in one pass that also gives its whole-file sha256 (A1111's
+        hash, when not cached yet): both are kept, so no later use reads the file to hash it."""
+        if path.suffix.lower() != ".safetensors":
+            whole = self._files.sha256(path)
+            return {prefix: _digest("file", whole, prefix) for prefix in ALL_PREFIXES}
+        hit = self._parts.cached(path)
+        if hit is not None:
+            return json.loads(hit)
+        digests = ReadDigests(whole_file=self._files.cached(path) is None)
+        read_safetensors(path, prefixes=(), digests=digests)
+        parts = part_digests(safetensors_header(path)[0], digests.tensors)
+        self._parts.store(path, json.dumps(parts))
+        if digests.file is not None:
+            self._files.store(path, digests.file.hexdigest())
+        return parts
 
     def of_files(self, paths: list[Path]) -> str:
         """One digest for a set of files (a diffusers component's weights, a ControlNet's)."""
@@ -214,8 +222,8 @@ def _single_file_recipe(source: CheckpointSource, info: CheckpointInfo, vae: str
     whole = functools.cache(lambda: read_state_dict(info.path, options.dtype))  # pickles: read once per recipe
     state = meta_state(info.path) if is_safetensors else whole()
     arch, cfg = single_file_configs(info, state)
-    digests = source.hashes.of_single_file(info.path)
     prefixes = PART_PREFIXES[arch]
+    digests = source.hashes.of_single_file(info.path)
     configs = {"unet": cfg.unet, "vae": cfg.vae, "text_encoder": cfg.text_encoder, "text_encoder_2": cfg.text_encoder_2}
     parts: dict[str, ComponentKey] = {}
     loaders: dict[str, Callable[[], Any]] = {}

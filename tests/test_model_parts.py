@@ -185,3 +185,19 @@ def test_a_damaged_header_is_a_checkpoint_error(models):
     with pytest.raises(CheckpointError, match="bad.safetensors is not a readable .safetensors file"):
         manager.ensure_loaded("bad.safetensors")
     assert loads == [] and manager.loaded() == []
+
+
+def test_first_use_hashes_a_new_file_in_one_pass_with_its_a1111_hash(models):
+    import hashlib
+
+    def second_pass(path):
+        raise AssertionError(f"{path.name} was read again to hash it")
+
+    hashes = HashCache(models / "hashes.json", digest=second_pass)
+    registry = CheckpointRegistry([models / "Stable-diffusion"], hashes)
+    source = CheckpointSource(registry, PartHashes(models / "component_hashes.json", hashes), models / "VAE", PartOptions())
+    recipe = checkpoint_recipe(source, "ft1.safetensors", None)
+    model = recipe.assemble({part: recipe.load(part) for part in recipe.parts})
+    path = models / "Stable-diffusion" / "ft1.safetensors"
+    assert model.short_hash == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    assert registry.sha256(registry.get("ft1.safetensors")) == hashlib.sha256(path.read_bytes()).hexdigest()
