@@ -425,7 +425,7 @@ def build_services(settings: Settings, start: bool = True, access: ClientAccess 
         probe=devices.TorchMemoryProbe(),
         compute_device=runtime.device,
         settings=cache_settings(settings, runtime.memory_mode),
-        discard=lambda component: devices.empty_cache(runtime.device),
+        discard=lambda components: devices.empty_cache(runtime.device),
         min_device_bytes=None if runtime.device == "cpu" else component_min_device_bytes,  # the CPU: never partial
     )
     holder: dict[str, Services] = {}
