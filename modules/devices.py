@@ -344,6 +344,15 @@ def apply_vae_tiling(pipe: Any, tiling: bool, slicing: bool) -> None:
         vae.disable_slicing()
 
 
+def freeze_startup_objects() -> None:
+    """Move the objects alive now (imported libraries, the built UI: over 400k objects) out of the
+    garbage collector's reach once the app has started: they live as long as the process, and every
+    full collection (one per model eviction, ``empty_cache``) would otherwise walk them all (0.2-0.3 s
+    each here; about 0 after)."""
+    gc.collect()
+    gc.freeze()
+
+
 def empty_cache(device: str) -> None:
     """Collect garbage and hand cached accelerator memory back to the driver."""
     gc.collect()

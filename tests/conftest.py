@@ -36,6 +36,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """Every test module is imported: keep those objects out of the tests' full garbage collections
+    (each model eviction runs one), as the app does once it has started."""
+    from modules.devices import freeze_startup_objects
+
+    freeze_startup_objects()
+
+
 _PIL_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own default, before any server set it
 
 

@@ -183,3 +183,21 @@ def test_torch_memory_probe_reads_system_ram():
     assert 0 < free <= total
     with pytest.raises(ValueError, match="cannot probe memory"):
         probe.free_bytes("meta")
+
+
+def test_objects_alive_once_started_are_left_out_of_full_collections():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    node = Node()
+    node.cycle = node  # only a full collection can free it
+    alive = weakref.ref(node)
+    before = gc.get_freeze_count()
+    devices.freeze_startup_objects()
+    assert gc.get_freeze_count() > before
+    del node
+    gc.collect()
+    assert alive() is not None  # frozen: the collection never walked it

@@ -112,7 +112,10 @@ def serve(services, host: str, port: int, share: bool, api: bool,
           auth: list[tuple[str, str]] | None = None, theme: str | None = None,
           api_auth: list[tuple[str, str]] | None = None) -> None:
     """Start the UI (and the API with ``api``, behind ``api_auth`` when given) and block until interrupted."""
+    from modules.devices import freeze_startup_objects
+
     server = start(services, host, port, share, api, auth, theme=theme, api_auth=api_auth)
+    freeze_startup_objects()
     try:
         server.demo.block_thread()
     finally:

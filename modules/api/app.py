@@ -115,7 +115,10 @@ def serve_api(services: Services, host: str, port: int, api_auth: list[tuple[str
     """A1111's --nowebui: the HTTP API alone, on uvicorn (``api_auth``: HTTP Basic credentials, or None)."""
     import uvicorn
 
+    from modules.devices import freeze_startup_objects
     from modules.images import limit_decoded_pixels
 
     limit_decoded_pixels(services.settings.max_input_pixels)  # PIL's own limit, behind decode_image's
-    uvicorn.run(create_app(services, api_auth), host=host, port=port)
+    app = create_app(services, api_auth)
+    freeze_startup_objects()
+    uvicorn.run(app, host=host, port=port)
