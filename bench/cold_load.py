@@ -18,7 +18,12 @@ each from the page cache ("warm", the usual case: a file just downloaded or load
 the file's pages dropped first (``posix_fadvise(DONTNEED)``: "cold", read from the disk). The
 bundled model's load is reported the same way (its fixed costs dominate: 26 MiB).
 
-    python -m bench.cold_load [--repeats 3] [--dtype auto|fp32|bf16] [--skip-sd15]
+Loads after the first in a process reuse memory the last one freed; the first load of a big file in
+a new process writes into fresh memory, whose page faults cost CPU (about 0.3 s per GiB on this
+machine). So the SD 1.5 file is also loaded cold in a new process per repeat, after the bundled
+model (as the app starts: imports, tokenizer and configs are then built; not timed).
+
+    python -m bench.cold_load [--repeats 3] [--dtype auto|fp32|bf16|fp16] [--skip-sd15]
 """
 
 from __future__ import annotations
@@ -46,13 +51,24 @@ def drop_from_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def raw_read(path: Path) -> float:
+def raw_read(path: Path, prefetch: bool = False) -> float:
+    """``read()`` of the whole file in 16 MiB chunks into one buffer; with ``prefetch`` a thread first
+    asks the kernel to read the whole file ahead (as Easel's reader does): the disk's best speed."""
+    import threading
+
+    from modules.checkpoints import _prefetch
+
     t0 = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
+        ahead = threading.Thread(target=_prefetch, args=(f.fileno(), [(0, path.stat().st_size)]))
+        if prefetch:
+            ahead.start()
         buffer = bytearray(1 << 24)
         view = memoryview(buffer)
         while f.readinto(view):
             pass
+        if prefetch:
+            ahead.join()
     return time.perf_counter() - t0
 
 
@@ -120,11 +136,46 @@ def first_use(path: Path, dtype: torch.dtype) -> float:
     return secs
 
 
-def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def new_process_load(path: Path, dtype: torch.dtype) -> tuple[float, int]:
+    """(seconds, minor page faults) of one cold load in a new process that loaded the bundled model first."""
+    import json
+    import subprocess
+    import sys
+
+    drop_from_page_cache(path)
+    out = subprocess.run([sys.executable, "-m", "bench.cold_load", "--child-load", str(path),
+                          "--dtype", PRECISION_NAMES[dtype]], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    return figures["seconds"], figures["page_faults"]
+
+
+def child_load(path: Path, dtype: torch.dtype) -> None:
+    """In the new process: the bundled model (imports, tokenizer, configs), then the timed load."""
+    import json
+    import resource
+
+    easel_load(ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors", dtype)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    secs = easel_load(path, dtype)
+    print(json.dumps({"seconds": secs, "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}))
+
+
+def compare(path: Path, dtype: torch.dtype, repeats: int, label: str, new_process: bool = False) -> None:
     easel_load(path, dtype)  # first load in the process: imports, tokenizer and configs built once
     results: dict[str, list[float]] = {"raw warm": [], "load warm": [], "raw cold": [], "load cold": [],
-                                       "read_bytes": [], "before": [], "now": [], "first warm": [], "first cold": []}
+                                       "read_bytes": [], "before": [], "now": [], "first warm": [], "first cold": [],
+                                       "raw new": [], "load new": [], "faults new": [], "raw ahead": []}
     for _ in range(repeats):
+        if new_process:
+            drop_from_page_cache(path)
+            results["raw new"].append(raw_read(path))
+            secs, faults = new_process_load(path, dtype)
+            results["load new"].append(secs)
+            results["faults new"].append(faults)
         raw_read(path)  # into the page cache
         results["raw warm"].append(raw_read(path))
         results["load warm"].append(easel_load(path, dtype))
@@ -135,10 +186,12 @@ def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
         drop_from_page_cache(path)
         results["raw cold"].append(raw_read(path))
         drop_from_page_cache(path)
+        results["raw ahead"].append(raw_read(path, prefetch=True))
+        drop_from_page_cache(path)
         results["load cold"].append(easel_load(path, dtype))
         drop_from_page_cache(path)
         results["first cold"].append(first_use(path, dtype))
-    med = {k: statistics.median(v) for k, v in results.items()}
+    med = {k: statistics.median(v) for k, v in results.items() if v}
     size = path.stat().st_size / 2**20
     print(f"\n{label}: {size:.0f} MiB file, load in {dtype}, median of {repeats}")
     print("| | raw read | Easel load | ratio |\n|---|---|---|---|")
@@ -146,6 +199,14 @@ def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
         raw, load = med[f"raw {state}"], med[f"load {state}"]
         print(f"| {state} (page cache {'kept' if state == 'warm' else 'dropped'}) | {raw:.3f} s "
               f"({size / 1024 / raw:.2f} GiB/s) | {load:.3f} s | {load / raw:.2f}x |")
+    if new_process:
+        raw, load = med["raw new"], med["load new"]
+        print(f"| cold, first load in a new process ({med['faults new'] / 1000:.0f}k page faults) | {raw:.3f} s "
+              f"| {load:.3f} s | {load / raw:.2f}x |")
+    ahead = med["raw ahead"]
+    print(f"cold raw read with the whole file asked ahead (the disk's best): {ahead:.3f} s; cold load "
+          f"{med['load cold'] / ahead:.2f}x that" + (f", first load in a new process {med['load new'] / ahead:.2f}x"
+                                                    if new_process else ""))
     raw = med["raw warm"]
     print(f"warm, ratios to the chunked raw read: read into memory {med['read_bytes'] / raw:.2f}x; tensors: "
           f"safetensors.load_file + cast (before) {med['before'] / raw:.2f}x, read_state_dict (now) "
@@ -159,20 +220,30 @@ def compare(path: Path, dtype: torch.dtype, repeats: int, label: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", default="auto", help="runtime precision to load in (auto: as Easel picks on this CPU)")
+    ap.add_argument("--dtype", default="auto",
+                    help="runtime precision to load in: auto (as Easel picks on this CPU), fp32, bf16, or fp16 "
+                         "(what a CUDA machine loads before moving the model to the GPU: no conversion of an fp16 file)")
     ap.add_argument("--skip-sd15", action="store_true", help="only the bundled model")
+    ap.add_argument("--file", type=Path, help="an SD 1.5-size single file to use instead of writing a random one")
+    ap.add_argument("--child-load", type=Path, help=argparse.SUPPRESS)  # the new process of new_process_load
     args = ap.parse_args()
     from modules import devices
 
-    dtype = devices.choose_dtype("cpu", args.dtype)
+    dtype = torch.float16 if args.dtype == "fp16" else devices.choose_dtype("cpu", args.dtype)
+    if args.child_load:
+        child_load(args.child_load, dtype)
+        return
     bundled = ROOT / "models" / "Stable-diffusion" / "easel-shapes.safetensors"
     compare(bundled, dtype, max(args.repeats, 5), "bundled model (easel-shapes)")
     if args.skip_sd15:
         return
+    if args.file:
+        compare(args.file, dtype, args.repeats, f"{args.file.name} (given file)", new_process=True)
+        return
     with tempfile.TemporaryDirectory(prefix="easel-cold-load-") as tmp:
         path = write_sd15_checkpoint(Path(tmp) / "sd15-random-fp16.safetensors")
         gc.collect()
-        compare(path, dtype, args.repeats, "SD 1.5-size single file (random weights, fp16)")
+        compare(path, dtype, args.repeats, "SD 1.5-size single file (random weights, fp16)", new_process=True)
 
 
 if __name__ == "__main__":

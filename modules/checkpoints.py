@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import pickle
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,11 +169,7 @@ def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return _safetensors_header(path, path.stat().st_size)
 
 
-READ_CHUNK = 64 << 10  # bytes read, hashed and converted at a time: stays in the CPU cache, and torch
-# converts a chunk this small on the calling thread (no thread-pool hand-off per chunk: 3-8x faster here)
-
-
-READ_BLOCK = 4 << 20  # bytes read at a time, then hashed and converted by a worker thread while the next is read
+READ_AHEAD = 64 << 20  # bytes the prefetch thread asks the kernel to read at a time
 
 
 class ReadDigests:
@@ -185,31 +181,40 @@ class ReadDigests:
         self.tensors: dict[str, str] = {}
 
 
-def _readinto_full(f: Any, view: memoryview, path: Path) -> None:
-    """Fill ``view`` from ``f`` (a read may return less than asked: large reads, signals)."""
-    done = 0
-    while done < len(view):
-        n = f.readinto(view[done:])
-        if not n:
-            raise CheckpointError(f"{path.name} is not a readable .safetensors file: it ends early")
-        done += n
+def _prefetch(fd: int, ranges: list[tuple[int, int]]) -> None:
+    """Ask the kernel to read ``ranges`` of the file into the page cache, in order: run on a thread,
+    so the disk streams while the caller converts what has arrived (a cold read overlaps the CPU)."""
+    for start, end in ranges:
+        for at in range(start, end, READ_AHEAD):
+            os.posix_fadvise(fd, at, min(READ_AHEAD, end - at), os.POSIX_FADV_WILLNEED)
 
 
-def _bytes_of(tensor: torch.Tensor) -> memoryview:
-    """A writable byte view of a contiguous CPU tensor's memory."""
-    return memoryview(tensor.view(-1).view(torch.uint8).numpy())
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted byte spans with touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(end, out[-1][1]))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _hash_view(hasher: Any, view: memoryview) -> None:
+    """Feed ``view`` to ``hasher`` in pieces (hashlib lets other threads run meanwhile)."""
+    for at in range(0, len(view), READ_AHEAD):
+        hasher.update(view[at:at + READ_AHEAD])
 
 
 def read_safetensors(path: Path, dtype: torch.dtype | None = None, prefixes: tuple[str, ...] | None = None,
-                     digests: ReadDigests | None = None, chunk_bytes: int = READ_CHUNK) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file in one sequential pass over its bytes, their floats in ``dtype``
-    (None: kept). A tensor kept in the file's dtype is read straight into its own memory; one
-    converted is read in blocks that a worker thread converts (``chunk_bytes`` at a time, a multiple
-    of 8) while the next block is read, so no second copy of the file is ever held (as
-    ``safetensors.load_file`` plus a cast would). With ``prefixes`` only the tensors whose names
-    start with one of them are returned (one component; ``()``: none). With ``digests`` every byte
-    of the file is read and hashed on the way (its sha256 and each tensor's data). Dtypes this
-    reader does not know (fp8, ...) go through ``safetensors.load_file``."""
+                     digests: ReadDigests | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, their floats in ``dtype`` (None: kept), copied (and converted)
+    from a memory map of the file into tensors of their own, one tensor at a time: no second copy of
+    the file is ever held. A thread asks the kernel to read the needed bytes ahead, so a cold read
+    streams from the disk while the tensors already read are converted. With ``prefixes`` only the
+    tensors whose names start with one of them are returned (one component; ``()``: none). With
+    ``digests`` every tensor is hashed (and the whole file, A1111's hash, on a second thread).
+    Dtypes this reader does not know (fp8, ...) go through ``safetensors.load_file``."""
     size = path.stat().st_size
     header, data_start = _safetensors_header(path, size)
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
@@ -242,87 +247,39 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, prefixes: tup
             plan = (file_dtype, shape, want)
         planned.append((data_start + start, data_start + end, name, plan))
     planned.sort(key=lambda p: p[0])
+    for (_, end, name, _), (start, _, _, _) in zip(planned, planned[1:], strict=False):
+        if start < end:
+            raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} overlaps another")
     out: dict[str, torch.Tensor] = {}
-    file_hash = digests.file if digests is not None else None
-    hashes: dict[str, Any] = {}
-    def process(view: memoryview, tensor_hash: Any, into: torch.Tensor | None, file_dtype: Any, via_fp32: bool) -> None:
-        """Hash ``view`` and convert it into ``into`` (a worker thread's part), ``chunk_bytes`` at a time."""
-        scratch = torch.empty(chunk_bytes // 2, dtype=torch.float32) if via_fp32 else None  # 2-byte floats' chunk
-        for at in range(0, len(view), chunk_bytes):
-            piece = view[at:at + chunk_bytes]
-            if file_hash is not None:
-                file_hash.update(piece)
-            if tensor_hash is not None:
-                tensor_hash.update(piece)
-            if into is not None:
-                first, count = at // file_dtype.itemsize, len(piece) // file_dtype.itemsize
-                chunk = torch.frombuffer(piece, dtype=file_dtype, count=count)
-                if via_fp32:  # fp16 <-> bf16: two vectorised steps beat torch's direct copy
-                    chunk = scratch[:count].copy_(chunk)
-                into[first:first + count].copy_(chunk)
-
-    # The calling thread reads (the disk, or copies from the page cache) while worker threads hash and
-    # convert the blocks read before: they overlap. Hashing needs the file's byte order: one worker;
-    # a conversion alone fills disjoint slices: one worker per core.
-    workers = 1 if digests is not None else max(1, min(2, torch.get_num_threads()))
-    blocks = [memoryview(bytearray(READ_BLOCK)) for _ in range(workers + 1)]
-    pending: list[Any] = [None] * len(blocks)
-    turn = 0
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=workers) as worker:
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        pos = 0
-
-        def stream(end: int, tensor_hash: Any = None, into: torch.Tensor | None = None, file_dtype: Any = None,
-                   via_fp32: bool = False) -> None:
-            """Read up to ``end`` through the blocks, each handed to the worker to hash and convert."""
-            nonlocal pos, turn
-            while pos < end:
-                if pending[turn] is not None:
-                    pending[turn].result()  # that block's last use is done (and raised nothing)
-                view = blocks[turn][:min(READ_BLOCK, end - pos)]
-                _readinto_full(f, view, path)
-                if into is not None:
-                    done = (pos - start) // file_dtype.itemsize
-                    into_part = into[done:done + len(view) // file_dtype.itemsize]
-                else:
-                    into_part = None
-                pending[turn] = worker.submit(process, view, tensor_hash, into_part, file_dtype, via_fp32)
-                turn = (turn + 1) % len(blocks)
-                pos += len(view)
-
-        for start, end, name, plan in planned:
-            if start < pos:
-                raise CheckpointError(f"{path.name} is not a readable .safetensors file: tensor {name!r} overlaps another")
-            if file_hash is not None:
-                stream(start)  # the header and any gap are part of the file's hash
-            elif pos != start:
-                f.seek(start)
-                pos = start
-            tensor_hash = hashlib.sha256() if digests is not None else None
-            if plan is None:  # hashed only
-                stream(end, tensor_hash)
-            else:
-                file_dtype, shape, want = plan
-                tensor = torch.empty(shape, dtype=want)
-                if want == file_dtype and end > start:  # straight into the tensor's memory
-                    view = _bytes_of(tensor)
-                    _readinto_full(f, view, path)
-                    pos = end
+    whole = digests is not None and digests.file is not None
+    spans = [(0, size)] if whole else [(start, end) for start, end, _, _ in planned]
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # copy-on-write: writable, as torch wants
+        data = memoryview(mapped)
+        threads = [threading.Thread(target=_prefetch, args=(f.fileno(), _merged(spans)), daemon=True)]
+        if whole:
+            threads.append(threading.Thread(target=_hash_view, args=(digests.file, data), daemon=True))
+        for thread in threads:
+            thread.start()
+        try:
+            for start, end, name, plan in planned:
+                with data[start:end] as view:
                     if digests is not None:
-                        pending.append(worker.submit(process, view, tensor_hash, None, None, False))
-                else:
-                    via_fp32 = torch.float32 not in (want, file_dtype) and file_dtype.is_floating_point
-                    stream(end, tensor_hash, tensor.view(-1), file_dtype, via_fp32)
-                out[name] = tensor
-            if tensor_hash is not None:
-                hashes[name] = tensor_hash
-        if file_hash is not None:
-            stream(size)
-        for future in pending:
-            if future is not None:
-                future.result()
-    if digests is not None:
-        digests.tensors.update((name, h.hexdigest()) for name, h in hashes.items())
+                        digests.tensors[name] = hashlib.sha256(view).hexdigest()
+                    if plan is not None:
+                        file_dtype, shape, want = plan
+                        tensor = torch.empty(shape, dtype=want)
+                        if end > start:
+                            tensor.view(-1).copy_(torch.frombuffer(view, dtype=file_dtype))
+                        out[name] = tensor
+        finally:
+            for thread in threads:
+                thread.join()
+            data.release()
+            try:
+                mapped.close()
+            except BufferError:  # a view still held by an exception's traceback: unmapped when collected
+                pass
     return out
 
 

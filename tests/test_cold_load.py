@@ -52,6 +52,12 @@ def test_a_damaged_header_is_a_clear_error(tmp_path):
     path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + header_len:])
     with pytest.raises(CheckpointError, match="bad.safetensors.*outside the file"):
         read_state_dict(path)
+    header["a"]["data_offsets"] = [0, 16]
+    header["b"] = {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}  # inside a's bytes
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + header_len:])
+    with pytest.raises(CheckpointError, match="bad.safetensors.*'a' overlaps another"):
+        read_state_dict(path)
     path.write_bytes(b"\xff" * 8 + data[8:])
     with pytest.raises(CheckpointError, match="bad header length"):
         read_state_dict(path)
