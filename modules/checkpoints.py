@@ -183,7 +183,10 @@ class ReadDigests:
 
 def _prefetch(fd: int, ranges: list[tuple[int, int]]) -> None:
     """Ask the kernel to read ``ranges`` of the file into the page cache, in order: run on a thread,
-    so the disk streams while the caller converts what has arrived (a cold read overlaps the CPU)."""
+    so the disk streams while the caller converts what has arrived (a cold read overlaps the CPU).
+    Where the OS has no ``posix_fadvise`` (macOS) the kernel's own read-ahead does it alone."""
+    if not hasattr(os, "posix_fadvise"):
+        return
     for start, end in ranges:
         for at in range(start, end, READ_AHEAD):
             os.posix_fadvise(fd, at, min(READ_AHEAD, end - at), os.POSIX_FADV_WILLNEED)

@@ -78,3 +78,12 @@ def test_a_loaded_model_has_no_meta_or_uninitialised_tensors(tmp_path, dtype):
             assert tensor.device.type == "cpu" and (not tensor.is_floating_point() or tensor.dtype == dtype), name
     unet_in = model.pipe.unet.conv_in.weight
     assert torch.equal(unet_in, file["model.diffusion_model.input_blocks.0.0.weight"].to(dtype))
+
+
+def test_the_reader_works_where_the_os_cannot_be_asked_to_read_ahead(tmp_path, monkeypatch):
+    """macOS has no posix_fadvise: the same tensors come back without it."""
+    path = tmp_path / "t.safetensors"
+    save_file(TENSORS, str(path))
+    monkeypatch.delattr("os.posix_fadvise")
+    state = read_state_dict(path, torch.float32)
+    assert torch.equal(state["f16"], TENSORS["f16"].float()) and torch.equal(state["i64"], TENSORS["i64"])
