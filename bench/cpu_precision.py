@@ -8,13 +8,15 @@ Speed (side by side in one run, one SD 1.5-size checkpoint with random weights, 
   through the job queue, sampler Euler;
 - with ``--compile``: the same with ``torch.compile`` of the UNet, its first call (compiling) and
   a second call reported apart;
+- with ``--token-merging R ...``: Easel's defaults with A1111's token merging at each ratio;
 - the VAE decode alone in fp32 and in bf16 (time, and the pixel difference).
 
 Quality (``--adherence N``): the bundled model on N seeded random scenes (as ``bundled.evaluate``),
-fp32 vs bf16 vs bf16 with an fp32 VAE: colour, position and background read by the detector, and
-the mean pixel difference from the fp32 images.
+fp32 vs bf16 vs bf16 with an fp32 VAE (and bf16 with each token merging ratio): colour, position
+and background read by the detector, and the mean pixel difference from the fp32 images.
 
     python -m bench.cpu_precision [--size 512] [--steps 20] [--compile] [--adherence 40] [--skip-speed]
+                                  [--token-merging 0.3 0.5]
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _txt2img(services, prompt: str, seed: int, **fields):
     return result.images[0], time.perf_counter() - t0
 
 
-def speed(size: int, steps: int, compile_unet: bool) -> None:
+def speed(size: int, steps: int, compile_unet: bool, merging: list[float]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="easel-cpu-precision-"))
     try:
         folder = tmp / "models" / "Stable-diffusion"
@@ -63,6 +65,9 @@ def speed(size: int, steps: int, compile_unet: bool) -> None:
         easel.models.ensure_loaded(easel.selected_checkpoint)
         _, secs = _txt2img(easel, prompt, 1, **fields)
         rows.append((f"Easel defaults ({runtime.dtype}, channels_last={runtime.channels_last})", secs))
+        for ratio in merging:
+            _, secs = _txt2img(easel, prompt, 1, token_merging_ratio=ratio, **fields)
+            rows.append((f"Easel defaults + token merging {ratio}", secs))
         with easel.models.use(easel.selected_checkpoint) as model:
             vae = model.pipe.vae
             latents = torch.randn(1, 4, size // 8, size // 8)
@@ -110,7 +115,7 @@ def speed(size: int, steps: int, compile_unet: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def adherence(n: int, seed: int = 0) -> None:
+def adherence(n: int, merging: list[float], seed: int = 0) -> None:
     from bundled.detect import detect
     from bundled.evaluate import random_scenes
     from bundled.shapes import SIDE
@@ -124,6 +129,7 @@ def adherence(n: int, seed: int = 0) -> None:
     scenes = random_scenes(n, seed, 0)
     configs = {"fp32": dict(precision="fp32"), "bf16": dict(precision="bf16"),
                "bf16, VAE fp32": dict(precision="bf16", vae_precision="fp32")}
+    configs.update({f"bf16, token merging {ratio}": dict(precision="bf16", token_merging_ratio=ratio) for ratio in merging})
     fields = dict(steps=20, cfg_scale=6, sampler_name="Euler a", width=SIDE, height=SIDE)
     images: dict[str, list[np.ndarray]] = {}
     scores: dict[str, dict[str, int]] = {}
@@ -163,15 +169,17 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the UNet")
     ap.add_argument("--adherence", type=int, default=40, metavar="N", help="bundled-model scenes (0: skip)")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--token-merging", type=float, nargs="*", default=[], metavar="RATIO",
+                    help="also time / score Easel's defaults with these token merging ratios (A1111's option)")
     args = ap.parse_args()
     from modules import devices
 
     print(f"native bf16 on this CPU: {sorted(devices.cpu_bf16_flags()) or 'no'}; "
           f"precision auto -> {devices.choose_dtype('cpu')}")
     if args.adherence:
-        adherence(args.adherence)
+        adherence(args.adherence, args.token_merging)
     if not args.skip_speed:
-        speed(args.size, args.steps, args.compile)
+        speed(args.size, args.steps, args.compile, args.token_merging)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,13 @@ class Settings(BaseModel):
                             " faster (bf16 on the CPU)")
     compile_unet: bool = Field(False, description="torch.compile the UNet (--compile): faster steps after a slow first"
                                                   " call per model and image size")
+    # A1111's token merging options (modules.token_merging): faster attention, changed images; 0 = off
+    token_merging_ratio: float = Field(0.0, ge=0.0, le=0.9, description="share of tokens merged in the UNet's"
+                                       " first attention level (ToMe); 0 = off")
+    token_merging_ratio_img2img: float = Field(0.0, ge=0.0, le=0.9, description="the same for img2img, inpainting"
+                                               " and outpainting; 0 = token_merging_ratio")
+    token_merging_ratio_hr: float = Field(0.0, ge=0.0, le=0.9, description="the same for the hires fix's second"
+                                          " pass; 0 = the first pass's")
     memory_mode: Literal["normal", "medvram", "lowvram"] = "normal"
     vae_tiling: bool = False
     vae_slicing: bool = False

@@ -232,6 +232,8 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("Refiner", "refiner_checkpoint", _to_str),
     ("Refiner switch at", "refiner_switch_at", _to_float),
     ("NGMS", "s_min_uncond", _to_float),
+    ("Token merging ratio", "token_merging_ratio", _to_float),
+    ("Token merging ratio hr", "token_merging_ratio_hr", _to_float),
     ("Hires checkpoint", "hr_checkpoint_name", _to_str),
     ("Mask blur", "mask_blur", _to_int),
     ("Masked content", "inpainting_fill", _to_inpainting_fill),

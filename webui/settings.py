@@ -1,5 +1,5 @@
 """The Settings tab: output folders, file name pattern, checkpoint cache, memory mode, batched queue, live preview,
-default sampler, steps and size. Saved to config.json and applied at once where possible; a bad
+default sampler, steps and size, sampler parameters, token merging. Saved to config.json and applied at once where possible; a bad
 value shows its error and nothing is saved.
 
 The tab shows the saved settings, read when the page loads (not those of the server's start), and
@@ -91,6 +91,8 @@ def create_ui(services) -> SettingsTab:
                                                      elem_id=f"{PREFIX}_default_height")
         with gr.Accordion("Sampler parameters", open=False):
             fields.update(sampler_parameter_fields(s))
+        with gr.Accordion("Optimizations", open=False):
+            fields.update(token_merging_fields(s))
     return SettingsTab(fields, save, reload, result, error, gr.State(saved_values(s, fields)))
 
 
@@ -123,6 +125,20 @@ def sampler_parameter_fields(s: Settings) -> Fields:
         s.sgm_noise_multiplier, label="SGM noise multiplier (initial noise as SDXL's reference code)",
         elem_id=f"{PREFIX}_sgm_noise_multiplier")
     return fields
+
+
+# A1111's token merging options (modules.token_merging): (setting, label)
+TOKEN_MERGING = (
+    ("token_merging_ratio", "Token merging ratio (faster attention, changed images; 0 = off)"),
+    ("token_merging_ratio_img2img", "Token merging ratio for img2img (0 = the one above)"),
+    ("token_merging_ratio_hr", "Token merging ratio for the hires pass (0 = the first pass's)"),
+)
+
+
+def token_merging_fields(s: Settings) -> Fields:
+    """A1111's token merging sliders (0 to 0.9)."""
+    return {name: gr.Slider(0.0, 0.9, value=getattr(s, name), step=0.1, label=label, elem_id=f"{PREFIX}_{name}")
+            for name, label in TOKEN_MERGING}
 
 
 def saved_values(settings: Settings, fields: Fields) -> dict[str, Any]:

@@ -19,9 +19,13 @@ from modules.controlnet import preprocessors
 from modules.images import BYTES_PER_PIXEL, ImageTooLarge, decode_image, encode_image_base64
 from modules.schemas import MAX_CONTROLNET_UNITS, ControlNetUnit, GenerationResult
 
-# A1111 options that a request's override_settings may set, and the request field each becomes.
-# sd_model_checkpoint stays in override_settings: Services.submit reads it from there.
-OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip"}
+# A1111 options that a request's override_settings may set, and the request field each becomes
+# (in this order: an option whose field an earlier one set is skipped, so token_merging_ratio wins
+# over token_merging_ratio_img2img, as in A1111). sd_model_checkpoint stays in override_settings:
+# Services.submit reads it from there.
+OVERRIDE_FIELDS = {"CLIP_stop_at_last_layers": "clip_skip", "token_merging_ratio": "token_merging_ratio",
+                   "token_merging_ratio_hr": "token_merging_ratio_hr"}
+IMG2IMG_OVERRIDE_FIELDS = {"token_merging_ratio_img2img": "token_merging_ratio"}  # only where mode is not txt2img
 CONTROLNET_SCRIPT = "controlnet"  # sd-webui-controlnet's always-on script name
 
 
@@ -143,8 +147,10 @@ def build_core_request(core_cls: type[BaseModel], body: BaseModel, settings: Set
         raise field_error((*where, "override_settings", "sd_model_checkpoint"),
                           "must be a checkpoint title, name or short hash", checkpoint)
     from_overrides = {}
-    for option, name in OVERRIDE_FIELDS.items():
-        if option in overrides and name in core_cls.model_fields:
+    mode = core_cls.model_fields["mode"].default if "mode" in core_cls.model_fields else None
+    options = OVERRIDE_FIELDS if mode in (None, "txt2img") else {**OVERRIDE_FIELDS, **IMG2IMG_OVERRIDE_FIELDS}
+    for option, name in options.items():
+        if option in overrides and name in core_cls.model_fields and name not in from_overrides:
             data[name] = overrides[option]
             from_overrides[name] = option
     if "save_images" in data:

@@ -11,7 +11,8 @@ every core field, validator and limit, and change only what A1111's API does dif
 - images travel as base64 text (raw, or ``data:image/...;base64,`` URLs);
 - ``infotext`` fills the fields the body does not set (``modules.api.lenient.apply_infotext``);
 - ``override_settings`` apply to that request only: ``sd_model_checkpoint`` (the job runs on that
-  model), ``sd_vae``, ``CLIP_stop_at_last_layers`` (becomes ``clip_skip``), ``samples_save``,
+  model), ``sd_vae``, ``CLIP_stop_at_last_layers`` (becomes ``clip_skip``), the token merging
+  ratios (become ``token_merging_ratio`` / ``token_merging_ratio_hr``), ``samples_save``,
   ``samples_format`` and ``enable_pnginfo``; other options are ignored. So
   ``override_settings_restore_afterwards=False`` does not make them stick as in A1111;
 - ``script_name``/``script_args``: the scripts of ``GET /sdapi/v1/scripts`` ("outpainting mk2" on

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from modules import infotext, samplers, seeds
+from modules import infotext, samplers, seeds, token_merging
 from modules.images import ImageSaveError
 from modules.jobs import JobCancelled
 from modules.processing import sampling
@@ -227,6 +227,9 @@ def base_params(req: GenerationRequest, plan: BatchPlan, ctx: RunContext, seed: 
         params["Clip skip"] = req.clip_skip
     if req.tiling:
         params["Tiling"] = True  # A1111's key: the UNet and VAE padded circularly
+    merging = token_merging.first_pass_ratio(req, ctx.settings)
+    if merging > 0:
+        params["Token merging ratio"] = merging
     return params
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from modules import prompt_schedule, samplers, seeds, upscalers
+from modules import prompt_schedule, samplers, seeds, token_merging, upscalers
 from modules.checkpoints import CheckpointError
 from modules.processing import common, refiner, sampling
 from modules.processing import conditioning as prompt_conditioning
@@ -40,6 +40,7 @@ class HiresPlan:
     steps: int  # the second pass's schedule length
     sampler_name: str
     scheduler: str
+    token_merging_ratio: float = 0.0  # the second pass's (``modules.token_merging.hires_ratio``)
 
 
 def target_size(req: Txt2ImgRequest, width: int, height: int, factor: int) -> tuple[int, int]:
@@ -68,7 +69,8 @@ def plan_hires(req: Txt2ImgRequest, ctx: RunContext, plan: common.BatchPlan) -> 
             )
         except ValueError as err:
             raise RequestError(f"hr_sampler_name: {err}") from None
-    return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, sampler_name, schedule)
+    return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, sampler_name, schedule,
+                     token_merging.hires_ratio(req, ctx.settings))
 
 
 def pass_steps(req: Txt2ImgRequest, hp: HiresPlan) -> int:
@@ -94,6 +96,8 @@ def params(req: Txt2ImgRequest, hp: HiresPlan) -> dict[str, Any]:
         out["Hires prompt"] = req.hr_prompt
     if req.hr_negative_prompt:
         out["Hires negative prompt"] = req.hr_negative_prompt
+    if hp.token_merging_ratio > 0:
+        out["Token merging ratio hr"] = hp.token_merging_ratio
     return out
 
 
@@ -201,6 +205,7 @@ def second_pass(
         on_step=common.step_hook(ctx, pipe, done_before, hp.steps, total, req.denoising_strength),
         hooks=ctx.hooks,
         s_min_uncond=req.s_min_uncond,
+        token_merging_ratio=hp.token_merging_ratio,
     )
     inp = refiner.split(ref, inp)
     out = sampling.sample(inp)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import masks, soft_inpainting
+from modules import masks, soft_inpainting, token_merging
 from modules.controlnet import apply as controlnet
 from modules.processing import common, conditioning, refiner, sampling
 from modules.processing.context import RunContext
@@ -296,6 +296,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         on_step=common.step_hook(ctx, pipe, done, req.steps, total, req.denoising_strength),
         hooks=ctx.hooks,
         s_min_uncond=req.s_min_uncond,
+        token_merging_ratio=token_merging.first_pass_ratio(req, ctx.settings),
         soft_inpainting=soft if blend is not None else None,
     )
     inp = refiner.split(ref, inp)

@@ -12,8 +12,9 @@ training sample images all describe their run as one typed ``SamplingInput`` and
    it, ControlNet residuals, a 9-channel inpainting UNet's extra channels, SDXL's pooled text
    and size conditioning) turned into a clean-latents estimate for epsilon or v models, and,
    with a ``mask``, the kept area's estimate set to the init latents;
-3. the sampler function walks the schedule (``modules.samplers``); the kept area is put back
-   exactly at the end;
+3. the sampler function walks the schedule (``modules.samplers``), with the UNet merging tokens
+   for the run when ``token_merging_ratio`` is above 0 (``modules.token_merging``); the kept area
+   is put back exactly at the end;
 4. ``on_step`` hears of every step (progress, preview, skip and cancel live there); it may raise
    ``StopSampling`` with that step's clean-latents estimate, which ``sample`` then returns (A1111's
    ``launch_sampling`` returns its ``last_latent`` on Interrupt and Skip).
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 
 import torch
 
-from modules import soft_inpainting
+from modules import soft_inpainting, token_merging
 from modules.hooks import CFGDenoiserParams, HookRegistry
 from modules.prompt_schedule import entry_at
 from modules.samplers import SamplerRun
@@ -149,6 +150,7 @@ class SamplingInput:
     # with no hard blend at the end (``modules.soft_inpainting``); None: the hard blend
     soft_inpainting: SoftInpainting | None = None
     s_min_uncond: float = 0.0  # A1111's NGMS: below this sigma, every other model call runs without the negative rows
+    token_merging_ratio: float = 0.0  # A1111's token merging in the UNet (``modules.token_merging``); 0: off
     # a merged batch of several jobs (``modules.job_batching``): each job's conditioning and its number
     # of images, in batch order; all have the same AND parts' weights and token count. Empty:
     # ``conditioning`` for every image.
@@ -396,7 +398,8 @@ def sample(inp: SamplingInput) -> torch.Tensor:
             inp.on_step(start + first + info.i, length, info.denoised)
 
     try:
-        x = inp.sampler.function(denoiser, x, part, inp.sampler.options, callback, inp.sampler.noise_source(x, part))
+        with token_merging.merged_tokens(inp.unet, inp.token_merging_ratio):
+            x = inp.sampler.function(denoiser, x, part, inp.sampler.options, callback, inp.sampler.noise_source(x, part))
     except StopSampling as stop:  # Interrupt or Skip: where sampling stopped, denoised
         x = stop.denoised.to(device, torch.float32)
     if end < run:  # another model goes on from here: full precision

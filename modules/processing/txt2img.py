@@ -13,6 +13,7 @@ from contextlib import nullcontext
 
 import torch
 
+from modules import token_merging
 from modules.controlnet import apply as controlnet
 from modules.processing import common, conditioning, hires, refiner, sampling
 from modules.processing.context import RunContext
@@ -118,4 +119,5 @@ def first_pass_input(
         on_step=on_step,
         hooks=ctx.hooks,
         s_min_uncond=req.s_min_uncond,
+        token_merging_ratio=token_merging.first_pass_ratio(req, ctx.settings),
     )
