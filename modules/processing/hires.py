@@ -207,8 +207,5 @@ def second_pass(
         s_min_uncond=req.s_min_uncond,
         token_merging_ratio=hp.token_merging_ratio,
     )
-    inp = refiner.split(ref, inp)
-    out = sampling.sample(inp)
-    if ref is not None:  # the refiner takes over at its switch within this pass
-        out = refiner.refine(ref, ctx, req, inp, out)
+    out = refiner.sample(ref, ctx, req, inp)  # the refiner takes over at its switch within this pass
     return common.decode_latents(pipe, out)

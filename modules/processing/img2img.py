@@ -299,10 +299,7 @@ def _denoise_batch(req, ctx, plan, pipe, cond, batch, batch_seeds, batch_subseed
         token_merging_ratio=token_merging.first_pass_ratio(req, ctx.settings),
         soft_inpainting=soft if blend is not None else None,
     )
-    inp = refiner.split(ref, inp)
-    latents = sampling.sample(inp)
-    if ref is not None:  # the refiner takes over at its switch
-        latents = refiner.refine(ref, ctx, req, inp, latents, blend)
+    latents = refiner.sample(ref, ctx, req, inp, blend)  # the refiner takes over at its switch
     images = common.decode_latents(pipe, latents)
     if soft is None or blend is None:
         return [p.finish(img) for p, img in zip(batch, images, strict=True)]

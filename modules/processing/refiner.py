@@ -164,6 +164,15 @@ def _refine(refiner: Refiner, base_input: sampling.SamplingInput, latents: torch
     ))
 
 
+def sample(refiner: Refiner | None, ctx: RunContext, req: GenerationRequest, inp: sampling.SamplingInput,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``inp``'s run through the core: the base to the refiner's switch and the refiner the rest
+    (``refine``), or the base alone without a refiner; returns the final latents."""
+    base = split(refiner, inp)
+    latents = sampling.sample(base)
+    return latents if refiner is None else refine(refiner, ctx, req, base, latents, mask)
+
+
 def split(refiner: Refiner | None, inp: sampling.SamplingInput) -> sampling.SamplingInput:
     """The base's part of a run: ``inp`` ending at the refiner's switch (``inp`` itself without a refiner)."""
     if refiner is None:

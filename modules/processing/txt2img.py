@@ -52,9 +52,11 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             batch_seeds, batch_subseeds = plan.iteration(n, req.batch_size)
             noise = common.initial_noise(req, plan, batch_seeds, batch_subseeds, ctx)
             ctx.hooks.batch(req.mode, req, n, batch_seeds, batch_subseeds, ctx)
-            # 5. denoise and decode (the sampler's step noise seeded from the image seeds)
-            latents = first_pass(req, ctx, plan, cond, noise, batch_seeds, n * per_iteration, total_steps, control,
-                                 None if hp else ref)
+            # 5. denoise (the sampler's step noise seeded from the image seeds; with a refiner and no
+            #    hires fix, the base runs to the switch and the refiner the rest), then decode
+            on_step = common.step_hook(ctx, pipe, n * per_iteration, req.steps, total_steps)
+            inp = first_pass_input(req, ctx, plan, cond, noise, batch_seeds, on_step, control)
+            latents = refiner.sample(None if hp else ref, ctx, req, inp)
             if hp:  # 5b. hires fix: upscale, then the img2img pass at the target size
                 if hr_ctx is not ctx:  # the hires checkpoint takes the device for its pass
                     ctx.refiners.to_device(hr_ctx.model)
@@ -69,26 +71,6 @@ def run(req: Txt2ImgRequest, ctx: RunContext, rng: random.Random | None = None) 
             common.add_batch(result, req, ctx, plan, images, batch_seeds, batch_subseeds, extra_params,
                              ctx.settings.outdir_txt2img_samples)
     return result
-
-
-def first_pass(
-    req: Txt2ImgRequest,
-    ctx: RunContext,
-    plan: common.BatchPlan,
-    cond: sampling.Conditioning,
-    noise: torch.Tensor,
-    batch_seeds: list[int],
-    done: int,
-    total: int,
-    control: controlnet.Control | None,
-    ref: refiner.Refiner | None = None,
-) -> torch.Tensor:
-    """One iteration's sampling from noise (strength 1) through the core; returns the latents. With a
-    refiner, the base runs to the switch and the refiner the rest."""
-    on_step = common.step_hook(ctx, ctx.model.pipe, done, req.steps, total)
-    inp = refiner.split(ref, first_pass_input(req, ctx, plan, cond, noise, batch_seeds, on_step, control))
-    latents = sampling.sample(inp)
-    return refiner.refine(ref, ctx, req, inp, latents) if ref else latents
 
 
 def first_pass_input(
