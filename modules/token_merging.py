@@ -10,7 +10,8 @@ tokens kept, so a seed gives the same image), self-attention only. It applies to
 resolution of the UNet that has attention: the full latent size on SD 1.x / 2.x, half of it on
 SDXL, whose first blocks have none (A1111's fixed first level merges nothing on SDXL).
 ``merged_tokens`` patches the UNet for one sampling run and always removes the patch after, so
-a cached UNet (shared by checkpoints and jobs) never keeps it.
+a cached UNet (shared by checkpoints and jobs) never keeps it. With ``--compile`` the patched UNet
+is compiled anew on its first run at each ratio (checked: the outputs match the eager ones).
 
 Which ratio a pass uses follows A1111's options: the request's own value, else for img2img
 (inpainting, outpainting) ``token_merging_ratio_img2img`` when above 0, else

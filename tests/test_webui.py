@@ -413,3 +413,18 @@ def test_sampler_parameters_in_the_settings_tab_reach_the_next_image(services):
     assert np.abs(np.asarray(after.images[0], dtype=int) - np.asarray(before.images[0], dtype=int)).max() > 0
     with pytest.raises(SettingsError, match="eta_ancestral"):
         settings.apply(services, {"eta_ancestral": -1})
+
+
+def test_token_merging_in_the_settings_tab_reaches_the_next_image(services):
+    with gr.Blocks():
+        tab = settings.create_ui(services)
+    assert {"token_merging_ratio", "token_merging_ratio_img2img", "token_merging_ratio_hr"} <= set(tab.fields)
+    request = txt2img.build_request({**TXT2IMG_VALUES, "steps": 2, "seed": 3})
+    before = services.submit("txt2img", request).wait(120)
+    settings.apply(services, {"token_merging_ratio": 0.5})
+    after = services.submit("txt2img", request).wait(120)
+    assert "Token merging ratio: 0.5" in after.infotexts[0] and "Token merging" not in before.infotexts[0]
+    assert np.abs(np.asarray(after.images[0], dtype=int) - np.asarray(before.images[0], dtype=int)).max() > 0
+    assert json.loads(services.settings.config_file.read_text())["token_merging_ratio"] == 0.5
+    with pytest.raises(SettingsError, match="token_merging_ratio_hr"):
+        settings.apply(services, {"token_merging_ratio_hr": 0.95})
