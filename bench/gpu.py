@@ -4,8 +4,9 @@ On a CUDA machine (``bash bench/gpu.sh``, under 8 minutes on one H100):
 
 - SD 1.5-size (random weights), 512x512, 20 steps, CFG 7: bare diffusers fp16 + SDPA
   (``StableDiffusionPipeline.__call__``) vs Easel with its defaults, with ``--compile`` (first call,
-  which compiles, and second call reported apart) and with ``--channels-last on``;
-- SDXL-size at 1024x1024, 20 steps: bare diffusers fp16 vs Easel's defaults;
+  which compiles, and second call reported apart), with ``--channels-last on`` and with A1111's
+  token merging at 0.5 (an opt-in that changes the images);
+- SDXL-size at 1024x1024, 20 steps: bare diffusers fp16 vs Easel's defaults, and with token merging 0.5;
 - peak VRAM of each (``torch.cuda.max_memory_allocated``);
 - one DreamBooth training step of the SD 1.5 UNet with gradient checkpointing and 8-bit Adam
   (``bench.train_speed``'s child, when bitsandbytes is installed).
@@ -159,7 +160,7 @@ def run_arch(arch: str, tiny: bool, device: str, steps: int, compile_unet: bool,
         del pipe
         rows.append((label, f"bare diffusers {str(dtype).removeprefix('torch.')} + SDPA", secs, peak, secs))
         base = secs
-        configs = [("Easel defaults", {})]
+        configs = [("Easel defaults", {}), ("Easel + token merging 0.5", {"token_merging_ratio": 0.5})]
         if arch == "sd1":
             configs.append(("Easel --channels-last on", {"channels_last": "on"}))
             if compile_unet:

@@ -18,7 +18,8 @@ def test_gpu_benchmark_cpu_fallback_runs_and_prints_its_table():
     rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny")]
     configs = [row.split("|")[2].strip() for row in rows]
     assert configs == ["bare diffusers float32 + SDPA", "Easel defaults, second call",
-                       "Easel --channels-last on, second call", "bare diffusers float32 + SDPA",
-                       "Easel defaults, second call"], out.stdout
+                       "Easel + token merging 0.5, second call", "Easel --channels-last on, second call",
+                       "bare diffusers float32 + SDPA", "Easel defaults, second call",
+                       "Easel + token merging 0.5, second call"], out.stdout
     assert all(float(row.split("|")[4]) > 0 for row in rows)  # it/s
     assert "DreamBooth step" in out.stdout
