@@ -39,6 +39,7 @@ AXES: dict[str, tuple[str | None, Callable[[str], Any]]] = {
     "Seed": ("seed", _int),
     "Checkpoint": ("sd_model_checkpoint", _text),
     "Denoising": ("denoising_strength", float),
+    "Token merging ratio": ("token_merging_ratio", float),
     "Prompt S/R": ("prompt", _text),
 }
 

@@ -428,3 +428,15 @@ def test_token_merging_in_the_settings_tab_reaches_the_next_image(services):
     assert json.loads(services.settings.config_file.read_text())["token_merging_ratio"] == 0.5
     with pytest.raises(SettingsError, match="token_merging_ratio_hr"):
         settings.apply(services, {"token_merging_ratio_hr": 0.95})
+
+
+def test_xy_plot_token_merging_axis(services):
+    base = txt2img.build_request({**TXT2IMG_VALUES, "steps": 2, "seed": 4})
+    batch = xyplot.plan_batch("txt2img", base, {"xy_x_type": "Token merging ratio", "xy_x_values": "0, 0.5",
+                                                "xy_y_type": "Nothing"}, services)
+    assert [r.token_merging_ratio for _, r in batch.requests] == [0.0, 0.5]
+    results = [services.submit(kind, r).wait(120) for kind, r in batch.requests]
+    assert "Token merging" not in results[0].infotexts[0] and "Token merging ratio: 0.5" in results[1].infotexts[0]
+    with pytest.raises(RequestError, match="token_merging_ratio"):
+        xyplot.plan_batch("txt2img", base, {"xy_x_type": "Token merging ratio", "xy_x_values": "0.95",
+                                            "xy_y_type": "Nothing"}, services)

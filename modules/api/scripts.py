@@ -53,7 +53,8 @@ A1111_AXES: dict[str, tuple[str, ...]] = {
 # A1111 axis label -> Easel's X/Y plot axis label.
 AXIS_LABELS = {"nothing": "Nothing", "seed": "Seed", "steps": "Steps", "cfg scale": "CFG Scale",
                "prompt s/r": "Prompt S/R", "sampler": "Sampler", "checkpoint name": "Checkpoint",
-               "checkpoint": "Checkpoint", "schedule type": "Schedule type", "denoising": "Denoising"}
+               "checkpoint": "Checkpoint", "schedule type": "Schedule type", "denoising": "Denoising",
+               "token merging ratio": "Token merging ratio"}
 MAX_GRID_CELLS = 64
 
 
