@@ -9,6 +9,8 @@ Speed (side by side in one run, one SD 1.5-size checkpoint with random weights, 
 - with ``--compile``: the same with ``torch.compile`` of the UNet, its first call (compiling) and
   a second call reported apart;
 - with ``--token-merging R ...``: Easel's defaults with A1111's token merging at each ratio;
+- with ``--previews``: the app's live previews (a VAE decode every 5 steps), nobody watching vs a
+  client watching (the rows above have previews off);
 - the VAE decode alone in fp32 and in bf16 (time, and the pixel difference).
 
 Quality (``--adherence N``): the bundled model on N seeded random scenes (as ``bundled.evaluate``),
@@ -16,7 +18,7 @@ fp32 vs bf16 vs bf16 with an fp32 VAE (and bf16 with each token merging ratio): 
 and background read by the detector, and the mean pixel difference from the fp32 images.
 
     python -m bench.cpu_precision [--size 512] [--steps 20] [--compile] [--adherence 40] [--skip-speed]
-                                  [--token-merging 0.3 0.5]
+                                  [--token-merging 0.3 0.5] [--previews]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from bench.common import ROOT, write_sd15_checkpoint
+from modules.config import Settings
 
 FIELDS = ("color", "position", "background")
 
@@ -52,7 +56,25 @@ def _txt2img(services, prompt: str, seed: int, **fields):
     return result.images[0], time.perf_counter() - t0
 
 
-def speed(size: int, steps: int, compile_unet: bool, merging: list[float]) -> None:
+def _watched_txt2img(services, prompt: str, seed: int, **fields):
+    """``_txt2img`` while a client watches the previews (touching the queue's preview watch each second)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            services.queue.preview_watch.touch()
+            done.wait(1.0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return _txt2img(services, prompt, seed, **fields)
+    finally:
+        done.set()
+        watcher.join()
+
+
+def speed(size: int, steps: int, compile_unet: bool, merging: list[float], previews: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="easel-cpu-precision-"))
     try:
         folder = tmp / "models" / "Stable-diffusion"
@@ -68,6 +90,14 @@ def speed(size: int, steps: int, compile_unet: bool, merging: list[float]) -> No
         for ratio in merging:
             _, secs = _txt2img(easel, prompt, 1, token_merging_ratio=ratio, **fields)
             rows.append((f"Easel defaults + token merging {ratio}", secs))
+        if previews:  # the app's default: a preview (a full VAE decode) every 5 steps while a client watches
+            every = Settings.model_fields["show_progress_every_n_steps"].default
+            easel.update_settings(easel.settings.model_copy(update={"show_progress_every_n_steps": every}))
+            _, secs = _txt2img(easel, prompt, 1, **fields)
+            rows.append((f"Easel defaults, previews every {every} steps, nobody watching", secs))
+            _, secs = _watched_txt2img(easel, prompt, 1, **fields)
+            rows.append((f"Easel defaults, previews every {every} steps, a client watching", secs))
+            easel.update_settings(easel.settings.model_copy(update={"show_progress_every_n_steps": 0}))
         with easel.models.use(easel.selected_checkpoint) as model:
             vae = model.pipe.vae
             latents = torch.randn(1, 4, size // 8, size // 8)
@@ -169,6 +199,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the UNet")
     ap.add_argument("--adherence", type=int, default=40, metavar="N", help="bundled-model scenes (0: skip)")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--previews", action="store_true",
+                    help="also time the app's live previews (every 5 steps) with and without a client watching")
     ap.add_argument("--token-merging", type=float, nargs="*", default=[], metavar="RATIO",
                     help="also time / score Easel's defaults with these token merging ratios (A1111's option)")
     args = ap.parse_args()
@@ -179,7 +211,7 @@ def main() -> None:
     if args.adherence:
         adherence(args.adherence, args.token_merging)
     if not args.skip_speed:
-        speed(args.size, args.steps, args.compile, args.token_merging)
+        speed(args.size, args.steps, args.compile, args.token_merging, args.previews)
 
 
 if __name__ == "__main__":

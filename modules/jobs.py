@@ -20,7 +20,10 @@ function, ``run(job) -> result``, which reads ``job.kind`` and
   "skip"); the run calls ``token.clear_skip()`` once it has done so.
 - ``job.progress`` (:class:`ProgressSink`): the run calls
   ``progress.update(step, total, preview, textinfo)``; pollers call
-  ``progress.snapshot()``.
+  ``progress.snapshot()``. A run makes previews only while someone watches:
+  the readers that show them call ``queue.preview_watch.touch()``
+  (:class:`PreviewWatch`), and ``progress.previews_wanted()`` says whether one
+  did lately.
 
 Outcome of a job:
 
@@ -149,6 +152,34 @@ class Progress:
         return min(1.0, self.step / self.total)
 
 
+PREVIEW_WATCH_SECONDS = 10.0  # a reader that shows previews keeps them coming this long after its last look
+
+
+class PreviewWatch:
+    """Whether a client watches live previews: the readers that show them (the UI's progress, the
+    API's progress with its current image) ``touch()`` it on every look, and runs make a preview only
+    while ``watched()``: someone looked within ``window`` seconds. A preview is a full VAE decode
+    (some 7.6 s for a 512 px image on a 2-core CPU), so a run nobody watches (an API client that
+    does not poll, a script) spends nothing on them; A1111 likewise decodes its live preview only
+    when a progress request asks for it."""
+
+    def __init__(self, window: float = PREVIEW_WATCH_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+
+    def touch(self) -> None:
+        """A reader that shows previews looked now."""
+        with self._lock:
+            self._last = self._clock()
+
+    def watched(self) -> bool:
+        """Whether a reader looked within the window."""
+        with self._lock:
+            return self._last is not None and self._clock() - self._last <= self._window
+
+
 class ProgressSink:
     """Thread-safe progress of one job: the run writes, pollers read.
 
@@ -159,8 +190,9 @@ class ProgressSink:
     zero is the moment of the previous update.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, watch: PreviewWatch | None = None) -> None:
         self._clock = clock
+        self._watch = watch  # None: previews always wanted (a sink outside a queue)
         self._lock = threading.Lock()
         self._step = 0
         self._total = 0
@@ -198,6 +230,10 @@ class ProgressSink:
             if preview is not None:
                 self._preview = preview
             self._textinfo = textinfo
+
+    def previews_wanted(self) -> bool:
+        """Whether the run should make previews: someone watches (``PreviewWatch``), or no watch was given."""
+        return self._watch is None or self._watch.watched()
 
     def drop_preview(self) -> None:
         """Forget the last preview (the queue calls this when the job ends: only running jobs show one)."""
@@ -398,6 +434,7 @@ class JobQueue:
         self._accepting = True
         self._stopping = False
         self._worker: threading.Thread | None = None
+        self.preview_watch = PreviewWatch()  # readers that show previews touch it; the jobs' sinks ask it
 
     # ----- lifecycle -----
 
@@ -460,7 +497,7 @@ class JobQueue:
                     f" {_mib(size)} more, over the queue's {_mib(limit)} (setting max_queue_mb);"
                     " wait for some to finish or cancel one"
                 )
-            job = Job(kind=kind, request=request, request_bytes=size)
+            job = Job(kind=kind, request=request, request_bytes=size, progress=ProgressSink(watch=self.preview_watch))
             self._queue.append(job)
             self._queued_bytes += size
             self._cond.notify_all()

@@ -20,6 +20,7 @@ from modules.jobs import (
     JobCancelled,
     JobQueue,
     JobState,
+    PreviewWatch,
     Progress,
     ProgressSink,
     QueueFull,
@@ -450,5 +451,29 @@ def test_interrupt_keeps_what_was_made_and_cancel_discards_it() -> None:
         made = running.wait(WAIT)
         assert running.state is JobState.done and running.interrupted and len(made) >= 2
         assert not q.submit("gen", None).interrupted
+    finally:
+        q.stop()
+
+
+def test_previews_are_wanted_only_while_a_reader_watches() -> None:
+    clock = FakeClock()
+    watch = PreviewWatch(window=10.0, clock=clock)
+    sink = ProgressSink(clock=clock, watch=watch)
+    assert not watch.watched() and not sink.previews_wanted()  # nobody has looked yet
+    watch.touch()
+    clock.now += 10.0
+    assert sink.previews_wanted()
+    clock.now += 0.5
+    assert not sink.previews_wanted()  # the last look is past the window
+    assert ProgressSink(clock=clock).previews_wanted()  # a sink without a watch: always
+
+
+def test_queued_jobs_ask_the_queues_preview_watch() -> None:
+    q = JobQueue(lambda job: job.progress.previews_wanted())
+    q.start()
+    try:
+        assert q.submit("x", None).wait(WAIT) is False
+        q.preview_watch.touch()
+        assert q.submit("x", None).wait(WAIT) is True
     finally:
         q.stop()

@@ -196,3 +196,21 @@ def test_vae_override_from_models_vae(services, data_dir):
     assert infotext_to_fields(parse_infotext(swapped.infotexts[0]))["sd_vae"] == "other.vae.safetensors"
     with pytest.raises(RequestError, match="sd_vae: 'missing.pt' is not in models/VAE; .*other.vae.safetensors"):
         run(services, prompt="x", sd_vae="missing.pt")
+
+
+def test_previews_are_decoded_only_while_a_client_watches(services):
+    """A preview is a full VAE decode: a job nobody watches makes none (modules.jobs.PreviewWatch)."""
+    services.update_settings(services.settings.model_copy(update={"show_progress_every_n_steps": 1}))
+    with services.models.use(services.selected_checkpoint) as model:
+        decodes = []
+        handle = model.pipe.vae.decoder.register_forward_hook(lambda *_: decodes.append(1))
+    try:
+        unwatched = run(services, prompt="x", seed=1, steps=4, sampler_name="Euler")
+        assert len(decodes) == 1  # the image itself
+        decodes.clear()
+        services.queue.preview_watch.touch()  # a client polls the progress with previews
+        watched = run(services, prompt="x", seed=1, steps=4, sampler_name="Euler")
+        assert len(decodes) == 1 + 4  # and one preview per step
+    finally:
+        handle.remove()
+    assert np.array_equal(pixels(unwatched.images[0]), pixels(watched.images[0]))

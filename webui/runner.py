@@ -86,6 +86,7 @@ def stream_jobs(
     last_preview = None
     for index, job in enumerate(jobs):
         while not job.is_finished:
+            services.queue.preview_watch.touch()  # this page shows previews while it polls
             time.sleep(poll_seconds)
             snap = job.progress.snapshot()
             info = snap.textinfo if len(jobs) == 1 else f"job {index + 1}/{len(jobs)} {snap.textinfo}".strip()

@@ -81,6 +81,8 @@ def job_result(job: Job) -> JobResult | None:
 
 
 def job_status(services: Services, job: Job, with_preview: bool = True) -> JobStatus:
+    if with_preview:  # a client that shows previews: keep them coming (jobs.PreviewWatch)
+        services.queue.preview_watch.touch()
     snap = job.progress.snapshot()
     preview = None
     if with_preview and snap.preview is not None and job.state is JobState.running:

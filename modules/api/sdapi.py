@@ -205,7 +205,10 @@ def memory_stats(services: Services) -> dict[str, Any]:
 
 
 def progress_of(services: Services, skip_current_image: bool) -> ProgressResponse:
-    """A1111's /progress answer for the running job (zeros when idle)."""
+    """A1111's /progress answer for the running job (zeros when idle). Asking with the current image
+    keeps previews coming (``jobs.PreviewWatch``), for this job and the next ones."""
+    if not skip_current_image:
+        services.queue.preview_watch.touch()
     job = services.queue.current()
     count = services.queue.job_count()
     state: dict[str, Any] = {
