@@ -120,7 +120,8 @@ def step_hook(
     ctx: RunContext, pipe, done_before: int, steps: int, total: int, strength: float = 1.0
 ) -> sampling.StepCallback:
     """The core's per-call hook for a pass of ``steps`` at ``strength``: interrupt, skip, cancel,
-    progress and, every ``show_progress_every_n_steps`` calls while a client watches, a preview.
+    progress and, every ``show_progress_every_n_steps`` calls while a client watches, a preview
+    (none at the pass's last call: what it would show is decoded next).
 
     Interrupt and Skip end the pass after the step that just ran (``sampling.StopSampling``): the
     core returns that step's denoised latents, which become the iteration's partial image.
@@ -138,7 +139,8 @@ def step_hook(
         if ctx.token.cancelled:
             raise JobCancelled("cancelled")
         preview = None
-        if preview_every and (index + 1) % preview_every == 0 and ctx.progress.previews_wanted():
+        last = index + 1 >= calls  # the pass's last step: its latents are decoded next anyway, no preview
+        if preview_every and (index + 1) % preview_every == 0 and not last and ctx.progress.previews_wanted():
             preview = decode_preview(pipe, latents)
         ctx.progress.update(done_before - skipped + step, total, preview=preview)
 
