@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from modules import prompts, samplers, seeds
+from modules.jobs import ProgressSink
 from modules.processing import common, sampling
 from modules.samplers.schedules import ModelSigmas
 from modules.schemas import Txt2ImgRequest
@@ -172,10 +173,11 @@ def test_sdxl_takes_scheduled_and_composable_prompts():
     assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
 
 
-class RecordingProgress:
-    """A progress sink that keeps every update."""
+class RecordingProgress(ProgressSink):
+    """A progress sink that keeps every update (no preview watch: previews always wanted)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.updates: list[tuple[int, int, object]] = []
 
     def update(self, step: int, total: int, preview=None, textinfo: str | None = None) -> None:
