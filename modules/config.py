@@ -17,6 +17,9 @@ from modules.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = ROOT / "configs"
+# A1111's largest token merging ratio (modules.token_merging); tomesd merges at most 3/4 of the
+# tokens (its 2x2 strides), so a ratio above 0.75 acts as 0.75
+TOKEN_MERGING_MAX = 0.9
 
 
 class Settings(BaseModel):
@@ -51,11 +54,11 @@ class Settings(BaseModel):
     compile_unet: bool = Field(False, description="torch.compile the UNet (--compile): faster steps after a slow first"
                                                   " call per model and image size")
     # A1111's token merging options (modules.token_merging): faster attention, changed images; 0 = off
-    token_merging_ratio: float = Field(0.0, ge=0.0, le=0.9, description="share of tokens merged in the UNet's"
+    token_merging_ratio: float = Field(0.0, ge=0.0, le=TOKEN_MERGING_MAX, description="share of tokens merged in the UNet's"
                                        " first attention level (ToMe); 0 = off")
-    token_merging_ratio_img2img: float = Field(0.0, ge=0.0, le=0.9, description="the same for img2img, inpainting"
+    token_merging_ratio_img2img: float = Field(0.0, ge=0.0, le=TOKEN_MERGING_MAX, description="the same for img2img, inpainting"
                                                " and outpainting; 0 = token_merging_ratio")
-    token_merging_ratio_hr: float = Field(0.0, ge=0.0, le=0.9, description="the same for the hires fix's second"
+    token_merging_ratio_hr: float = Field(0.0, ge=0.0, le=TOKEN_MERGING_MAX, description="the same for the hires fix's second"
                                           " pass; 0 = the first pass's")
     memory_mode: Literal["normal", "medvram", "lowvram"] = "normal"
     vae_tiling: bool = False

@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from modules.config import TOKEN_MERGING_MAX
 from modules.images import BYTES_PER_PIXEL
 
 MAX_SEED = 2**32 - 1
@@ -172,8 +173,9 @@ class GenerationRequest(RequestModel):
     s_noise: float | None = Field(None, ge=0.0, le=10.0, description="scale of added noise; None: the setting")
     s_min_uncond: float = Field(0.0, ge=0.0, le=1000.0, description="A1111's NGMS: below this sigma every other"
                                 " model call skips the negative prompt's prediction (faster, CFG 1 there); 0: off")
-    token_merging_ratio: float | None = Field(None, ge=0.0, le=0.9, description="A1111's token merging (ToMe) for"
-                                              " this request; None: the setting (modules.token_merging)")
+    token_merging_ratio: float | None = Field(None, ge=0.0, le=TOKEN_MERGING_MAX,
+                                              description="A1111's token merging (ToMe) for this request;"
+                                                          " None: the setting (modules.token_merging)")
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=100, description="batch count")
     steps: int = Field(20, ge=1, le=150)
@@ -268,8 +270,9 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: str | None = Field(None, description="None: the first pass's schedule type")
     hr_prompt: str = Field("", description="empty: the first pass's prompt")
     hr_negative_prompt: str = Field("", description="empty: the first pass's negative prompt")
-    token_merging_ratio_hr: float | None = Field(None, ge=0.0, le=0.9, description="token merging in the hires"
-                                                 " pass; None: the setting, else the first pass's")
+    token_merging_ratio_hr: float | None = Field(None, ge=0.0, le=TOKEN_MERGING_MAX,
+                                                 description="token merging in the hires pass; None: the"
+                                                             " setting, else the first pass's")
     hr_checkpoint_name: str | None = Field(None, description="the hires pass runs on this checkpoint (same family);"
                                            " None/\"\"/\"Use same checkpoint\": the first pass's")
 

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import tomesd
 import torch
 
-from modules.config import Settings
+from modules.config import TOKEN_MERGING_MAX, Settings
+from modules.schemas import GenerationRequest, Txt2ImgRequest
 
-MAX_RATIO = 0.9  # A1111's slider; tomesd merges at most 3/4 of the tokens (its 2x2 strides), so above 0.75 acts as 0.75
 
-
-def first_pass_ratio(req: Any, settings: Settings) -> float:
+def first_pass_ratio(req: GenerationRequest, settings: Settings) -> float:
     """The ratio of a request's main pass (txt2img's first pass, img2img, inpainting, outpainting)."""
     if req.token_merging_ratio is not None:
         return req.token_merging_ratio
@@ -42,7 +40,7 @@ def first_pass_ratio(req: Any, settings: Settings) -> float:
     return settings.token_merging_ratio
 
 
-def hires_ratio(req: Any, settings: Settings) -> float:
+def hires_ratio(req: Txt2ImgRequest, settings: Settings) -> float:
     """The ratio of the hires fix's second pass."""
     if req.token_merging_ratio_hr is not None:
         return req.token_merging_ratio_hr
@@ -66,8 +64,8 @@ def merged_tokens(unet: torch.nn.Module, ratio: float) -> Iterator[None]:
     if not ratio:
         yield
         return
-    if not 0 < ratio <= MAX_RATIO:
-        raise ValueError(f"token merging ratio must lie in 0..{MAX_RATIO}; got {ratio}")
+    if not 0 < ratio <= TOKEN_MERGING_MAX:
+        raise ValueError(f"token merging ratio must lie in 0..{TOKEN_MERGING_MAX}; got {ratio}")
     tomesd.apply_patch(unet, ratio=ratio, max_downsample=first_attention_level(unet), use_rand=False,
                        merge_attn=True, merge_crossattn=False, merge_mlp=False)
     try:

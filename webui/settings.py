@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from modules import samplers
-from modules.config import Settings, SettingsError, save_settings
+from modules.config import TOKEN_MERGING_MAX, Settings, SettingsError, save_settings
 from modules.settings_update import validate_change
 from webui.widgets import Fields, named_values, updates_where_changed
 
@@ -137,7 +137,8 @@ TOKEN_MERGING = (
 
 def token_merging_fields(s: Settings) -> Fields:
     """A1111's token merging sliders (0 to 0.9)."""
-    return {name: gr.Slider(0.0, 0.9, value=getattr(s, name), step=0.1, label=label, elem_id=f"{PREFIX}_{name}")
+    return {name: gr.Slider(0.0, TOKEN_MERGING_MAX, value=getattr(s, name), step=0.1, label=label,
+                            elem_id=f"{PREFIX}_{name}")
             for name, label in TOKEN_MERGING}
 
 
